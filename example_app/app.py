@@ -1,0 +1,256 @@
+"""The example model server: an iris classifier in two versions behind a canary split.
+
+Endpoints: ``POST /predict`` (one instance or a batch of named features), ``POST /feedback``
+(the true label for a prediction id), ``GET /healthz``; ``/metrics`` is served by mlmonitor.
+Run it with ``gunicorn -c example_app/gunicorn.conf.py example_app.app:app``.
+
+Request headers the demo uses to make the dashboards move:
+``X-Model-Version: v1|v2`` forces a version, ``X-Fail: 1`` raises on purpose (a 500),
+``X-Slow: <seconds>`` sleeps inside the inference stage (capped at 2 s).
+Every ``/predict`` response, a 500 included, carries the ``X-Model-Version`` that handled it.
+
+Config keys (``create_app(config)``, else the environment): ``CANARY_FRACTION`` (share of
+requests routed to ``v2``, default 0.2), ``MAX_BATCH`` (default 64), ``CANARY_RNG`` (an object
+with ``random()``; tests pass a seeded ``random.Random``), ``MAX_SLOW_SECONDS`` (default 2),
+``MONITOR_OPTIONS`` (extra keyword arguments for ``Monitor``, e.g. a test's own ``registry``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from flask import Flask, g, jsonify, request
+
+from mlmonitor import Monitor
+
+from example_app import model
+
+PRIMARY, CANARY = "v1", "v2"
+
+
+class InvalidRequest(ValueError):
+    """A client error; its message is the 400 body's ``error``."""
+
+
+class InjectedFailure(RuntimeError):
+    """Raised when a request asks for ``X-Fail: 1``: feeds the error dashboards and alerts."""
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _plural(names: List[str]) -> str:
+    return "s" if len(names) > 1 else ""
+
+
+def validate_instance(raw: Any, where: str, features: Tuple[str, ...]) -> Dict[str, float]:
+    """Check one instance and return it as floats; the error names ``where`` and the field."""
+    if not isinstance(raw, dict):
+        raise InvalidRequest(
+            f"{where} must be an object mapping feature name to number, got {_type_name(raw)}")
+    missing = [name for name in features if name not in raw]
+    if missing:
+        raise InvalidRequest(f"{where}: missing feature{_plural(missing)}: {', '.join(missing)}")
+    unknown = sorted(str(name) for name in raw if name not in features)
+    if unknown:
+        raise InvalidRequest(f"{where}: unknown feature{_plural(unknown)}: {', '.join(unknown)}"
+                             f" (expected {', '.join(features)})")
+    row = {}
+    for name in features:
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidRequest(f"{where}: feature '{name}' must be a number, got {_type_name(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            shown = {math.inf: "Infinity", -math.inf: "-Infinity"}.get(number, "NaN")
+            raise InvalidRequest(f"{where}: feature '{name}' must be finite, got {shown}")
+        row[name] = number
+    return row
+
+
+def parse_body(body: Any, features: Tuple[str, ...], max_batch: int) -> Tuple[List[Dict[str, float]], bool]:
+    """The instances of a predict body and whether it was a batch."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"request body must be a JSON object, got {_type_name(body)}")
+    extra = sorted(str(key) for key in body if key not in ("features", "instances"))
+    if extra:
+        raise InvalidRequest(f"unknown top-level field{_plural(extra)}: {', '.join(extra)}"
+                             " (expected 'features' or 'instances')")
+    if "features" in body and "instances" in body:
+        raise InvalidRequest("give either 'features' (one instance) or 'instances' (a batch), not both")
+    if "features" in body:
+        return [validate_instance(body["features"], "features", features)], False
+    if "instances" not in body:
+        raise InvalidRequest("request body must have 'features' (one instance) or 'instances' (a batch)")
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InvalidRequest(f"'instances' must be an array of objects, got {_type_name(instances)}")
+    if not instances:
+        raise InvalidRequest("'instances' must not be empty")
+    if len(instances) > max_batch:
+        raise InvalidRequest(f"'instances' has {len(instances)} items; the limit is {max_batch}")
+    rows = [validate_instance(item, f"instances[{i}]", features) for i, item in enumerate(instances)]
+    return rows, True
+
+
+def _read_json() -> Any:
+    body = request.get_json(force=True, silent=True)
+    if body is None and request.get_data(cache=True).strip() != b"null":
+        raise InvalidRequest("request body must be valid JSON")
+    return body
+
+
+def _slow_seconds(header: Optional[str], cap: float) -> float:
+    if header is None:
+        return 0.0
+    try:
+        seconds = float(header)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidRequest(f"header X-Slow must be a non-negative number of seconds, got {header!r}")
+    return min(seconds, cap)
+
+
+class CanaryRouter:
+    """Chooses a version per request: a forced header wins, else ``v2`` with the canary fraction."""
+
+    def __init__(self, fraction: float, rng: Any = None) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"CANARY_FRACTION must be between 0 and 1, got {fraction}")
+        self.fraction = fraction
+        self.rng = rng if rng is not None else random.Random()
+        self._lock = threading.Lock()
+
+    def choose(self, forced: Optional[str], versions: Mapping[str, Any]) -> str:
+        if forced is not None:
+            if forced not in versions:
+                raise InvalidRequest(f"header X-Model-Version must be one of {', '.join(versions)},"
+                                     f" got {forced!r}")
+            return forced
+        with self._lock:
+            draw = self.rng.random()
+        return CANARY if draw < self.fraction else PRIMARY
+
+
+def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
+    """Build the app; ``config`` overrides Flask config keys (see the module docstring)."""
+    app = Flask(__name__)
+    app.config.update(
+        CANARY_FRACTION=float(os.environ.get("CANARY_FRACTION", "0.2")),
+        MAX_BATCH=int(os.environ.get("MAX_BATCH", "64")),
+        MAX_SLOW_SECONDS=2.0,
+        CANARY_RNG=None,
+        MONITOR_OPTIONS={},
+    )
+    app.config.update(config or {})
+    models = model.load_models()
+    router = CanaryRouter(float(app.config["CANARY_FRACTION"]), app.config["CANARY_RNG"])
+    max_batch = int(app.config["MAX_BATCH"])
+    slow_cap = float(app.config["MAX_SLOW_SECONDS"])
+    features = models[PRIMARY].features
+    classes = models[PRIMARY].classes
+
+    monitor = Monitor(app, model_name=model.MODEL_NAME, model_version=PRIMARY,
+                      reference=model.reference_profile(), **app.config["MONITOR_OPTIONS"])
+
+    @app.errorhandler(InvalidRequest)
+    def invalid(exc: InvalidRequest):
+        return jsonify(error=str(exc)), 400
+
+    @app.after_request
+    def version_header(response):
+        version = g.get("model_version")
+        if version:
+            response.headers["X-Model-Version"] = version
+        return response
+
+    @app.post("/predict")
+    @monitor.prediction
+    def predict():
+        version = router.choose(request.headers.get("X-Model-Version"), models)
+        g.model_version = version
+        monitor.set_model_version(version)
+        chosen = models[version]
+        with monitor.stage("preprocess"):
+            rows, batch = parse_body(_read_json(), features, max_batch)
+            slow = _slow_seconds(request.headers.get("X-Slow"), slow_cap)
+        with monitor.stage("inference"):
+            if request.headers.get("X-Fail", "").strip() not in ("", "0"):
+                raise InjectedFailure("failure requested by the X-Fail header")
+            if slow:
+                time.sleep(slow)
+            probabilities = chosen.predict_proba(rows)
+        with monitor.stage("postprocess"):
+            winners = probabilities.argmax(axis=1)
+            labels = [classes[int(i)] for i in winners]
+            scores = [float(p[i]) for p, i in zip(probabilities, winners)]
+            monitor.observe_batch(features=rows, predictions=labels, scores=scores)
+            ids = monitor.prediction_ids(predictions=labels)
+            results = [
+                {"prediction": label, "prediction_id": pid,
+                 "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)}}
+                for label, pid, probs in zip(labels, ids, probabilities)
+            ]
+        head = {"model_name": model.MODEL_NAME, "model_version": version}
+        return jsonify({**head, "predictions": results} if batch else {**head, **results[0]})
+
+    @app.post("/feedback")
+    def feedback():
+        body = _read_json()
+        if not isinstance(body, dict):
+            raise InvalidRequest(f"request body must be a JSON object, got {_type_name(body)}")
+        extra = sorted(str(key) for key in body if key not in ("prediction_id", "label"))
+        if extra:
+            raise InvalidRequest(f"unknown field{_plural(extra)}: {', '.join(extra)}"
+                                 " (expected 'prediction_id' and 'label')")
+        pid, label = body.get("prediction_id"), body.get("label")
+        if not isinstance(pid, str) or not pid:
+            raise InvalidRequest(f"'prediction_id' must be a non-empty string, got {_type_name(pid)}")
+        if not isinstance(label, str):
+            raise InvalidRequest(f"'label' must be a string, got {_type_name(label)}")
+        if label not in classes:
+            raise InvalidRequest(f"'label' must be one of {', '.join(classes)}, got {label!r}")
+        try:
+            outcome = monitor.record_feedback(prediction_id=pid, label=label)
+        except ValueError as exc:
+            raise InvalidRequest(f"'prediction_id' rejected: {exc}") from None
+        return jsonify(status="recorded", **_outcome_fields(outcome))
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", model_name=model.MODEL_NAME, versions=list(models),
+                       canary_fraction=router.fraction)
+
+    return app
+
+
+def _outcome_fields(outcome: Any) -> Dict[str, Any]:
+    """What the feedback call reports back, whatever shape the monitor returns."""
+    if isinstance(outcome, Mapping):
+        return dict(outcome)
+    if outcome is None:
+        return {}
+    fields = getattr(outcome, "_asdict", None) or getattr(outcome, "__dict__", None)
+    return dict(fields() if callable(fields) else fields)
+
+
+app = create_app()

@@ -1,0 +1,343 @@
+"""The five-minute demo: ``python -m example_app.demo`` (what ``make demo`` runs).
+
+Starts the example app under gunicorn on 127.0.0.1, drives a short burst of mixed traffic
+(valid, invalid, forced failures, slow, drifted, ground-truth feedback), reads the key
+numbers back from ``/metrics``, shows one JSON log line and keeps serving until Ctrl-C.
+``--once`` (or ``MLMONITOR_DEMO_ONCE=1``) exits after the burst, for CI.
+``--with-prometheus`` also starts Debian's ``prometheus`` and ``prometheus-alertmanager`` on
+127.0.0.1 with temporary storage, the shipped rules (``alerts/*.rules.yml``) and routing
+(``alerts/alertmanager.yml``), scraping the app every 5 s.
+Every process it starts runs in its own process group and is stopped by PID on the way out.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+from example_app import loadgen
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+GUNICORN_CONF = HERE / "gunicorn.conf.py"
+ALERTS = REPO / "alerts"
+APT_HINT = "sudo apt-get install -y prometheus prometheus-alertmanager"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 3.0) -> Tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def wait_http(url: str, timeout: float, proc: Optional[subprocess.Popen] = None) -> bool:
+    """True once ``url`` answers 200; False on timeout or when ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            if _get(url, 2.0)[0] == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+class Child:
+    """A subprocess in its own process group whose output is drained into a bounded buffer."""
+
+    def __init__(self, name: str, command: List[str], env: Optional[Dict[str, str]] = None,
+                 echo: bool = False) -> None:
+        self.name = name
+        self.lines: Deque[str] = collections.deque(maxlen=2000)
+        self.echo = echo
+        self.proc = subprocess.Popen(
+            command, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, ""):
+            self.lines.append(line.rstrip("\n"))
+            if self.echo:
+                print(f"[{self.name}] {line}", end="", flush=True)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM by PID, then SIGKILL to the child's own process group if it lingers."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        for _ in range(100):  # workers leave shortly after their master
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+# -- reading /metrics --------------------------------------------------------------------------
+
+def scrape(url: str) -> Dict[str, List[Any]]:
+    """Samples of every family, keyed by sample name (``..._total``, ``..._bucket``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = _get(url)
+    if status != 200:
+        raise RuntimeError(f"GET {url} answered {status}")
+    samples: Dict[str, List[Any]] = collections.defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append(sample)
+    return samples
+
+
+def total_by(samples: Dict[str, List[Any]], name: str, *labels: str, **match: str) -> Dict[Tuple[str, ...], float]:
+    """Sum of a sample's values grouped by ``labels``, over samples matching ``match``."""
+    out: Dict[Tuple[str, ...], float] = collections.defaultdict(float)
+    for s in samples.get(name, []):
+        if all(s.labels.get(k) == v for k, v in match.items()):
+            out[tuple(s.labels.get(label, "") for label in labels)] += s.value
+    return dict(out)
+
+
+def histogram_quantile(q: float, buckets: Dict[float, float]) -> float:
+    """Prometheus' ``histogram_quantile`` over cumulative bucket counts (upper bound -> count)."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] == 0:
+        return math.nan
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return bounds[-1]
+
+
+def key_numbers(metrics_url: str) -> Dict[str, Any]:
+    """The numbers the demo prints: predictions and errors per version, statuses, p95, feedback."""
+    samples = scrape(metrics_url)
+    predictions = total_by(samples, "mlmonitor_predictions_total", "model_version")
+    errors = total_by(samples, "mlmonitor_prediction_errors_total", "model_version", "error_type")
+    statuses = total_by(samples, "mlmonitor_http_requests_total", "status", route="/predict")
+    feedback = total_by(samples, "mlmonitor_feedback_total", "model_version", "outcome")
+    buckets = total_by(samples, "mlmonitor_http_request_duration_seconds_bucket", "le", route="/predict")
+    p95 = histogram_quantile(0.95, {float(k[0]): v for k, v in buckets.items()})
+    return {
+        "predictions": {k[0]: int(v) for k, v in sorted(predictions.items())},
+        "errors": {f"{k[0]}/{k[1]}": int(v) for k, v in sorted(errors.items())},
+        "http_status": {k[0]: int(v) for k, v in sorted(statuses.items())},
+        "feedback": {f"{k[0]}/{k[1]}": int(v) for k, v in sorted(feedback.items())},
+        "p95_latency_s": p95,
+    }
+
+
+def example_log_line(lines: Sequence[str]) -> Optional[str]:
+    """One JSON log line of a successful prediction (else any JSON line)."""
+    fallback = None
+    for line in list(lines):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(item, dict):
+            continue
+        if item.get("route") == "/predict" and str(item.get("status")) == "200":
+            return line
+        fallback = fallback or line
+    return fallback
+
+
+# -- Prometheus and Alertmanager ----------------------------------------------------------------
+
+def prometheus_config(app_port: int, alertmanager_port: int, rule_files: Sequence[str]) -> str:
+    """A scrape config for the demo (JSON is valid YAML)."""
+    return json.dumps({
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "rule_files": list(rule_files),
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]},
+        "scrape_configs": [{"job_name": "example_app",
+                            "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
+    }, indent=2)
+
+
+def start_prometheus(app_port: int, workdir: Path, echo: bool) -> List[Child]:
+    prom_port, am_port = free_port(), free_port()
+    rules = sorted(glob.glob(str(ALERTS / "*.rules.yml")))
+    config = workdir / "prometheus.yml"
+    config.write_text(prometheus_config(app_port, am_port, rules))
+    am_config = ALERTS / "alertmanager.yml"
+    children = [
+        Child("alertmanager", ["prometheus-alertmanager", f"--config.file={am_config}",
+                               f"--storage.path={workdir / 'alertmanager'}",
+                               f"--web.listen-address=127.0.0.1:{am_port}",
+                               "--cluster.listen-address="], echo=echo),
+        Child("prometheus", ["prometheus", f"--config.file={config}",
+                             f"--storage.tsdb.path={workdir / 'prometheus'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"], echo=echo),
+    ]
+    for child, port in zip(children, (am_port, prom_port)):
+        child.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        if not wait_http(child.url + "/-/ready", 30, child.proc):  # type: ignore[attr-defined]
+            tail = "\n".join(list(child.lines)[-20:])
+            raise RuntimeError(f"{child.name} did not start:\n{tail}")
+    print(f"Prometheus:   http://127.0.0.1:{prom_port}/alerts  ({len(rules)} rule files from alerts/)")
+    print(f"Alertmanager: http://127.0.0.1:{am_port}/")
+    return children
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def burst(url: str, requests: int, seed: int) -> List[Dict[str, Any]]:
+    """Mixed traffic in two phases: normal, then drifted with worse ground truth."""
+    phases = [
+        loadgen.Options(url=url, requests=requests, concurrency=4, invalid_fraction=0.05,
+                        error_fraction=0.03, slow_fraction=0.02, feedback_accuracy=0.95, seed=seed),
+        loadgen.Options(url=url, requests=max(1, requests // 2), concurrency=4, invalid_fraction=0.05,
+                        error_fraction=0.03, drift={"petal_length_cm": 1.5, "petal_width_cm": 1.0},
+                        feedback_accuracy=0.6, seed=seed + 1),
+    ]
+    return [loadgen.run(opts) for opts in phases]
+
+
+def background(url: str, stop: threading.Event, rate: float) -> None:
+    """Gentle steady traffic while serving, so rates and dashboards stay alive."""
+    seed = 1000
+    while not stop.is_set():
+        seed += 1
+        try:
+            loadgen.run(loadgen.Options(url=url, requests=max(1, int(rate * 10)), rate=rate,
+                                        concurrency=1, invalid_fraction=0.02, error_fraction=0.01,
+                                        feedback_accuracy=0.9, seed=seed))
+        except Exception:  # the server is going away; the main thread reports that
+            stop.wait(1.0)
+
+
+def _truthy(text: Optional[str]) -> bool:
+    return (text or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m example_app.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "0")),
+                        help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "4")))
+    parser.add_argument("--requests", type=int, default=300, help="size of the first traffic phase")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--once", action="store_true", default=_truthy(os.environ.get("MLMONITOR_DEMO_ONCE")),
+                        help="exit after the burst (also MLMONITOR_DEMO_ONCE=1)")
+    parser.add_argument("--with-prometheus", action="store_true",
+                        help="also start prometheus and prometheus-alertmanager on 127.0.0.1")
+    parser.add_argument("--background-rate", type=float, default=2.0,
+                        help="requests/s sent while serving after the burst (0 = none)")
+    parser.add_argument("--follow-logs", action="store_true", help="echo every server log line")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.with_prometheus:
+        missing = [b for b in ("prometheus", "prometheus-alertmanager") if shutil.which(b) is None]
+        if missing:
+            print(f"demo: {', '.join(missing)} not on PATH; install with: {APT_HINT}", file=sys.stderr)
+            return 2
+    port = args.port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="mlmonitor-demo-"))
+    env = {**os.environ, "PORT": str(port), "WORKERS": str(args.workers), "PYTHONUNBUFFERED": "1"}
+    env.pop("BIND", None)
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(workdir / "metrics"))
+    # every worker must verify the prediction ids any other worker signed
+    env.setdefault("MLMONITOR_FEEDBACK_SECRET", secrets.token_hex(32))
+    os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    base = f"http://127.0.0.1:{port}"
+    children: List[Child] = []
+    stop = threading.Event()
+    try:
+        app = Child("gunicorn", [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
+                                 "example_app.app:app"], env=env, echo=args.follow_logs)
+        children.append(app)
+        print(f"Starting the example app under gunicorn ({args.workers} workers) on {base} ...", flush=True)
+        if not wait_http(base + "/healthz", 60, app.proc):
+            print("demo: the app did not become ready; its output:", file=sys.stderr)
+            print("\n".join(list(app.lines)[-40:]), file=sys.stderr)
+            return 1
+        if args.with_prometheus:
+            children.extend(start_prometheus(port, workdir, args.follow_logs))
+        print(f"Sending a burst of mixed traffic (seed {args.seed}) ...", flush=True)
+        summaries = burst(base, args.requests, args.seed)
+        numbers = key_numbers(base + "/metrics")
+        sent = sum(s["requests"] for s in summaries)
+        print()
+        print(f"Metrics URL:  {base}/metrics")
+        print(f"Health:       {base}/healthz")
+        print(f"Sent {sent} predict requests; the app's own counters say:")
+        print(f"  predictions per version:   {json.dumps(numbers['predictions'])}")
+        print(f"  /predict responses:        {json.dumps(numbers['http_status'])}")
+        print(f"  prediction errors:         {json.dumps(numbers['errors'])}")
+        print(f"  feedback outcomes:         {json.dumps(numbers['feedback'])}")
+        print(f"  p95 /predict latency:      {numbers['p95_latency_s'] * 1000:.1f} ms (from the histogram)")
+        line = example_log_line(app.lines)
+        print("Example JSON log line (stdout of the app):")
+        print(f"  {line}" if line else "  (no JSON log line seen)")
+        print("Try it:")
+        print(f"  curl -s -XPOST {base}/predict -H 'Content-Type: application/json' -d "
+              "'{\"features\": {\"sepal_length_cm\": 5.1, \"sepal_width_cm\": 3.5, "
+              "\"petal_length_cm\": 1.4, \"petal_width_cm\": 0.2}}'")
+        sys.stdout.flush()
+        if args.once:
+            return 0
+        if args.background_rate > 0:
+            threading.Thread(target=background, args=(base, stop, args.background_rate), daemon=True).start()
+        print("Serving; press Ctrl-C to stop.", flush=True)
+        while all(c.proc.poll() is None for c in children):
+            time.sleep(0.5)
+        dead = [c.name for c in children if c.proc.poll() is not None]
+        print(f"demo: {', '.join(dead)} exited", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopping ...")
+        return 0
+    finally:
+        stop.set()
+        for child in reversed(children):
+            child.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

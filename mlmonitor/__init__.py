@@ -1,0 +1,50 @@
+"""mlmonitor: one line makes a Flask or WSGI model server observable.
+
+Names are imported lazily: importing ``mlmonitor`` (as ``gunicorn -c
+python:mlmonitor.gunicorn`` does) must not import prometheus-client before the
+multiprocess directory is set.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+try:
+    __version__ = version("mlmonitor")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Monitor", "MonitorMiddleware", "ConfigError", "Settings", "current_record",
+    "stage", "tag", "set_model_version", "observe", "observe_batch", "record_feedback",
+    "configure_logging", "__version__",
+]
+
+_LOCATIONS = {
+    "Monitor": "mlmonitor.flask",
+    "MonitorMiddleware": "mlmonitor.middleware",
+    "ConfigError": "mlmonitor.config",
+    "Settings": "mlmonitor.config",
+    "current_record": "mlmonitor.record",
+    "stage": "mlmonitor.context",
+    "tag": "mlmonitor.context",
+    "set_model_version": "mlmonitor.context",
+    "observe": "mlmonitor.context",
+    "observe_batch": "mlmonitor.context",
+    "record_feedback": "mlmonitor.context",
+    "configure_logging": "mlmonitor.logs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LOCATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mlmonitor' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(__all__)

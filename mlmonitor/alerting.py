@@ -1,0 +1,526 @@
+"""Render mlmonitor's Prometheus recording and alerting rules.
+
+The shipped files in ``alerts/`` are this module's output with default thresholds
+(``mlmonitor alerts render --prometheus-operator --out-dir alerts``); a test keeps
+them in sync. Change a threshold or SLO target by rendering again, never by
+editing the YAML by hand::
+
+    mlmonitor alerts render --error-ratio 0.02 --latency-p99 0.8 \\
+        --availability-slo 0.995 --out-dir my-alerts/
+
+Every aggregation keeps ``job``, ``model_name`` and ``model_version`` so an alert
+names the version that fails. Inputs are counters read through ``rate()``, so
+counter resets (restarts) do not fire alerts. ``--time-scale N`` divides every
+range window and ``for:`` by N (tests only); rule names keep their nominal
+windows so dashboards and queries do not change.
+
+The output is plain block YAML written by a small emitter here, so the package
+needs no YAML library at run time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Tuple
+
+__all__ = ["Thresholds", "render_groups", "render_files", "to_yaml", "add_cli"]
+
+RUNBOOK_BASE = "https://github.com/mlmonitor/mlmonitor/blob/main/docs/runbooks.md"
+RECORDING_FILE = "mlmonitor-recording.rules.yml"
+ALERTS_FILE = "mlmonitor-alerts.rules.yml"
+OPERATOR_FILE = os.path.join("prometheus-operator", "mlmonitor-prometheusrule.yaml")
+
+#: labels every per-version aggregation keeps
+VERSION = "job, model_name, model_version"
+#: the PSI floor for live and reference shares (empty bins give no infinities)
+PSI_FLOOR = 1e-4
+#: windows of the multi-window multi-burn-rate SLO alerts (SRE workbook, ch. 5)
+SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+#: (severity, long window, short window, burn-rate factor, for)
+BURN_RATES = (
+    ("critical", "1h", "5m", 14.4, "2m"),
+    ("critical", "6h", "30m", 6.0, "2m"),
+    ("warning", "1d", "2h", 3.0, "15m"),
+    ("warning", "3d", "6h", 1.0, "15m"),
+)
+DRIFT_WINDOW = "1h"
+ACCURACY_WINDOW = "1h"
+_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
+
+
+@dataclass
+class Thresholds:
+    """Every knob of the rules, with the shipped defaults."""
+
+    error_ratio: float = 0.01
+    invalid_input_ratio: float = 0.05
+    latency_p99: float = 0.5
+    availability_slo: float = 0.999
+    latency_slo: float = 0.99
+    latency_slo_threshold: float = 0.0  # 0: same as latency_p99; must be a histogram bucket bound
+    psi_threshold: float = 0.2
+    accuracy_drop: float = 0.05
+    accuracy_min_feedback: int = 20
+    canary_error_delta: float = 0.01
+    canary_latency_factor: float = 1.5
+    memory_bytes: float = float(4 * 2**30)
+    gpu_memory_ratio: float = 0.9
+    selector: str = ""
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.latency_slo_threshold:
+            self.latency_slo_threshold = self.latency_p99
+        for name in ("error_ratio", "invalid_input_ratio", "availability_slo", "latency_slo",
+                     "accuracy_drop", "gpu_memory_ratio"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.time_scale <= 0 or self.latency_p99 <= 0 or self.psi_threshold <= 0:
+            raise ValueError("time_scale, latency_p99 and psi_threshold must be positive")
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+def parse_duration(text: str) -> int:
+    """Milliseconds in a Prometheus duration such as ``1h30m``."""
+    parts = re.findall(r"(\d+)(ms|[smhdw])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"bad duration {text!r}")
+    scale = dict(_UNITS, w=7 * 86_400_000)
+    return sum(int(n) * scale[u] for n, u in parts)
+
+
+def format_duration(ms: int) -> str:
+    out = ""
+    for unit, size in _UNITS:
+        if ms >= size:
+            out += f"{ms // size}{unit}"
+            ms %= size
+    return out or "0s"
+
+
+def num(value: float) -> str:
+    """A number for PromQL and YAML: short, without float noise."""
+    return f"{value:.10g}"
+
+
+def le_label(value: float) -> str:
+    """A bucket bound as prometheus_client writes it in ``le`` (``0.5``, ``1.0``)."""
+    return repr(float(value))
+
+
+class _Builder:
+    def __init__(self, t: Thresholds) -> None:
+        self.t = t
+
+    def w(self, nominal: str) -> str:
+        """A range window or ``for:`` duration, divided by the time scale."""
+        ms = parse_duration(nominal)
+        return format_duration(max(1000 if ms else 0, round(ms / self.t.time_scale)))
+
+    def m(self, metric: str, *matchers: str) -> str:
+        parts = [p for p in (self.t.selector, *matchers) if p]
+        return f"{metric}{{{', '.join(parts)}}}" if parts else metric
+
+    def seconds(self, nominal: str) -> str:
+        return num(parse_duration(self.w(nominal)) / 1000)
+
+
+def _alert(name: str, expr: str, severity: str, family: str, for_: str, summary: str,
+           description: str, extra_labels: Dict[str, str] | None = None) -> Dict[str, Any]:
+    labels = {"severity": severity, "family": family, **(extra_labels or {})}
+    rule: Dict[str, Any] = {"alert": name, "expr": expr}
+    if for_:
+        rule["for"] = for_
+    rule["labels"] = labels
+    rule["annotations"] = {
+        "summary": summary,
+        "description": description,
+        "runbook_url": f"{RUNBOOK_BASE}#{name.lower()}",
+    }
+    return rule
+
+
+_WHO = "{{ $labels.model_name }} {{ $labels.model_version }} (job {{ $labels.job }})"
+
+
+# -- recording rules -----------------------------------------------------------------------------
+
+def _recording(b: _Builder) -> List[Dict[str, Any]]:
+    t = b.t
+    pred = "mlmonitor_predictions_total"
+    err = "mlmonitor_prediction_errors_total"
+    hist = "mlmonitor_prediction_duration_seconds"
+    server_err = 'error_type!="invalid_input"'
+    invalid = 'error_type="invalid_input"'
+    requests: List[Dict[str, str]] = [
+        {"record": "model_version:mlmonitor_predictions:rate5m",
+         "expr": f"sum by ({VERSION}) (rate({b.m(pred)}[{b.w('5m')}]))"},
+        {"record": "model_version:mlmonitor_prediction_errors:rate5m",
+         "expr": f"sum by ({VERSION}) (rate({b.m(err, server_err)}[{b.w('5m')}]))"},
+        {"record": "model_version:mlmonitor_prediction_invalid_input:rate5m",
+         "expr": f"sum by ({VERSION}) (rate({b.m(err, invalid)}[{b.w('5m')}]))"},
+        {"record": "model_version:mlmonitor_prediction_invalid_input:ratio_rate5m",
+         "expr": ("(\n  model_version:mlmonitor_prediction_invalid_input:rate5m\n"
+                  "  or 0 * model_version:mlmonitor_predictions:rate5m\n)\n"
+                  "/ model_version:mlmonitor_predictions:rate5m")},
+    ]
+    for q in ("50", "95", "99"):
+        requests.append({
+            "record": f"model_version:mlmonitor_prediction_duration_seconds:p{q}_5m",
+            "expr": (f"histogram_quantile(0.{q}, sum by ({VERSION}, le) "
+                     f"(rate({b.m(hist + '_bucket')}[{b.w('5m')}])))"),
+        })
+
+    slo: List[Dict[str, str]] = []
+    le = f'le="{le_label(t.latency_slo_threshold)}"'
+    for win in SLO_WINDOWS:
+        total = f"sum by ({VERSION}) (rate({b.m(pred)}[{b.w(win)}]))"
+        slo.append({
+            "record": f"model_version:mlmonitor_prediction_errors:ratio_rate{win}",
+            "expr": (f"(\n  sum by ({VERSION}) (rate({b.m(err, server_err)}[{b.w(win)}]))\n"
+                     f"  or 0 * {total}\n)\n/ {total}"),
+        })
+        slo.append({
+            "record": f"model_version:mlmonitor_prediction_slow:ratio_rate{win}",
+            "expr": (f"1 - (\n  sum by ({VERSION}) (rate({b.m(hist + '_bucket', le)}[{b.w(win)}]))\n"
+                     f"  / sum by ({VERSION}) (rate({b.m(hist + '_count')}[{b.w(win)}]))\n)"),
+        })
+
+    quality = _distribution_rules(
+        b, "mlmonitor_feature_bin_total", "mlmonitor_feature_reference_ratio",
+        "mlmonitor_feature_bin", "model_version_feature", "model_version_feature_bin",
+        "feature", "bin")
+    quality += _distribution_rules(
+        b, "mlmonitor_predicted_class_total", "mlmonitor_reference_class_ratio",
+        "mlmonitor_predicted_class", "model_version", "model_version_class", "", "class")
+    fb = "mlmonitor_feedback_total"
+    correct = 'outcome="correct"'
+    quality += [
+        {"record": f"model_version:mlmonitor_feedback:rate{ACCURACY_WINDOW}",
+         "expr": f"sum by ({VERSION}) (rate({b.m(fb)}[{b.w(ACCURACY_WINDOW)}]))"},
+        {"record": f"model_version:mlmonitor_feedback_correct:ratio_rate{ACCURACY_WINDOW}",
+         "expr": (f"(\n  sum by ({VERSION}) (rate({b.m(fb, correct)}[{b.w(ACCURACY_WINDOW)}]))\n"
+                  f"  or 0 * model_version:mlmonitor_feedback:rate{ACCURACY_WINDOW}\n)\n"
+                  f"/ model_version:mlmonitor_feedback:rate{ACCURACY_WINDOW}")},
+        {"record": "model_version:mlmonitor_reference_accuracy:max",
+         "expr": f"max by ({VERSION}) ({b.m('mlmonitor_reference_accuracy')})"},
+    ]
+    return [
+        {"name": "mlmonitor.recording.requests", "rules": requests},
+        {"name": "mlmonitor.recording.slo", "rules": slo},
+        {"name": "mlmonitor.recording.quality", "rules": quality},
+    ]
+
+
+def _distribution_rules(b: _Builder, counter: str, reference: str, stem: str, level: str,
+                        bin_level: str, group: str, bin_label: str) -> List[Dict[str, str]]:
+    """PSI of a live counter's bin shares against a reference gauge's shares.
+
+    Live counts are summed over workers and replicas first, the reference is
+    joined with ``max`` over the same labels. Reference bins with no live count
+    in the window count as share 0 (then floored), but only where the group had
+    traffic in the window. Shares are floored at PSI_FLOOR on both sides.
+    """
+    win = DRIFT_WINDOW
+    outer = f"{VERSION}, {group}" if group else VERSION
+    inner = f"{outer}, {bin_label}"
+    live = f"{bin_level}:{stem}:rate{win}"
+    total = f"{level}:{stem}:rate{win}"
+    ref = f"{bin_level}:{reference}:max"
+    share = f"{bin_level}:{stem}:ratio_rate{win}"
+    floor = num(PSI_FLOOR)
+    p, q = f"clamp_min({share}, {floor})", f"clamp_min({ref}, {floor})"
+    return [
+        {"record": live, "expr": f"sum by ({inner}) (rate({b.m(counter)}[{b.w(win)}]))"},
+        {"record": total, "expr": f"sum by ({outer}) ({live})"},
+        {"record": ref, "expr": f"max by ({inner}) ({b.m(reference)})"},
+        {"record": share,
+         "expr": (f"(\n  {live}\n  / on ({outer}) group_left ()\n  ({total} > 0)\n)\n"
+                  f"or\n(\n  0 * {ref}\n  and on ({outer})\n  ({total} > 0)\n)")},
+        {"record": f"{level}:{stem}:psi{win}",
+         "expr": f"sum by ({outer}) (\n  ({p} - {q})\n  * ln({p} / {q})\n)"},
+    ]
+
+
+# -- alerting rules ------------------------------------------------------------------------------
+
+def _alerts(b: _Builder) -> List[Dict[str, Any]]:
+    t = b.t
+    model: List[Dict[str, Any]] = [
+        _alert("MLModelServerErrorRatioHigh",
+               f"model_version:mlmonitor_prediction_errors:ratio_rate5m > {num(t.error_ratio)}",
+               "critical", "availability", b.w("5m"),
+               f"Server error ratio above {num(t.error_ratio * 100)}% for {_WHO}",
+               "{{ $value | humanizePercentage }} of predictions of " + _WHO
+               + f" failed with a server error over the last 5m (threshold {num(t.error_ratio * 100)}%)."),
+        _alert("MLModelInvalidInputRatioHigh",
+               f"model_version:mlmonitor_prediction_invalid_input:ratio_rate5m > {num(t.invalid_input_ratio)}",
+               "warning", "input", b.w("5m"),
+               f"Invalid-input ratio spike for {_WHO}",
+               "{{ $value | humanizePercentage }} of predictions of " + _WHO
+               + f" were rejected as invalid input over the last 5m (threshold {num(t.invalid_input_ratio * 100)}%):"
+               " a client or schema change upstream?"),
+        _alert("MLModelLatencyP99High",
+               f"model_version:mlmonitor_prediction_duration_seconds:p99_5m > {num(t.latency_p99)}",
+               "warning", "latency", b.w("5m"),
+               f"p99 prediction latency above {num(t.latency_p99)}s for {_WHO}",
+               "p99 prediction latency of " + _WHO
+               + " is {{ $value | humanizeDuration }} over the last 5m"
+               + f" (threshold {num(t.latency_p99)}s)."),
+        _alert("MLModelPredictionsStopped",
+               ("model_version:mlmonitor_predictions:rate5m == 0\n"
+                f"and on ({VERSION})\n"
+                f"sum by ({VERSION}) (rate({b.m('mlmonitor_predictions_total')}[{b.w('1h')}])) > 0"),
+               "warning", "traffic", b.w("5m"),
+               f"Predictions stopped for {_WHO}",
+               _WHO + " served predictions in the last hour but none in the last 5m."),
+        _alert("MLModelTargetDown", f"{b.m('up')} == 0", "critical", "traffic", b.w("2m"),
+               "Scrape target {{ $labels.instance }} of job {{ $labels.job }} is down",
+               "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 2m:"
+               " the server is down or /metrics fails."),
+        _alert("MLModelCanaryErrorsWorse",
+               ("model_version:mlmonitor_prediction_errors:ratio_rate5m\n"
+                "  > on (job, model_name) group_left ()\n"
+                f"  (min by (job, model_name) (model_version:mlmonitor_prediction_errors:ratio_rate5m) + {num(t.canary_error_delta)})\n"
+                "and\n"
+                "model_version:mlmonitor_prediction_errors:ratio_rate5m\n"
+                "  > on (job, model_name) group_left ()\n"
+                "  (2 * min by (job, model_name) (model_version:mlmonitor_prediction_errors:ratio_rate5m))"),
+               "warning", "canary", b.w("10m"),
+               "{{ $labels.model_name }} {{ $labels.model_version }} has more errors than another version",
+               "Server error ratio of " + _WHO + " is {{ $value | humanizePercentage }}, more than"
+               f" {num(t.canary_error_delta * 100)} percentage points above, and twice, the best other version of"
+               " {{ $labels.model_name }} over the last 5m: hold or roll back the rollout."),
+        _alert("MLModelCanaryLatencyWorse",
+               ("model_version:mlmonitor_prediction_duration_seconds:p99_5m\n"
+                "  > on (job, model_name) group_left ()\n"
+                f"  ({num(t.canary_latency_factor)} * min by (job, model_name) (model_version:mlmonitor_prediction_duration_seconds:p99_5m))"),
+               "warning", "canary", b.w("10m"),
+               "{{ $labels.model_name }} {{ $labels.model_version }} is slower than another version",
+               "p99 prediction latency of " + _WHO + " is {{ $value | humanizeDuration }}, more than"
+               f" {num(t.canary_latency_factor)} times the best other version of"
+               " {{ $labels.model_name }} over the last 5m: hold or roll back the rollout."),
+    ]
+
+    slo: List[Dict[str, Any]] = []
+    for name, family, stem, target, what in (
+        ("MLModelAvailabilityBudgetBurn", "availability", "mlmonitor_prediction_errors",
+         t.availability_slo, "server errors"),
+        ("MLModelLatencyBudgetBurn", "latency", "mlmonitor_prediction_slow",
+         t.latency_slo, f"predictions slower than {num(t.latency_slo_threshold)}s"),
+    ):
+        budget = 1 - target
+        for severity in ("critical", "warning"):
+            pairs = [r for r in BURN_RATES if r[0] == severity]
+            expr = "\nor\n".join(
+                f"(\n  model_version:{stem}:ratio_rate{long} > {num(factor * budget)}\n"
+                f"  and\n  model_version:{stem}:ratio_rate{short} > {num(factor * budget)}\n)"
+                for _, long, short, factor, _ in pairs)
+            windows = " or ".join(f"{num(f)}x over {lw} and {sw}" for _, lw, sw, f, _ in pairs)
+            slo.append(_alert(
+                name, expr, severity, family, b.w(pairs[0][4]),
+                f"{_WHO} burns its {num(target * 100)}% SLO error budget too fast",
+                f"The share of {what} of " + _WHO + " burns the error budget of its"
+                f" {num(target * 100)}% SLO at {windows} (long-window value"
+                " {{ $value | humanizePercentage }}).",
+                {"slo": family}))
+
+    win = DRIFT_WINDOW
+    quality = [
+        _alert("MLModelFeatureDrift",
+               f"model_version_feature:mlmonitor_feature_bin:psi{win} > {num(t.psi_threshold)}",
+               "warning", "drift", b.w("15m"),
+               "Feature {{ $labels.feature }} drifted for " + _WHO,
+               "The population stability index of feature {{ $labels.feature }} of " + _WHO
+               + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {win} (threshold {num(t.psi_threshold)})."),
+        _alert("MLModelPredictionDrift",
+               f"model_version:mlmonitor_predicted_class:psi{win} > {num(t.psi_threshold)}",
+               "warning", "drift", b.w("15m"),
+               "Predicted-class distribution drifted for " + _WHO,
+               "The population stability index of the predicted classes of " + _WHO
+               + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {win} (threshold {num(t.psi_threshold)})."),
+        _alert("MLModelAccuracyDrop",
+               (f"model_version:mlmonitor_feedback_correct:ratio_rate{ACCURACY_WINDOW}\n"
+                f"  < on ({VERSION}) (model_version:mlmonitor_reference_accuracy:max - {num(t.accuracy_drop)})\n"
+                f"and on ({VERSION})\n"
+                f"model_version:mlmonitor_feedback:rate{ACCURACY_WINDOW} * {b.seconds(ACCURACY_WINDOW)} >= {num(t.accuracy_min_feedback)}"),
+               "warning", "quality", b.w("15m"),
+               "Accuracy of " + _WHO + " dropped below its reference",
+               "Accuracy from feedback of " + _WHO + " is {{ $value | humanizePercentage }} over the last"
+               f" {ACCURACY_WINDOW}, more than {num(t.accuracy_drop * 100)} points below the reference accuracy."),
+    ]
+
+    platform = [
+        _alert("MLModelProcessMemoryHigh",
+               f"{b.m('process_resident_memory_bytes')} > {num(t.memory_bytes)}",
+               "warning", "resources", b.w("10m"),
+               "Process memory high on {{ $labels.instance }} (job {{ $labels.job }})",
+               "Resident memory of {{ $labels.instance }} is {{ $value | humanize1024 }}B"
+               f" (threshold {num(t.memory_bytes / 2**30)}GiB)."),
+        _alert("MLModelGPUMemoryHigh",
+               (f"{b.m('mlmonitor_gpu_memory_used_bytes')}\n"
+                f"/ {b.m('mlmonitor_gpu_memory_total_bytes')}\n> {num(t.gpu_memory_ratio)}"),
+               "warning", "resources", b.w("5m"),
+               "GPU memory above " + num(t.gpu_memory_ratio * 100) + "% on {{ $labels.instance }}",
+               "GPU memory use on {{ $labels.instance }} (job {{ $labels.job }}) is"
+               " {{ $value | humanizePercentage }}" + f" (threshold {num(t.gpu_memory_ratio * 100)}%)."),
+        _alert("MLMonitorInternalErrors",
+               f"sum by (job, instance, component) (increase({b.m('mlmonitor_internal_errors_total')}[{b.w('5m')}])) > 0",
+               "warning", "mlmonitor", "",
+               "mlmonitor internal errors in {{ $labels.component }} on {{ $labels.instance }}",
+               "mlmonitor's {{ $labels.component }} failed {{ $value | printf \"%.0f\" }} times over the last 5m"
+               " on {{ $labels.instance }} (job {{ $labels.job }}); requests were served, telemetry was lost."),
+        _alert("MLMonitorTelemetryDropped",
+               f"sum by (job, instance, signal) (increase({b.m('mlmonitor_telemetry_dropped_total')}[{b.w('10m')}])) > 0",
+               "info", "mlmonitor", "",
+               "mlmonitor dropped {{ $labels.signal }} on {{ $labels.instance }}",
+               "mlmonitor dropped {{ $value | printf \"%.0f\" }} {{ $labels.signal }} items over the last 10m"
+               " on {{ $labels.instance }} (job {{ $labels.job }}): exporter down or queue full."),
+    ]
+    return [
+        {"name": "mlmonitor.alerts.model", "rules": model},
+        {"name": "mlmonitor.alerts.slo", "rules": slo},
+        {"name": "mlmonitor.alerts.quality", "rules": quality},
+        {"name": "mlmonitor.alerts.platform", "rules": platform},
+    ]
+
+
+def render_groups(thresholds: Thresholds | None = None) -> Tuple[List[dict], List[dict]]:
+    """(recording groups, alerting groups) as plain dicts."""
+    b = _Builder(thresholds or Thresholds())
+    return _recording(b), _alerts(b)
+
+
+# -- output --------------------------------------------------------------------------------------
+
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./:-]*")
+_NUMBERLIKE = re.compile(r"[-+]?(\.\d+|\d[\d_]*(\.\d*)?)([eE][-+]?\d+)?|0x[0-9a-fA-F]+|0o[0-7]+")
+_RESERVED = {"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"}
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return num(value)
+    text = str(value)
+    if (_PLAIN.fullmatch(text) and not _NUMBERLIKE.fullmatch(text)
+            and text.lower() not in _RESERVED and not text.endswith(":")):
+        return text
+    if text.isprintable():
+        return "'" + text.replace("'", "''") + "'"
+    return json.dumps(text, ensure_ascii=False)
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """Block-style YAML for dicts, lists and scalars; multi-line strings as ``|-`` blocks."""
+    pad = " " * indent
+    lines: List[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            lines.append(_entry(f"{pad}{_scalar(key)}:", item, indent))
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and item:
+                body = to_yaml(item, indent + 2)
+                lines.append(f"{pad}- {body[indent + 2:]}")
+            else:
+                lines.append(_entry(f"{pad}-", item, indent))
+    else:
+        lines.append(pad + _scalar(value))
+    return "\n".join(lines)
+
+
+def _entry(head: str, item: Any, indent: int) -> str:
+    if isinstance(item, (dict, list)) and item:
+        return f"{head}\n{to_yaml(item, indent + 2)}"
+    if isinstance(item, str) and "\n" in item:
+        body = "\n".join((" " * (indent + 2) + line) if line else "" for line in item.split("\n"))
+        return f"{head} |-\n{body}"
+    if isinstance(item, (dict, list)):
+        return f"{head} {'{}' if isinstance(item, dict) else '[]'}"
+    return f"{head} {_scalar(item)}"
+
+
+def _header(t: Thresholds) -> str:
+    opts = " ".join(f"--{f.name.replace('_', '-')} {getattr(t, f.name)!r}"
+                    for f in fields(t) if getattr(t, f.name) != f.default
+                    and not (f.name == "latency_slo_threshold" and t.latency_slo_threshold == t.latency_p99))
+    return ("# Generated by `mlmonitor alerts render" + (f" {opts}" if opts else "")
+            + "`: do not edit by hand.\n")
+
+
+def render_files(thresholds: Thresholds, out_dir: str, prometheus_operator: bool = False) -> List[str]:
+    """Write the rule files (and the PrometheusRule manifest); return their paths."""
+    recording, alerting = render_groups(thresholds)
+    head = _header(thresholds)
+    outputs = {
+        RECORDING_FILE: head + to_yaml({"groups": recording}) + "\n",
+        ALERTS_FILE: head + to_yaml({"groups": alerting}) + "\n",
+    }
+    if prometheus_operator:
+        manifest = {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": {"name": "mlmonitor", "labels": {"app.kubernetes.io/name": "mlmonitor",
+                                                         "role": "alert-rules"}},
+            "spec": {"groups": recording + alerting},
+        }
+        outputs[OPERATOR_FILE] = head + to_yaml(manifest) + "\n"
+    written = []
+    for name, text in outputs.items():
+        path = os.path.join(out_dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        written.append(path)
+    return written
+
+
+# -- command line --------------------------------------------------------------------------------
+
+_HELP = {
+    "error_ratio": "server error ratio per model version that fires MLModelServerErrorRatioHigh",
+    "invalid_input_ratio": "invalid-input (4xx) ratio that fires MLModelInvalidInputRatioHigh",
+    "latency_p99": "p99 prediction latency SLA in seconds",
+    "availability_slo": "availability SLO target (share of predictions without server error)",
+    "latency_slo": "latency SLO target (share of predictions faster than --latency-slo-threshold)",
+    "latency_slo_threshold": "latency SLO bound in seconds; a histogram bucket bound (default: --latency-p99)",
+    "psi_threshold": "population stability index above which a feature or the classes drifted",
+    "accuracy_drop": "accuracy drop below the reference (0.05 = 5 points) that fires MLModelAccuracyDrop",
+    "accuracy_min_feedback": "feedback events needed in the window before accuracy is judged",
+    "canary_error_delta": "error-ratio points by which a version must exceed the best other version",
+    "canary_latency_factor": "p99 factor by which a version must exceed the best other version",
+    "memory_bytes": "resident memory per process that fires MLModelProcessMemoryHigh",
+    "gpu_memory_ratio": "GPU memory share that fires MLModelGPUMemoryHigh",
+    "selector": "label matchers added to every raw selector, e.g. 'job=\"model-server\"'",
+    "time_scale": "divide every window and for: by this (tests only; names keep nominal windows)",
+}
+
+
+def _render_command(args: argparse.Namespace) -> int:
+    t = Thresholds(**{f.name: getattr(args, f.name) for f in fields(Thresholds)})
+    for path in render_files(t, args.out_dir, args.prometheus_operator):
+        print(path)
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``mlmonitor alerts render``."""
+    alerts = subparsers.add_parser("alerts", help="render Prometheus alerting and recording rules")
+    sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    render = sub.add_parser("render", help="write the rule files with the given thresholds")
+    defaults = Thresholds()
+    for f in fields(Thresholds):
+        default = 0.0 if f.name == "latency_slo_threshold" else getattr(defaults, f.name)
+        render.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default),
+                            default=default, help=f"{_HELP[f.name]} (default: {default!r})")
+    render.add_argument("--out-dir", default="alerts", help="where to write (default: alerts)")
+    render.add_argument("--prometheus-operator", action="store_true",
+                        help="also write prometheus-operator/mlmonitor-prometheusrule.yaml")
+    render.set_defaults(func=_render_command)

@@ -1,0 +1,93 @@
+"""Helpers called inside a request: stages, tags, the model version, observations.
+
+They find the request through a context variable, so they work the same under
+the Flask extension and under the bare WSGI middleware, and do nothing outside
+a request. None of them ever raises into the app because of mlmonitor.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from . import guard
+from .record import RequestRecord, current_record
+
+_perf = time.perf_counter
+MAX_TAGS = 32
+
+
+class Stage:
+    """``with stage("inference"):`` times a block and opens a child span."""
+
+    __slots__ = ("name", "rec", "span", "token", "started")
+
+    def __init__(self, name: str) -> None:
+        self.name = str(name)[:64]
+        self.rec: Optional[RequestRecord] = None
+        self.span: Any = None
+        self.token: Any = None
+
+    def __enter__(self) -> "Stage":
+        rec = self.rec = current_record()
+        if rec is not None:
+            traces = rec.middleware.traces
+            if traces is not None and rec.span is not None:
+                try:
+                    self.span = traces.stage_span(self.name)
+                    self.token = otel_context.attach(trace.set_span_in_context(self.span))
+                except Exception as exc:
+                    guard.report_fault("traces", exc)
+        self.started = _perf()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        seconds = _perf() - self.started
+        rec = self.rec
+        if rec is not None:
+            rec.stages.append((self.name, seconds))
+        if self.span is not None:
+            try:
+                if self.token is not None:
+                    otel_context.detach(self.token)
+                if exc is not None:
+                    self.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    self.span.set_attribute("error.type", type(exc).__qualname__)
+                self.span.end()
+            except Exception as fault:
+                guard.report_fault("traces", fault)
+        return False  # the app's exception goes on untouched
+
+
+def stage(name: str) -> Stage:
+    return Stage(name)
+
+
+def tag(**tags: Any) -> None:
+    """Add searchable context to this request's log line and span (never a metric label)."""
+    rec = current_record()
+    if rec is None:
+        return
+    try:
+        for key, value in tags.items():
+            if key in rec.tags or len(rec.tags) < MAX_TAGS:
+                rec.tags[key] = value
+        traces = rec.middleware.traces
+        if traces is not None and rec.span is not None and not rec.own_span:
+            traces.annotate_borrowed(rec)
+    except Exception as exc:
+        guard.report_fault("tag", exc)
+
+
+def set_model_version(version: Any, model_name: Optional[str] = None) -> None:
+    """Say which model version answers this request (canary, A/B, shadow)."""
+    rec = current_record()
+    if rec is None:
+        return
+    try:
+        rec.middleware.begin_prediction(rec, model_name or rec.model_name or None, version)
+    except Exception as exc:
+        guard.report_fault("model_version", exc)

@@ -1,0 +1,153 @@
+"""The Flask extension: ``Monitor(app)`` or ``Monitor().init_app(app)``.
+
+It wraps ``app.wsgi_app`` with :class:`MonitorMiddleware` (the request is
+handled there, once) and adds only what Flask knows: the URL rule as the route
+label, the views marked as prediction endpoints with their model and version,
+and the span of ``FlaskInstrumentor`` when the app already uses it.
+
+Flask config keys (``MLMONITOR_<SETTING>``, read when ``MLMONITOR_*`` keyword
+arguments are absent): ``MLMONITOR_MODEL_NAME``, ``MLMONITOR_MODEL_VERSION``,
+``MLMONITOR_METRICS``, ``MLMONITOR_LOGS``, ``MLMONITOR_TRACES``,
+``MLMONITOR_METRICS_PATH``, ``MLMONITOR_METRICS_TOKEN``,
+``MLMONITOR_METRICS_BASIC_AUTH``, ``MLMONITOR_BUCKETS``,
+``MLMONITOR_LOG_SAMPLE_RATE``, ``MLMONITOR_MAX_LABEL_VALUES``, ``MLMONITOR_TAGS``,
+``MLMONITOR_REDACT``, ``MLMONITOR_REFERENCE``, ``MLMONITOR_FEEDBACK_SECRET``;
+see the README's configuration table.
+
+Example::
+
+    from flask import Flask
+    from mlmonitor import Monitor
+
+    app = Flask(__name__)
+    monitor = Monitor(app, model_name="iris", model_version="v1")
+
+    @app.post("/predict")
+    @monitor.prediction
+    def predict():
+        with monitor.stage("inference"):
+            ...
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, Optional
+
+from flask import Flask, request
+from opentelemetry import trace
+
+from . import context, guard
+from .config import resolve
+from .middleware import UNMATCHED_ROUTE, MonitorMiddleware
+from .record import ENVIRON_KEY, current_record
+
+EXTENSION_KEY = "mlmonitor"
+_perf = time.perf_counter
+
+
+class Monitor:
+    """Observability for a Flask model server in one line."""
+
+    def __init__(self, app: Optional[Flask] = None, **options: Any) -> None:
+        self.options = options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, **options: Any) -> None:
+        """Wrap ``app``; keyword options override those given to ``Monitor()``."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("mlmonitor is already registered on this Flask app; "
+                               "call Monitor(app) or monitor.init_app(app) once per app")
+        merged = {**self.options, **options}
+        registry = merged.pop("registry", None)
+        tracer_provider = merged.pop("tracer_provider", None)
+        log_stream = merged.pop("log_stream", None)
+        settings = resolve(merged, app.config)
+        middleware = MonitorMiddleware(app.wsgi_app, settings=settings, registry=registry,
+                                       tracer_provider=tracer_provider, log_stream=log_stream)
+        middleware.defer_route = True
+        middleware.borrow_span = lambda: getattr(app, "_is_instrumented_by_opentelemetry", False)
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.before_request(_before_request)
+        app.after_request(_after_request)
+        app.extensions[EXTENSION_KEY] = middleware
+
+    # -- prediction endpoints -----------------------------------------------------
+    def prediction(self, view: Optional[Callable] = None, *, model_name: Optional[str] = None,
+                   model_version: Any = None, reference: Any = None) -> Any:
+        """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
+
+        ``model_version`` may be a callable evaluated per request. The view is
+        called as it is: its exceptions reach Flask's error handling untouched.
+        """
+        if view is None:
+            return functools.partial(self.prediction, model_name=model_name,
+                                     model_version=model_version, reference=reference)
+
+        @functools.wraps(view)
+        def monitored_view(*args: Any, **kwargs: Any) -> Any:
+            rec = current_record()
+            if rec is None:
+                return view(*args, **kwargs)
+            middleware = rec.middleware
+            try:
+                middleware.begin_prediction(rec, model_name, model_version)
+                if middleware.traces is not None and rec.span is None:
+                    _borrow_span(rec)
+            except Exception as exc:
+                guard.report_fault("flask", exc)
+            started = _perf()
+            try:
+                return view(*args, **kwargs)
+            except BaseException as exc:
+                rec.exc = exc
+                raise
+            finally:
+                rec.prediction_seconds = _perf() - started
+                if rec.span is not None and not rec.own_span:
+                    try:
+                        middleware.traces.annotate_borrowed(rec)
+                    except Exception as exc:
+                        guard.report_fault("traces", exc)
+
+        monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
+        return monitored_view
+
+    # -- in-request helpers (also usable as module functions) ------------------------
+    stage = staticmethod(context.stage)
+    tag = staticmethod(context.tag)
+    set_model_version = staticmethod(context.set_model_version)
+
+
+def _borrow_span(rec: Any) -> None:
+    """Use FlaskInstrumentor's span when the app has one (one server span, never two)."""
+    span = trace.get_current_span()
+    if span.get_span_context().is_valid:
+        from .traces import TraceSink
+        rec.own_span = False
+        TraceSink.adopt(rec, span)
+
+
+def _before_request() -> None:
+    rec = request.environ.get(ENVIRON_KEY)
+    if rec is None or rec.finished:
+        return
+    try:
+        rule = request.url_rule
+        rec.middleware.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
+        if rec.span is None and rec.middleware.traces is not None:
+            _borrow_span(rec)
+    except Exception as exc:
+        guard.report_fault("flask", exc)
+
+
+def _after_request(response: Any) -> Any:
+    rec = request.environ.get(ENVIRON_KEY)
+    if rec is not None and rec.span is None and rec.middleware.traces is not None:
+        try:
+            _borrow_span(rec)
+            rec.middleware.traces.annotate_borrowed(rec)
+        except Exception as exc:
+            guard.report_fault("flask", exc)
+    return response

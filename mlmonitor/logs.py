@@ -1,0 +1,280 @@
+"""Request record -> one strict JSON line; safe rendering, size cap, redaction.
+
+mlmonitor logs through its own structlog chain (it never calls
+``structlog.configure()``). :func:`render_json` never raises: whatever an app
+puts in a line (cycles, tuple keys, NaN, objects whose ``__repr__`` raises,
+bytes, numpy scalars, megabyte strings) comes out as one valid JSON object on
+one line, at most ``max_bytes`` long, with ``"truncated": true`` when cut.
+:func:`configure_logging` is the opt-in helper that makes the app's own
+structlog and stdlib logging emit the same JSON with the request's context.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import sys
+import time
+import traceback
+from typing import Any, Iterable, Optional, TextIO
+
+import structlog
+
+from .config import Settings
+from .record import RequestRecord, current_record
+
+REDACTED = "[REDACTED]"
+TRUNCATED_MARK = "...[truncated]"
+_MAX_DEPTH = 12
+_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+def _default(obj: Any) -> Any:
+    """Called by json for values it cannot encode: numpy scalars, bytes, anything else."""
+    item = getattr(obj, "item", None)
+    if callable(item) and type(obj).__module__ == "numpy":
+        return item()
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).decode("utf-8", "backslashreplace")
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    return _safe_repr(obj)
+
+
+def _safe_repr(obj: Any) -> str:
+    try:
+        return repr(obj)
+    except Exception:
+        try:
+            return f"<unrepresentable {type(obj).__name__}>"
+        except Exception:
+            return "<unrepresentable>"
+
+
+def _sanitize(obj: Any, depth: int, seen: set, max_str: int) -> Any:
+    """A JSON-safe copy: string keys, finite floats, no cycles, bounded depth and strings."""
+    if obj is None or isinstance(obj, (bool, int)):
+        return obj if type(obj) in (bool, int) or obj is None else int(obj)
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return float(obj)
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, str):
+        text = str(obj)
+        return text if len(text) <= max_str else text[:max_str] + TRUNCATED_MARK
+    if depth >= _MAX_DEPTH:
+        return "<max depth>"
+    if isinstance(obj, dict):
+        if id(obj) in seen:
+            return "<cycle>"
+        seen.add(id(obj))
+        try:
+            out = {}
+            for key, value in list(obj.items())[:1000]:
+                key_text = key if type(key) is str else _safe_text(key)
+                out[key_text[:max_str]] = _sanitize(value, depth + 1, seen, max_str)
+            return out
+        finally:
+            seen.discard(id(obj))
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        if id(obj) in seen:
+            return "<cycle>"
+        seen.add(id(obj))
+        try:
+            return [_sanitize(v, depth + 1, seen, max_str) for v in list(obj)[:1000]]
+        finally:
+            seen.discard(id(obj))
+    try:
+        converted = _default(obj)
+    except Exception:
+        converted = "<unrepresentable>"
+    if converted is obj or isinstance(converted, (dict, list)):
+        return _safe_repr(obj)[:max_str]
+    return _sanitize(converted, depth + 1, seen, max_str)
+
+
+def _safe_text(obj: Any) -> str:
+    try:
+        return str(obj)
+    except Exception:
+        return _safe_repr(obj)
+
+
+def render_json(event: dict, max_bytes: int = 16384) -> str:
+    """One strict-JSON line (ASCII, so bytes == characters), never raising, at most max_bytes."""
+    try:
+        text = _encode(event)
+    except Exception:
+        text = None
+    if text is None or len(text) > max_bytes:
+        max_str = max_bytes // 4
+        while True:
+            try:
+                clean = _sanitize(event, 0, set(), max_str)
+                if text is not None or len(_encode(clean)) > max_bytes:
+                    clean["truncated"] = True
+                text = _encode(clean)
+            except Exception:
+                text = None
+            if text is not None and len(text) <= max_bytes:
+                return text
+            if max_str <= 64:
+                break
+            max_str //= 4
+        # last resort: only the short scalar fields survive
+        core = {k: v for k, v in event.items()
+                if isinstance(k, str) and isinstance(v, (str, int, float, bool)) and len(str(v)) < 256}
+        core["truncated"] = True
+        try:
+            text = _encode(_sanitize(core, 0, set(), 256))
+        except Exception:
+            text = '{"event":"unrenderable","truncated":true}'
+        return text[:max_bytes] if len(text) <= max_bytes else '{"event":"unrenderable","truncated":true}'
+    return text
+
+
+class SafeJSONRenderer:
+    """structlog processor: the final step of a chain, renders with :func:`render_json`."""
+
+    def __init__(self, max_bytes: int = 16384) -> None:
+        self.max_bytes = max_bytes
+
+    def __call__(self, logger: Any, method_name: str, event_dict: dict) -> str:
+        return render_json(event_dict, self.max_bytes)
+
+
+def redact_text(text: str, names: Iterable[str]) -> str:
+    """Hide the values of ``name=value`` / ``"name": "value"`` pairs whose name is secret."""
+    return _redaction_pattern(tuple(names)).sub(lambda m: m.group(1) + REDACTED, text)
+
+
+_patterns: dict = {}
+
+
+def _redaction_pattern(names: tuple) -> "re.Pattern[str]":
+    pattern = _patterns.get(names)
+    if pattern is None:
+        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        pattern = _patterns[names] = re.compile(
+            r"((?:%s)[\"']?\s*(?:=|:|\s)\s*(?:bearer\s+|basic\s+)?[\"']?)([^\s&\"',;}\]]+)" % alternatives,
+            re.IGNORECASE)
+    return pattern
+
+
+def redact_mapping(values: dict, names: frozenset) -> dict:
+    """A copy where the values of secret keys are replaced, nested dicts and lists included."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(key, str) and key.lower() in names:
+            out[key] = REDACTED
+        elif isinstance(value, dict):
+            out[key] = redact_mapping(value, names)
+        elif isinstance(value, list):
+            out[key] = [redact_mapping(v, names) if isinstance(v, dict) else v for v in value]
+        else:
+            out[key] = value
+    return out
+
+
+def _timestamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%03dZ" % (int(now * 1000) % 1000)
+
+
+class LogSink:
+    """Writes one JSON line per finished request; errors always, successes sampled."""
+
+    def __init__(self, settings: Settings, stream: Optional[TextIO] = None) -> None:
+        self.settings = settings
+        self.sample_rate = settings.log_sample_rate
+        self.redact = settings.redact_set
+        self.static_tags = redact_mapping(dict(settings.tags), self.redact)
+        self.logger = structlog.wrap_logger(
+            structlog.WriteLogger(stream if stream is not None else sys.stdout),
+            processors=[SafeJSONRenderer(settings.log_max_bytes)],
+            wrapper_class=structlog.BoundLogger,
+            cache_logger_on_first_use=True,
+        )
+
+    def record(self, rec: RequestRecord) -> None:
+        code = rec.status_code
+        failed = code >= 400 or code == 0 or rec.error_type is not None
+        if not failed and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+            return
+        line = {
+            "timestamp": _timestamp(time.time()),
+            "level": "error" if (code >= 500 or code == 0) else ("warning" if failed else "info"),
+            "method": rec.method,
+            "route": rec.route,
+            "status": code or 500,
+            "duration_ms": round(rec.duration * 1000.0, 3),
+            "request_id": rec.request_id,
+            "trace_id": rec.trace_id,
+            "span_id": rec.span_id,
+        }
+        if rec.is_prediction:
+            line["model_name"] = rec.model_name
+            line["model_version"] = rec.model_version
+            if rec.stages:
+                line["stages_ms"] = {name: round(s * 1000.0, 3) for name, s in rec.stages}
+        if self.static_tags:
+            line.update(self.static_tags)
+        if rec.tags:
+            line["tags"] = redact_mapping(rec.tags, self.redact)
+        if rec.error_type is not None:
+            line["error_type"] = rec.error_type
+            exc = rec.exc
+            if exc is not None:
+                line["error"] = redact_text(_safe_text(exc)[:2000], self.redact)
+                if code >= 500 or code == 0:
+                    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                    line["stack"] = redact_text(stack[-8000:], self.redact)
+        self.logger.msg("request", **line)
+
+
+# -- opt-in: the app's own logs as JSON, with the request's context ----------------------
+
+def add_request_context(logger: Any, method_name: str, event_dict: dict) -> dict:
+    """structlog processor: adds request_id, trace_id, span_id, model_name, model_version."""
+    rec = current_record()
+    if rec is not None:
+        event_dict.setdefault("request_id", rec.request_id)
+        if rec.trace_id:
+            event_dict.setdefault("trace_id", rec.trace_id)
+            event_dict.setdefault("span_id", rec.span_id)
+        if rec.is_prediction:
+            event_dict.setdefault("model_name", rec.model_name)
+            event_dict.setdefault("model_version", rec.model_version)
+    return event_dict
+
+
+def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None,
+                      max_bytes: int = 16384) -> None:
+    """Opt-in: route the app's structlog and stdlib logging to JSON lines with request context.
+
+    Call it once at start-up if you want it; mlmonitor never calls it for you.
+    """
+    stream = stream if stream is not None else sys.stdout
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        add_request_context,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    structlog.configure(
+        processors=shared + [SafeJSONRenderer(max_bytes)],
+        logger_factory=structlog.WriteLoggerFactory(stream),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared[:-1] + [structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, SafeJSONRenderer(max_bytes)],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

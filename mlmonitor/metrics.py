@@ -1,0 +1,266 @@
+"""All metric families in one place; a finished RequestRecord becomes observations.
+
+Families are created once per registry and shared by every sink on it. Label
+children are cached in plain dicts keyed by label tuples, so a request costs a
+dict lookup and an increment, not label formatting. With
+``PROMETHEUS_MULTIPROC_DIR`` set, values go to prometheus-client's mmap files
+and ``/metrics`` aggregates every worker through its multiprocess collector.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, REGISTRY
+from prometheus_client import multiprocess
+from prometheus_client.exposition import choose_encoder
+
+from .config import Settings
+from .record import RequestRecord
+
+OTHER = "other"
+UNMATCHED_ROUTE = "<unmatched>"
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+PROCESS_UPDATE_INTERVAL = 5.0
+
+MODEL = ("model_name", "model_version")
+HTTP = ("method", "route", "status")
+
+
+def multiprocess_dir() -> Optional[str]:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+class LabelCap:
+    """Keeps the first ``limit`` distinct values of a label; later ones become ``other``."""
+
+    def __init__(self, limit: int, preset: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self.values = set(preset)
+        self.lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self.values:
+            return value
+        with self.lock:
+            if len(self.values) < self.limit:
+                self.values.add(value)
+                return value
+        return OTHER
+
+
+class Families:
+    """The metric contract of DESIGN.md, created once per registry."""
+
+    def __init__(self, registry: Optional[CollectorRegistry], buckets: Tuple[float, ...]) -> None:
+        r = registry
+        self.http_requests = Counter(
+            "mlmonitor_http_requests", "HTTP requests seen by mlmonitor.", HTTP, registry=r)
+        self.http_duration = Histogram(
+            "mlmonitor_http_request_duration_seconds",
+            "Time from request start until the response body is closed.", HTTP,
+            buckets=buckets, registry=r)
+        self.in_progress = Gauge(
+            "mlmonitor_http_requests_in_progress", "Requests being served now.",
+            ("method", "route"), multiprocess_mode="livesum", registry=r)
+        self.predictions = Counter(
+            "mlmonitor_predictions", "Calls of prediction endpoints, failed ones included.",
+            MODEL, registry=r)
+        self.prediction_errors = Counter(
+            "mlmonitor_prediction_errors",
+            "Failed predictions: invalid_input for 4xx, else the exception class or http_5xx.",
+            MODEL + ("error_type",), registry=r)
+        self.prediction_duration = Histogram(
+            "mlmonitor_prediction_duration_seconds", "Time spent in the prediction handler.",
+            MODEL, buckets=buckets, registry=r)
+        self.stage_duration = Histogram(
+            "mlmonitor_stage_duration_seconds", "Time spent in a named stage of a prediction.",
+            MODEL + ("stage",), buckets=buckets, registry=r)
+        self.model_info = Gauge(
+            "mlmonitor_model_info", "Model versions this process serves (value 1).", MODEL,
+            multiprocess_mode="livemax", registry=r)
+        self.prediction_score = Histogram(
+            "mlmonitor_prediction_score", "Confidence score of each prediction.", MODEL,
+            buckets=SCORE_BUCKETS, registry=r)
+        self.predicted_class = Counter(
+            "mlmonitor_predicted_class", "Predicted classes.", MODEL + ("class",), registry=r)
+        self.feature_bin = Counter(
+            "mlmonitor_feature_bin", "Live feature values, binned by the reference's edges.",
+            MODEL + ("feature", "bin"), registry=r)
+        self.feature_reference_ratio = Gauge(
+            "mlmonitor_feature_reference_ratio", "The reference's share of each feature bin.",
+            MODEL + ("feature", "bin"), multiprocess_mode="max", registry=r)
+        self.feature_missing = Counter(
+            "mlmonitor_feature_missing", "Missing or non-numeric feature values.",
+            MODEL + ("feature",), registry=r)
+        self.feedback = Counter(
+            "mlmonitor_feedback", "Ground truth received, by outcome.", MODEL + ("outcome",),
+            registry=r)
+        self.reference_accuracy = Gauge(
+            "mlmonitor_reference_accuracy", "Accuracy measured on the reference data.", MODEL,
+            multiprocess_mode="max", registry=r)
+        self.reference_class_ratio = Gauge(
+            "mlmonitor_reference_class_ratio", "The reference's share of each predicted class.",
+            MODEL + ("class",), multiprocess_mode="max", registry=r)
+        self.tokens = Counter(
+            "mlmonitor_tokens", "LLM tokens, by direction (input / output).",
+            MODEL + ("direction",), registry=r)
+        self.cost = Counter(
+            "mlmonitor_cost", "Cost of predictions in the configured currency.", MODEL,
+            registry=r)
+        self.internal_errors = Counter(
+            "mlmonitor_internal_errors", "mlmonitor's own faults (should stay 0).",
+            ("component",), registry=r)
+        self.telemetry_dropped = Counter(
+            "mlmonitor_telemetry_dropped", "Spans or log lines dropped (queue full, exporter down).",
+            ("signal",), registry=r)
+        self.process_memory = Gauge(
+            "mlmonitor_process_resident_memory_bytes", "Resident memory of each worker.",
+            ("worker",), multiprocess_mode="livemax", registry=r)
+        self.process_cpu = Counter(
+            "mlmonitor_process_cpu_seconds", "CPU time of each worker slot (user + system).",
+            ("worker",), registry=r)
+        # exported from the start, so alerts and dashboards see 0 rather than nothing
+        self.internal_errors.labels("guard")
+        for signal in ("traces", "logs"):
+            self.telemetry_dropped.labels(signal)
+
+
+_families_by_registry: "weakref.WeakKeyDictionary[Any, Families]" = weakref.WeakKeyDictionary()
+_multiprocess_families: Optional[Families] = None
+_families_lock = threading.Lock()
+
+
+def families_for(registry: Optional[CollectorRegistry], buckets: Tuple[float, ...]) -> Families:
+    """One Families per registry (and one in multiprocess mode), however many sinks."""
+    global _multiprocess_families
+    with _families_lock:
+        if multiprocess_dir() and registry is None:
+            if _multiprocess_families is None:
+                _multiprocess_families = Families(None, buckets)
+            return _multiprocess_families
+        target = REGISTRY if registry is None else registry
+        fams = _families_by_registry.get(target)
+        if fams is None:
+            fams = _families_by_registry[target] = Families(target, buckets)
+        return fams
+
+
+class MetricsSink:
+    """Turns finished records into observations and serves the exposition."""
+
+    def __init__(self, settings: Settings, registry: Optional[CollectorRegistry] = None) -> None:
+        self.settings = settings
+        self.multiprocess = bool(multiprocess_dir()) and registry is None
+        self.registry = registry
+        self.f = families_for(registry, settings.buckets)
+        self.exemplars = settings.exemplars and not self.multiprocess
+        limit = settings.max_label_values
+        self.cap_model = LabelCap(limit, (settings.model_name,))
+        self.cap_version = LabelCap(limit, (settings.model_version,))
+        self.cap_error = LabelCap(limit, ("invalid_input", "http_5xx"))
+        self.cap_stage = LabelCap(limit)
+        self.cap_class = LabelCap(max(limit, 50))
+        self._children: Dict[Any, Any] = {}
+        self._seen_models: set = set()
+        self._process_next = 0.0
+        self._process_cpu_last = 0.0
+        self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")
+        self.mark_model(settings.model_name, settings.model_version)
+
+    # -- label children, cached -------------------------------------------------
+    def child(self, family: Any, *labels: str) -> Any:
+        key = (id(family),) + labels
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
+
+    def model_labels(self, name: str, version: str) -> Tuple[str, str]:
+        return self.cap_model(name), self.cap_version(version)
+
+    def mark_model(self, name: str, version: str) -> Tuple[str, str]:
+        labels = self.model_labels(name, version)
+        if labels not in self._seen_models:
+            self._seen_models.add(labels)
+            self.child(self.f.model_info, *labels).set(1)
+        return labels
+
+    # -- per request ------------------------------------------------------------
+    def start(self, rec: RequestRecord) -> None:
+        """Count the request as in progress once its route is known."""
+        if rec.route is not None and getattr(rec, "in_progress", None) is None:
+            gauge = self.child(self.f.in_progress, rec.method, rec.route)
+            gauge.inc()
+            rec.in_progress = gauge
+
+    def record(self, rec: RequestRecord) -> None:
+        if rec.in_progress is not None:
+            rec.in_progress.dec()
+            rec.in_progress = None
+        status = str(rec.status_code or 500)
+        route = rec.route or UNMATCHED_ROUTE
+        exemplar = {"trace_id": rec.trace_id} if self.exemplars and rec.sampled else None
+        self.child(self.f.http_requests, rec.method, route, status).inc()
+        self.child(self.f.http_duration, rec.method, route, status).observe(rec.duration, exemplar)
+        if rec.is_prediction:
+            name, version = self.mark_model(rec.model_name, rec.model_version)
+            self.child(self.f.predictions, name, version).inc()
+            if rec.error_type:
+                self.child(self.f.prediction_errors, name, version,
+                           self.cap_error(rec.error_type)).inc()
+            seconds = rec.prediction_seconds if rec.prediction_seconds is not None else rec.duration
+            self.child(self.f.prediction_duration, name, version).observe(seconds, exemplar)
+            for stage, stage_seconds in rec.stages:
+                self.child(self.f.stage_duration, name, version,
+                           self.cap_stage(stage)).observe(stage_seconds)
+            for observe in rec.observations:
+                observe(self, name, version)
+        if rec.start > self._process_next:
+            self.update_process()
+
+    def count_fault(self, component: str) -> None:
+        self.child(self.f.internal_errors, component[:64]).inc()
+
+    def count_dropped(self, signal: str, amount: int = 1) -> None:
+        self.child(self.f.telemetry_dropped, signal).inc(amount)
+
+    # -- process metrics per worker slot ------------------------------------------
+    def update_process(self) -> None:
+        self._process_next = time.perf_counter() + PROCESS_UPDATE_INTERVAL
+        times = os.times()
+        cpu = times.user + times.system
+        if cpu > self._process_cpu_last:
+            self.child(self.f.process_cpu, self.worker).inc(cpu - self._process_cpu_last)
+            self._process_cpu_last = cpu
+        rss = _resident_memory()
+        if rss:
+            self.child(self.f.process_memory, self.worker).set(rss)
+
+    # -- exposition -------------------------------------------------------------
+    def exposition(self, accept: str) -> Tuple[bytes, str]:
+        """The text (or OpenMetrics) exposition; every worker's values in multiprocess mode."""
+        self.update_process()
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = REGISTRY if self.registry is None else self.registry
+        encoder, content_type = choose_encoder(accept)
+        return encoder(registry), content_type
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _resident_memory() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0

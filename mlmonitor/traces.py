@@ -1,0 +1,301 @@
+"""Server spans with HTTP semantic conventions and model attributes; stage spans.
+
+mlmonitor starts the server span itself through the OpenTelemetry API (W3C
+``traceparent`` honoured), because the Flask instrumentation package costs
+~117 us a request here (+73 us even unsampled); see benchmarks/README.md. An
+app that already runs ``FlaskInstrumentor`` keeps its one span, which mlmonitor
+annotates. If the app has no TracerProvider, one is built from the standard
+``OTEL_*`` variables, always with a batching processor; with no exporter
+configured nothing is exported.
+
+Attributes mlmonitor adds: ``ml.model.name``, ``ml.model.version``,
+``ml.stage`` (stage spans) and ``ml.tag.<key>`` for ``monitor.tag(key=value)``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable, Dict, Optional
+from urllib.parse import parse_qsl, urlencode
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .config import ConfigError, Settings
+from .logs import REDACTED, redact_text
+from .record import RequestRecord
+
+log = logging.getLogger("mlmonitor")
+
+MAX_ATTRIBUTE_LENGTH = 1024
+MAX_TAGS = 32
+
+_provider_lock = threading.Lock()
+_built_provider: Any = None
+_drop_listeners: list = []
+
+
+def _environ_getter() -> Any:
+    from opentelemetry.propagators.textmap import Getter
+
+    class EnvironGetter(Getter):
+        """Reads W3C headers straight from the WSGI environ."""
+
+        def get(self, carrier: dict, key: str):  # type: ignore[override]
+            value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
+            return [value] if value is not None else None
+
+        def keys(self, carrier: dict):  # type: ignore[override]
+            return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
+
+    return EnvironGetter()
+
+
+_GETTER = _environ_getter()
+
+
+def _exporter_names() -> list:
+    names = os.environ.get("OTEL_TRACES_EXPORTER")
+    if names is None:
+        endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                    or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        return ["otlp"] if endpoint else []
+    return [n.strip().lower() for n in names.split(",") if n.strip() and n.strip().lower() != "none"]
+
+
+def _make_exporter(name: str) -> Any:
+    if name == "otlp":
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                                  os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"))
+        if protocol != "http/protobuf":
+            log.warning("mlmonitor: OTEL_EXPORTER_OTLP_PROTOCOL=%r is not supported; using "
+                        "http/protobuf", protocol)
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise ConfigError("OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
+                              "pip install 'mlmonitor[otlp]'") from None
+        return OTLPSpanExporter()
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+        return ConsoleSpanExporter()
+    raise ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: mlmonitor supports otlp, console or none")
+
+
+class CountingExporter:
+    """Wraps an exporter; spans it fails to deliver are counted as dropped."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        if result != SpanExportResult.SUCCESS:
+            notify_dropped(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        flush = getattr(self.inner, "force_flush", None)
+        return flush(timeout_millis) if flush else True
+
+
+def notify_dropped(count: int) -> None:
+    for listener in list(_drop_listeners):
+        try:
+            listener(count)
+        except Exception:
+            pass
+
+
+def _batch_processor(exporter: Any) -> Any:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    class CountingBatchSpanProcessor(BatchSpanProcessor):
+        """Counts the spans the SDK drops silently when its queue is full."""
+
+        def on_end(self, span: Any) -> None:
+            batch = getattr(self, "_batch_processor", None)
+            queue = getattr(batch, "_queue", None)
+            if queue is not None and len(queue) >= getattr(batch, "_max_queue_size", 1 << 30):
+                notify_dropped(1)
+            super().on_end(span)
+
+    return CountingBatchSpanProcessor(CountingExporter(exporter))
+
+
+def build_tracer_provider(service_name: str) -> Any:
+    """A TracerProvider from OTEL_* variables; raises ConfigError on values that do not parse."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+
+    names = _exporter_names()
+    exporters = [_make_exporter(name) for name in names]
+    try:
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service_name}),
+            span_limits=SpanLimits(max_attributes=64, max_events=32, max_links=32,
+                                   max_attribute_length=MAX_ATTRIBUTE_LENGTH),
+        )
+    except ValueError as exc:  # e.g. OTEL_TRACES_SAMPLER_ARG that does not parse
+        raise ConfigError(f"OpenTelemetry settings (OTEL_*): {exc}") from None
+    for exporter in exporters:
+        provider.add_span_processor(_batch_processor(exporter))
+    return provider
+
+
+def provider_for(settings: Settings, tracer_provider: Any = None) -> Any:
+    """The app's provider if it has one, else one built once per process from OTEL_*."""
+    global _built_provider
+    if tracer_provider is not None:
+        return tracer_provider
+    current = trace.get_tracer_provider()
+    if not isinstance(current, trace.ProxyTracerProvider):
+        return current
+    with _provider_lock:
+        if _built_provider is None:
+            _built_provider = build_tracer_provider(
+                os.environ.get("OTEL_SERVICE_NAME") or settings.model_name)
+            trace.set_tracer_provider(_built_provider)
+        return _built_provider
+
+
+def shutdown(timeout_s: float = 5.0) -> None:
+    """Flush and stop the provider mlmonitor built (gunicorn's worker_exit calls this)."""
+    provider = _built_provider
+    if provider is not None:
+        provider.force_flush(int(timeout_s * 1000))
+        provider.shutdown()
+
+
+def reset_after_fork() -> None:
+    """Drop the provider built before a fork, so the worker builds its own on first use."""
+    global _built_provider
+    _built_provider = None
+
+
+def redact_query(query: str, names: frozenset) -> str:
+    if not query:
+        return query
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True)
+    except Exception:
+        return REDACTED
+    return urlencode([(k, REDACTED if k.lower() in names else v) for k, v in pairs])
+
+
+class TraceSink:
+    """Starts and ends the server span of a record; annotates a borrowed one."""
+
+    def __init__(self, settings: Settings, tracer_provider: Any = None,
+                 on_dropped: Optional[Callable[[int], None]] = None) -> None:
+        from . import __version__
+        self.settings = settings
+        self.redact = settings.redact_set
+        self.provider = provider_for(settings, tracer_provider)
+        self.tracer = self.provider.get_tracer("mlmonitor", __version__)
+        self.static_attributes = {
+            "ml.tag." + k: str(v)[:MAX_ATTRIBUTE_LENGTH] for k, v in settings.tags.items()
+            if k.lower() not in self.redact}
+        if on_dropped is not None:
+            _drop_listeners.append(on_dropped)
+
+    def start(self, rec: RequestRecord) -> Any:
+        """Open the server span and make it current; returns the context token."""
+        environ = rec.environ
+        parent = extract(environ, getter=_GETTER) if "HTTP_TRACEPARENT" in environ else None
+        attributes = {
+            "http.request.method": rec.method,
+            "url.path": rec.path[:MAX_ATTRIBUTE_LENGTH],
+            "url.scheme": environ.get("wsgi.url_scheme", "http"),
+        }
+        if rec.query:
+            attributes["url.query"] = redact_query(rec.query, self.redact)[:MAX_ATTRIBUTE_LENGTH]
+        agent = environ.get("HTTP_USER_AGENT")
+        if agent:
+            attributes["user_agent.original"] = agent[:256]
+        client = environ.get("REMOTE_ADDR")
+        if client:
+            attributes["client.address"] = client
+        if self.static_attributes:
+            attributes.update(self.static_attributes)
+        span = self.tracer.start_span(rec.method, context=parent, kind=SpanKind.SERVER,
+                                      attributes=attributes, start_time=rec.start_ns)
+        rec.own_span = True
+        self.adopt(rec, span)
+        return otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def adopt(rec: RequestRecord, span: Any) -> None:
+        """Remember the span and copy its ids into the record."""
+        rec.span = span
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            rec.trace_id = format(ctx.trace_id, "032x")
+            rec.span_id = format(ctx.span_id, "016x")
+            rec.sampled = ctx.trace_flags.sampled
+
+    def annotation(self, rec: RequestRecord) -> Dict[str, Any]:
+        attributes: Dict[str, Any] = {}
+        if rec.is_prediction:
+            attributes["ml.model.name"] = rec.model_name
+            attributes["ml.model.version"] = rec.model_version
+        for key, value in list(rec.tags.items())[:MAX_TAGS]:
+            if str(key).lower() in self.redact:
+                value = REDACTED
+            elif not isinstance(value, (str, bool, int, float)):
+                value = str(value)
+            if isinstance(value, str):
+                value = value[:MAX_ATTRIBUTE_LENGTH]
+            attributes["ml.tag." + str(key)[:64]] = value
+        return attributes
+
+    def annotate_borrowed(self, rec: RequestRecord) -> None:
+        """Set model attributes on a span someone else owns (FlaskInstrumentor)."""
+        span = rec.span
+        if span is not None and not rec.own_span and span.is_recording():
+            span.set_attributes(self.annotation(rec))
+
+    def finish(self, rec: RequestRecord) -> None:
+        span = rec.span
+        if span is None or not rec.own_span:
+            return
+        if span.is_recording():
+            attributes = self.annotation(rec)
+            code = rec.status_code or 500
+            attributes["http.response.status_code"] = code
+            if rec.route is not None and rec.route != "<unmatched>":
+                attributes["http.route"] = rec.route
+                span.update_name(f"{rec.method} {rec.route}")
+            if code >= 500:
+                attributes["error.type"] = rec.error_type or str(code)
+                exc = rec.exc
+                if exc is not None:
+                    message = redact_text(str(exc), self.redact)[:MAX_ATTRIBUTE_LENGTH]
+                    span.add_event("exception", {
+                        "exception.type": type(exc).__qualname__,
+                        "exception.message": message,
+                        "exception.stacktrace": redact_text(_stack(exc), self.redact)[-4000:],
+                    })
+                    span.set_status(Status(StatusCode.ERROR, message[:256]))
+                else:
+                    span.set_status(Status(StatusCode.ERROR))
+            span.set_attributes(attributes)
+        span.end()
+
+    def stage_span(self, name: str) -> Any:
+        return self.tracer.start_span(name, attributes={"ml.stage": name})
+
+
+def _stack(exc: BaseException) -> str:
+    import traceback
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
