@@ -51,6 +51,8 @@ def _type_name(value: Any) -> str:
         return "array"
     if isinstance(value, dict):
         return "object"
+    if isinstance(value, (int, float)):
+        return "number"
     return type(value).__name__
 
 
@@ -224,7 +226,8 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
                                  " (expected 'prediction_id' and 'label')")
         pid, label = body.get("prediction_id"), body.get("label")
         if not isinstance(pid, str) or not pid:
-            raise InvalidRequest(f"'prediction_id' must be a non-empty string, got {_type_name(pid)}")
+            got = "an empty string" if pid == "" else _type_name(pid)
+            raise InvalidRequest(f"'prediction_id' must be a non-empty string, got {got}")
         if not isinstance(label, str):
             raise InvalidRequest(f"'label' must be a string, got {_type_name(label)}")
         if label not in classes:

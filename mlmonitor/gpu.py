@@ -13,11 +13,13 @@ Example::
     registry = CollectorRegistry()
     register_gpu_collector(registry)   # True with a GPU, False without
 """
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -31,7 +33,9 @@ MAX_GPUS = 64  # bounds the gpu label
 
 def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
     return (
-        GaugeMetricFamily("mlmonitor_gpu_utilization_ratio", "GPU busy share over NVML's last sample period (0..1).", labels=["gpu"]),
+        GaugeMetricFamily(
+            "mlmonitor_gpu_utilization_ratio", "GPU busy share over NVML's last sample period (0..1).", labels=["gpu"]
+        ),
         GaugeMetricFamily("mlmonitor_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"]),
         GaugeMetricFamily("mlmonitor_gpu_memory_total_bytes", "GPU memory installed.", labels=["gpu"]),
     )

@@ -8,6 +8,8 @@ and ``/metrics`` aggregates every worker through its multiprocess collector.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
 import time
@@ -246,13 +248,26 @@ class MetricsSink:
     def exposition(self, accept: str) -> Tuple[bytes, str]:
         """The text (or OpenMetrics) exposition; every worker's values in multiprocess mode."""
         self.update_process()
-        if self.multiprocess:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        else:
-            registry = REGISTRY if self.registry is None else self.registry
         encoder, content_type = choose_encoder(accept)
+        if self.multiprocess:
+            path = multiprocess_dir()
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path)
+            with directory_lock(path, exclusive=False):  # not while a dead worker is merged
+                return encoder(registry), content_type
+        registry = REGISTRY if self.registry is None else self.registry
         return encoder(registry), content_type
+
+
+@contextlib.contextmanager
+def directory_lock(path: str, exclusive: bool):
+    """flock on ``<dir>/.lock``: merges take it exclusively, scrapes shared."""
+    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -28,6 +28,7 @@ Example::
     profile = ReferenceProfile.load("reference.json")
     profile.bin_of("a", 0.7)          # -> "04"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, Union
 
 __all__ = [
     "FORMAT_VERSION",
@@ -362,7 +364,7 @@ class ReferenceProfile:
         top_n: int = 10,
         categorical: Iterable[str] = (),
         max_classes: int = 50,
-    ) -> "ReferenceProfile":
+    ) -> ReferenceProfile:
         """Profile ``data``: a 2-D numpy array (+ ``feature_names``), rows as dicts or sequences
         (+ ``feature_names``), a dict of name -> column, or a pandas DataFrame.
 
@@ -433,7 +435,7 @@ class ReferenceProfile:
         score_column: str | None = None,
         feature_columns: Sequence[str] | None = None,
         **options: Any,
-    ) -> "ReferenceProfile":
+    ) -> ReferenceProfile:
         """Profile a CSV file with a header row (stdlib ``csv``). Every column other than the
         label, prediction and score columns is a feature unless ``feature_columns`` names them.
         Empty cells and NA/NaN/null/None are missing; a column whose other cells all parse as
@@ -487,7 +489,7 @@ class ReferenceProfile:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "ReferenceProfile":
+    def load(cls, path: str | os.PathLike[str]) -> ReferenceProfile:
         """Read and strictly validate a file written by :meth:`save`; :class:`InvalidReference` if not."""
         try:
             with open(path, encoding="utf-8") as handle:
@@ -791,7 +793,7 @@ def verify_prediction(
     max_age_s: float,
     *,
     now: float | None = None,
-    seen: "SeenTokens | None" = None,
+    seen: SeenTokens | None = None,
 ) -> PredictionFacts:
     """Check a prediction id and return its facts, or raise :class:`InvalidFeedback`.
 
@@ -872,6 +874,7 @@ def outcome(predicted: Any, true_label: Any) -> str:
 
 def absolute_error(predicted: Any, true_value: Any) -> float:
     """``|predicted - true_value|`` for regression feedback; ValueError if either is not a number."""
+
     def number(value: Any) -> float:
         result = float(value) if isinstance(value, str) else _number(value)
         if result is None or isinstance(value, bool) or not math.isfinite(result):

@@ -35,6 +35,8 @@ MAX_TAGS = 32
 
 _provider_lock = threading.Lock()
 _built_provider: Any = None
+_built_pid = 0
+_built_ever: list = []
 _drop_listeners: list = []
 
 
@@ -142,7 +144,7 @@ def build_tracer_provider(service_name: str) -> Any:
     exporters = [_make_exporter(name) for name in names]
     try:
         provider = TracerProvider(
-            resource=Resource.create({"service.name": service_name}),
+            resource=Resource.create({"service.name": service_name, "process.pid": os.getpid()}),
             span_limits=SpanLimits(max_attributes=64, max_events=32, max_links=32,
                                    max_attribute_length=MAX_ATTRIBUTE_LENGTH),
         )
@@ -154,31 +156,39 @@ def build_tracer_provider(service_name: str) -> Any:
 
 
 def provider_for(settings: Settings, tracer_provider: Any = None) -> Any:
-    """The app's provider if it has one, else one built once per process from OTEL_*."""
-    global _built_provider
+    """The app's provider if it has one, else one built per process from OTEL_*.
+
+    A provider built before a fork (gunicorn ``--preload``) is replaced in each
+    worker by its own, with the worker's ``process.pid`` in the resource.
+    """
+    global _built_provider, _built_pid
     if tracer_provider is not None:
         return tracer_provider
     current = trace.get_tracer_provider()
-    if not isinstance(current, trace.ProxyTracerProvider):
+    if not isinstance(current, trace.ProxyTracerProvider) and not any(
+            current is built for built in _built_ever):
         return current
     with _provider_lock:
-        if _built_provider is None:
+        if _built_provider is None or _built_pid != os.getpid():
             _built_provider = build_tracer_provider(
                 os.environ.get("OTEL_SERVICE_NAME") or settings.model_name)
-            trace.set_tracer_provider(_built_provider)
+            _built_pid = os.getpid()
+            _built_ever.append(_built_provider)
+            if isinstance(current, trace.ProxyTracerProvider):
+                trace.set_tracer_provider(_built_provider)
         return _built_provider
 
 
 def shutdown(timeout_s: float = 5.0) -> None:
     """Flush and stop the provider mlmonitor built (gunicorn's worker_exit calls this)."""
     provider = _built_provider
-    if provider is not None:
+    if provider is not None and _built_pid == os.getpid():
         provider.force_flush(int(timeout_s * 1000))
         provider.shutdown()
 
 
 def reset_after_fork() -> None:
-    """Drop the provider built before a fork, so the worker builds its own on first use."""
+    """Forget the provider built before a fork; the worker builds its own on first use."""
     global _built_provider
     _built_provider = None
 
@@ -201,8 +211,11 @@ class TraceSink:
         from . import __version__
         self.settings = settings
         self.redact = settings.redact_set
-        self.provider = provider_for(settings, tracer_provider)
+        self.version = __version__
+        self.tracer_provider = tracer_provider
+        self.provider = provider_for(settings, tracer_provider)  # validates OTEL_* at start-up
         self.tracer = self.provider.get_tracer("mlmonitor", __version__)
+        self.pid = os.getpid()
         self.static_attributes = {
             "ml.tag." + k: str(v)[:MAX_ATTRIBUTE_LENGTH] for k, v in settings.tags.items()
             if k.lower() not in self.redact}
@@ -211,6 +224,10 @@ class TraceSink:
 
     def start(self, rec: RequestRecord) -> Any:
         """Open the server span and make it current; returns the context token."""
+        if self.pid != os.getpid():  # forked (gunicorn): use this process's own provider
+            self.provider = provider_for(self.settings, self.tracer_provider)
+            self.tracer = self.provider.get_tracer("mlmonitor", self.version)
+            self.pid = os.getpid()
         environ = rec.environ
         parent = extract(environ, getter=_GETTER) if "HTTP_TRACEPARENT" in environ else None
         attributes = {

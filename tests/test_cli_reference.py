@@ -1,4 +1,5 @@
 """`mlmonitor reference build|show` as a user runs it: a subprocess on a CSV file."""
+
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,11 @@ def _cli(*args, cwd):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run(
         [sys.executable, "-m", "mlmonitor.cli", "reference", *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -30,22 +35,37 @@ def _write_csv(path, n=300):
         writer.writerow(["age", "income", "city", "zip", "y", "p", "s"])
         for i in range(n):
             y = int(rng.integers(0, 2))
-            writer.writerow([
-                int(rng.integers(18, 80)),
-                "" if i % 10 == 0 else f"{rng.lognormal(10, 1):.2f}",
-                ["paris", "lyon", "nice"][i % 3],
-                1000 + i % 4,
-                y,
-                y if i % 4 else 1 - y,
-                f"{rng.random():.3f}",
-            ])
+            writer.writerow(
+                [
+                    int(rng.integers(18, 80)),
+                    "" if i % 10 == 0 else f"{rng.lognormal(10, 1):.2f}",
+                    ["paris", "lyon", "nice"][i % 3],
+                    1000 + i % 4,
+                    y,
+                    y if i % 4 else 1 - y,
+                    f"{rng.random():.3f}",
+                ]
+            )
 
 
 def test_build_writes_a_loadable_profile(tmp_path):
     _write_csv(tmp_path / "train.csv")
     result = _cli(
-        "build", "--csv", "train.csv", "--label-column", "y", "--prediction-column", "p",
-        "--score-column", "s", "--categorical", "zip", "--bins", "5", "--out", "reference.json",
+        "build",
+        "--csv",
+        "train.csv",
+        "--label-column",
+        "y",
+        "--prediction-column",
+        "p",
+        "--score-column",
+        "s",
+        "--categorical",
+        "zip",
+        "--bins",
+        "5",
+        "--out",
+        "reference.json",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -75,7 +95,18 @@ def test_build_with_labels_only(tmp_path):
 
 def test_show_prints_a_summary(tmp_path):
     _write_csv(tmp_path / "train.csv")
-    _cli("build", "--csv", "train.csv", "--label-column", "y", "--prediction-column", "p", "--out", "r.json", cwd=tmp_path)
+    _cli(
+        "build",
+        "--csv",
+        "train.csv",
+        "--label-column",
+        "y",
+        "--prediction-column",
+        "p",
+        "--out",
+        "r.json",
+        cwd=tmp_path,
+    )
     result = _cli("show", "r.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "300 rows" in result.stdout

@@ -1,4 +1,5 @@
 """Signed prediction ids: feedback that any worker can count without shared state."""
+
 from __future__ import annotations
 
 import base64
@@ -173,8 +174,12 @@ def test_absolute_error():
 @given(
     name=st.text(min_size=1, max_size=30),
     version=st.text(max_size=30),
-    predicted=st.one_of(st.text(max_size=40), st.integers(-10**9, 10**9), st.booleans(),
-                        st.floats(allow_nan=False, allow_infinity=False)),
+    predicted=st.one_of(
+        st.text(max_size=40),
+        st.integers(-(10**9), 10**9),
+        st.booleans(),
+        st.floats(allow_nan=False, allow_infinity=False),
+    ),
 )
 def test_property_any_prediction_round_trips(name, version, predicted):
     token = sign_prediction(SECRET, name, version, predicted, ts=NOW)

@@ -1,4 +1,5 @@
 """GPU collector: a fake NVML for the numbers, the real absence of one for the quiet skip."""
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,9 @@ def _fake_pynvml(gpus, fail_init=False):
     module.nvmlShutdown = lambda: None
     module.nvmlDeviceGetCount = lambda: len(gpus)
     module.nvmlDeviceGetHandleByIndex = lambda i: gpus[i]
-    module.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(used=h["used"], total=h["total"], free=h["total"] - h["used"])
+    module.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(
+        used=h["used"], total=h["total"], free=h["total"] - h["used"]
+    )
     module.nvmlDeviceGetUtilizationRates = lambda h: SimpleNamespace(gpu=h["util"], memory=0)
     return module
 

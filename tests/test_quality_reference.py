@@ -1,4 +1,5 @@
 """Reference profiles: exact binning, shares, round trip, validation, PSI."""
+
 from __future__ import annotations
 
 import json
@@ -176,7 +177,11 @@ def test_classes_from_labels_without_predictions_and_no_accuracy():
 def test_reference_ratios_cover_every_bin():
     profile = ReferenceProfile.build({"n": list(range(100)), "c": ["a", "b"] * 50})
     ratios = list(profile.reference_ratios())
-    assert {(f, b) for f, b, _ in ratios} == {("n", f"{i:02d}") for i in range(10)} | {("c", "a"), ("c", "b"), ("c", OTHER)}
+    assert {(f, b) for f, b, _ in ratios} == {("n", f"{i:02d}") for i in range(10)} | {
+        ("c", "a"),
+        ("c", "b"),
+        ("c", OTHER),
+    }
     for feature in ("n", "c"):
         assert sum(s for f, _, s in ratios if f == feature) == pytest.approx(1.0)
 
@@ -315,3 +320,22 @@ def test_property_bin_matches_the_edge_rule(values, probe):
     index = int(profile.bin_of("x", probe))
     assert index == 0 or edges[index - 1] < probe
     assert index == len(edges) or probe <= edges[index]
+
+
+def test_works_without_numpy_installed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['numpy'] = None\n"
+        "from mlmonitor.quality import ReferenceProfile\n"
+        "p = ReferenceProfile.build([{'a': i, 'c': 'xy'[i % 2]} for i in range(100)])\n"
+        "print(p.bin_of('a', 10), p.bin_of('c', 'x'))\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["01", "x"]

@@ -1,0 +1,92 @@
+"""The example app under real gunicorn (4 workers): the loadgen's summary equals the scraped counters."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers.gunicorn_proc import REPO, GunicornProcess, http_get
+
+pytestmark = pytest.mark.slow
+
+SECRET = "gunicorn-test-secret-0123456789abcdef"
+
+
+def scrape(url):
+    status, text = http_get(url + "/metrics")
+    assert status == 200, text[:500]
+    samples = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append(sample)
+    return samples
+
+
+def totals(samples, name, *labels, **match):
+    out = defaultdict(float)
+    for s in samples[name]:
+        if all(s.labels.get(k) == v for k, v in match.items()):
+            out[tuple(s.labels[label] for label in labels)] += s.value
+    return {k if len(k) > 1 else k[0]: int(v) for k, v in out.items() if v}
+
+
+def run_loadgen(url, *args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "example_app.loadgen", "--url", url, "--json", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def server(tmp_path):
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "MLMONITOR_FEEDBACK_SECRET": SECRET,
+           "CANARY_FRACTION": "0.3", "MLMONITOR_TRACES": "false"}
+    (tmp_path / "prom").mkdir()
+    with GunicornProcess(workers=4, env=env) as proc:
+        yield proc
+
+
+def test_loadgen_summary_matches_the_scraped_counters_exactly(server):
+    summary = run_loadgen(
+        server.url, "--requests", "400", "--concurrency", "8", "--invalid-fraction", "0.1",
+        "--error-fraction", "0.05", "--slow-fraction", "0.02", "--slow-seconds", "0.05",
+        "--drift", "petal_length_cm:1.0", "--feedback-accuracy", "0.8", "--seed", "3")
+    assert summary["transport_errors"] == 0
+    assert summary["requests"] == 400
+    assert summary["by_status"] == {"200": 340, "400": 40, "500": 20}
+
+    samples = scrape(server.url)
+    assert totals(samples, "mlmonitor_http_requests_total", "status", route="/predict") == summary["by_status"]
+    predictions = totals(samples, "mlmonitor_predictions_total", "model_version", model_name="iris")
+    assert predictions == {v: s["requests"] for v, s in summary["by_version"].items()}
+    assert set(predictions) == {"v1", "v2"}  # the canary split reached both versions
+
+    feedback = totals(samples, "mlmonitor_feedback_total", "model_version", "outcome", model_name="iris")
+    expected = {(v, outcome): n for v, counts in summary["feedback"].items() for outcome, n in counts.items() if n}
+    assert feedback == expected
+    # exactly round(0.8 * 340) correct labels, however the requests were spread over workers
+    assert sum(n for (_, outcome), n in feedback.items() if outcome == "correct") == 272
+    assert summary["feedback_status"] == {"200": 340}
+    assert totals(samples, "mlmonitor_http_requests_total", "status", route="/feedback") == {"200": 340}
+
+    errors = totals(samples, "mlmonitor_prediction_errors_total", "error_type", model_name="iris")
+    assert errors == {"invalid_input": 40, "InjectedFailure": 20}
+
+
+def test_forced_version_sends_everything_to_that_version(server):
+    summary = run_loadgen(server.url, "--requests", "60", "--version", "v2", "--seed", "5")
+    assert summary["by_version"] == {"v2": {"requests": 60, "by_status": {"200": 60}, "predictions": 60}}
+    samples = scrape(server.url)
+    assert totals(samples, "mlmonitor_predictions_total", "model_version") == {"v2": 60}
+
+
+def test_every_prediction_logs_one_json_line_on_stdout(server):
+    run_loadgen(server.url, "--requests", "120", "--concurrency", "8", "--seed", "9")
+    lines = [line for line in server.json_lines() if line.get("route") == "/predict"]
+    assert len(lines) == 120
+    assert {line["model_version"] for line in lines} <= {"v1", "v2"}
