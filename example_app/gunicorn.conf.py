@@ -26,3 +26,5 @@ keepalive = 2
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+# gunicorn >= 25 opens a control socket at a fixed path in $HOME; two servers would share it
+control_socket_disable = True

@@ -357,11 +357,11 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
 
     platform = [
         _alert("MLModelProcessMemoryHigh",
-               f"{b.m('process_resident_memory_bytes')} > {num(t.memory_bytes)}",
+               f"{b.m('mlmonitor_process_resident_memory_bytes')} > {num(t.memory_bytes)}",
                "warning", "resources", b.w("10m"),
-               "Process memory high on {{ $labels.instance }} (job {{ $labels.job }})",
-               "Resident memory of {{ $labels.instance }} is {{ $value | humanize1024 }}B"
-               f" (threshold {num(t.memory_bytes / 2**30)}GiB)."),
+               "Worker memory high on {{ $labels.instance }} (job {{ $labels.job }})",
+               "Resident memory of worker {{ $labels.worker }} on {{ $labels.instance }} is"
+               " {{ $value | humanize1024 }}B" + f" (threshold {num(t.memory_bytes / 2**30)}GiB)."),
         _alert("MLModelGPUMemoryHigh",
                (f"{b.m('mlmonitor_gpu_memory_used_bytes')}\n"
                 f"/ {b.m('mlmonitor_gpu_memory_total_bytes')}\n> {num(t.gpu_memory_ratio)}"),
@@ -439,12 +439,19 @@ def to_yaml(value: Any, indent: int = 0) -> str:
 def _entry(head: str, item: Any, indent: int) -> str:
     if isinstance(item, (dict, list)) and item:
         return f"{head}\n{to_yaml(item, indent + 2)}"
-    if isinstance(item, str) and "\n" in item:
+    if isinstance(item, str) and "\n" in item and _block_safe(item):
         body = "\n".join((" " * (indent + 2) + line) if line else "" for line in item.split("\n"))
         return f"{head} |-\n{body}"
     if isinstance(item, (dict, list)):
         return f"{head} {'{}' if isinstance(item, dict) else '[]'}"
     return f"{head} {_scalar(item)}"
+
+
+def _block_safe(text: str) -> bool:
+    """A ``|-`` block keeps this text exactly: no leading blank, no trailing newline, no tabs."""
+    first = text.split("\n", 1)[0]
+    return bool(first) and not first[0].isspace() and not text.endswith("\n") and "\t" not in text \
+        and all(line.isprintable() for line in text.split("\n"))
 
 
 def _header(t: Thresholds) -> str:
@@ -496,7 +503,7 @@ _HELP = {
     "accuracy_min_feedback": "feedback events needed in the window before accuracy is judged",
     "canary_error_delta": "error-ratio points by which a version must exceed the best other version",
     "canary_latency_factor": "p99 factor by which a version must exceed the best other version",
-    "memory_bytes": "resident memory per process that fires MLModelProcessMemoryHigh",
+    "memory_bytes": "resident memory per worker that fires MLModelProcessMemoryHigh",
     "gpu_memory_ratio": "GPU memory share that fires MLModelGPUMemoryHigh",
     "selector": "label matchers added to every raw selector, e.g. 'job=\"model-server\"'",
     "time_scale": "divide every window and for: by this (tests only; names keep nominal windows)",

@@ -91,3 +91,67 @@ def set_model_version(version: Any, model_name: Optional[str] = None) -> None:
         rec.middleware.begin_prediction(rec, model_name or rec.model_name or None, version)
     except Exception as exc:
         guard.report_fault("model_version", exc)
+
+
+def observe(features: Any = None, prediction: Any = None, score: Any = None,
+            tokens_in: Any = None, tokens_out: Any = None, cost: Any = None) -> None:
+    """Model-quality facts of this request's prediction, counted when the request ends.
+
+    ``features`` (a mapping) are binned by the model's reference profile;
+    ``prediction`` feeds the class distribution, ``score`` (0..1) the score
+    histogram; ``tokens_in``/``tokens_out``/``cost`` the LLM counters.
+    """
+    rec = current_record()
+    if rec is None or len(rec.observations) >= MAX_OBSERVATIONS:
+        return
+    rec.observations.append((features, prediction, score, tokens_in, tokens_out, cost))
+
+
+def observe_batch(features: Any = None, predictions: Any = None, scores: Any = None) -> None:
+    """:func:`observe` for each instance of a batch (sequences of equal length)."""
+    rec = current_record()
+    if rec is None:
+        return
+    try:
+        rows = list(features) if features is not None else []
+        preds = list(predictions) if predictions is not None else []
+        confidences = list(scores) if scores is not None else []
+        for i in range(max(len(rows), len(preds), len(confidences))):
+            observe(features=rows[i] if i < len(rows) else None,
+                    prediction=preds[i] if i < len(preds) else None,
+                    score=confidences[i] if i < len(confidences) else None)
+    except Exception as exc:
+        guard.report_fault("observe", exc)
+
+
+def prediction_ids(predictions: Any) -> list:
+    """Signed ids, one per prediction, that carry model, version and class (see record_feedback)."""
+    rec = current_record()
+    if rec is None:
+        raise RuntimeError("prediction_ids() is called inside a prediction request")
+    feedback = rec.middleware.feedback
+    return [feedback.sign(rec.model_name or rec.middleware.settings.model_name,
+                          rec.model_version or rec.middleware.settings.model_version, p)
+            for p in predictions]
+
+
+def prediction_id(prediction: Any) -> str:
+    return prediction_ids([prediction])[0]
+
+
+def record_feedback(prediction_id: str, label: Any, middleware: Any = None) -> str:
+    """Count ground truth for a signed prediction id; returns "correct" or "incorrect".
+
+    Works on any worker or replica sharing the feedback secret. Raises
+    ``mlmonitor.quality.InvalidFeedback`` (a ValueError) for a bad, expired or
+    duplicate id, after counting it in ``mlmonitor_feedback_rejected_total``.
+    """
+    if middleware is None:
+        rec = current_record()
+        if rec is None:
+            raise RuntimeError("record_feedback() outside a request needs middleware=")
+        middleware = rec.middleware
+    return middleware.feedback.record(prediction_id, label)
+
+
+MAX_OBSERVATIONS = 1024

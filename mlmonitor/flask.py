@@ -51,6 +51,8 @@ class Monitor:
 
     def __init__(self, app: Optional[Flask] = None, **options: Any) -> None:
         self.options = options
+        self._view_references: list = []
+        self._middlewares: list = []
         if app is not None:
             self.init_app(app)
 
@@ -68,6 +70,9 @@ class Monitor:
                                        tracer_provider=tracer_provider, log_stream=log_stream)
         middleware.defer_route = True
         middleware.borrow_span = lambda: getattr(app, "_is_instrumented_by_opentelemetry", False)
+        for name, reference in self._view_references:
+            middleware.set_reference(name, reference)
+        self._middlewares.append(middleware)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.before_request(_before_request)
         app.after_request(_after_request)
@@ -84,6 +89,12 @@ class Monitor:
         if view is None:
             return functools.partial(self.prediction, model_name=model_name,
                                      model_version=model_version, reference=reference)
+        if reference is not None:
+            if model_name is None:
+                raise ValueError("@monitor.prediction(reference=...) needs model_name=")
+            self._view_references.append((model_name, reference))
+            for middleware in self._middlewares:  # views declared after init_app
+                middleware.set_reference(model_name, reference)
 
         @functools.wraps(view)
         def monitored_view(*args: Any, **kwargs: Any) -> Any:
@@ -118,6 +129,19 @@ class Monitor:
     stage = staticmethod(context.stage)
     tag = staticmethod(context.tag)
     set_model_version = staticmethod(context.set_model_version)
+    observe = staticmethod(context.observe)
+    observe_batch = staticmethod(context.observe_batch)
+    prediction_id = staticmethod(context.prediction_id)
+    prediction_ids = staticmethod(context.prediction_ids)
+
+    def record_feedback(self, prediction_id: str, label: Any) -> str:
+        """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
+        rec = current_record()
+        if rec is not None:
+            return context.record_feedback(prediction_id, label)
+        from flask import current_app
+        return context.record_feedback(prediction_id, label,
+                                       middleware=current_app.extensions[EXTENSION_KEY])
 
 
 def _borrow_span(rec: Any) -> None:

@@ -148,3 +148,5 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 prepare_multiprocess_dir()
+# one feedback secret for all workers of this master when none is configured
+os.environ.setdefault("MLMONITOR_FEEDBACK_SECRET", os.urandom(32).hex())

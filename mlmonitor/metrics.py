@@ -103,6 +103,9 @@ class Families:
         self.feedback = Counter(
             "mlmonitor_feedback", "Ground truth received, by outcome.", MODEL + ("outcome",),
             registry=r)
+        self.feedback_rejected = Counter(
+            "mlmonitor_feedback_rejected", "Feedback refused: malformed, bad_signature, expired, "
+            "future or duplicate.", ("reason",), registry=r)
         self.reference_accuracy = Gauge(
             "mlmonitor_reference_accuracy", "Accuracy measured on the reference data.", MODEL,
             multiprocess_mode="max", registry=r)
@@ -191,7 +194,57 @@ class MetricsSink:
         if labels not in self._seen_models:
             self._seen_models.add(labels)
             self.child(self.f.model_info, *labels).set(1)
+            profile = self.reference_for(name)
+            if profile is not None and OTHER not in labels:
+                self.export_reference(labels, profile)
         return labels
+
+    def reference_for(self, model_name: str) -> Any:
+        """Replaced by the middleware: the reference profile of a model, or None."""
+        return None
+
+    def export_reference(self, labels: Tuple[str, str], profile: Any) -> None:
+        """The reference's shares, per served version, for the drift rules to join with."""
+        for feature, bin_label, share in profile.reference_ratios():
+            self.f.feature_reference_ratio.labels(*labels, feature, bin_label).set(share)
+        for cls, share in profile.class_ratios():
+            self.f.reference_class_ratio.labels(*labels, cls).set(share)
+        if profile.accuracy is not None:
+            self.f.reference_accuracy.labels(*labels).set(profile.accuracy)
+
+    def observe(self, labels: Tuple[str, str], profile: Any, features: Any, prediction: Any,
+                score: Any, tokens_in: Any, tokens_out: Any, cost: Any) -> None:
+        """Model-quality facts of one instance; values that cannot count are ignored."""
+        if features and profile is not None:
+            from .quality import UNKNOWN_FEATURE
+            items = features.items() if hasattr(features, "items") else ()
+            for feature, value in items:
+                bin_label = profile.bin_of(feature, value)
+                if bin_label is UNKNOWN_FEATURE:
+                    continue  # not in the reference: no label is made for it
+                if bin_label is None:
+                    self.child(self.f.feature_missing, *labels, feature).inc()
+                else:
+                    self.child(self.f.feature_bin, *labels, feature, bin_label).inc()
+        if prediction is not None:
+            cls = (profile.class_of(prediction) if profile is not None
+                   else self.cap_class(str(prediction)[:64]))
+            self.child(self.f.predicted_class, *labels, cls).inc()
+        if _finite_in(score, 0.0, 1.0):
+            self.child(self.f.prediction_score, *labels).observe(float(score))
+        if _finite_in(tokens_in, 0.0, 1e9):
+            self.child(self.f.tokens, *labels, "input").inc(float(tokens_in))
+        if _finite_in(tokens_out, 0.0, 1e9):
+            self.child(self.f.tokens, *labels, "output").inc(float(tokens_out))
+        if _finite_in(cost, 0.0, 1e9):
+            self.child(self.f.cost, *labels).inc(float(cost))
+
+    def count_feedback(self, model_name: str, model_version: str, outcome: str) -> None:
+        labels = self.mark_model(model_name, model_version)
+        self.child(self.f.feedback, *labels, outcome).inc()
+
+    def count_feedback_rejected(self, reason: str) -> None:
+        self.child(self.f.feedback_rejected, reason).inc()
 
     # -- per request ------------------------------------------------------------
     def start(self, rec: RequestRecord) -> None:
@@ -221,8 +274,10 @@ class MetricsSink:
             for stage, stage_seconds in rec.stages:
                 self.child(self.f.stage_duration, name, version,
                            self.cap_stage(stage)).observe(stage_seconds)
-            for observe in rec.observations:
-                observe(self, name, version)
+            if rec.observations:
+                profile = self.reference_for(rec.model_name)
+                for observation in rec.observations:
+                    self.observe((name, version), profile, *observation)
         if rec.start > self._process_next:
             self.update_process()
 
@@ -268,6 +323,16 @@ def directory_lock(path: str, exclusive: bool):
         yield
     finally:
         os.close(fd)
+
+
+def _finite_in(value: Any, low: float, high: float) -> bool:
+    if value is None or isinstance(value, bool):
+        return False
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return low <= number <= high  # NaN compares false
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

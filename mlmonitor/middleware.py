@@ -70,7 +70,28 @@ class MonitorMiddleware:
         #: set by the Flask layer: a callable saying whether another instrumentation owns the span
         self.borrow_span: Optional[Callable[[], bool]] = None
         self.references: dict = {}
+        if self.metrics is not None:
+            self.metrics.reference_for = self.references.get  # type: ignore[method-assign]
+        if s.reference is not None:
+            self.set_reference(s.model_name, s.reference)
+        from .feedback import FeedbackRecorder
+        self.feedback = FeedbackRecorder(s, self.metrics)
         self._expected_auth = _expected_auth(s)
+
+    def set_reference(self, model_name: str, reference: Any) -> None:
+        """Use a reference profile (object or JSON path) for a model's drift metrics."""
+        from .config import ConfigError
+        from .quality import InvalidReference, ReferenceProfile
+        if not isinstance(reference, ReferenceProfile):
+            try:
+                reference = ReferenceProfile.load(os.fspath(reference))
+            except (OSError, InvalidReference, TypeError) as exc:
+                raise ConfigError(f"mlmonitor setting reference={reference!r}: {exc}") from None
+        self.references[model_name] = reference
+        if self.metrics is not None:
+            for labels in list(self.metrics._seen_models):
+                if labels[0] == model_name and "other" not in labels:
+                    self.metrics.export_reference(labels, reference)
 
     # -- the request --------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

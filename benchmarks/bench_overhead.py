@@ -1,0 +1,239 @@
+"""In-process overhead: the WSGI app called in a loop, every configuration in its own process.
+
+Method (issue 8, part 1): each configuration of ``bench_apps`` lives in its own
+fresh Python process, started once. The parent drives rounds over a pipe: in
+every round each process runs ``--requests`` requests (after ``--warmup``
+untimed ones at start), in an order rotated round by round. The environ is
+built once and copied per request, the body is a BytesIO, the response
+iterable is consumed and closed (mlmonitor finishes its record on close()).
+Per round we take the microseconds per request, the ratio to bare Flask and
+the added cost over bare Flask in that same round; the table shows the median
+over rounds. Conclusions use ratios of added costs measured in the same round,
+never absolute numbers.
+
+Run: python benchmarks/bench_overhead.py [--quick] [--rounds N] [--requests N] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_apps import CONFIGS  # noqa: E402
+
+DEFAULT_OUT = HERE / "results" / "overhead.json"
+
+
+# -- the child: one configuration ------------------------------------------------------
+
+def child(config: str, warmup: int) -> None:
+    """Build the app, warm it up, then run a batch for each line read from stdin."""
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from bench_apps import make_app, request_loop
+
+    app, handles = make_app(config)
+    _, status = request_loop(app, max(warmup, 1))
+    if status != 200:
+        raise SystemExit(f"{config}: POST /predict answered {status}")
+    out = sys.stdout
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            break
+        count = int(command)
+        seconds, status = request_loop(app, count)
+        out.write(json.dumps({"us": seconds / count * 1e6, "status": status}) + "\n")
+        out.flush()
+    out.write(json.dumps(_checks(config, app, handles)) + "\n")
+    out.flush()
+
+
+def _checks(config: str, app: Any, handles: Dict[str, Any]) -> Dict[str, Any]:
+    """What the configuration really did (so a broken setup cannot pass as a fast one)."""
+    checks: Dict[str, Any] = {"config": config}
+    provider = handles.get("provider")
+    if provider is not None:
+        provider.force_flush(10_000)
+        checks["spans_exported"] = handles["exporter"].exported
+    registry = handles.get("registry")
+    if registry is not None:
+        for name, labels in (("mlmonitor_http_requests_total",
+                              {"method": "POST", "route": "/predict", "status": "200"}),
+                             ("flask_http_request_total", {"method": "POST", "status": "200"}),
+                             ("app_requests_total",
+                              {"method": "POST", "route": "/predict", "status": "200"})):
+            value = registry.get_sample_value(name, labels)
+            if value is not None:
+                checks["requests_counted"] = value
+    from mlmonitor import guard
+    checks["mlmonitor_internal_errors"] = guard.total_faults()
+    return checks
+
+
+# -- the parent: rounds, interleaved -----------------------------------------------------
+
+class Worker:
+    def __init__(self, config: str, warmup: int) -> None:
+        self.config = config
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", config, "--warmup", str(warmup)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+
+    def read(self) -> Dict[str, Any]:
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError(f"{self.config}: child exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+
+    def stop(self) -> Dict[str, Any]:
+        self.send("quit")
+        checks = self.read()
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(30)
+        return checks
+
+
+def run(configs: List[str], rounds: int, requests: int, warmup: int) -> Dict[str, Any]:
+    workers = {name: Worker(name, warmup) for name in configs}
+    try:
+        for worker in workers.values():
+            worker.read()  # ready
+        per_round: List[Dict[str, float]] = []
+        for index in range(rounds):
+            order = configs[index % len(configs):] + configs[:index % len(configs)]
+            times: Dict[str, float] = {}
+            for name in order:
+                workers[name].send(str(requests))
+                reply = workers[name].read()
+                if reply["status"] != 200:
+                    raise RuntimeError(f"{name}: status {reply['status']}")
+                times[name] = reply["us"]
+            per_round.append(times)
+        checks = {name: worker.stop() for name, worker in workers.items()}
+    finally:
+        for worker in workers.values():
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()
+    return summarize(per_round, checks)
+
+
+def _median(values: List[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(per_round: List[Dict[str, float]], checks: Dict[str, Any]) -> Dict[str, Any]:
+    results: Dict[str, Any] = {}
+    for name in per_round[0]:
+        us = [r[name] for r in per_round]
+        added = [r[name] - r["bare"] for r in per_round]
+        ratio = [r[name] / r["bare"] for r in per_round]
+        results[name] = {"description": CONFIGS[name], "us_per_request": _median(us),
+                         "added_us": _median(added), "ratio_to_bare": _median(ratio),
+                         "rounds_us": us, "checks": checks.get(name, {})}
+
+    def ratio_of_added(a: str, b: str) -> Any:
+        if a not in per_round[0] or b not in per_round[0]:
+            return None
+        values = [(r[a] - r["bare"]) / (r[b] - r["bare"]) for r in per_round
+                  if r[b] - r["bare"] > 0]
+        return _median(values) if values else None
+
+    def difference(a: str, b: str) -> Any:
+        if a not in per_round[0] or b not in per_round[0]:
+            return None
+        return _median([r[a] - r[b] for r in per_round])
+
+    targets = {
+        "full_vs_peer_stack_added": {"value": ratio_of_added("mlmonitor_full", "peer_stack"),
+                                     "target": 0.30, "op": "<="},
+        "metrics_vs_prometheus_flask_exporter_added": {
+            "value": ratio_of_added("mlmonitor_metrics", "prometheus_flask_exporter"),
+            "target": 0.6, "op": "<="},
+        "unsampled_tracing_us": {"value": difference("mlmonitor_unsampled", "mlmonitor_no_traces"),
+                                 "target": 5.0, "op": "<="},
+    }
+    for target in targets.values():
+        target["met"] = None if target["value"] is None else target["value"] <= target["target"]
+    return {"results": results, "targets": targets}
+
+
+def machine() -> Dict[str, Any]:
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        info["loadavg_start"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
+
+
+def print_table(report: Dict[str, Any]) -> None:
+    print(f"{'configuration':28} {'us/req':>8} {'added us':>9} {'x bare':>7}")
+    for name, row in report["results"].items():
+        print(f"{name:28} {row['us_per_request']:8.1f} {row['added_us']:+9.1f} "
+              f"{row['ratio_to_bare']:7.2f}")
+    print()
+    for name, target in report["targets"].items():
+        value = target["value"]
+        shown = "n/a" if value is None else f"{value:.3f}"
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]
+        print(f"{name:44} {shown:>8} (target {target['op']} {target['target']}) {verdict}")
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny counts")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round")
+    parser.add_argument("--warmup", type=int, default=2000)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.warmup)
+        return 0
+    if args.quick:
+        args.rounds, args.requests, args.warmup = 2, 30, 20
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if "bare" not in configs:
+        configs.insert(0, "bare")
+    started = time.time()
+    report = run(configs, args.rounds, args.requests, args.warmup)
+    report.update(benchmark="overhead", quick=args.quick, rounds=args.rounds,
+                  requests_per_round=args.requests, warmup=args.warmup, machine=machine(),
+                  wall_s=round(time.time() - started, 1),
+                  timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    print_table(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
