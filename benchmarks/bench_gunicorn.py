@@ -1,0 +1,217 @@
+"""Throughput under gunicorn: 2 sync workers on loopback, Debian's ``wrk`` as the load generator.
+
+Method (issue 8, part 2): bare Flask, mlmonitor full (``-c python:mlmonitor.gunicorn``,
+multiprocess metrics, a JSON line per request to stdout, a span per request
+through a batch processor to an exporter that drops) and the peer stack
+(prometheus-flask-exporter's ``GunicornInternalPrometheusMetrics``, OTel Flask
+instrumentation with the same batch processor, a structlog line) each run under
+gunicorn with 2 sync workers on 127.0.0.1 and a free port. wrk POSTs the JSON
+body (a small Lua script) for a bounded time after a short warm-up. The
+configurations alternate (A B C, then C B A, ...) so drift of the shared
+machine hits all of them; requests/s is compared to bare within each
+repetition and the medians are reported. gunicorn's stdout (the log lines)
+goes to /dev/null.
+
+Run: python benchmarks/bench_gunicorn.py [--quick] [--duration S] [--reps N] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from bench_apps import BODY  # noqa: E402
+
+DEFAULT_OUT = HERE / "results" / "gunicorn.json"
+CONFIGS = ["bare", "mlmonitor_full", "peer_stack"]
+TARGET = 0.85
+
+LUA = """wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+""" % BODY.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gunicorn:
+    """gunicorn in its own session; stopped by PID (SIGTERM, then SIGKILL to its group)."""
+
+    def __init__(self, config: str, workdir: str) -> None:
+        self.port = free_port()
+        self.metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=workdir)
+        os.chmod(self.metrics_dir, 0o700)
+        command = [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "sync",
+                   "--bind", f"127.0.0.1:{self.port}", "--pythonpath", str(HERE),
+                   "--log-level", "warning"]
+        if config.startswith("mlmonitor"):
+            command += ["-c", "python:mlmonitor.gunicorn"]
+        command.append("bench_apps:gunicorn_app()")
+        env = {**os.environ, "BENCH_CONFIG": config, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+               "OTEL_SDK_DISABLED": "false"}
+        self.stderr = open(os.path.join(workdir, f"gunicorn-{config}-{self.port}.log"), "w+")
+        self.proc = subprocess.Popen(command, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        self.stderr.seek(0)
+        raise RuntimeError(f"gunicorn did not start:\n{self.stderr.read()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.stderr.close()
+
+
+def parse_wrk(text: str) -> Dict[str, Any]:
+    """Requests/s and the latency percentiles of ``wrk --latency`` output."""
+    units = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    result: Dict[str, Any] = {}
+    match = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    result["requests_per_s"] = float(match.group(1)) if match else 0.0
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
+        result[f"p{pct}_ms"] = float(value) * units[unit]
+    match = re.search(r"(\d+) requests in", text)
+    result["requests"] = int(match.group(1)) if match else 0
+    match = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    result["non_2xx"] = int(match.group(1)) if match else 0
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    result["socket_errors"] = sum(int(x) for x in match.groups()) if match else 0
+    return result
+
+
+def wrk(url: str, script: str, duration: float, connections: int) -> Dict[str, Any]:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(duration))}s", "--latency",
+               "-s", script, url + "/predict"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {proc.stderr}")
+    return parse_wrk(proc.stdout)
+
+
+def measure(config: str, workdir: str, script: str, duration: float, warmup: float,
+            connections: int) -> Dict[str, Any]:
+    server = Gunicorn(config, workdir)
+    try:
+        server.wait_ready()
+        if warmup > 0:
+            wrk(server.url, script, warmup, connections)
+        result = wrk(server.url, script, duration, connections)
+    finally:
+        server.stop()
+    result["config"] = config
+    return result
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny counts")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per run")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--reps", type=int, default=3, help="alternating repetitions (>= 2)")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.reps = 1.0, 0.0, 2
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    started = time.time()
+    workdir = tempfile.mkdtemp(prefix="mlmonitor-bench-gunicorn-")
+    script = os.path.join(workdir, "post.lua")
+    Path(script).write_text(LUA)
+    runs: List[Dict[str, Any]] = []
+    ratios: Dict[str, List[float]] = {c: [] for c in CONFIGS}
+    try:
+        print(f"{'rep':>3} {'configuration':16} {'req/s':>8} {'x bare':>7} {'p50 ms':>7} "
+              f"{'p99 ms':>7} {'errors':>6}")
+        for rep in range(args.reps):
+            order = CONFIGS if rep % 2 == 0 else CONFIGS[::-1]
+            rep_runs = {}
+            for config in order:
+                result = measure(config, workdir, script, args.duration, args.warmup,
+                                 args.connections)
+                result["rep"] = rep
+                rep_runs[config] = result
+                runs.append(result)
+            for config in CONFIGS:
+                result = rep_runs[config]
+                ratio = result["requests_per_s"] / rep_runs["bare"]["requests_per_s"]
+                result["ratio_to_bare"] = ratio
+                ratios[config].append(ratio)
+                print(f"{rep:3d} {config:16} {result['requests_per_s']:8.0f} {ratio:7.2f} "
+                      f"{result.get('p50_ms', 0):7.2f} {result.get('p99_ms', 0):7.2f} "
+                      f"{result['non_2xx'] + result['socket_errors']:6d}", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = {}
+    for config in CONFIGS:
+        mine = [r for r in runs if r["config"] == config]
+        summary[config] = {
+            "requests_per_s": statistics.median(r["requests_per_s"] for r in mine),
+            "ratio_to_bare": statistics.median(ratios[config]),
+            **{k: statistics.median(r.get(k, 0.0) for r in mine)
+               for k in ("p50_ms", "p75_ms", "p90_ms", "p99_ms")},
+            "errors": sum(r["non_2xx"] + r["socket_errors"] for r in mine),
+        }
+    value = summary["mlmonitor_full"]["ratio_to_bare"]
+    report = {"benchmark": "gunicorn", "quick": args.quick, "workers": 2,
+              "duration_s": args.duration, "warmup_s": args.warmup, "reps": args.reps,
+              "connections": args.connections, "results": summary, "runs": runs,
+              "targets": {"gunicorn_full_vs_bare": {"value": value, "target": TARGET,
+                                                    "op": ">=", "met": value >= TARGET}},
+              "wall_s": round(time.time() - started, 1),
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print()
+    for config, row in summary.items():
+        print(f"{config:16} median {row['requests_per_s']:8.0f} req/s, {row['ratio_to_bare']:.2f}x "
+              f"bare, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
+    print(f"mlmonitor full throughput {value:.2f}x bare (target >= {TARGET}) "
+          f"{'met' if value >= TARGET else 'MISSED'}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
