@@ -234,9 +234,9 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
             raise InvalidRequest(f"'label' must be one of {', '.join(classes)}, got {label!r}")
         try:
             outcome = monitor.record_feedback(prediction_id=pid, label=label)
-        except ValueError as exc:
+        except ValueError as exc:  # mlmonitor.quality.InvalidFeedback: forged, expired, duplicate
             raise InvalidRequest(f"'prediction_id' rejected: {exc}") from None
-        return jsonify(status="recorded", **_outcome_fields(outcome))
+        return jsonify(status="recorded", outcome=outcome)
 
     @app.get("/healthz")
     def healthz():
@@ -244,16 +244,6 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
                        canary_fraction=router.fraction)
 
     return app
-
-
-def _outcome_fields(outcome: Any) -> Dict[str, Any]:
-    """What the feedback call reports back, whatever shape the monitor returns."""
-    if isinstance(outcome, Mapping):
-        return dict(outcome)
-    if outcome is None:
-        return {}
-    fields = getattr(outcome, "_asdict", None) or getattr(outcome, "__dict__", None)
-    return dict(fields() if callable(fields) else fields)
 
 
 app = create_app()

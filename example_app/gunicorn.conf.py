@@ -7,13 +7,10 @@ overridable from the environment: ``BIND`` (or ``PORT``), ``WORKERS``, ``TIMEOUT
 from __future__ import annotations
 
 import os
-import secrets
 
+# The hooks also give all workers one MLMONITOR_FEEDBACK_SECRET when none is set (so feedback
+# can land on any worker); set your own to share it across replicas and restarts.
 from mlmonitor.gunicorn import *  # noqa: F401,F403
-
-# Prediction ids are signed so feedback can land on any worker: all workers need one secret.
-# Set your own (and share it across replicas); this fallback lives as long as the master.
-os.environ.setdefault("MLMONITOR_FEEDBACK_SECRET", secrets.token_hex(32))
 
 bind = os.environ.get("BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WORKERS", "4"))

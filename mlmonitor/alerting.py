@@ -62,6 +62,7 @@ class Thresholds:
     latency_slo: float = 0.99
     latency_slo_threshold: float = 0.0  # 0: same as latency_p99; must be a histogram bucket bound
     psi_threshold: float = 0.2
+    drift_min_count: int = 100
     accuracy_drop: float = 0.05
     accuracy_min_feedback: int = 20
     canary_error_delta: float = 0.01
@@ -333,13 +334,17 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
     win = DRIFT_WINDOW
     quality = [
         _alert("MLModelFeatureDrift",
-               f"model_version_feature:mlmonitor_feature_bin:psi{win} > {num(t.psi_threshold)}",
+               (f"model_version_feature:mlmonitor_feature_bin:psi{win} > {num(t.psi_threshold)}\n"
+                f"and on ({VERSION}, feature)\n"
+                f"model_version_feature:mlmonitor_feature_bin:rate{win} * {b.seconds(win)} >= {num(t.drift_min_count)}"),
                "warning", "drift", b.w("15m"),
                "Feature {{ $labels.feature }} drifted for " + _WHO,
                "The population stability index of feature {{ $labels.feature }} of " + _WHO
                + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {win} (threshold {num(t.psi_threshold)})."),
         _alert("MLModelPredictionDrift",
-               f"model_version:mlmonitor_predicted_class:psi{win} > {num(t.psi_threshold)}",
+               (f"model_version:mlmonitor_predicted_class:psi{win} > {num(t.psi_threshold)}\n"
+                f"and on ({VERSION})\n"
+                f"model_version:mlmonitor_predicted_class:rate{win} * {b.seconds(win)} >= {num(t.drift_min_count)}"),
                "warning", "drift", b.w("15m"),
                "Predicted-class distribution drifted for " + _WHO,
                "The population stability index of the predicted classes of " + _WHO
@@ -499,6 +504,7 @@ _HELP = {
     "latency_slo": "latency SLO target (share of predictions faster than --latency-slo-threshold)",
     "latency_slo_threshold": "latency SLO bound in seconds; a histogram bucket bound (default: --latency-p99)",
     "psi_threshold": "population stability index above which a feature or the classes drifted",
+    "drift_min_count": "live values needed in the drift window before PSI is judged (small samples are noisy)",
     "accuracy_drop": "accuracy drop below the reference (0.05 = 5 points) that fires MLModelAccuracyDrop",
     "accuracy_min_feedback": "feedback events needed in the window before accuracy is judged",
     "canary_error_delta": "error-ratio points by which a version must exceed the best other version",

@@ -23,6 +23,7 @@ What the hooks do:
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import stat
@@ -60,12 +61,31 @@ def prepare_multiprocess_dir(path: str | None = None, clean: bool = True) -> str
                               f"use a private directory (chmod 700)")
     if not os.access(path, os.W_OK | os.X_OK):
         raise UnsafeDirectory(f"mlmonitor: {ENV}={path} is not writable")
-    if clean:
+    if clean and _first_user(path):
         for leftover in glob.glob(os.path.join(path, "*.db")):
             os.remove(leftover)
     os.environ[ENV] = path
     _use_multiprocess_values()
     return path
+
+
+_users: dict = {}  # directory -> fd holding a shared flock for this master's lifetime
+
+
+def _first_user(path: str) -> bool:
+    """True unless another live master uses the directory (a USR2 upgrade, a second start):
+    its workers' files are live counts and must not be cleaned away."""
+    if path in _users:
+        return True
+    fd = os.open(os.path.join(path, ".users"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        first = True
+    except OSError:
+        first = False
+    fcntl.flock(fd, fcntl.LOCK_SH)  # held (and inherited by workers) while we serve
+    _users[path] = fd
+    return first
 
 
 def _use_multiprocess_values() -> None:
@@ -147,6 +167,11 @@ def worker_exit(server: Any, worker: Any) -> None:
             server.log.warning("mlmonitor: flushing spans failed: %s", exc)
 
 
-prepare_multiprocess_dir()
+try:
+    prepare_multiprocess_dir()
+except UnsafeDirectory as exc:
+    # one clear line and exit 1, also from a user's gunicorn.conf.py (where gunicorn
+    # would print a traceback for an ordinary exception)
+    raise SystemExit(str(exc)) from None
 # one feedback secret for all workers of this master when none is configured
 os.environ.setdefault("MLMONITOR_FEEDBACK_SECRET", os.urandom(32).hex())

@@ -56,7 +56,11 @@ def _safe_repr(obj: Any) -> str:
 def _sanitize(obj: Any, depth: int, seen: set, max_str: int) -> Any:
     """A JSON-safe copy: string keys, finite floats, no cycles, bounded depth and strings."""
     if obj is None or isinstance(obj, (bool, int)):
-        return obj if type(obj) in (bool, int) or obj is None else int(obj)
+        if obj is None or type(obj) is bool:
+            return obj
+        number = int(obj)
+        # json cannot write ints beyond Python's 4300-digit conversion limit
+        return number if number.bit_length() <= 8192 else f"<int of {number.bit_length()} bits>"
     if isinstance(obj, float):
         if math.isfinite(obj):
             return float(obj)
@@ -124,15 +128,20 @@ def render_json(event: dict, max_bytes: int = 16384) -> str:
                 break
             max_str //= 4
         # last resort: only the short scalar fields survive
-        core = {k: v for k, v in event.items()
-                if isinstance(k, str) and isinstance(v, (str, int, float, bool)) and len(str(v)) < 256}
-        core["truncated"] = True
         try:
+            core = {k: v for k, v in event.items() if isinstance(k, str) and _short_scalar(v)}
+            core["truncated"] = True
             text = _encode(_sanitize(core, 0, set(), 256))
         except Exception:
             text = '{"event":"unrenderable","truncated":true}'
         return text[:max_bytes] if len(text) <= max_bytes else '{"event":"unrenderable","truncated":true}'
     return text
+
+
+def _short_scalar(value: Any) -> bool:
+    if type(value) is int:
+        return value.bit_length() < 800
+    return type(value) in (str, float, bool) and len(str(value)) < 256
 
 
 class SafeJSONRenderer:
@@ -158,24 +167,37 @@ def _redaction_pattern(names: tuple) -> "re.Pattern[str]":
     if pattern is None:
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
         pattern = _patterns[names] = re.compile(
-            r"((?:%s)[\"']?\s*(?:=|:|\s)\s*(?:bearer\s+|basic\s+)?[\"']?)([^\s&\"',;}\]]+)" % alternatives,
+            r"((?:%s)[\"']?\s*(?:=|:|\s)\s*(?:bearer\s+|basic\s+)?[\"']?)([^\s&\"',;}\[\]]+)" % alternatives,
             re.IGNORECASE)
     return pattern
 
 
-def redact_mapping(values: dict, names: frozenset) -> dict:
-    """A copy where the values of secret keys are replaced, nested dicts and lists included."""
+def redact_mapping(values: dict, names: frozenset, _path: tuple = ()) -> dict:
+    """A copy where the values of secret keys are replaced, at any depth of dicts, lists, tuples.
+
+    Cycles and depth beyond the log's own limit are cut, so a tag can never make it raise.
+    """
     out = {}
-    for key, value in values.items():
+    path = _path + (id(values),)
+    for key, value in list(values.items())[:1000]:
         if isinstance(key, str) and key.lower() in names:
             out[key] = REDACTED
-        elif isinstance(value, dict):
-            out[key] = redact_mapping(value, names)
-        elif isinstance(value, list):
-            out[key] = [redact_mapping(v, names) if isinstance(v, dict) else v for v in value]
         else:
-            out[key] = value
+            out[key] = _redact_value(value, names, path)
     return out
+
+
+def _redact_value(value: Any, names: frozenset, path: tuple) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in path:
+            return "<cycle>"
+        if len(path) >= _MAX_DEPTH:
+            return "<max depth>"
+        if isinstance(value, dict):
+            return redact_mapping(value, names, path)
+        inner = path + (id(value),)
+        return [_redact_value(v, names, inner) for v in list(value)[:1000]]
+    return value
 
 
 def _timestamp(now: float) -> str:

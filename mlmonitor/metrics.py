@@ -38,6 +38,17 @@ def multiprocess_dir() -> Optional[str]:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
 
 
+def clean_label(value: object, limit: int = 128) -> str:
+    """A label value that always encodes: text, at most ``limit`` characters, no lone surrogates.
+
+    A lone surrogate (JSON ``"\\ud800"``) in a label would make every later scrape fail.
+    """
+    text = (value if type(value) is str else str(value))[:limit]
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 class LabelCap:
     """Keeps the first ``limit`` distinct values of a label; later ones become ``other``."""
 
@@ -47,6 +58,9 @@ class LabelCap:
         self.lock = threading.Lock()
 
     def __call__(self, value: str) -> str:
+        if value in self.values:
+            return value
+        value = clean_label(value)
         if value in self.values:
             return value
         with self.lock:
@@ -194,6 +208,7 @@ class MetricsSink:
         if labels not in self._seen_models:
             self._seen_models.add(labels)
             self.child(self.f.model_info, *labels).set(1)
+            self.child(self.f.predictions, *labels)  # exported at 0 before the first request
             profile = self.reference_for(name)
             if profile is not None and OTHER not in labels:
                 self.export_reference(labels, profile)
@@ -211,6 +226,13 @@ class MetricsSink:
             self.f.reference_class_ratio.labels(*labels, cls).set(share)
         if profile.accuracy is not None:
             self.f.reference_accuracy.labels(*labels).set(profile.accuracy)
+        # counters exist at 0 from the start: a series first seen at 1 loses that count in rate()
+        for feature, bin_label, _ in profile.reference_ratios():
+            self.child(self.f.feature_bin, *labels, feature, bin_label)
+        for cls, _ in profile.class_ratios():
+            self.child(self.f.predicted_class, *labels, cls)
+        for outcome in ("correct", "incorrect"):
+            self.child(self.f.feedback, *labels, outcome)
 
     def observe(self, labels: Tuple[str, str], profile: Any, features: Any, prediction: Any,
                 score: Any, tokens_in: Any, tokens_out: Any, cost: Any) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from typing import Any, Callable, Dict, Optional
 from urllib.parse import parse_qsl, urlencode
@@ -25,7 +26,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .config import ConfigError, Settings
-from .logs import REDACTED, redact_text
+from .logs import REDACTED, _redact_value, _safe_text, redact_text
 from .record import RequestRecord
 
 log = logging.getLogger("mlmonitor")
@@ -80,11 +81,31 @@ def _make_exporter(name: str) -> Any:
         except ImportError:
             raise ConfigError("OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
                               "pip install 'mlmonitor[otlp]'") from None
+        for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+            _check_headers(variable)
         return OTLPSpanExporter()
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
         return ConsoleSpanExporter()
     raise ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: mlmonitor supports otlp, console or none")
+
+
+# the OpenTelemetry SDK's (liberal) grammar of OTEL_EXPORTER_OTLP_HEADERS members
+_HEADER_MEMBER = re.compile(
+    r"[ \t]*[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a\x7c\x7e]+[ \t]*="
+    r"[ \t]*[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*[ \t]*")
+
+
+def _check_headers(variable: str) -> None:
+    """Refuse malformed headers at start-up without echoing them.
+
+    The SDK would log the malformed member, secret value included, and drop it.
+    """
+    members = re.split(r"[ \t]*,[ \t]*", os.environ.get(variable, ""))
+    for index, member in enumerate(members, 1):
+        if member and not _HEADER_MEMBER.fullmatch(member.strip()):
+            raise ConfigError(f"{variable}: member {index} is not name=value (URL-encode the "
+                              f"value; it is not shown here because it may be a secret)")
 
 
 class CountingExporter:
@@ -151,7 +172,13 @@ def build_tracer_provider(service_name: str) -> Any:
     except ValueError as exc:  # e.g. OTEL_TRACES_SAMPLER_ARG that does not parse
         raise ConfigError(f"OpenTelemetry settings (OTEL_*): {exc}") from None
     for exporter in exporters:
-        provider.add_span_processor(_batch_processor(exporter))
+        try:
+            processor = _batch_processor(exporter)
+        except ValueError as exc:  # e.g. OTEL_BSP_SCHEDULE_DELAY=-5
+            given = ", ".join(f"{k}={v!r}" for k, v in sorted(os.environ.items())
+                              if k.startswith("OTEL_BSP_"))
+            raise ConfigError(f"OpenTelemetry batch settings ({given}): {exc}") from None
+        provider.add_span_processor(processor)
     return provider
 
 
@@ -232,7 +259,7 @@ class TraceSink:
         parent = extract(environ, getter=_GETTER) if "HTTP_TRACEPARENT" in environ else None
         attributes = {
             "http.request.method": rec.method,
-            "url.path": rec.path[:MAX_ATTRIBUTE_LENGTH],
+            "url.path": redact_text(rec.path[:MAX_ATTRIBUTE_LENGTH], self.redact),
             "url.scheme": environ.get("wsgi.url_scheme", "http"),
         }
         if rec.query:
@@ -270,7 +297,10 @@ class TraceSink:
             if str(key).lower() in self.redact:
                 value = REDACTED
             elif not isinstance(value, (str, bool, int, float)):
-                value = str(value)
+                # a dict or list keeps its secret fields hidden; str() of anything never raises here
+                value = redact_text(_safe_text(_redact_value(value, self.redact, ())), self.redact)
+            elif type(value) is int and not -(1 << 63) <= value < (1 << 63):
+                value = _safe_text(value)[:64]  # OTLP carries int64: one big int would drop the batch
             if isinstance(value, str):
                 value = value[:MAX_ATTRIBUTE_LENGTH]
             attributes["ml.tag." + str(key)[:64]] = value

@@ -40,8 +40,9 @@ def client(app):
 
 def predict(client, body, **headers):
     if isinstance(body, (bytes, str)):
-        return client.post("/predict", data=body, headers={"Content-Type": "application/json", **headers})
-    return client.post("/predict", json=body, headers=headers)
+        return client.post("/predict", data=body, headers={"Content-Type": "application/json", **headers},
+                           buffered=True)  # mlmonitor records when the body is closed
+    return client.post("/predict", json=body, headers=headers, buffered=True)
 
 
 def error_of(response):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import defaultdict
 
 import pytest
@@ -34,6 +35,22 @@ def totals(samples, name, *labels, **match):
     return {k if len(k) > 1 else k[0]: int(v) for k, v in out.items() if v}
 
 
+class Delta:
+    """Counters moved since the last ``take()``: the tests share one server."""
+
+    def __init__(self, url):
+        self.url = url
+        self.before = scrape(url)
+
+    def take(self):
+        self.after = scrape(self.url)
+
+    def __call__(self, name, *labels, **match):
+        old = totals(self.before, name, *labels, **match)
+        new = totals(self.after, name, *labels, **match)
+        return {k: v - old.get(k, 0) for k, v in new.items() if v - old.get(k, 0)}
+
+
 def run_loadgen(url, *args):
     proc = subprocess.run(
         [sys.executable, "-m", "example_app.loadgen", "--url", url, "--json", *args],
@@ -42,16 +59,17 @@ def run_loadgen(url, *args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def server(tmp_path):
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "MLMONITOR_FEEDBACK_SECRET": SECRET,
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    prom = tmp_path_factory.mktemp("prom")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(prom), "MLMONITOR_FEEDBACK_SECRET": SECRET,
            "CANARY_FRACTION": "0.3", "MLMONITOR_TRACES": "false"}
-    (tmp_path / "prom").mkdir()
     with GunicornProcess(workers=4, env=env) as proc:
         yield proc
 
 
 def test_loadgen_summary_matches_the_scraped_counters_exactly(server):
+    delta = Delta(server.url)
     summary = run_loadgen(
         server.url, "--requests", "400", "--concurrency", "8", "--invalid-fraction", "0.1",
         "--error-fraction", "0.05", "--slow-fraction", "0.02", "--slow-seconds", "0.05",
@@ -60,33 +78,41 @@ def test_loadgen_summary_matches_the_scraped_counters_exactly(server):
     assert summary["requests"] == 400
     assert summary["by_status"] == {"200": 340, "400": 40, "500": 20}
 
-    samples = scrape(server.url)
-    assert totals(samples, "mlmonitor_http_requests_total", "status", route="/predict") == summary["by_status"]
-    predictions = totals(samples, "mlmonitor_predictions_total", "model_version", model_name="iris")
+    delta.take()
+    assert delta("mlmonitor_http_requests_total", "status", route="/predict") == summary["by_status"]
+    predictions = delta("mlmonitor_predictions_total", "model_version", model_name="iris")
     assert predictions == {v: s["requests"] for v, s in summary["by_version"].items()}
     assert set(predictions) == {"v1", "v2"}  # the canary split reached both versions
 
-    feedback = totals(samples, "mlmonitor_feedback_total", "model_version", "outcome", model_name="iris")
+    feedback = delta("mlmonitor_feedback_total", "model_version", "outcome", model_name="iris")
     expected = {(v, outcome): n for v, counts in summary["feedback"].items() for outcome, n in counts.items() if n}
     assert feedback == expected
     # exactly round(0.8 * 340) correct labels, however the requests were spread over workers
     assert sum(n for (_, outcome), n in feedback.items() if outcome == "correct") == 272
     assert summary["feedback_status"] == {"200": 340}
-    assert totals(samples, "mlmonitor_http_requests_total", "status", route="/feedback") == {"200": 340}
+    assert delta("mlmonitor_http_requests_total", "status", route="/feedback") == {"200": 340}
 
-    errors = totals(samples, "mlmonitor_prediction_errors_total", "error_type", model_name="iris")
+    errors = delta("mlmonitor_prediction_errors_total", "error_type", model_name="iris")
     assert errors == {"invalid_input": 40, "InjectedFailure": 20}
 
 
 def test_forced_version_sends_everything_to_that_version(server):
+    delta = Delta(server.url)
     summary = run_loadgen(server.url, "--requests", "60", "--version", "v2", "--seed", "5")
     assert summary["by_version"] == {"v2": {"requests": 60, "by_status": {"200": 60}, "predictions": 60}}
-    samples = scrape(server.url)
-    assert totals(samples, "mlmonitor_predictions_total", "model_version") == {"v2": 60}
+    delta.take()
+    assert delta("mlmonitor_predictions_total", "model_version") == {"v2": 60}
 
 
 def test_every_prediction_logs_one_json_line_on_stdout(server):
+    def predict_lines():
+        return [line for line in server.json_lines() if line.get("route") == "/predict"]
+
+    before = len(predict_lines())
     run_loadgen(server.url, "--requests", "120", "--concurrency", "8", "--seed", "9")
-    lines = [line for line in server.json_lines() if line.get("route") == "/predict"]
+    deadline = time.monotonic() + 10  # the reader thread may still be on the last lines
+    while len(predict_lines()) < before + 120 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = predict_lines()[before:]
     assert len(lines) == 120
     assert {line["model_version"] for line in lines} <= {"v1", "v2"}
