@@ -50,7 +50,7 @@ def child(config: str, requests: int) -> Dict[str, Any]:
     done = 0
     while done < requests:
         count = min(step, requests - done)
-        _, status = request_loop(app, count)
+        _, _, status = request_loop(app, count)
         if status != 200:
             raise SystemExit(f"{config}: status {status}")
         done += count

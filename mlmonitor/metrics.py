@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
+import json
+import mmap
 import os
+import struct
 import threading
 import time
 import weakref
@@ -312,6 +316,8 @@ class MetricsSink:
     # -- process metrics per worker slot ------------------------------------------
     def update_process(self) -> None:
         self._process_next = time.perf_counter() + PROCESS_UPDATE_INTERVAL
+        if self.multiprocess:
+            restore_deleted_files()
         times = os.times()
         cpu = times.user + times.system
         if cpu > self._process_cpu_last:
@@ -328,12 +334,112 @@ class MetricsSink:
         encoder, content_type = choose_encoder(accept)
         if self.multiprocess:
             path = multiprocess_dir()
+            if not path or not os.path.isdir(path):
+                raise FileNotFoundError(f"multiprocess directory {path} is gone")  # -> 503
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path)
+            registry.register(_CheckedMultiProcessCollector(path))
             with directory_lock(path, exclusive=False):  # not while a dead worker is merged
                 return encoder(registry), content_type
         registry = REGISTRY if self.registry is None else self.registry
         return encoder(registry), content_type
+
+
+class _CheckedMultiProcessCollector:
+    """prometheus-client's multiprocess merge, minus files that do not parse.
+
+    A corrupted ``*.db`` file would otherwise fail every scrape (or, with a
+    negative length field, loop forever in prometheus-client's reader). It is
+    left out of the answer and counted as an internal error instead.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Any]:
+        from . import guard
+        good, keys = [], set()
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            problem = _check_db_file(name, keys)
+            if problem is None:
+                good.append(name)
+            elif problem != "gone":
+                guard.report_fault("exposition", ValueError(f"{os.path.basename(name)}: {problem}"))
+        return multiprocess.MultiProcessCollector.merge(good, accumulate=True)
+
+
+def _check_db_file(name: str, keys: set) -> Optional[str]:
+    """None when prometheus-client can read the file; else why not ("gone" if it vanished)."""
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read(_PAGE_SIZE)
+            used = struct.unpack_from("i", data, 0)[0] if len(data) >= 8 else -1
+            if used > len(data):
+                data += fh.read(used - len(data))
+    except FileNotFoundError:
+        return "gone"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if used < 8 or used > len(data):
+        return "bad header"
+    pos = 8
+    while pos < used:
+        if pos + 4 > used:
+            return "truncated entry"
+        length = struct.unpack_from("i", data, pos)[0]
+        if length <= 0 or pos + 4 + length > used:
+            return "bad entry length"
+        key = bytes(data[pos + 4:pos + 4 + length])
+        pos += 4 + length + (8 - (length + 4) % 8) + 16
+        if pos > used:
+            return "truncated entry"
+        if key not in keys:
+            try:
+                parsed = json.loads(key.decode("utf-8"))
+                ok = (isinstance(parsed, list) and len(parsed) == 4
+                      and isinstance(parsed[2], dict))
+            except ValueError:
+                ok = False
+            if not ok:
+                return "bad key"
+            keys.add(key)
+    return None
+
+
+def restore_deleted_files() -> int:
+    """Files of this process deleted under it (directory removed): write them anew from memory.
+
+    prometheus-client keeps each process's values in a memory map of its file; when
+    the file is deleted the map lives on, unseen by scrapes. This rewrites the file
+    from the map and maps it again, so counts continue without a restart. It
+    reaches into prometheus-client's internals and does nothing if they differ.
+    """
+    from prometheus_client import values
+    try:
+        cls = values.ValueClass
+        reset = getattr(cls, "_MmapedValue__reset")
+        cells = dict(zip(reset.__code__.co_freevars, reset.__closure__ or ()))
+        inc_cells = dict(zip(cls.inc.__code__.co_freevars, cls.inc.__closure__ or ()))
+        files, lock = cells["files"].cell_contents, inc_cells["lock"].cell_contents
+    except (AttributeError, KeyError, ValueError):
+        return 0
+    restored = 0
+    for mapped in list(files.values()):
+        name = getattr(mapped, "_fname", None)
+        if name is None or mapped._m is None or os.path.exists(name):
+            continue
+        with lock:
+            os.makedirs(os.path.dirname(name), mode=0o700, exist_ok=True)
+            capacity = mapped._capacity
+            with open(name, "wb") as out:
+                out.write(mapped._m[:capacity])
+            new_file = open(name, "a+b")
+            new_map = mmap.mmap(new_file.fileno(), capacity)
+            old_file, old_map = mapped._f, mapped._m
+            mapped._f, mapped._m = new_file, new_map
+            old_map.close()
+            old_file.close()
+        restored += 1
+    return restored
 
 
 @contextlib.contextmanager

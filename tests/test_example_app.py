@@ -166,6 +166,14 @@ def test_bad_input_is_counted_as_invalid_input(app, client):
         {"model_name": "iris", "model_version": "v1", "error_type": "invalid_input"}) == 1
 
 
+def test_deeply_nested_body_is_a_400(client):
+    assert error_of(predict(client, "[" * 100_000 + "]" * 100_000)) == "request body must be valid JSON"
+
+
+def test_oversized_body_is_refused(client):
+    assert predict(client, '{"features": "' + "x" * (2 << 20) + '"}').status_code == 413
+
+
 def test_unknown_forced_version_is_a_400(client):
     response = predict(client, {"features": GOOD}, **{"X-Model-Version": "v3"})
     assert error_of(response) == "header X-Model-Version must be one of v1, v2, got 'v3'"

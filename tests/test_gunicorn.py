@@ -80,6 +80,23 @@ def scrape(port: int, attempts: int = 20) -> Dict[Key, float]:
     raise AssertionError("no scrape succeeded")
 
 
+def settled(port: int, predictions: int, timeout: float = 10.0) -> Dict[Key, float]:
+    """A scrape once the last answered requests are recorded.
+
+    A request is recorded when the server closes its body, just after the client got the
+    response, so a scrape right after the load can miss the last few by a moment; wait until
+    ``predictions`` are in and nothing is in progress (then the tests compare exactly).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(port)
+        done = (total(samples, "mlmonitor_predictions_total") >= predictions
+                and total(samples, "mlmonitor_http_requests_in_progress") == 0)
+        if done or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.1)
+
+
 def total(samples: Dict[Key, float], name: str, **match: str) -> float:
     return sum(v for (n, labels), v in samples.items()
                if n == name and all(dict(labels).get(k) == want for k, want in match.items()))
@@ -120,6 +137,9 @@ def check_histograms(samples: Dict[Key, float]) -> None:
 class Load:
     """Threads posting predictions over keep-alive connections; tallies what came back.
 
+    Each connection is reopened every 25 requests: gthread workers keep a connection for
+    good, and 8 connections would all stay with whichever worker accepted them.
+
     Request ``i`` asks for model version ``v2`` when ``i % 3 == 0``, else ``v1``. A request
     that got no response (connection reset by a killed worker) is counted in ``lost``.
     """
@@ -150,6 +170,8 @@ class Load:
             if self.limit is not None and i >= self.limit:
                 break
             version = "v2" if i % 3 == 0 else "v1"
+            if i % 25 == 0:  # new connections now and then, so gthread workers share the load
+                conn.close()
             try:
                 conn.request("POST", "/predict", BODY, {**self.headers, "X-Model-Version": version})
                 resp = conn.getresponse()
@@ -256,7 +278,7 @@ def db_files(path: Path) -> List[str]:
 def test_every_prediction_is_counted_exactly_across_workers(tmp_path, worker_args, requests):
     with start(tmp_path, workers=4, args=worker_args) as server:
         load = Load(server.port, requests, threads=8).start().join(180)
-        samples = scrape(server.port)
+        samples = settled(server.port, load.responses)
     print(f"\n{worker_args or 'sync'}: {requests} requests in {load.seconds:.1f} s "
           f"({requests / load.seconds:.0f}/s), served by {len(load.pids)} workers")
     assert load.lost == 0 and load.responses == requests
@@ -272,7 +294,7 @@ def test_no_series_ever_decreases_between_scrapes(tmp_path):
         scraper.start()
         load = Load(server.port, 6_000, threads=6).start().join(120)
         scraper.finish()
-        samples = scrape(server.port)
+        samples = settled(server.port, load.responses)
     print(f"\n{scraper.scrapes} scrapes during {load.seconds:.1f} s of load")
     assert scraper.scrapes >= 10
     assert scraper.problems == []
@@ -313,7 +335,7 @@ def test_killed_workers_lose_no_counts_and_are_replaced(tmp_path):
         load.join(60)
         sleeper.join(60)
         scraper.finish()
-        samples = scrape(server.port)
+        samples = settled(server.port, load.responses + sleeper.responses)
         alive = set(children(server.pid))
     print(f"\nkilled {sorted(killed)}, replaced by {replacements}; {load.responses + sleeper.responses}"
           f" answered, {sleeper.lost} lost with their worker, {scraper.scrapes} scrapes")
@@ -354,7 +376,7 @@ def test_recycled_workers_keep_counts_and_the_directory_stays_bounded(tmp_path):
         load = Load(server.port, requests, threads=6).start().join(240)
         halt.set()
         watcher.join(10)
-        samples = scrape(server.port)
+        samples = settled(server.port, load.responses)
         timings = []
         for _ in range(20):
             begin = time.perf_counter()
@@ -389,7 +411,7 @@ def test_leftover_files_of_a_previous_run_do_not_leak(tmp_path):
     old.close()
     with start(tmp_path, workers=2) as server:
         load = Load(server.port, 60, threads=2).start().join(60)
-        samples = scrape(server.port)
+        samples = settled(server.port, load.responses)
         files = db_files(prom)
     assert "counter_99999.db" not in files
     assert_exact(samples, load)
@@ -403,7 +425,7 @@ def test_a_second_master_on_a_directory_in_use_keeps_the_first_ones_counts(tmp_p
         with start(tmp_path, workers=1):
             pass
         load = Load(first.port, 30, threads=1).start().join(60)
-        samples = scrape(first.port)
+        samples = settled(first.port, 330)
     assert total(samples, "mlmonitor_predictions_total") == 330
     assert load.responses == 30
 

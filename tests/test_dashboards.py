@@ -1,0 +1,288 @@
+"""Grafana dashboards (grafana/): lint of the committed JSON, and every panel proven on a real Prometheus.
+
+There is no Grafana server here. What Grafana would do with a query is reproduced instead: its
+variables are substituted the way Grafana formats them (multi-value -> ``(a|b)``), and the query runs
+through Prometheus's HTTP API as an instant query at "now" (range panels included: a range query
+is the same expression at many instants).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import promql_parser
+import pytest
+import yaml
+
+from conftest import require_binary
+from helpers.gunicorn_proc import REPO, GunicornProcess
+from helpers.promstack import Prometheus, query, wait_for
+from mlmonitor.alerting import Thresholds, render_files
+
+DASHBOARD_DIR = REPO / "grafana" / "dashboards"
+FILES = sorted(DASHBOARD_DIR.glob("*.json"))
+DS = {"type": "prometheus", "uid": "${datasource}"}
+COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+JOB = "mlmonitor_dashboards"
+#: values as Grafana would substitute them (multi-value variables become a regex group)
+LINT_VALUES = {"job": JOB, "model_name": "(iris)", "model_version": "(v1|v2)", "version_a": "v1",
+               "version_b": "v2", "__rate_interval": "1m"}
+#: the only panels allowed to return no series: the example app has no GPU and no LLM
+ALLOWED_EMPTY = {("mlmonitor-overview", "GPU utilization"), ("mlmonitor-overview", "GPU memory used"),
+                 ("mlmonitor-quality", "LLM tokens"), ("mlmonitor-quality", "LLM cost per hour")}
+DRIFTED = "petal_length_cm"
+
+
+def load(path: Path) -> Dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def panels(dash: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [p for p in dash["panels"] if p["type"] != "row"]
+
+
+def exprs(dash: Dict[str, Any]) -> Iterator[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    for p in panels(dash):
+        for t in p["targets"]:
+            yield p, t
+
+
+def substitute(text: str, values: Dict[str, str]) -> str:
+    """Grafana's ``$name`` and ``${name}``; an unknown variable is an error, not left in."""
+    def repl(match: "re.Match[str]") -> str:
+        name = match.group(1) or match.group(2)
+        if name not in values:
+            raise AssertionError(f"unknown variable ${name} in {text!r}")
+        return values[name]
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, text)
+
+
+def variable_query(var: Dict[str, Any]) -> Tuple[str, str]:
+    """``label_values(selector, label)`` -> (selector, label)."""
+    match = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"])
+    assert match, f"variable {var['name']}: not a label_values(selector, label) query"
+    assert var["definition"] == var["query"]["query"]
+    return match.group(1), match.group(2)
+
+
+def test_generator_output_is_committed():
+    spec = importlib.util.spec_from_file_location("grafana_generate", REPO / "grafana" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rendered = module.render()
+    assert sorted(rendered) == [f.name for f in FILES]
+    for path in FILES:
+        assert path.read_text() == rendered[path.name], f"{path.name} is stale: run python grafana/generate.py"
+    check = subprocess.run([sys.executable, str(REPO / "grafana" / "generate.py"), "--check"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+def test_three_dashboards_with_stable_uids_linked_by_tag():
+    dashes = {d["uid"]: d for d in map(load, FILES)}
+    assert set(dashes) == {"mlmonitor-overview", "mlmonitor-quality", "mlmonitor-canary"}
+    for dash in dashes.values():
+        assert "mlmonitor" in dash["tags"]
+        assert dash["title"] and dash["description"]
+        (link,) = dash["links"]
+        assert link["type"] == "dashboards" and link["tags"] == ["mlmonitor"]
+        assert link["includeVars"] and link["keepTime"]
+        assert dash["__inputs"] == []  # an unresolved ${DS_...} would break file provisioning
+        required = {(r["type"], r["id"]) for r in dash["__requires"]}
+        assert {("grafana", "grafana"), ("datasource", "prometheus")} <= required
+        assert {("panel", p["type"]) for p in panels(dash)} <= required
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_variables(path):
+    dash = load(path)
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    ds = variables["datasource"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus" and ds["current"] == {}
+    versions = ["version_a", "version_b"] if dash["uid"] == "mlmonitor-canary" else ["model_version"]
+    assert list(variables) == ["datasource", "job", "model_name", *versions]
+    for name in ["job", "model_name", *versions]:
+        var = variables[name]
+        assert var["type"] == "query" and var["datasource"] == DS
+        selector, label = variable_query(var)
+        assert label == name.replace("version_a", "model_version").replace("version_b", "model_version")
+        promql_parser.parse(substitute(selector, LINT_VALUES))
+    if dash["uid"] == "mlmonitor-canary":  # two different versions selected by default
+        assert (variables["version_a"]["sort"], variables["version_b"]["sort"]) == (1, 2)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_every_panel_has_ids_units_descriptions_and_the_datasource_variable(path):
+    dash = load(path)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in panels(dash):
+        assert p["description"].strip(), p["title"]
+        assert p["fieldConfig"]["defaults"]["unit"], p["title"]
+        assert p["datasource"] == DS, p["title"]
+        assert p["targets"], p["title"]
+        refs = [t["refId"] for t in p["targets"]]
+        assert len(refs) == len(set(refs)), p["title"]
+        for t in p["targets"]:
+            assert t["datasource"] == DS, p["title"]
+    text = path.read_text()
+    assert "${DS_" not in text
+    uids = set(re.findall(r'"uid": "([^"]*)"', text)) - {dash["uid"], "-- Grafana --"}
+    assert uids == {"${datasource}"}, "a datasource uid is hard-coded"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_grid_positions_fit_24_columns_without_overlap(path):
+    taken: Dict[Tuple[int, int], str] = {}
+    for p in load(path)["panels"]:
+        g = p["gridPos"]
+        assert g["w"] > 0 and g["h"] > 0 and g["x"] >= 0 and g["y"] >= 0
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in taken, f"{p['title']!r} overlaps {taken[(x, y)]!r}"
+                taken[(x, y)] = p["title"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_promql_parses_and_rates_only_counters_over_the_rate_interval(path):
+    for p, t in exprs(load(path)):
+        expr = t["expr"]
+        where = f"{p['title']!r}: {expr}"
+        ranges = re.findall(r"\[([^\]]*)\]", expr)
+        assert all(r == "$__rate_interval" for r in ranges), f"range other than $__rate_interval in {where}"
+        ast = promql_parser.parse(substitute(expr, LINT_VALUES))
+        problems: List[str] = []
+
+        def visit(node: Any) -> None:
+            if isinstance(node, promql_parser.Call):
+                name = node.func.name
+                if name in ("rate", "increase", "irate"):
+                    metric = node.args[0].vector_selector.name or ""
+                    if not metric.endswith(COUNTER_SUFFIXES):
+                        problems.append(f"{name}() on {metric!r}, not a counter")
+                if name == "histogram_quantile":
+                    inner = node.args[1]
+                    if not (isinstance(inner, promql_parser.AggregateExpr) and str(inner.op) == "sum"
+                            and inner.modifier.type == promql_parser.AggModifierType.By
+                            and "le" in inner.modifier.labels):
+                        problems.append("histogram_quantile() not over sum by (le, ...)")
+            if isinstance(node, promql_parser.SubqueryExpr):
+                problems.append("subquery")
+
+        promql_parser.walk(ast, visit)
+        assert not problems, f"{problems} in {where}"
+        if "_duration_seconds_bucket" in expr and p["type"] == "timeseries":  # stats draw no exemplars
+            assert t["exemplar"] is True, f"exemplars off on latency target of {p['title']!r}"
+
+
+def test_error_ratios_split_server_errors_from_invalid_input():
+    for dash in map(load, FILES):
+        for p, t in exprs(dash):
+            assert "status!=" not in t["expr"].replace(" ", ""), p["title"]
+            if "mlmonitor_prediction_errors_total" in t["expr"] and "ratio" in p["title"].lower():
+                assert 'error_type!="invalid_input"' in t["expr"] or 'error_type="invalid_input"' in t["expr"]
+
+
+def test_allowed_empty_panels_exist():
+    titles = {(d["uid"], p["title"]) for d in map(load, FILES) for p in panels(d)}
+    assert ALLOWED_EMPTY <= titles
+
+
+# ---------------------------------------------------------------- every panel proven
+
+def loadgen(url: str, *args: str) -> List[str]:
+    return [sys.executable, "-m", "example_app.loadgen", "--url", url, "--invalid-fraction", "0.1",
+            "--error-fraction", "0.1", "--drift", f"{DRIFTED}:3", "--feedback-accuracy", "0.8",
+            "--concurrency", "2", "--json", *args]
+
+
+def run_query(promurl: str, expr: str) -> Tuple[List[Dict[str, Any]], str]:
+    """(series, error text); the error is Prometheus's own message when it refused the query."""
+    try:
+        return query(promurl, expr), ""
+    except urllib.error.HTTPError as err:
+        return [], f"HTTP {err.code}: {err.read().decode(errors='replace')[:300]}"
+    except (OSError, ValueError) as err:
+        return [], repr(err)
+
+
+@pytest.mark.slow
+def test_every_panel_returns_data_from_a_real_prometheus(tmp_path):
+    require_binary("prometheus")
+    # the shipped rules, windows divided by 60 (names keep their nominal windows): drift and accuracy
+    # rules have values and an alert fires within seconds
+    rules = render_files(Thresholds(time_scale=60), str(tmp_path / "rules"))
+    (tmp_path / "multiproc").mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "MLMONITOR_TRACES": "false",
+           "MLMONITOR_FEEDBACK_SECRET": "dashboards-test-secret-0123456789abcdef", "CANARY_FRACTION": "0.5"}
+    with GunicornProcess(workers=2, env=env) as app, \
+            Prometheus(tmp_path, {JOB: [f"127.0.0.1:{app.port}"]}, rules) as prom:
+        wait_for(lambda: query(prom.url, f'up{{job="{JOB}"}} == 1'), 30, what="first scrape")
+        # a known mix first: both versions, 200s, 400s and 500s, feedback accepted
+        first = subprocess.run(loadgen(app.url, "--requests", "100", "--rate", "50"), cwd=REPO,
+                               capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        summary = json.loads(first.stdout.strip().splitlines()[-1])
+        assert set(summary["by_version"]) == {"v1", "v2"}
+        assert {"200", "400", "500"} <= set(summary["by_status"])
+        assert summary["feedback_status"] == {"200": summary["predictions"]}
+        # then steady traffic while the rules fill, an alert fires and every panel is queried
+        steady = subprocess.Popen(loadgen(app.url, "--requests", "2000", "--rate", "25"), cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: query(prom.url, f'ALERTS{{alertstate="firing", job="{JOB}"}}'), 45,
+                     what="an alert firing")
+            wait_for(lambda: query(prom.url, f'model_version_feature:mlmonitor_feature_bin:psi1h'
+                                             f'{{feature="{DRIFTED}"}} > 0.2'), 30, what="PSI of the drifted feature")
+            values = {**LINT_VALUES, "model_name": "iris", "__rate_interval": "15s"}
+            failures, checked = prove(prom.url, values)
+        finally:
+            steady.send_signal(signal.SIGTERM)
+            try:
+                steady.wait(10)
+            except subprocess.TimeoutExpired:
+                steady.kill()
+                steady.wait(5)
+    assert not failures, "\n".join(failures)
+    assert checked == sum(len(d["templating"]["list"]) - 1 + sum(len(p["targets"]) for p in panels(d))
+                          for d in map(load, FILES))
+
+
+def prove(promurl: str, values: Dict[str, str]) -> Tuple[List[str], int]:
+    """Run every variable query and every panel target; what failed, and how many queries ran."""
+    failures: List[str] = []
+    checked = 0
+    expected = {"job": {JOB}, "model_name": {"iris"}, "model_version": {"v1", "v2"},
+                "version_a": {"v1", "v2"}, "version_b": {"v1", "v2"}}
+    for dash in map(load, FILES):
+        for var in dash["templating"]["list"][1:]:
+            selector, label = variable_query(var)
+            result, error = run_query(promurl, f"group by ({label}) ({substitute(selector, values)})")
+            checked += 1
+            found = {r["metric"].get(label) for r in result}
+            if error or not expected[var["name"]] <= found:
+                failures.append(f"{dash['uid']} variable {var['name']}: {error or found}")
+        for p, t in exprs(dash):
+            result, error = run_query(promurl, substitute(t["expr"], values))
+            checked += 1
+            empty_ok = (dash["uid"], p["title"]) in ALLOWED_EMPTY
+            if error or (not result and not empty_ok):
+                failures.append(f"{dash['uid']} / {p['title']} / {t['refId']}: {error or 'no data'}"
+                                f"\n    {substitute(t['expr'], values)}")
+    return failures, checked
+
+
+def test_provisioning_files():
+    prov = REPO / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"].startswith("http")
+    (provider,) = yaml.safe_load((prov / "dashboards" / "mlmonitor.yml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards/mlmonitor"

@@ -1,0 +1,94 @@
+"""docker-compose.yml and deploy/: the configs the tools themselves accept, mounts that exist.
+
+There is no Docker engine here: Prometheus' config is checked with ``promtool check config``
+(rules included), Alertmanager's with ``amtool check-config``; the compose file is checked for
+what can go wrong without running it (missing mounted files, ports open beyond loopback).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import require_binary
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_prometheus_config_passes_promtool_with_the_shipped_rules(tmp_path):
+    promtool = require_binary("promtool")
+    # lay the files out as the compose mounts do: /etc/prometheus/{prometheus.yml,rules/}
+    shutil.copy(REPO / "deploy" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copytree(REPO / "alerts", tmp_path / "rules")
+    proc = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rule_files = sorted(p.name for p in (REPO / "alerts").glob("*.rules.yml"))
+    assert rule_files, "alerts/*.rules.yml is empty"
+    for name in rule_files:  # the glob found and checked every shipped rule file
+        assert name in proc.stdout + proc.stderr
+
+
+def test_alertmanager_config_passes_amtool():
+    amtool = require_binary("amtool")
+    proc = subprocess.run([amtool, "check-config", str(REPO / "alerts" / "alertmanager.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_has_the_whole_stack():
+    assert set(COMPOSE["services"]) >= {"app", "prometheus", "alertmanager", "grafana", "otel-collector", "jaeger"}
+
+
+@pytest.mark.parametrize("service", sorted(COMPOSE["services"]))
+def test_compose_mounts_exist_in_the_repository(service):
+    for volume in COMPOSE["services"][service].get("volumes", []):
+        source = volume.split(":", 1)[0]
+        if source.startswith("."):
+            assert (REPO / source).exists(), f"{service} mounts missing {source}"
+
+
+@pytest.mark.parametrize("service", sorted(COMPOSE["services"]))
+def test_compose_publishes_ports_on_loopback_only(service):
+    for port in COMPOSE["services"][service].get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), f"{service} publishes {port} beyond loopback"
+
+
+def test_compose_build_files_exist():
+    for service in COMPOSE["services"].values():
+        build = service.get("build")
+        if build:
+            assert (REPO / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_compose_prometheus_scrapes_the_app_and_alerts_through_alertmanager():
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert "app:8000" in targets
+    am = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert am == ["alertmanager:9093"]
+
+
+def test_otel_collector_pipeline_uses_only_defined_components():
+    config = yaml.safe_load((REPO / "deploy" / "otel-collector.yml").read_text())
+    for pipeline in config["service"]["pipelines"].values():
+        for kind in ("receivers", "processors", "exporters"):
+            for name in pipeline.get(kind, []):
+                assert name in config[kind], f"{kind} {name} is not defined"
+    assert config["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+
+
+def test_grafana_provisioning_points_at_the_mounted_dashboards():
+    provider = yaml.safe_load(
+        (REPO / "grafana" / "provisioning" / "dashboards" / "mlmonitor.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    mounts = [v.split(":")[1] for v in COMPOSE["services"]["grafana"]["volumes"]]
+    assert path in mounts
+    assert list((REPO / "grafana" / "dashboards").glob("*.json")), "no dashboards to provision"
+    datasources = yaml.safe_load(
+        (REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasources["datasources"][0]["url"] == "http://prometheus:9090"
