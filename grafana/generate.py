@@ -26,6 +26,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 RI = "[$__rate_interval]"
 BY = "job, model_name, model_version"
 JOB = 'job=~"$job"'
+JOB_SEL = "{" + JOB + "}"
 MODEL = f'{JOB}, model_name=~"$model_name"'
 SEL = f'{{{MODEL}, model_version=~"$model_version"}}'
 VERSION_A = f'{{{MODEL}, model_version="$version_a"}}'
@@ -185,7 +186,7 @@ def variables(canary: bool = False) -> List[Dict[str, Any]]:
     info = "mlmonitor_model_info"
     out = [datasource_var(),
            query_var("job", "Job", f"label_values({info}, job)"),
-           query_var("model_name", "Model", f"label_values({info}{{{JOB}}}, model_name)", multi=not canary)]
+           query_var("model_name", "Model", f"label_values({info}{JOB_SEL}, model_name)", multi=not canary)]
     versions = f"label_values({info}{{{MODEL}}}, model_version)"
     if canary:  # A sorts ascending, B descending: two different versions by default
         out += [query_var("version_a", "Version A (baseline)", versions, multi=False, sort=1),
@@ -259,10 +260,10 @@ def overview() -> Dict[str, Any]:
         row("Traffic and errors"),
         timeseries("Requests by route", "Every HTTP request the middleware saw, per route template"
                    " (unmatched paths are <unmatched>).", "reqps",
-                   [target(f"sum by (job, route) ({rate('mlmonitor_http_requests_total', '{' + JOB + '}')})",
+                   [target(f"sum by (job, route) ({rate('mlmonitor_http_requests_total', JOB_SEL)})",
                            "{{route}}")]),
         timeseries("Responses by status code", "HTTP responses per second by status code, all routes.", "reqps",
-                   [target(f"sum by (job, status) ({rate('mlmonitor_http_requests_total', '{' + JOB + '}')})",
+                   [target(f"sum by (job, status) ({rate('mlmonitor_http_requests_total', JOB_SEL)})",
                            "{{status}}")], stack=True),
         timeseries("Predictions by version", "Predictions per second per model version: the traffic split of"
                    " a canary or A/B rollout.", "reqps",
@@ -284,7 +285,7 @@ def overview() -> Dict[str, Any]:
                     for q in (0.5, 0.95, 0.99)]),
         timeseries("HTTP latency p50 / p99 by route", "Wall time until the response body was closed, per"
                    " route, from the HTTP histogram.", "s",
-                   [target(quantile(q, "mlmonitor_http_request_duration_seconds", "{" + JOB + "}", by="job, route"),
+                   [target(quantile(q, "mlmonitor_http_request_duration_seconds", JOB_SEL, by="job, route"),
                            f"{{{{route}}}} p{int(q * 100)}", exemplar=True) for q in (0.5, 0.99)]),
         timeseries("Stage breakdown (mean time per stage)", "Mean time spent in each monitor.stage() block per"
                    " request, stacked: where a prediction's time goes.", "s",
@@ -296,14 +297,14 @@ def overview() -> Dict[str, Any]:
                            by_version + " {{stage}}", exemplar=True)]),
         row("Processes, versions and alerts"),
         timeseries("Requests in progress", "Requests being served now, per route, summed over workers.",
-                   "short", [target(f"sum by (job, route) (mlmonitor_http_requests_in_progress{{{JOB}}})",
+                   "short", [target(f"sum by (job, route) (mlmonitor_http_requests_in_progress{JOB_SEL})",
                                     "{{route}}")], w=8),
         timeseries("Process CPU per worker", "CPU time per second of each worker slot (1 = one core).",
                    "percentunit",
-                   [target(f"sum by (job, instance, worker) ({rate('mlmonitor_process_cpu_seconds_total', '{' + JOB + '}')})",
+                   [target(f"sum by (job, instance, worker) ({rate('mlmonitor_process_cpu_seconds_total', JOB_SEL)})",
                            "{{instance}} worker {{worker}}")], w=8),
         timeseries("Process memory per worker", "Resident memory of each worker slot.", "bytes",
-                   [target(f"max by (job, instance, worker) (mlmonitor_process_resident_memory_bytes{{{JOB}}})",
+                   [target(f"max by (job, instance, worker) (mlmonitor_process_resident_memory_bytes{JOB_SEL})",
                            "{{instance}} worker {{worker}}")], w=8),
         table("Model versions served", "Which model versions each scrape target serves now"
               " (mlmonitor_model_info = 1).", "none",
@@ -313,18 +314,18 @@ def overview() -> Dict[str, Any]:
               rename_value="Firing"),
         timeseries("mlmonitor internal errors and dropped telemetry", "mlmonitor's own faults per component"
                    " (should stay 0) and spans or log lines dropped per signal, per rate interval.", "short",
-                   [target(f"sum by (job, component) ({rate('mlmonitor_internal_errors_total', '{' + JOB + '}', 'increase')})",
+                   [target(f"sum by (job, component) ({rate('mlmonitor_internal_errors_total', JOB_SEL, 'increase')})",
                            "internal errors {{component}}"),
-                    target(f"sum by (job, signal) ({rate('mlmonitor_telemetry_dropped_total', '{' + JOB + '}', 'increase')})",
+                    target(f"sum by (job, signal) ({rate('mlmonitor_telemetry_dropped_total', JOB_SEL, 'increase')})",
                            "dropped {{signal}}")], w=8),
         timeseries("GPU utilization", "Busy share of each GPU (NVML). Empty without a GPU or nvidia-ml-py.",
-                   "percentunit", [target(f"max by (job, instance, gpu) (mlmonitor_gpu_utilization_ratio{{{JOB}}})",
+                   "percentunit", [target(f"max by (job, instance, gpu) (mlmonitor_gpu_utilization_ratio{JOB_SEL})",
                                           "{{instance}} gpu {{gpu}}")], w=8),
         timeseries("GPU memory used", "GPU memory in use and total per GPU (NVML). Empty without a GPU or"
                    " nvidia-ml-py.", "bytes",
-                   [target(f"max by (job, instance, gpu) (mlmonitor_gpu_memory_used_bytes{{{JOB}}})",
+                   [target(f"max by (job, instance, gpu) (mlmonitor_gpu_memory_used_bytes{JOB_SEL})",
                            "{{instance}} gpu {{gpu}} used"),
-                    target(f"max by (job, instance, gpu) (mlmonitor_gpu_memory_total_bytes{{{JOB}}})",
+                    target(f"max by (job, instance, gpu) (mlmonitor_gpu_memory_total_bytes{JOB_SEL})",
                            "{{instance}} gpu {{gpu}} total")], w=8),
     ]
     return dashboard("mlmonitor-overview", "mlmonitor / Model serving overview",

@@ -77,6 +77,21 @@ class GpuCollector(Collector):
         return utilization, used, total
 
 
+def make_gpu_collector() -> "GpuCollector | None":
+    """A collector if NVML is importable and sees a GPU, else None (one debug line)."""
+    registry = _Holder()
+    return registry.collector if register_gpu_collector(registry) else None  # type: ignore[arg-type]
+
+
+class _Holder:
+    """Stands in for a registry to receive the collector."""
+
+    collector = None
+
+    def register(self, collector: Any) -> None:
+        self.collector = collector
+
+
 def register_gpu_collector(registry: CollectorRegistry) -> bool:
     """Register a :class:`GpuCollector` on ``registry`` if NVML is importable and sees a GPU.
 

@@ -171,7 +171,21 @@ def families_for(registry: Optional[CollectorRegistry], buckets: Tuple[float, ..
         fams = _families_by_registry.get(target)
         if fams is None:
             fams = _families_by_registry[target] = Families(target, buckets)
+            gpu = gpu_collector()
+            if gpu is not None:
+                target.register(gpu)
         return fams
+
+
+_gpu: list = []
+
+
+def gpu_collector() -> Any:
+    """The NVML collector, looked for once per process; None without pynvml or a GPU."""
+    if not _gpu:
+        from .gpu import make_gpu_collector
+        _gpu.append(make_gpu_collector())
+    return _gpu[0]
 
 
 class MetricsSink:
@@ -338,6 +352,9 @@ class MetricsSink:
                 raise FileNotFoundError(f"multiprocess directory {path} is gone")  # -> 503
             registry = CollectorRegistry()
             registry.register(_CheckedMultiProcessCollector(path))
+            gpu = gpu_collector()
+            if gpu is not None:
+                registry.register(gpu)
             with directory_lock(path, exclusive=False):  # not while a dead worker is merged
                 return encoder(registry), content_type
         registry = REGISTRY if self.registry is None else self.registry

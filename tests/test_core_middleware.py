@@ -105,7 +105,7 @@ def test_body_close_is_always_called_and_the_record_finished_then():
     result = wrapped(environ, lambda status, headers, exc_info=None: None)
     assert list(result) == [b"a", b"b"]
     labels = {"model_name": "pets", "model_version": "v3"}
-    assert registry.get_sample_value("mlmonitor_predictions_total", labels) is None  # not yet closed
+    assert registry.get_sample_value("mlmonitor_predictions_total", labels) == 0  # not yet closed
     result.close()
     assert body.closed
     assert registry.get_sample_value("mlmonitor_predictions_total", labels) == 1

@@ -361,7 +361,7 @@ def test_recycled_workers_keep_counts_and_the_directory_stays_bounded(tmp_path):
     """--max-requests 10 with --preload: hundreds of recycles; the directory holds at most
     (live workers + the preloading master) x file types + the two merged files."""
     prom = tmp_path / "prom"
-    workers, requests = 4, 4_000
+    workers, requests = 4, 3_000
     bound = (workers + 1) * FILE_TYPES + 2
     with start(tmp_path, workers=workers, args=("--max-requests", "10", "--preload")) as server:
         seen: List[int] = []
@@ -373,7 +373,10 @@ def test_recycled_workers_keep_counts_and_the_directory_stays_bounded(tmp_path):
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
+        scraper = Scraper(server.port, 0.1)
+        scraper.start()
         load = Load(server.port, requests, threads=6).start().join(240)
+        scraper.finish()
         halt.set()
         watcher.join(10)
         samples = settled(server.port, load.responses)
@@ -386,9 +389,10 @@ def test_recycled_workers_keep_counts_and_the_directory_stays_bounded(tmp_path):
         recycles = sum("Autorestarting worker" in line for line in server.stderr_lines)
     print(f"\n{requests} requests, {len(load.pids)} worker pids ({recycles} autorestarts logged), "
           f"files now {len(files)}: {files}, max seen {max(seen)} (bound {bound}), "
-          f"scrape median {statistics.median(timings) * 1000:.1f} ms")
+          f"scrape median {statistics.median(timings) * 1000:.1f} ms; {scraper.scrapes} scrapes during the load")
     assert load.lost == 0
     assert len(load.pids) >= 200  # hundreds of workers came and went
+    assert scraper.problems == [] and decreases(scraper.last, samples) == []
     assert_exact(samples, load)
     assert max(seen) <= bound
     assert len(files) <= bound
@@ -415,6 +419,35 @@ def test_leftover_files_of_a_previous_run_do_not_leak(tmp_path):
         files = db_files(prom)
     assert "counter_99999.db" not in files
     assert_exact(samples, load)
+
+
+MERGE_ONE = """
+import os, sys
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+import mlmonitor.gunicorn as hooks   # prepares (and empties) the directory, as in the master
+key = mmap_key("mlmonitor_predictions", "mlmonitor_predictions_total",
+               ("model_name", "model_version"), ("iris", "v1"), "h")
+for pid, value in ((123, 5.0), (1123, 7.0)):
+    for kind in ("counter", "gauge_livesum"):
+        f = MmapedDict(os.path.join(path, f"{kind}_{pid}.db"))
+        f.write_value(key, value, 0.0)
+        f.close()
+hooks.merge_dead_worker(123, path)
+print(sorted(n for n in os.listdir(path) if n.endswith(".db")))
+print([v for _, v, _, _ in MmapedDict.read_all_values_from_file(os.path.join(path, "counter_merged.db"))])
+"""
+
+
+def test_merging_a_dead_worker_leaves_a_live_worker_with_a_longer_pid_alone(tmp_path):
+    """Worker 123 died; worker 1123 lives on: only 123's files are merged and removed."""
+    proc = subprocess.run([sys.executable, "-c", MERGE_ONE], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")},
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    files, merged = proc.stdout.splitlines()
+    assert files == str(["counter_1123.db", "counter_merged.db", "gauge_livesum_1123.db"])
+    assert merged == "[5.0]"
 
 
 def test_a_second_master_on_a_directory_in_use_keeps_the_first_ones_counts(tmp_path):
