@@ -358,12 +358,12 @@ FILE_TYPES = 4  # counter, histogram, gauge_livesum, gauge_livemax (the simple a
 
 
 def test_recycled_workers_keep_counts_and_the_directory_stays_bounded(tmp_path):
-    """--max-requests 10 with --preload: hundreds of recycles; the directory holds at most
+    """--max-requests 8 with --preload: hundreds of recycles; the directory holds at most
     (live workers + the preloading master) x file types + the two merged files."""
     prom = tmp_path / "prom"
-    workers, requests = 4, 3_000
+    workers, requests = 4, 2_000
     bound = (workers + 1) * FILE_TYPES + 2
-    with start(tmp_path, workers=workers, args=("--max-requests", "10", "--preload")) as server:
+    with start(tmp_path, workers=workers, args=("--max-requests", "8", "--preload")) as server:
         seen: List[int] = []
         halt = threading.Event()
 
