@@ -463,6 +463,24 @@ def test_a_second_master_on_a_directory_in_use_keeps_the_first_ones_counts(tmp_p
     assert load.responses == 30
 
 
+# -- per-worker process metrics -----------------------------------------------------------
+
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
+def test_process_metrics_carry_one_stable_slot_per_worker(tmp_path, preload):
+    with start(tmp_path, workers=4, args=("--preload",) if preload else ()) as server:
+        load = Load(server.port, 400, threads=8, headers={"X-Sleep": "0.002"}).start().join(60)
+        status, body = get(server.port, "/metrics")
+    assert status == 200 and len(load.pids) == 4
+    slots = defaultdict(set)
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name in ("mlmonitor_process_resident_memory_bytes", "mlmonitor_process_cpu_seconds"):
+            for s in family.samples:
+                if s.value > 0:
+                    slots[family.name].add(s.labels["worker"])
+    assert slots["mlmonitor_process_resident_memory_bytes"] == {"0", "1", "2", "3"}
+    assert slots["mlmonitor_process_cpu_seconds"] == {"0", "1", "2", "3"}
+
+
 # -- spans ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
