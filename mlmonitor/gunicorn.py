@@ -18,7 +18,7 @@ What the hooks do:
   the per-worker process metrics) and let tracing start afresh in the worker;
 * ``child_exit`` marks the dead worker for live gauges and merges its counter and
   histogram files into one accumulated file per type under a lock, so counts
-  are kept and the directory stays bounded: live workers x file types + 2;
+  are kept and the directory stays bounded: (live workers, +1 with --preload) x file types + 2.
 * ``worker_exit`` flushes the worker's spans on a graceful exit.
 """
 from __future__ import annotations

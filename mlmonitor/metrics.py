@@ -208,6 +208,7 @@ class MetricsSink:
         self._process_next = 0.0
         self._process_cpu_last = 0.0
         self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")
+        self._process_pid = os.getpid()
         self.mark_model(settings.model_name, settings.model_version)
 
     # -- label children, cached -------------------------------------------------
@@ -332,6 +333,10 @@ class MetricsSink:
         self._process_next = time.perf_counter() + PROCESS_UPDATE_INTERVAL
         if self.multiprocess:
             restore_deleted_files()
+        if self._process_pid != os.getpid():  # made before a fork (gunicorn --preload)
+            self._process_pid = os.getpid()
+            self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")  # set by post_fork
+            self._process_cpu_last = 0.0  # a forked child's CPU times start at zero
         times = os.times()
         cpu = times.user + times.system
         if cpu > self._process_cpu_last:
