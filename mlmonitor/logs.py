@@ -200,8 +200,17 @@ def _redact_value(value: Any, names: frozenset, path: tuple) -> Any:
     return value
 
 
+_second: tuple = (0, "")
+
+
 def _timestamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%03dZ" % (int(now * 1000) % 1000)
+    """ISO-8601 UTC with milliseconds; the formatted second is reused within that second."""
+    global _second
+    cached = _second
+    whole = int(now)
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return "%s.%03dZ" % (cached[1], int(now * 1000) % 1000)
 
 
 class LogSink:
@@ -212,12 +221,10 @@ class LogSink:
         self.sample_rate = settings.log_sample_rate
         self.redact = settings.redact_set
         self.static_tags = redact_mapping(dict(settings.tags), self.redact)
-        self.logger = structlog.wrap_logger(
-            structlog.WriteLogger(stream if stream is not None else sys.stdout),
-            processors=[SafeJSONRenderer(settings.log_max_bytes)],
-            wrapper_class=structlog.BoundLogger,
-            cache_logger_on_first_use=True,
-        )
+        self.max_bytes = settings.log_max_bytes
+        # structlog's thread-safe writer; the line is rendered by render_json directly, as a
+        # bound logger's processor chain would, minus ~8 us of dispatch per request
+        self.writer = structlog.WriteLogger(stream if stream is not None else sys.stdout)
 
     def record(self, rec: RequestRecord) -> None:
         code = rec.status_code
@@ -227,6 +234,7 @@ class LogSink:
         line = {
             "timestamp": _timestamp(time.time()),
             "level": "error" if (code >= 500 or code == 0) else ("warning" if failed else "info"),
+            "event": "request",
             "method": rec.method,
             "route": rec.route,
             "status": code or 500,
@@ -252,7 +260,7 @@ class LogSink:
                 if code >= 500 or code == 0:
                     stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                     line["stack"] = redact_text(stack[-8000:], self.redact)
-        self.logger.msg("request", **line)
+        self.writer.msg(render_json(line, self.max_bytes))
 
 
 # -- opt-in: the app's own logs as JSON, with the request's context ----------------------

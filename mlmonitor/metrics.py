@@ -33,6 +33,8 @@ KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 PROCESS_UPDATE_INTERVAL = 5.0
+EXEMPLAR_INTERVAL = 0.1
+CHILD_CACHE_LIMIT = 4096
 
 MODEL = ("model_name", "model_version")
 HTTP = ("method", "route", "status")
@@ -204,6 +206,9 @@ class MetricsSink:
         self.cap_stage = LabelCap(limit)
         self.cap_class = LabelCap(max(limit, 50))
         self._children: Dict[Any, Any] = {}
+        self._http: Dict[Any, Any] = {}
+        self._models: Dict[Any, Any] = {}
+        self._exemplar_due = 0.0
         self._seen_models: set = set()
         self._process_next = 0.0
         self._process_cpu_last = 0.0
@@ -296,31 +301,58 @@ class MetricsSink:
             rec.in_progress = gauge
 
     def record(self, rec: RequestRecord) -> None:
-        if rec.in_progress is not None:
-            rec.in_progress.dec()
+        gauge = rec.in_progress
+        if gauge is not None:
+            gauge.dec()
             rec.in_progress = None
-        status = str(rec.status_code or 500)
-        route = rec.route or UNMATCHED_ROUTE
-        exemplar = {"trace_id": rec.trace_id} if self.exemplars and rec.sampled else None
-        self.child(self.f.http_requests, rec.method, route, status).inc()
-        self.child(self.f.http_duration, rec.method, route, status).observe(rec.duration, exemplar)
+        exemplar = None
+        if self.exemplars and rec.sampled and rec.start >= self._exemplar_due:
+            # Prometheus keeps one exemplar per bucket a scrape: a few a second are plenty
+            self._exemplar_due = rec.start + EXEMPLAR_INTERVAL
+            exemplar = {"trace_id": rec.trace_id}
+        key = (rec.method, rec.route or UNMATCHED_ROUTE, rec.status_code or 500)
+        http = self._http.get(key)
+        if http is None:
+            http = self._http_children(key)
+        http[0].inc()
+        http[1].observe(rec.duration, exemplar)
         if rec.is_prediction:
-            name, version = self.mark_model(rec.model_name, rec.model_version)
-            self.child(self.f.predictions, name, version).inc()
+            model_key = (rec.model_name, rec.model_version)
+            model = self._models.get(model_key)
+            if model is None:
+                model = self._model_children(model_key)
+            labels = model[0]
+            model[1].inc()
             if rec.error_type:
-                self.child(self.f.prediction_errors, name, version,
-                           self.cap_error(rec.error_type)).inc()
+                self.child(self.f.prediction_errors, *labels, self.cap_error(rec.error_type)).inc()
             seconds = rec.prediction_seconds if rec.prediction_seconds is not None else rec.duration
-            self.child(self.f.prediction_duration, name, version).observe(seconds, exemplar)
+            model[2].observe(seconds, exemplar)
             for stage, stage_seconds in rec.stages:
-                self.child(self.f.stage_duration, name, version,
+                self.child(self.f.stage_duration, *labels,
                            self.cap_stage(stage)).observe(stage_seconds)
             if rec.observations:
                 profile = self.reference_for(rec.model_name)
                 for observation in rec.observations:
-                    self.observe((name, version), profile, *observation)
+                    self.observe(labels, profile, *observation)
         if rec.start > self._process_next:
             self.update_process()
+
+    def _http_children(self, key: Tuple[str, str, int]) -> Tuple[Any, Any]:
+        method, route, code = key
+        status = str(code)
+        children = (self.child(self.f.http_requests, method, route, status),
+                    self.child(self.f.http_duration, method, route, status))
+        if len(self._http) < CHILD_CACHE_LIMIT:
+            self._http[key] = children
+        return children
+
+    def _model_children(self, key: Tuple[str, str]) -> Tuple[Any, Any, Any]:
+        labels = self.mark_model(*key)
+        children = (labels, self.child(self.f.predictions, *labels),
+                    self.child(self.f.prediction_duration, *labels))
+        if len(self._models) < CHILD_CACHE_LIMIT and len(key[0]) + len(key[1]) <= 256:
+            self._models[key] = children  # raw values: a hostile 1 MB version is never kept
+        return children
 
     def count_fault(self, component: str) -> None:
         self.child(self.f.internal_errors, component[:64]).inc()

@@ -59,6 +59,11 @@ class MonitorMiddleware:
             from .traces import TraceSink
             dropped = (lambda n: self.metrics.count_dropped("traces", n)) if self.metrics else None
             self.traces = TraceSink(s, tracer_provider, dropped)
+        #: the three sinks in order, each fed the finished record under the guard
+        self._sinks = tuple((name, fn) for name, fn in (
+            ("metrics", self.metrics and self.metrics.record),
+            ("traces", self.traces and self.traces.finish),
+            ("logs", self.logs and self.logs.record)) if fn)
         self.metrics_path = s.metrics_path if s.metrics else None
         self.prediction_paths = frozenset(s.prediction_paths)
         self.known_routes = frozenset(s.routes) | self.prediction_paths
@@ -114,7 +119,8 @@ class MonitorMiddleware:
             try:
                 rec.status = status
                 rec.status_code = int(status[:3])
-                if not any(name.lower() == self.request_id_header_lower for name, _ in headers):
+                wanted, size = self.request_id_header_lower, len(self.request_id_header_lower)
+                if not any(len(name) == size and name.lower() == wanted for name, _ in headers):
                     headers = list(headers)
                     headers.append((self.request_id_header, rec.request_id))
             except Exception as exc:
@@ -191,15 +197,9 @@ class MonitorMiddleware:
             rec.error_type = _error_type(rec)
         except Exception as exc:
             guard.report_fault("middleware", exc)
-        for name, sink in (("metrics", self.metrics), ("traces", self.traces),
-                           ("logs", self.logs)):
-            if sink is None:
-                continue
+        for name, sink in self._sinks:
             try:
-                if name == "traces":
-                    sink.finish(rec)
-                else:
-                    sink.record(rec)
+                sink(rec)
             except Exception as exc:
                 guard.report_fault(name, exc)
         rec.environ = None  # type: ignore[assignment]  # let the environ go with the request

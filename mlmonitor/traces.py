@@ -37,6 +37,10 @@ MAX_TAGS = 32
 _provider_lock = threading.Lock()
 _built_provider: Any = None
 _built_pid = 0
+#: bumped in a forked child; cheaper per request than os.getpid()
+_fork_generation = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
 _built_ever: list = []
 _drop_listeners: list = []
 
@@ -242,7 +246,7 @@ class TraceSink:
         self.tracer_provider = tracer_provider
         self.provider = provider_for(settings, tracer_provider)  # validates OTEL_* at start-up
         self.tracer = self.provider.get_tracer("mlmonitor", __version__)
-        self.pid = os.getpid()
+        self.generation = _fork_generation[0]
         self.static_attributes = {
             "ml.tag." + k: str(v)[:MAX_ATTRIBUTE_LENGTH] for k, v in settings.tags.items()
             if k.lower() not in self.redact}
@@ -251,12 +255,22 @@ class TraceSink:
 
     def start(self, rec: RequestRecord) -> Any:
         """Open the server span and make it current; returns the context token."""
-        if self.pid != os.getpid():  # forked (gunicorn): use this process's own provider
+        if self.generation != _fork_generation[0]:  # forked (gunicorn): this process's provider
             self.provider = provider_for(self.settings, self.tracer_provider)
             self.tracer = self.provider.get_tracer("mlmonitor", self.version)
-            self.pid = os.getpid()
+            self.generation = _fork_generation[0]
         environ = rec.environ
         parent = extract(environ, getter=_GETTER) if "HTTP_TRACEPARENT" in environ else None
+        span = self.tracer.start_span(rec.method, context=parent, kind=SpanKind.SERVER,
+                                      start_time=rec.start_ns)
+        if span.is_recording():  # an unsampled request pays for no attribute at all
+            span.set_attributes(self.request_attributes(rec, environ))
+        rec.own_span = True
+        self.adopt(rec, span)
+        return otel_context.attach(trace.set_span_in_context(span))
+
+    def request_attributes(self, rec: RequestRecord, environ: dict) -> Dict[str, Any]:
+        """HTTP semantic-convention attributes known at the start, secrets redacted."""
         attributes = {
             "http.request.method": rec.method,
             "url.path": redact_text(rec.path[:MAX_ATTRIBUTE_LENGTH], self.redact),
@@ -272,11 +286,7 @@ class TraceSink:
             attributes["client.address"] = client
         if self.static_attributes:
             attributes.update(self.static_attributes)
-        span = self.tracer.start_span(rec.method, context=parent, kind=SpanKind.SERVER,
-                                      attributes=attributes, start_time=rec.start_ns)
-        rec.own_span = True
-        self.adopt(rec, span)
-        return otel_context.attach(trace.set_span_in_context(span))
+        return attributes
 
     @staticmethod
     def adopt(rec: RequestRecord, span: Any) -> None:
