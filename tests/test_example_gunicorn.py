@@ -43,7 +43,19 @@ class Delta:
         self.before = scrape(url)
 
     def take(self):
+        """Scrape once the counts are still: a request is counted when the server closes its
+        body, just after the client has the answer, so the last ones may land a moment later."""
+        deadline = time.monotonic() + 10
         self.after = scrape(self.url)
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            again = scrape(self.url)
+            idle = not any(s.value for s in again["mlmonitor_http_requests_in_progress"])
+            same = totals(again, "mlmonitor_http_requests_total", "status") == \
+                totals(self.after, "mlmonitor_http_requests_total", "status")
+            self.after = again
+            if idle and same:
+                return
 
     def __call__(self, name, *labels, **match):
         old = totals(self.before, name, *labels, **match)

@@ -76,8 +76,15 @@ def test_counters_log_lines_and_received_spans_agree_under_four_workers(tmp_path
             with ThreadPoolExecutor(4) as pool:
                 answers = list(pool.map(lambda i: post(g.url, "/predict", {"X-Request-ID": i}), ids))
             assert {a[0] for a in answers} == {200}
-            predictions = counter(g.url, "mlmonitor_predictions_total")
-            requests = counter(g.url, "mlmonitor_http_requests_total", route="/predict")
+            # a request is counted when the server closes its body, just after the client has
+            # the answer: poll until the last ones are in (bounded), then compare exactly
+            deadline = time.monotonic() + 10
+            while True:
+                predictions = counter(g.url, "mlmonitor_predictions_total")
+                requests = counter(g.url, "mlmonitor_http_requests_total", route="/predict")
+                if predictions >= n and requests >= n or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
         # stopped gracefully: each worker flushed its spans on exit
         lines = request_lines(g, "/predict")
         spans = [s for s in receiver.wait_for(n) if s["name"] == "POST /predict"]
