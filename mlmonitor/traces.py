@@ -2,7 +2,7 @@
 
 mlmonitor starts the server span itself through the OpenTelemetry API (W3C
 ``traceparent`` honoured), because the Flask instrumentation package costs
-~117 us a request here (+73 us even unsampled); see benchmarks/README.md. An
+~117-180 us a request here (+73 us even unsampled); see benchmarks/README.md. An
 app that already runs ``FlaskInstrumentor`` keeps its one span, which mlmonitor
 annotates. If the app has no TracerProvider, one is built from the standard
 ``OTEL_*`` variables, always with a batching processor; with no exporter
