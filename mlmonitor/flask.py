@@ -44,8 +44,8 @@ from opentelemetry import trace
 
 from . import context, guard
 from .config import resolve
-from .middleware import UNMATCHED_ROUTE, MonitorMiddleware
-from .record import ENVIRON_KEY, current_record
+from .middleware import MonitorMiddleware
+from .record import ENVIRON_KEY, UNMATCHED_ROUTE, current_record
 
 EXTENSION_KEY = "mlmonitor"
 _perf = time.perf_counter

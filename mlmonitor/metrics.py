@@ -25,13 +25,8 @@ from prometheus_client import multiprocess
 from prometheus_client.exposition import choose_encoder
 
 from .config import Settings
-from .record import RequestRecord
-
-OTHER = "other"
-UNMATCHED_ROUTE = "<unmatched>"
-KNOWN_METHODS = frozenset(
-    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
-SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+from .quality import SCORE_BUCKETS  # live scores use the reference's buckets
+from .record import OTHER, UNMATCHED_ROUTE, RequestRecord
 PROCESS_UPDATE_INTERVAL = 5.0
 EXEMPLAR_INTERVAL = 0.1
 CHILD_CACHE_LIMIT = 4096
@@ -233,28 +228,36 @@ class MetricsSink:
             self._seen_models.add(labels)
             self.child(self.f.model_info, *labels).set(1)
             self.child(self.f.predictions, *labels)  # exported at 0 before the first request
-            profile = self.reference_for(name)
-            if profile is not None and OTHER not in labels:
-                self.export_reference(labels, profile)
+            self.export_reference(labels, name)
         return labels
 
     def reference_for(self, model_name: str) -> Any:
         """Replaced by the middleware: the reference profile of a model, or None."""
         return None
 
-    def export_reference(self, labels: Tuple[str, str], profile: Any) -> None:
-        """The reference's shares, per served version, for the drift rules to join with."""
+    def reference_added(self, model_name: str) -> None:
+        """A model got its reference: export it for the versions already served."""
+        for labels in list(self._seen_models):
+            if labels[0] == model_name:
+                self.export_reference(labels, model_name)
+
+    def export_reference(self, labels: Tuple[str, str], model_name: str) -> None:
+        """The reference's shares, per served version, for the drift rules to join with.
+
+        The live counters are created at 0 beside them: a series first seen at 1
+        loses that count in ``rate()``.
+        """
+        profile = self.reference_for(model_name)
+        if profile is None or OTHER in labels:
+            return
         for feature, bin_label, share in profile.reference_ratios():
             self.f.feature_reference_ratio.labels(*labels, feature, bin_label).set(share)
+            self.child(self.f.feature_bin, *labels, feature, bin_label)
         for cls, share in profile.class_ratios():
             self.f.reference_class_ratio.labels(*labels, cls).set(share)
+            self.child(self.f.predicted_class, *labels, cls)
         if profile.accuracy is not None:
             self.f.reference_accuracy.labels(*labels).set(profile.accuracy)
-        # counters exist at 0 from the start: a series first seen at 1 loses that count in rate()
-        for feature, bin_label, _ in profile.reference_ratios():
-            self.child(self.f.feature_bin, *labels, feature, bin_label)
-        for cls, _ in profile.class_ratios():
-            self.child(self.f.predicted_class, *labels, cls)
         for outcome in ("correct", "incorrect"):
             self.child(self.f.feedback, *labels, outcome)
 
@@ -295,7 +298,7 @@ class MetricsSink:
     # -- per request ------------------------------------------------------------
     def start(self, rec: RequestRecord) -> None:
         """Count the request as in progress once its route is known."""
-        if rec.route is not None and getattr(rec, "in_progress", None) is None:
+        if rec.route is not None and rec.in_progress is None:
             gauge = self.child(self.f.in_progress, rec.method, rec.route)
             gauge.inc()
             rec.in_progress = gauge

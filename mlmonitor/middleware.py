@@ -25,11 +25,7 @@ from opentelemetry import context as otel_context
 
 from . import guard
 from .config import Settings, resolve
-from .record import ENVIRON_KEY, RequestRecord, _current
-
-UNMATCHED_ROUTE = "<unmatched>"
-KNOWN_METHODS = frozenset(
-    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+from .record import ENVIRON_KEY, KNOWN_METHODS, UNMATCHED_ROUTE, RequestRecord, _current
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$").match
 _perf = time.perf_counter
 _perf_ns = time.time_ns
@@ -94,9 +90,7 @@ class MonitorMiddleware:
                 raise ConfigError(f"mlmonitor setting reference={reference!r}: {exc}") from None
         self.references[model_name] = reference
         if self.metrics is not None:
-            for labels in list(self.metrics._seen_models):
-                if labels[0] == model_name and "other" not in labels:
-                    self.metrics.export_reference(labels, reference)
+            self.metrics.reference_added(model_name)
 
     # -- the request --------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -117,7 +111,6 @@ class MonitorMiddleware:
 
         def monitored_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
             try:
-                rec.status = status
                 rec.status_code = int(status[:3])
                 wanted, size = self.request_id_header_lower, len(self.request_id_header_lower)
                 if not any(len(name) == size and name.lower() == wanted for name, _ in headers):

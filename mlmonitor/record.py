@@ -10,6 +10,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 ENVIRON_KEY = "mlmonitor.request"
 
+#: label values shared by the middleware, the metrics and the spans
+UNMATCHED_ROUTE = "<unmatched>"
+OTHER = "other"
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+
 _current: contextvars.ContextVar[Optional["RequestRecord"]] = contextvars.ContextVar(
     "mlmonitor_request", default=None)
 
@@ -23,11 +29,10 @@ class RequestRecord:
     """Facts about one request. Plain slots: cheap to create, cheap to read."""
 
     __slots__ = (
-        "start", "start_ns", "duration", "method", "path", "query", "route", "status",
-        "status_code", "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
+        "start", "start_ns", "duration", "method", "path", "query", "route", "status_code", "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
         "is_prediction", "model_name", "model_version", "prediction_seconds", "stages",
         "exc", "error_type", "tags", "observations", "environ", "middleware", "finished",
-        "headers_sent", "in_progress",
+        "in_progress",
     )
 
     def __init__(self, environ: dict, method: str, start: float, start_ns: int) -> None:
@@ -39,7 +44,6 @@ class RequestRecord:
         self.path = environ.get("PATH_INFO", "") or "/"
         self.query = environ.get("QUERY_STRING", "")
         self.route: Optional[str] = None
-        self.status = ""
         self.status_code = 0
         self.request_id = ""
         self.trace_id = ""
@@ -58,5 +62,4 @@ class RequestRecord:
         self.observations: List[Any] = []
         self.middleware: Any = None
         self.finished = False
-        self.headers_sent = False
         self.in_progress: Any = None

@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .config import ConfigError, Settings
 from .logs import REDACTED, _redact_value, _safe_text, redact_text
-from .record import RequestRecord
+from .record import UNMATCHED_ROUTE, RequestRecord
 
 log = logging.getLogger("mlmonitor")
 
@@ -330,7 +330,7 @@ class TraceSink:
             attributes = self.annotation(rec)
             code = rec.status_code or 500
             attributes["http.response.status_code"] = code
-            if rec.route is not None and rec.route != "<unmatched>":
+            if rec.route is not None and rec.route != UNMATCHED_ROUTE:
                 attributes["http.route"] = rec.route
                 span.update_name(f"{rec.method} {rec.route}")
             if code >= 500:
