@@ -18,7 +18,7 @@ import re
 import sys
 import time
 import traceback
-from typing import Any, Iterable, Optional, TextIO
+from typing import Any, Iterable, Optional, TextIO, Tuple
 
 import structlog
 
@@ -200,6 +200,19 @@ def _redact_value(value: Any, names: frozenset, path: tuple) -> Any:
     return value
 
 
+def describe_exception(rec: RequestRecord, names: frozenset) -> Tuple[str, str]:
+    """The request's exception as (message, stack), secrets redacted, made once per request.
+
+    The log line and the span both show it. Redaction runs on the whole text before
+    any cut, so a cut can never split a secret's name from its value.
+    """
+    if rec.error_detail is None:
+        exc = rec.exc
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        rec.error_detail = (redact_text(_safe_text(exc), names), redact_text(stack, names))
+    return rec.error_detail
+
+
 _second: tuple = (0, "")
 
 
@@ -256,10 +269,10 @@ class LogSink:
             line["error_type"] = rec.error_type
             exc = rec.exc
             if exc is not None:
-                line["error"] = redact_text(_safe_text(exc)[:2000], self.redact)
+                message, stack = describe_exception(rec, self.redact)
+                line["error"] = message[:2000]
                 if code >= 500 or code == 0:
-                    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    line["stack"] = redact_text(stack[-8000:], self.redact)
+                    line["stack"] = stack[-8000:]
         self.writer.msg(render_json(line, self.max_bytes))
 
 

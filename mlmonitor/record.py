@@ -32,7 +32,7 @@ class RequestRecord:
         "start", "start_ns", "duration", "method", "path", "query", "route", "status_code", "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
         "is_prediction", "model_name", "model_version", "prediction_seconds", "stages",
         "exc", "error_type", "tags", "observations", "environ", "middleware", "finished",
-        "in_progress",
+        "in_progress", "error_detail",
     )
 
     def __init__(self, environ: dict, method: str, start: float, start_ns: int) -> None:
@@ -63,3 +63,4 @@ class RequestRecord:
         self.middleware: Any = None
         self.finished = False
         self.in_progress: Any = None
+        self.error_detail: Optional[Tuple[str, str]] = None

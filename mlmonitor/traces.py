@@ -26,7 +26,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .config import ConfigError, Settings
-from .logs import REDACTED, _redact_value, _safe_text, redact_text
+from .logs import REDACTED, _redact_value, _safe_text, describe_exception, redact_text
 from .record import UNMATCHED_ROUTE, RequestRecord
 
 log = logging.getLogger("mlmonitor")
@@ -337,11 +337,12 @@ class TraceSink:
                 attributes["error.type"] = rec.error_type or str(code)
                 exc = rec.exc
                 if exc is not None:
-                    message = redact_text(str(exc), self.redact)[:MAX_ATTRIBUTE_LENGTH]
+                    message, stack = describe_exception(rec, self.redact)
+                    message = message[:MAX_ATTRIBUTE_LENGTH]
                     span.add_event("exception", {
                         "exception.type": type(exc).__qualname__,
                         "exception.message": message,
-                        "exception.stacktrace": redact_text(_stack(exc), self.redact)[-4000:],
+                        "exception.stacktrace": stack[-4000:],
                     })
                     span.set_status(Status(StatusCode.ERROR, message[:256]))
                 else:
@@ -352,7 +353,3 @@ class TraceSink:
     def stage_span(self, name: str) -> Any:
         return self.tracer.start_span(name, attributes={"ml.stage": name})
 
-
-def _stack(exc: BaseException) -> str:
-    import traceback
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
