@@ -66,6 +66,16 @@ def stage(name: str) -> Stage:
     return Stage(name)
 
 
+def annotate_borrowed(rec: RequestRecord) -> None:
+    """Copy model and tags onto a span another instrumentation owns, if there is one."""
+    traces = rec.middleware.traces
+    if traces is not None and rec.span is not None and not rec.own_span:
+        try:
+            traces.annotate_borrowed(rec)
+        except Exception as exc:
+            guard.report_fault("traces", exc)
+
+
 def tag(**tags: Any) -> None:
     """Add searchable context to this request's log line and span (never a metric label)."""
     rec = current_record()
@@ -75,11 +85,9 @@ def tag(**tags: Any) -> None:
         for key, value in tags.items():
             if key in rec.tags or len(rec.tags) < MAX_TAGS:
                 rec.tags[key] = value
-        traces = rec.middleware.traces
-        if traces is not None and rec.span is not None and not rec.own_span:
-            traces.annotate_borrowed(rec)
     except Exception as exc:
         guard.report_fault("tag", exc)
+    annotate_borrowed(rec)
 
 
 def set_model_version(version: Any, model_name: Optional[str] = None) -> None:

@@ -110,8 +110,7 @@ class Monitor:
             middleware = rec.middleware
             try:
                 middleware.begin_prediction(rec, model_name, model_version)
-                if middleware.traces is not None and rec.span is None:
-                    _borrow_span(rec)
+                _borrow_span(rec)
             except Exception as exc:
                 guard.report_fault("flask", exc)
             started = _perf()
@@ -122,11 +121,7 @@ class Monitor:
                 raise
             finally:
                 rec.prediction_seconds = _perf() - started
-                if rec.span is not None and not rec.own_span:
-                    try:
-                        middleware.traces.annotate_borrowed(rec)
-                    except Exception as exc:
-                        guard.report_fault("traces", exc)
+                context.annotate_borrowed(rec)
 
         monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
         return monitored_view
@@ -142,16 +137,16 @@ class Monitor:
 
     def record_feedback(self, prediction_id: str, label: Any) -> str:
         """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
-        rec = current_record()
-        if rec is not None:
-            return context.record_feedback(prediction_id, label)
         from flask import current_app
-        return context.record_feedback(prediction_id, label,
-                                       middleware=current_app.extensions[EXTENSION_KEY])
+        rec = current_record()
+        middleware = rec.middleware if rec is not None else current_app.extensions[EXTENSION_KEY]
+        return context.record_feedback(prediction_id, label, middleware=middleware)
 
 
 def _borrow_span(rec: Any) -> None:
     """Use FlaskInstrumentor's span when the app has one (one server span, never two)."""
+    if rec.span is not None or rec.middleware.traces is None:
+        return  # ours, or one borrowed already, or no tracing
     span = trace.get_current_span()
     if span.get_span_context().is_valid:
         from .traces import TraceSink
@@ -173,18 +168,17 @@ def _before_request() -> None:
     try:
         rule = current.url_rule
         rec.middleware.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
-        if rec.span is None and rec.middleware.traces is not None:
-            _borrow_span(rec)
+        _borrow_span(rec)
     except Exception as exc:
         guard.report_fault("flask", exc)
 
 
 def _after_request(response: Any) -> Any:
-    rec = request.environ.get(ENVIRON_KEY)
-    if rec is not None and rec.span is None and rec.middleware.traces is not None:
+    rec = _current_request().environ.get(ENVIRON_KEY)
+    if rec is not None and rec.span is None:
         try:
             _borrow_span(rec)
-            rec.middleware.traces.annotate_borrowed(rec)
         except Exception as exc:
             guard.report_fault("flask", exc)
+        context.annotate_borrowed(rec)
     return response

@@ -318,9 +318,8 @@ class TraceSink:
 
     def annotate_borrowed(self, rec: RequestRecord) -> None:
         """Set model attributes on a span someone else owns (FlaskInstrumentor)."""
-        span = rec.span
-        if span is not None and not rec.own_span and span.is_recording():
-            span.set_attributes(self.annotation(rec))
+        if rec.span.is_recording():
+            rec.span.set_attributes(self.annotation(rec))
 
     def finish(self, rec: RequestRecord) -> None:
         span = rec.span
