@@ -162,6 +162,8 @@ def families_for(registry: Optional[CollectorRegistry], buckets: Tuple[float, ..
     with _families_lock:
         if multiprocess_dir() and registry is None:
             if _multiprocess_families is None:
+                # a worker that boots after the directory was deleted must still start
+                os.makedirs(multiprocess_dir(), mode=0o700, exist_ok=True)  # type: ignore[arg-type]
                 _multiprocess_families = Families(None, buckets)
             return _multiprocess_families
         target = REGISTRY if registry is None else registry

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -134,3 +136,13 @@ def test_exposition_passes_promtool_check_metrics():
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
     # promtool exits 0 when clean; lint output (if any) names the offending metric
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_a_deleted_multiprocess_directory_does_not_stop_a_worker_from_booting(tmp_path):
+    gone = tmp_path / "deleted-under-us"
+    code = ("from tests.apps.simple_app import app; c = app.test_client(); "
+            "assert c.post('/predict', json={}, buffered=True).status_code == 200; "
+            "assert b'mlmonitor_predictions_total' in c.get('/metrics', buffered=True).data")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(gone)})
+    assert gone.is_dir() and (gone.stat().st_mode & 0o777) == 0o700
