@@ -104,7 +104,8 @@ def merge_dead_worker(pid: int, path: str | None = None) -> int:
     from prometheus_client import multiprocess
     from prometheus_client.mmap_dict import MmapedDict
 
-    from .metrics import directory_lock
+    from . import guard
+    from .metrics import _check_db_file, directory_lock
 
     path = path or os.environ[ENV]
     multiprocess.mark_process_dead(pid, path)
@@ -112,7 +113,10 @@ def merge_dead_worker(pid: int, path: str | None = None) -> int:
     with directory_lock(path, exclusive=True):
         for dead in glob.glob(os.path.join(path, f"*_{pid}.db")):
             kind = os.path.basename(dead).split("_")[0]
-            if kind in ("counter", "histogram"):
+            problem = _check_db_file(dead, set()) if kind in ("counter", "histogram") else None
+            if problem is not None:  # the scrape leaves such a file out; the master must not hang
+                guard.report_fault("merge", ValueError(f"{os.path.basename(dead)}: {problem}"))
+            elif kind in ("counter", "histogram"):
                 merged = MmapedDict(os.path.join(path, f"{kind}_merged.db"))
                 try:
                     for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):

@@ -146,3 +146,27 @@ def test_a_deleted_multiprocess_directory_does_not_stop_a_worker_from_booting(tm
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(gone)})
     assert gone.is_dir() and (gone.stat().st_mode & 0o777) == 0o700
+
+
+def test_merging_a_corrupted_dead_worker_file_neither_hangs_nor_loses_good_counts(tmp_path):
+    # a negative entry length makes prometheus-client's reader loop forever
+    bad = bytearray(4096)
+    bad[0:4] = (64).to_bytes(4, "little")
+    bad[8:12] = (-24).to_bytes(4, "little", signed=True)
+    (tmp_path / "bad.bin").write_bytes(bytes(bad))
+    code = ("import os, shutil, sys; from mlmonitor.gunicorn import merge_dead_worker; "
+            "shutil.copy(os.path.join(sys.argv[1], 'bad.bin'), "
+            "os.path.join(sys.argv[1], 'counter_4242.db')); "  # after the import's clean-up
+            "from prometheus_client import Counter; "
+            "Counter('kept', 'a good count').inc(3); "
+            "merge_dead_worker(os.getpid(), sys.argv[1]); "
+            "print(merge_dead_worker(4242, sys.argv[1]))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                            text=True, timeout=30,
+                            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"  # the bad file is gone
+    assert "counter_4242.db: bad entry length" in result.stderr
+    from prometheus_client.mmap_dict import MmapedDict
+    merged = MmapedDict.read_all_values_from_file(str(tmp_path / "counter_merged.db"))
+    assert [value for key, value, _, _ in merged if '"kept_total"' in key] == [3.0]
