@@ -17,7 +17,6 @@ Run: python benchmarks/bench_gunicorn.py [--quick] [--duration S] [--reps N] [--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -37,6 +36,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from bench_apps import BODY  # noqa: E402
+from report import write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "gunicorn.json"
 CONFIGS = ["bare", "mlmonitor_full", "peer_stack"]
@@ -197,19 +197,14 @@ def main(argv: List[str] | None = None) -> int:
               "duration_s": args.duration, "warmup_s": args.warmup, "reps": args.reps,
               "connections": args.connections, "results": summary, "runs": runs,
               "targets": {"gunicorn_full_vs_bare": {"value": value, "target": TARGET,
-                                                    "op": ">=", "met": value >= TARGET}},
-              "wall_s": round(time.time() - started, 1),
-              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                                                    "op": ">=", "met": value >= TARGET}}}
     print()
     for config, row in summary.items():
         print(f"{config:16} median {row['requests_per_s']:8.0f} req/s, {row['ratio_to_bare']:.2f}x "
               f"bare, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
     print(f"mlmonitor full throughput {value:.2f}x bare (target >= {TARGET}) "
           f"{'met' if value >= TARGET else 'MISSED'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, args.out, started)
     return 0
 
 

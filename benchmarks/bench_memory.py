@@ -25,6 +25,7 @@ from typing import Any, Dict, List
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from report import write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "memory.json"
 CONFIGS = ["bare", "mlmonitor_full", "peer_stack"]
@@ -92,12 +93,8 @@ def main(argv: List[str] | None = None) -> int:
               f"{row['growth_after_warmup_mb']:+9.2f} {row['vs_bare_end_mb']:+10.1f}", flush=True)
     report = {"benchmark": "memory", "quick": args.quick, "requests": args.requests,
               "method": "in-process WSGI loop, one fresh process per configuration",
-              "results": results, "wall_s": round(time.time() - started, 1),
-              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+              "results": results}
+    write_report(report, args.out, started)
     return 0
 
 

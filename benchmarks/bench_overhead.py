@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_apps import CONFIGS  # noqa: E402
+from report import write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "overhead.json"
 
@@ -245,14 +246,10 @@ def main(argv: List[str] | None = None) -> int:
     started = time.time()
     report = run(configs, args.rounds, args.requests, args.warmup, args.clock)
     report.update(benchmark="overhead", quick=args.quick, rounds=args.rounds,
-                  requests_per_round=args.requests, warmup=args.warmup, machine=machine(),
-                  wall_s=round(time.time() - started, 1),
-                  timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                  requests_per_round=args.requests, warmup=args.warmup, machine=machine())
     print_table(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print()
+    write_report(report, args.out, started)
     return 0
 
 

@@ -32,6 +32,7 @@ from typing import Any, Dict, List
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from report import write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "scrape.json"
 TARGET_MS = 50.0
@@ -175,16 +176,11 @@ def main(argv: List[str] | None = None) -> int:
         "targets": {"scrape_after_recycles_ms": {
             "value": merged, "target": TARGET_MS, "op": "<", "met": merged < TARGET_MS,
             "recycles": args.recycles}},
-        "wall_s": round(time.time() - started, 1),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     verdict = "met" if merged < TARGET_MS else "MISSED"
     print(f"\nscrape after {args.recycles} recycles with mlmonitor's merge: {merged:.2f} ms "
           f"(target < {TARGET_MS} ms) {verdict}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, args.out, started)
     return 0
 
 

@@ -1,0 +1,17 @@
+"""Writing a benchmark's JSON report: one format for every script under benchmarks/."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+
+def write_report(report: Dict[str, Any], out: str, started: float) -> None:
+    """Stamp ``report`` with its wall time and UTC time, write it to ``out``, say where."""
+    report["wall_s"] = round(time.time() - started, 1)
+    report["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
