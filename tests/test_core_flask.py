@@ -16,24 +16,20 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers.doubles import Doubles
 from mlmonitor import ConfigError, Monitor
 
 IRIS_V1 = {"model_name": "iris", "model_version": "v1"}
 
 
-class Harness:
+class Harness(Doubles):
     """A monitored app with a fresh registry, an in-memory exporter and a log buffer."""
 
     def __init__(self, **options):
-        self.registry = CollectorRegistry()
-        self.exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.logs = io.StringIO()
+        super().__init__()
         self.app = Flask(__name__)
         self.monitor = Monitor(self.app, model_name="iris", model_version="v1",
-                               registry=self.registry, tracer_provider=provider,
-                               log_stream=self.logs, **options)
+                               **self.monitor_options, **options)
         self.client = self.app.test_client()
 
     def request(self, method, path, **kwargs):

@@ -1,20 +1,16 @@
 """The pure WSGI middleware with a plain WSGI callable, no Flask."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
 from werkzeug.test import Client
 
 import mlmonitor
+from helpers.doubles import Doubles
 from mlmonitor import MonitorMiddleware
 
 from conftest import require_binary
@@ -46,15 +42,11 @@ class ClosingBody:
 
 
 def build(app=plain_app, **options):
-    registry = CollectorRegistry()
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    logs = io.StringIO()
+    d = Doubles()
     options.setdefault("prediction_paths", ["/predict"])
-    wrapped = MonitorMiddleware(app, model_name="pets", model_version="v3", registry=registry,
-                                tracer_provider=provider, log_stream=logs, **options)
-    return wrapped, registry, exporter, logs
+    wrapped = MonitorMiddleware(app, model_name="pets", model_version="v3", **d.monitor_options,
+                                **options)
+    return wrapped, d.registry, d.exporter, d.logs
 
 
 def test_prediction_path_is_counted_with_model_labels():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import random
 import subprocess
 import tracemalloc
@@ -19,9 +18,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from werkzeug.test import Client
 
 import mlmonitor
+from helpers.doubles import Doubles
 from mlmonitor import ConfigError, Monitor, MonitorMiddleware
 from mlmonitor.config import Settings
 from mlmonitor.logs import LogSink, render_json
@@ -43,21 +42,15 @@ def strict_loads(line: str):
     return json.loads(line, parse_constant=_reject_constant)
 
 
-class Monitored:
+class Monitored(Doubles):
     """A small prediction app, monitored or bare, with a fresh registry, exporter and log buffer."""
 
     def __init__(self, monitored: bool = True, provider=None, **options):
-        self.registry = CollectorRegistry()
-        self.exporter = InMemorySpanExporter()
-        if provider is None:
-            provider = TracerProvider()
-            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.logs = io.StringIO()
+        super().__init__(provider)
         app = self.app = Flask(__name__)
         app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
         self.monitor = m = (Monitor(app, model_name="iris", model_version="v1",
-                                    registry=self.registry, tracer_provider=provider,
-                                    log_stream=self.logs, **options) if monitored else None)
+                                    **self.monitor_options, **options) if monitored else None)
 
         def prediction(view):
             return m.prediction(view) if m is not None else view

@@ -3,7 +3,6 @@ kept out of every log line, span attributes capped."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 
@@ -16,6 +15,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
+from helpers.doubles import Doubles
 from mlmonitor import ConfigError, Monitor
 from mlmonitor.config import DEFAULT_REDACT
 
@@ -36,19 +36,14 @@ def case(name):
     return st.sampled_from([name, name.upper(), name.title()])
 
 
-class SecretApp:
+class SecretApp(Doubles):
     """An app that tags its parsed body (as apps do) and may raise with the body in the message."""
 
     def __init__(self, provider=None, **options):
-        self.registry = CollectorRegistry()
-        self.exporter = InMemorySpanExporter()
-        if provider is None:
-            provider = TracerProvider()
-            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.logs = io.StringIO()
+        super().__init__(provider)
         self.app = app = Flask(__name__)
-        m = self.monitor = Monitor(app, model_name="iris", model_version="v1", registry=self.registry,
-                                   tracer_provider=provider, log_stream=self.logs, **options)
+        m = self.monitor = Monitor(app, model_name="iris", model_version="v1",
+                                   **self.monitor_options, **options)
 
         @app.post("/predict")
         @m.prediction
