@@ -88,14 +88,20 @@ def validate_instance(raw: Any, where: str, features: Tuple[str, ...]) -> Dict[s
     return row
 
 
-def parse_body(body: Any, features: Tuple[str, ...], max_batch: int) -> Tuple[List[Dict[str, float]], bool]:
-    """The instances of a predict body and whether it was a batch."""
+def json_object(body: Any, allowed: Tuple[str, ...], unknown: str, expected: str) -> Dict[str, Any]:
+    """The body if it is a JSON object with no fields beyond ``allowed``; else a 400 naming them."""
     if not isinstance(body, dict):
         raise InvalidRequest(f"request body must be a JSON object, got {_type_name(body)}")
-    extra = sorted(str(key) for key in body if key not in ("features", "instances"))
+    extra = sorted(str(key) for key in body if key not in allowed)
     if extra:
-        raise InvalidRequest(f"unknown top-level field{_plural(extra)}: {', '.join(extra)}"
-                             " (expected 'features' or 'instances')")
+        raise InvalidRequest(f"{unknown}{_plural(extra)}: {', '.join(extra)} ({expected})")
+    return body
+
+
+def parse_body(body: Any, features: Tuple[str, ...], max_batch: int) -> Tuple[List[Dict[str, float]], bool]:
+    """The instances of a predict body and whether it was a batch."""
+    json_object(body, ("features", "instances"), "unknown top-level field",
+                "expected 'features' or 'instances'")
     if "features" in body and "instances" in body:
         raise InvalidRequest("give either 'features' (one instance) or 'instances' (a batch), not both")
     if "features" in body:
@@ -221,13 +227,8 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
 
     @app.post("/feedback")
     def feedback():
-        body = _read_json()
-        if not isinstance(body, dict):
-            raise InvalidRequest(f"request body must be a JSON object, got {_type_name(body)}")
-        extra = sorted(str(key) for key in body if key not in ("prediction_id", "label"))
-        if extra:
-            raise InvalidRequest(f"unknown field{_plural(extra)}: {', '.join(extra)}"
-                                 " (expected 'prediction_id' and 'label')")
+        body = json_object(_read_json(), ("prediction_id", "label"), "unknown field",
+                           "expected 'prediction_id' and 'label'")
         pid, label = body.get("prediction_id"), body.get("label")
         if not isinstance(pid, str) or not pid:
             got = "an empty string" if pid == "" else _type_name(pid)
