@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 ENV_PREFIX = "MLMONITOR_"
 
@@ -125,26 +126,21 @@ _PARSERS: dict = {
     Mapping[str, str]: _parse_tags,
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-
-
-def _parser_for(name: str) -> Callable[[str], Any]:
-    hint = _FIELDS[name].type
-    hint = {"bool": bool, "int": int, "float": float, "str": str, "Optional[str]": str,
-            "Tuple[float, ...]": Tuple[float, ...], "Tuple[str, ...]": Tuple[str, ...],
-            "Mapping[str, str]": Mapping[str, str]}.get(hint, hint) if isinstance(hint, str) else hint
-    return _PARSERS.get(hint, str)
+#: each setting's type, resolved once; it picks the parser of a text value
+_TYPES = typing.get_type_hints(Settings)
+_TUPLES = (Tuple[float, ...], Tuple[str, ...])
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Turn a text value (environment, Flask config string) into the field's type."""
     if not isinstance(value, str):
-        if name in ("buckets", "redact", "prediction_paths", "routes") and value is not None:
+        if _TYPES[name] in _TUPLES and value is not None:
             return tuple(value)
         return value
     if name in ("metrics_path",) and value.strip() == "":
         return None
     try:
-        return _parser_for(name)(value)
+        return _PARSERS.get(_TYPES[name], str)(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"mlmonitor setting {source}={value!r}: {exc}") from None
 
