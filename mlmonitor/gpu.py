@@ -78,18 +78,22 @@ class GpuCollector(Collector):
 
 
 def make_gpu_collector() -> "GpuCollector | None":
-    """A collector if NVML is importable and sees a GPU, else None (one debug line)."""
-    registry = _Holder()
-    return registry.collector if register_gpu_collector(registry) else None  # type: ignore[arg-type]
-
-
-class _Holder:
-    """Stands in for a registry to receive the collector."""
-
-    collector = None
-
-    def register(self, collector: Any) -> None:
-        self.collector = collector
+    """A collector if NVML is importable and sees a GPU, else None (one debug log line)."""
+    try:
+        import pynvml
+    except ImportError:
+        log.debug("mlmonitor: no GPU metrics: pynvml is not installed (pip install mlmonitor[gpu])")
+        return None
+    try:
+        pynvml.nvmlInit()
+        count = int(pynvml.nvmlDeviceGetCount())
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        log.debug("mlmonitor: no GPU metrics: NVML did not start: %s", exc)
+        return None
+    if count < 1:
+        log.debug("mlmonitor: no GPU metrics: NVML sees no GPU")
+        return None
+    return GpuCollector(pynvml)
 
 
 def register_gpu_collector(registry: CollectorRegistry) -> bool:
@@ -98,19 +102,8 @@ def register_gpu_collector(registry: CollectorRegistry) -> bool:
     Returns False (one debug log line, no exception) without ``pynvml``, without a driver or
     without a GPU. In multiprocess mode register it on the registry that serves ``/metrics``.
     """
-    try:
-        import pynvml
-    except ImportError:
-        log.debug("mlmonitor: no GPU metrics: pynvml is not installed (pip install mlmonitor[gpu])")
+    collector = make_gpu_collector()
+    if collector is None:
         return False
-    try:
-        pynvml.nvmlInit()
-        count = int(pynvml.nvmlDeviceGetCount())
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        log.debug("mlmonitor: no GPU metrics: NVML did not start: %s", exc)
-        return False
-    if count < 1:
-        log.debug("mlmonitor: no GPU metrics: NVML sees no GPU")
-        return False
-    registry.register(GpuCollector(pynvml))
+    registry.register(collector)
     return True
