@@ -1,7 +1,9 @@
 """Drift computed where all workers' counts meet: a real Prometheus evaluating the shipped rules.
 
 The example app runs under gunicorn (2 workers); Prometheus scrapes it every second and evaluates the
-recording rules rendered with ``--time-scale 60`` (the 1h PSI window becomes 60 s, names unchanged).
+recording rules rendered with ``--time-scale 20`` (the 1h PSI window becomes 180 s, names unchanged):
+long enough that every request of the module, and the zero samples before them, stay in the window
+however slow the machine, so the PSI is computed over exactly the counts the test sent.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ DRIFTED = "petal_length_cm"
 def stack(tmp_path_factory) -> Iterator[SimpleNamespace]:
     require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("drift-e2e")
-    rules = render_files(Thresholds(time_scale=60), str(tmp / "rules"))
+    rules = render_files(Thresholds(time_scale=20), str(tmp / "rules"))
     (tmp / "multiproc").mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "multiproc"), "MLMONITOR_TRACES": "false",
            "MLMONITOR_LOGS": "false"}
@@ -91,6 +93,11 @@ def test_prometheus_psi_equals_numpy_on_the_same_counts(stack):
 
 
 def test_shifted_feature_drifts_and_the_others_stay_stable(stack):
+    # v2's series appear with its first request; rate() counts only what comes after the first
+    # scrape that sees them, so let Prometheus see them before the traffic that is measured
+    loadgen.run(loadgen.Options(url=stack.app.url, requests=4, concurrency=1, version="v2", seed=13))
+    wait_for(lambda: query(stack.prom.url, f'mlmonitor_feature_bin_total{{job="{JOB}", '
+                                           f'model_version="v2"}}'), 30, what="v2 series scraped")
     loadgen.run(loadgen.Options(url=stack.app.url, requests=600, concurrency=4, version="v2",
                                 drift={DRIFTED: 3.0}, seed=12))
     settle(stack, "v2")
