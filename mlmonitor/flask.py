@@ -34,7 +34,7 @@ import functools
 import time
 from typing import Any, Callable, Optional
 
-from flask import Flask, request
+from flask import Flask, after_this_request, request
 
 try:  # Flask >= 2.3 keeps the request context in a context variable
     from flask.globals import _cv_request
@@ -80,8 +80,6 @@ class Monitor:
         self._middlewares.append(middleware)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.before_request(_before_request)
-        if settings.traces:  # only to find a FlaskInstrumentor span started after ours
-            app.after_request(_after_request)
         app.extensions[EXTENSION_KEY] = middleware
 
     # -- prediction endpoints -----------------------------------------------------
@@ -168,7 +166,10 @@ def _before_request() -> None:
     try:
         rule = current.url_rule
         rec.middleware.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
-        _borrow_span(rec)
+        if rec.span is None and rec.middleware.traces is not None:
+            _borrow_span(rec)
+            if rec.span is None:  # FlaskInstrumentor's hook may run after ours: look again later
+                after_this_request(_after_request)
     except Exception as exc:
         guard.report_fault("flask", exc)
 

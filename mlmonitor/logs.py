@@ -156,14 +156,16 @@ class SafeJSONRenderer:
 
 def redact_text(text: str, names: Iterable[str]) -> str:
     """Hide the values of ``name=value`` / ``"name": "value"`` pairs whose name is secret."""
-    return _redaction_pattern(tuple(names)).sub(lambda m: m.group(1) + REDACTED, text)
+    return _redaction_pattern(names).sub(lambda m: m.group(1) + REDACTED, text)
 
 
 _patterns: dict = {}
 
 
-def _redaction_pattern(names: tuple) -> "re.Pattern[str]":
-    pattern = _patterns.get(names)
+def _redaction_pattern(names: Iterable[str]) -> "re.Pattern[str]":
+    if not isinstance(names, frozenset):
+        names = frozenset(names)
+    pattern = _patterns.get(names)  # a frozenset keeps its hash: no tuple built per call
     if pattern is None:
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
         pattern = _patterns[names] = re.compile(
