@@ -210,30 +210,46 @@ def test_incoming_traceparent_is_honoured():
     assert h.lines()[0]["trace_id"] == trace_id
 
 
-def test_flask_instrumentor_app_keeps_one_server_span():
+@pytest.mark.parametrize("instrumented_first", [True, False])
+def test_flask_instrumentor_app_keeps_one_server_span(instrumented_first):
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
     registry, exporter = CollectorRegistry(), InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = Flask(__name__)
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    if instrumented_first:
+        FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
     logs = io.StringIO()
     monitor = Monitor(app, model_name="iris", model_version="v1", registry=registry,
                       tracer_provider=provider, log_stream=logs)
+    if not instrumented_first:  # its before_request hook then runs after mlmonitor's
+        FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
 
     @app.post("/predict")
     @monitor.prediction
     def predict():
         return jsonify(ok=True)
 
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(ok=True)
+
     try:
-        app.test_client().post("/predict", json={}, buffered=True)
+        client = app.test_client()
+        client.post("/predict", json={}, buffered=True)
+        client.get("/healthz", buffered=True)
     finally:
         FlaskInstrumentor().uninstrument_app(app)
     servers = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
-    assert len(servers) == 1
-    assert servers[0].attributes["ml.model.version"] == "v1"
-    assert json.loads(logs.getvalue())["trace_id"] == format(servers[0].context.trace_id, "032x")
+    assert len(servers) == 2
+    predict_span, health_span = servers
+    assert predict_span.attributes["ml.model.version"] == "v1"
+    assert "ml.model.version" not in health_span.attributes
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    assert [line["trace_id"] for line in lines] == [
+        format(span.context.trace_id, "032x") for span in servers]
+    assert [line["span_id"] for line in lines] == [
+        format(span.context.span_id, "016x") for span in servers]
 
 
 def test_unknown_paths_and_methods_add_no_series():
