@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import random
+import re
 import subprocess
 import tracemalloc
 
@@ -382,6 +383,31 @@ def test_log_sink_writes_exactly_one_strict_line_whatever_the_app_tagged(tags, m
     text = stream.getvalue()
     assert text.endswith("\n") and text.count("\n") == 1
     check_line(text[:-1])
+
+
+@FUZZ
+@given(route=st.one_of(st.none(), st.text(max_size=60)), method=st.text(max_size=10),
+       request_id=st.text(max_size=40), model=st.text(max_size=40),
+       version=st.text(max_size=40), status=st.integers(100, 399),
+       duration=st.floats(0, 1e5), prediction=st.booleans(),
+       sampled_ids=st.booleans())
+def test_plain_success_line_is_the_rendered_line(route, method, request_id, model, version,
+                                                 status, duration, prediction, sampled_ids):
+    """The fast path of a plain successful request writes what render_json would write."""
+    sink = LogSink(Settings(), io.StringIO())
+    rec = RequestRecord({"PATH_INFO": "/x"}, method, 0.0, 0)
+    rec.route, rec.status_code, rec.request_id, rec.duration = route, status, request_id, duration
+    rec.is_prediction, rec.model_name, rec.model_version = prediction, model, version
+    if sampled_ids:
+        rec.trace_id, rec.span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    with armed():
+        fast = check_line(sink.plain_line(rec))
+        slow = check_line(render_json(sink.line(rec)))
+    assert list(fast) == list(slow)
+    for line in (fast, slow):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line.pop("timestamp"))
+    assert fast.pop("duration_ms") == pytest.approx(slow.pop("duration_ms"), abs=1e-9)
+    assert fast == slow
 
 
 # -- 9. the WSGI middleware is transparent, whatever the app does ----------------------------------
