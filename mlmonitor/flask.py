@@ -45,7 +45,7 @@ from opentelemetry import trace
 from . import context, guard
 from .config import resolve
 from .middleware import MonitorMiddleware
-from .record import ENVIRON_KEY, UNMATCHED_ROUTE, current_record
+from .record import ENVIRON_KEY, UNMATCHED_ROUTE, _current, current_record
 
 EXTENSION_KEY = "mlmonitor"
 _perf = time.perf_counter
@@ -102,7 +102,7 @@ class Monitor:
 
         @functools.wraps(view)
         def monitored_view(*args: Any, **kwargs: Any) -> Any:
-            rec = current_record()
+            rec = _current.get()
             if rec is None:
                 return view(*args, **kwargs)
             middleware = rec.middleware
@@ -159,12 +159,11 @@ def _current_request() -> Any:
 
 
 def _before_request() -> None:
-    current = _current_request()
-    rec = current.environ.get(ENVIRON_KEY)
+    rec = _current.get()  # set by this app's middleware, which runs around this hook
     if rec is None or rec.finished:
         return
     try:
-        rule = current.url_rule
+        rule = _current_request().url_rule
         rec.middleware.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
         if rec.span is None and rec.middleware.traces is not None:
             _borrow_span(rec)
