@@ -1,4 +1,4 @@
-"""Run every overhead benchmark in turn: in-process, gunicorn, scrape, memory.
+"""Run every overhead benchmark in turn: in-process, gunicorn, scrape, memory, instructions.
 
 Run: python benchmarks/run_all.py [--quick] [--out-dir DIR]
 Each script prints its table and writes ``<out-dir>/<name>.json``
@@ -14,7 +14,8 @@ from typing import List
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {"overhead": "bench_overhead.py", "gunicorn": "bench_gunicorn.py",
-           "scrape": "bench_scrape.py", "memory": "bench_memory.py"}
+           "scrape": "bench_scrape.py", "memory": "bench_memory.py",
+           "instructions": "bench_instructions.py"}
 
 
 def main(argv: List[str] | None = None) -> int:

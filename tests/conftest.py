@@ -16,7 +16,9 @@ def require_binary(name: str) -> str:
     """The path of a real tool; in CI a missing one fails the test, elsewhere it skips."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
+        package = {"promtool": "prometheus", "amtool": "prometheus-alertmanager",
+                   "prometheus-alertmanager": "prometheus-alertmanager"}.get(name, name)
+        message = f"{name} is not installed (Debian: apt-get install {package})"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

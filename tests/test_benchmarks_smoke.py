@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_binary
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -70,3 +72,14 @@ def test_gunicorn_quick_alternates_three_configurations(tmp_path):
     assert report["reps"] >= 2
     assert [r["config"] for r in report["runs"]][:3] == ["bare", "mlmonitor_full", "peer_stack"]
     assert all(r["requests"] > 0 and r["non_2xx"] == 0 for r in report["runs"])
+
+
+@pytest.mark.slow
+def test_instructions_quick_counts_bare_and_metrics(tmp_path):
+    require_binary("valgrind")
+    report = run_quick("bench_instructions.py", tmp_path / "instructions.json", timeout=600)
+    results = report["results"]
+    assert set(results) == {"bare", "mlmonitor_metrics"}
+    # mlmonitor adds work to the same app: a count that says otherwise is a broken run
+    assert results["mlmonitor_metrics"]["added"] > 0
+    assert results["bare"]["instructions_per_request"] > 10_000

@@ -1,0 +1,124 @@
+"""Instructions per request under callgrind: the in-process comparison without the machine's noise.
+
+Time on a shared 2-core machine moves by 10-30% from run to run; instruction
+counts do not (the same count twice, whatever else runs). Each configuration of
+``bench_apps`` runs twice under ``valgrind --tool=callgrind``: once building the
+app and warming it up, once doing the same plus ``--requests`` more requests.
+The difference divided by the requests is the instructions per request, every
+thread counted (the span export thread too). Instructions are not time: they
+miss cache misses, lock hand-offs and the GIL hand-offs between the request
+thread and the span export thread, which ``bench_overhead.py`` does see. The
+two together tell what is code and what is contention.
+
+Run: python benchmarks/bench_instructions.py [--quick] [--requests N] [--configs a,b] [--out PATH]
+Needs Debian's ``valgrind``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_apps import CONFIGS  # noqa: E402
+from report import write_report  # noqa: E402
+
+DEFAULT_OUT = HERE / "results" / "instructions.json"
+WARMUP = 300
+TARGETS = (  # (name, configuration, over, target): added instructions of one over the other
+    ("full_vs_peer_stack_added", "mlmonitor_full", "peer_stack", 0.30),
+    ("metrics_vs_prometheus_flask_exporter_added", "mlmonitor_metrics",
+     "prometheus_flask_exporter", 0.60),
+)
+
+
+def child(config: str, requests: int) -> None:
+    """Inside callgrind: build, warm up, then run ``requests`` more requests and flush."""
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from bench_apps import make_app, request_loop
+
+    app, handles = make_app(config)
+    _, _, status = request_loop(app, WARMUP)
+    if status != 200:
+        raise SystemExit(f"{config}: POST /predict answered {status}")
+    if requests:
+        request_loop(app, requests)
+    provider = handles.get("provider")
+    if provider is not None:
+        provider.force_flush(10_000)
+
+
+def instructions(config: str, requests: int) -> int:
+    """Total instructions of one child run, as callgrind reports them."""
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         sys.executable, __file__, "--child", config, "--requests", str(requests)],
+        capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "PYTHONHASHSEED": "0"})
+    match = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode != 0 or match is None:
+        raise RuntimeError(f"{config}: callgrind run failed:\n{proc.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def per_request(config: str, requests: int) -> float:
+    return (instructions(config, requests) - instructions(config, 0)) / requests
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny counts")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.requests)
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if args.quick:
+        args.requests, configs = 20, ["mlmonitor_metrics"]
+    if "bare" not in configs:
+        configs.insert(0, "bare")
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        counts = dict(zip(configs, pool.map(lambda c: per_request(c, args.requests), configs)))
+    bare = counts["bare"]
+    results: Dict[str, Dict[str, float]] = {
+        c: {"instructions_per_request": n, "added": n - bare, "ratio_to_bare": n / bare}
+        for c, n in counts.items()}
+    targets = {}
+    for name, config, over, target in TARGETS:
+        if config in results and over in results and results[over]["added"] > 0:
+            value = results[config]["added"] / results[over]["added"]
+            targets[name] = {"value": value, "target": target, "op": "<=", "met": value <= target}
+    print(f"{'configuration':28} {'instr/req':>10} {'added':>9} {'x bare':>7}")
+    for config, row in results.items():
+        print(f"{config:28} {row['instructions_per_request']:10.0f} {row['added']:+9.0f} "
+              f"{row['ratio_to_bare']:7.2f}")
+    print()
+    for name, row in targets.items():
+        print(f"{name:45} {row['value']:.3f} (target <= {row['target']}) "
+              f"{'met' if row['met'] else 'MISSED'}  [instructions, not time]")
+    report = {"benchmark": "instructions", "quick": args.quick, "requests": args.requests,
+              "warmup": WARMUP, "results": results, "targets": targets}
+    write_report(report, args.out, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
