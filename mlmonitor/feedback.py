@@ -1,7 +1,7 @@
 """Ground truth without shared state: signed prediction ids in, feedback counters out.
 
 A prediction id carries model, version and predicted class under an HMAC
-(``mlmonitor.quality.sign_prediction``), so feedback can land on any worker or
+(``mlmonitor.tokens.sign_prediction``), so feedback can land on any worker or
 replica that shares ``MLMONITOR_FEEDBACK_SECRET``. Under gunicorn the hooks
 set a random per-run secret when none is configured, so every worker of one
 master agrees; several replicas need the setting.
@@ -30,7 +30,7 @@ class FeedbackRecorder:
         self._seen: Optional[Any] = None
 
     def sign(self, model_name: str, model_version: str, predicted: Any) -> str:
-        from .quality import sign_prediction
+        from .tokens import sign_prediction
         if self.ephemeral and not self._warned:
             self._warned = True
             log.warning("mlmonitor: MLMONITOR_FEEDBACK_SECRET is not set; prediction ids are "
@@ -40,7 +40,8 @@ class FeedbackRecorder:
         return sign_prediction(self.secret, model_name, model_version, predicted)
 
     def record(self, token: str, label: Any) -> str:
-        from .quality import InvalidFeedback, SeenTokens, outcome, verify_prediction
+        from .quality import outcome
+        from .tokens import InvalidFeedback, SeenTokens, verify_prediction
         if self._seen is None:
             self._seen = SeenTokens()
         try:

@@ -1,4 +1,4 @@
-"""Model-quality building blocks: reference profiles, binning, PSI and signed feedback.
+"""Model-quality building blocks: reference profiles, binning, PSI and feedback outcomes.
 
 This module owns what turns observations into bounded label values:
 
@@ -6,8 +6,9 @@ This module owns what turns observations into bounded label values:
   file and loaded by every worker and replica, so all of them bin live values the same way.
   :meth:`ReferenceProfile.bin_of` is the request-time lookup (a ``bisect`` on precomputed edges).
 * :func:`psi` is the drift formula the Prometheus recording rules implement, in plain Python.
-* :func:`sign_prediction` / :func:`verify_prediction` let feedback reach any worker or replica:
-  the prediction id carries the model, version and predicted value, signed with a shared secret.
+* :func:`outcome` / :func:`absolute_error` compare a prediction with its ground truth; the signed
+  prediction ids that carry it back (:func:`sign_prediction`, :func:`verify_prediction`) live in
+  :mod:`mlmonitor.tokens` and are importable from here too.
 * :func:`add_cli` registers ``mlmonitor reference build|show``.
 
 Binning rule (exact, used for the reference shares and live values alike): a numeric feature with
@@ -19,7 +20,7 @@ below it), duplicates collapsed, so a low-cardinality feature gets fewer bins. B
 shares are counted with the same rule, replaying the reference gives a PSI of exactly 0.
 
 numpy is optional: it only speeds up :meth:`ReferenceProfile.build`; the result is identical
-without it. Nothing here imports the rest of mlmonitor.
+without it. Nothing here imports the rest of mlmonitor but :mod:`mlmonitor.tokens`.
 
 Example::
 
@@ -32,21 +33,27 @@ Example::
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
-import hashlib
-import hmac
 import json
 import math
 import os
-import secrets as _secrets
-import threading
 import time
 from bisect import bisect_left, bisect_right
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
+
+# signed prediction ids live in tokens.py; their public path here is kept
+from .tokens import (  # noqa: F401
+    FEEDBACK_REASONS,
+    MAX_CLOCK_SKEW_S,
+    MAX_TOKEN_LEN,
+    InvalidFeedback,
+    PredictionFacts,
+    SeenTokens,
+    sign_prediction,
+    verify_prediction,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -711,159 +718,7 @@ def psi(
 
 
 # ---------------------------------------------------------------------------------------------
-# feedback
-
-_TOKEN_VERSION = 1
-_TAG_BYTES = 16  # 128-bit truncated HMAC-SHA256 tag
-_MAX_FIELD = 128  # model name, version, predicted value (as text)
-MAX_TOKEN_LEN = 1024
-MAX_CLOCK_SKEW_S = 300.0
-FEEDBACK_REASONS = ("malformed", "bad_signature", "expired", "future", "duplicate")
-
-Secret = Union[str, bytes]
-
-
-class InvalidFeedback(ValueError):
-    """Feedback that cannot be counted; ``reason`` is one of :data:`FEEDBACK_REASONS` (a safe label)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class PredictionFacts:
-    """What a verified prediction id says: enough to count feedback on any worker or replica."""
-
-    model_name: str
-    model_version: str
-    predicted: str | int | float | bool
-    ts: int
-    token_id: str
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _key(secret: Secret) -> bytes:
-    key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-    if len(key) < 16:
-        raise ValueError("the feedback secret must be at least 16 bytes (32 random bytes recommended)")
-    return key
-
-
-def _tag(key: bytes, payload: str) -> bytes:
-    return hmac.new(key, b"mlmonitor.feedback." + payload.encode("ascii"), hashlib.sha256).digest()[:_TAG_BYTES]
-
-
-def sign_prediction(
-    secret: Secret,
-    model_name: str,
-    model_version: str,
-    predicted: str | int | float | bool,
-    ts: float | None = None,
-) -> str:
-    """A compact URL-safe prediction id: ``<payload>.<tag>``, payload = base64url JSON of
-    ``[1, model_name, model_version, predicted, ts, nonce]``, tag = HMAC-SHA256 truncated to 128 bits.
-
-    Return it with the prediction; the client sends it back with the true label, to any worker.
-    The payload is signed, not encrypted: the client can read the predicted value.
-    """
-    if isinstance(predicted, float) and not math.isfinite(predicted):
-        raise ValueError("predicted must be finite")
-    if not isinstance(predicted, (str, int, float, bool)):
-        predicted = str(predicted)
-    for name, value in (("model_name", model_name), ("model_version", model_version), ("predicted", predicted)):
-        if len(str(value).encode("utf-8")) > _MAX_FIELD:
-            raise ValueError(f"{name} longer than {_MAX_FIELD} bytes")
-    stamp = int(time.time() if ts is None else ts)
-    body = [_TOKEN_VERSION, str(model_name), str(model_version), predicted, stamp, _b64(_secrets.token_bytes(6))]
-    payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    return f"{payload}.{_b64(_tag(_key(secret), payload))}"
-
-
-def verify_prediction(
-    secret: Secret | Sequence[Secret],
-    token: str,
-    max_age_s: float,
-    *,
-    now: float | None = None,
-    seen: SeenTokens | None = None,
-) -> PredictionFacts:
-    """Check a prediction id and return its facts, or raise :class:`InvalidFeedback`.
-
-    ``secret`` may be a list (first = current, others = previous) to rotate keys. Feedback older
-    than ``max_age_s`` is ``expired`` (late labels are refused, not counted against a version that
-    may be gone). ``seen`` catches a duplicate only when it reaches the same worker: without
-    shared state duplicates across workers are counted again, so send each label once.
-    """
-    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LEN or token.count(".") != 1:
-        raise InvalidFeedback("malformed", "not a prediction id")
-    payload, tag_text = token.split(".")
-    try:
-        tag = _unb64(tag_text)
-        raw = _unb64(payload)
-    except (ValueError, TypeError):
-        raise InvalidFeedback("malformed", "not base64url") from None
-    keys = [secret] if isinstance(secret, (str, bytes)) else list(secret)
-    if not any(hmac.compare_digest(tag, _tag(_key(k), payload)) for k in keys):
-        raise InvalidFeedback("bad_signature")
-    try:
-        body = json.loads(raw)
-        version, model_name, model_version, predicted, stamp, nonce = body
-    except (ValueError, TypeError):
-        raise InvalidFeedback("malformed", "bad payload") from None
-    if (
-        version != _TOKEN_VERSION
-        or not isinstance(model_name, str)
-        or not isinstance(model_version, str)
-        or not isinstance(predicted, (str, int, float, bool))
-        or not isinstance(stamp, int)
-        or isinstance(stamp, bool)
-        or not isinstance(nonce, str)
-    ):
-        raise InvalidFeedback("malformed", "unsupported payload")
-    current = time.time() if now is None else now
-    if stamp > current + MAX_CLOCK_SKEW_S:
-        raise InvalidFeedback("future", "timestamp ahead of this clock")
-    if current - stamp > max_age_s:
-        raise InvalidFeedback("expired", f"prediction is {int(current - stamp)} s old, limit {max_age_s:g} s")
-    if seen is not None and not seen.add(nonce):
-        raise InvalidFeedback("duplicate", "this prediction id was already counted here")
-    return PredictionFacts(model_name, model_version, predicted, stamp, nonce)
-
-
-class SeenTokens:
-    """A small thread-safe in-process LRU of prediction ids already counted.
-
-    Catches duplicates that land on the same worker only; bounded to ``maxsize`` ids.
-    """
-
-    def __init__(self, maxsize: int = 10_000) -> None:
-        if maxsize < 1:
-            raise ValueError("maxsize must be >= 1")
-        self.maxsize = maxsize
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, token_id: str) -> bool:
-        """Remember ``token_id``; False if it was already there."""
-        with self._lock:
-            if token_id in self._ids:
-                self._ids.move_to_end(token_id)
-                return False
-            self._ids[token_id] = None
-            if len(self._ids) > self.maxsize:
-                self._ids.popitem(last=False)
-            return True
-
-    def __len__(self) -> int:
-        return len(self._ids)
+# feedback outcomes
 
 
 def outcome(predicted: Any, true_label: Any) -> str:

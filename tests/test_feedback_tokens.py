@@ -76,7 +76,7 @@ def test_malformed_tokens(token):
 
 
 def test_signed_garbage_payload_is_malformed():
-    from mlmonitor.quality import _b64, _key, _tag
+    from mlmonitor.tokens import _b64, _key, _tag
 
     payload = _b64(b'{"not": "a list"}')
     token = f"{payload}.{_b64(_tag(_key(SECRET), payload))}"

@@ -1,0 +1,174 @@
+"""Signed prediction ids: ground truth can come back to any worker or replica, no shared state.
+
+A prediction id is ``<payload>.<tag>``: the payload is base64url JSON of the model,
+version, predicted value, timestamp and a nonce; the tag an HMAC-SHA256 of it,
+truncated to 128 bits. :func:`verify_prediction` refuses forged, malformed,
+expired and future ids with :class:`InvalidFeedback`, whose ``reason`` is a
+safe metric label. Nothing here imports the rest of mlmonitor.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import secrets as _secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Union
+
+_TOKEN_VERSION = 1
+_TAG_BYTES = 16  # 128-bit truncated HMAC-SHA256 tag
+_MAX_FIELD = 128  # model name, version, predicted value (as text)
+MAX_TOKEN_LEN = 1024
+MAX_CLOCK_SKEW_S = 300.0
+FEEDBACK_REASONS = ("malformed", "bad_signature", "expired", "future", "duplicate")
+
+Secret = Union[str, bytes]
+
+
+class InvalidFeedback(ValueError):
+    """Feedback that cannot be counted; ``reason`` is one of :data:`FEEDBACK_REASONS` (a safe label)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PredictionFacts:
+    """What a verified prediction id says: enough to count feedback on any worker or replica."""
+
+    model_name: str
+    model_version: str
+    predicted: str | int | float | bool
+    ts: int
+    token_id: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _key(secret: Secret) -> bytes:
+    key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    if len(key) < 16:
+        raise ValueError("the feedback secret must be at least 16 bytes (32 random bytes recommended)")
+    return key
+
+
+def _tag(key: bytes, payload: str) -> bytes:
+    return hmac.new(key, b"mlmonitor.feedback." + payload.encode("ascii"), hashlib.sha256).digest()[:_TAG_BYTES]
+
+
+def sign_prediction(
+    secret: Secret,
+    model_name: str,
+    model_version: str,
+    predicted: str | int | float | bool,
+    ts: float | None = None,
+) -> str:
+    """A compact URL-safe prediction id: ``<payload>.<tag>``, payload = base64url JSON of
+    ``[1, model_name, model_version, predicted, ts, nonce]``, tag = HMAC-SHA256 truncated to 128 bits.
+
+    Return it with the prediction; the client sends it back with the true label, to any worker.
+    The payload is signed, not encrypted: the client can read the predicted value.
+    """
+    if isinstance(predicted, float) and not math.isfinite(predicted):
+        raise ValueError("predicted must be finite")
+    if not isinstance(predicted, (str, int, float, bool)):
+        predicted = str(predicted)
+    for name, value in (("model_name", model_name), ("model_version", model_version), ("predicted", predicted)):
+        if len(str(value).encode("utf-8")) > _MAX_FIELD:
+            raise ValueError(f"{name} longer than {_MAX_FIELD} bytes")
+    stamp = int(time.time() if ts is None else ts)
+    body = [_TOKEN_VERSION, str(model_name), str(model_version), predicted, stamp, _b64(_secrets.token_bytes(6))]
+    payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return f"{payload}.{_b64(_tag(_key(secret), payload))}"
+
+
+def verify_prediction(
+    secret: Secret | Sequence[Secret],
+    token: str,
+    max_age_s: float,
+    *,
+    now: float | None = None,
+    seen: SeenTokens | None = None,
+) -> PredictionFacts:
+    """Check a prediction id and return its facts, or raise :class:`InvalidFeedback`.
+
+    ``secret`` may be a list (first = current, others = previous) to rotate keys. Feedback older
+    than ``max_age_s`` is ``expired`` (late labels are refused, not counted against a version that
+    may be gone). ``seen`` catches a duplicate only when it reaches the same worker: without
+    shared state duplicates across workers are counted again, so send each label once.
+    """
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LEN or token.count(".") != 1:
+        raise InvalidFeedback("malformed", "not a prediction id")
+    payload, tag_text = token.split(".")
+    try:
+        tag = _unb64(tag_text)
+        raw = _unb64(payload)
+    except (ValueError, TypeError):
+        raise InvalidFeedback("malformed", "not base64url") from None
+    keys = [secret] if isinstance(secret, (str, bytes)) else list(secret)
+    if not any(hmac.compare_digest(tag, _tag(_key(k), payload)) for k in keys):
+        raise InvalidFeedback("bad_signature")
+    try:
+        body = json.loads(raw)
+        version, model_name, model_version, predicted, stamp, nonce = body
+    except (ValueError, TypeError):
+        raise InvalidFeedback("malformed", "bad payload") from None
+    if (
+        version != _TOKEN_VERSION
+        or not isinstance(model_name, str)
+        or not isinstance(model_version, str)
+        or not isinstance(predicted, (str, int, float, bool))
+        or not isinstance(stamp, int)
+        or isinstance(stamp, bool)
+        or not isinstance(nonce, str)
+    ):
+        raise InvalidFeedback("malformed", "unsupported payload")
+    current = time.time() if now is None else now
+    if stamp > current + MAX_CLOCK_SKEW_S:
+        raise InvalidFeedback("future", "timestamp ahead of this clock")
+    if current - stamp > max_age_s:
+        raise InvalidFeedback("expired", f"prediction is {int(current - stamp)} s old, limit {max_age_s:g} s")
+    if seen is not None and not seen.add(nonce):
+        raise InvalidFeedback("duplicate", "this prediction id was already counted here")
+    return PredictionFacts(model_name, model_version, predicted, stamp, nonce)
+
+
+class SeenTokens:
+    """A small thread-safe in-process LRU of prediction ids already counted.
+
+    Catches duplicates that land on the same worker only; bounded to ``maxsize`` ids.
+    """
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.maxsize = maxsize
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, token_id: str) -> bool:
+        """Remember ``token_id``; False if it was already there."""
+        with self._lock:
+            if token_id in self._ids:
+                self._ids.move_to_end(token_id)
+                return False
+            self._ids[token_id] = None
+            if len(self._ids) > self.maxsize:
+                self._ids.popitem(last=False)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._ids)
