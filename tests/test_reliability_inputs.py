@@ -390,14 +390,17 @@ def test_log_sink_writes_exactly_one_strict_line_whatever_the_app_tagged(tags, m
        request_id=st.text(max_size=40), model=st.text(max_size=40),
        version=st.text(max_size=40), status=st.integers(100, 399),
        duration=st.floats(0, 1e5), prediction=st.booleans(),
-       sampled_ids=st.booleans())
+       sampled_ids=st.booleans(),
+       stages=st.lists(st.tuples(st.text(max_size=64), st.floats(0, 1e3)), max_size=5))
 def test_plain_success_line_is_the_rendered_line(route, method, request_id, model, version,
-                                                 status, duration, prediction, sampled_ids):
+                                                 status, duration, prediction, sampled_ids,
+                                                 stages):
     """The fast path of a plain successful request writes what render_json would write."""
     sink = LogSink(Settings(), io.StringIO())
     rec = RequestRecord({"PATH_INFO": "/x"}, method, 0.0, 0)
     rec.route, rec.status_code, rec.request_id, rec.duration = route, status, request_id, duration
     rec.is_prediction, rec.model_name, rec.model_version = prediction, model, version
+    rec.stages = stages
     if sampled_ids:
         rec.trace_id, rec.span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     with armed():
@@ -407,6 +410,10 @@ def test_plain_success_line_is_the_rendered_line(route, method, request_id, mode
     for line in (fast, slow):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line.pop("timestamp"))
     assert fast.pop("duration_ms") == pytest.approx(slow.pop("duration_ms"), abs=1e-9)
+    if "stages_ms" in slow:
+        fast_stages, slow_stages = fast.pop("stages_ms"), slow.pop("stages_ms")
+        assert list(fast_stages) == list(slow_stages)
+        assert all(fast_stages[k] == pytest.approx(v, abs=1e-9) for k, v in slow_stages.items())
     assert fast == slow
 
 
@@ -637,3 +644,16 @@ def test_no_configuration_error_ever_surfaces_at_request_time(monkeypatch):
     assert h.post(json={"a": 1}).status_code == 200
     assert h.client.get("/metrics", buffered=True).status_code == 200
     assert mlmonitor.current_record() is None
+
+
+def test_a_stage_name_that_is_not_text_still_gives_one_line():
+    stream = io.StringIO()
+    sink = LogSink(Settings(), stream)
+    rec = RequestRecord({"PATH_INFO": "/x"}, "POST", 0.0, 0)
+    rec.route, rec.status_code, rec.request_id = "/x", 200, "r"
+    rec.is_prediction, rec.model_name, rec.model_version = True, "m", "v"
+    rec.stages = [(("not", "text"), 0.001), ("inference", 0.002)]
+    with armed():
+        sink.record(rec)
+    line = check_line(stream.getvalue().rstrip("\n"))
+    assert line["stages_ms"]["inference"] == 2.0 and len(line["stages_ms"]) == 2
