@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional, TextIO, Tuple
 
 import structlog
 
-from .config import Settings
+from .config import DEFAULT_REDACT, Settings
 from .record import RequestRecord, current_record
 
 REDACTED = "[REDACTED]"
@@ -335,11 +335,32 @@ def add_request_context(logger: Any, method_name: str, event_dict: dict) -> dict
     return event_dict
 
 
+class RedactSecrets:
+    """structlog processor: hides secret values in an event, by key and as ``name=value`` text.
+
+    Runs after the exception is formatted, so a secret in an exception message or
+    traceback is hidden too.
+    """
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self.names = frozenset(dict.fromkeys(DEFAULT_REDACT + tuple(n.lower() for n in names)))
+
+    def __call__(self, logger: Any, method_name: str, event_dict: dict) -> dict:
+        clean = redact_mapping(event_dict, self.names)
+        for key, value in clean.items():
+            if isinstance(value, str):
+                clean[key] = redact_text(value, self.names)
+        return clean
+
+
 def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None,
-                      max_bytes: int = 16384) -> None:
+                      max_bytes: int = 16384, redact: Iterable[str] = ()) -> None:
     """Opt-in: route the app's structlog and stdlib logging to JSON lines with request context.
 
-    Call it once at start-up if you want it; mlmonitor never calls it for you.
+    Secrets are hidden as in mlmonitor's own lines (``redact`` adds names to the
+    defaults), in messages and tracebacks too: Flask's "Exception on /predict"
+    record goes through the same chain. Call it once at start-up if you want it;
+    mlmonitor never calls it for you.
     """
     stream = stream if stream is not None else sys.stdout
     shared = [
@@ -349,8 +370,9 @@ def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
+    redact_secrets = RedactSecrets(redact)
     structlog.configure(
-        processors=shared + [SafeJSONRenderer(max_bytes)],
+        processors=shared + [redact_secrets, SafeJSONRenderer(max_bytes)],
         logger_factory=structlog.WriteLoggerFactory(stream),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
@@ -359,7 +381,8 @@ def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared[:-1] + [structlog.stdlib.ExtraAdder()],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, SafeJSONRenderer(max_bytes)],
+                    structlog.processors.format_exc_info, redact_secrets,
+                    SafeJSONRenderer(max_bytes)],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
