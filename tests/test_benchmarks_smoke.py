@@ -47,6 +47,8 @@ def test_memory_quick_writes_bare_and_full(tmp_path):
     report = run_quick("bench_memory.py", tmp_path / "memory.json")
     assert set(report["results"]) == {"bare", "mlmonitor_full", "peer_stack"}
     assert all(r["rss_end_mb"] > 0 for r in report["results"].values())
+    assert all(len(r["checkpoints_mb"]) == 10 and "growth_after_first_checkpoint_mb" in r
+               for r in report["results"].values())
 
 
 def test_scrape_quick_keeps_every_count(tmp_path):
