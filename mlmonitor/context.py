@@ -14,10 +14,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from . import guard
-from .record import RequestRecord, current_record
+from .record import MAX_TAGS, RequestRecord, current_record
 
 _perf = time.perf_counter
-MAX_TAGS = 32
 
 
 class Stage:

@@ -45,7 +45,7 @@ from opentelemetry import trace
 from . import context, guard
 from .config import resolve
 from .middleware import MonitorMiddleware
-from .record import ENVIRON_KEY, UNMATCHED_ROUTE, _current, current_record
+from .record import UNMATCHED_ROUTE, _current, current_record
 
 EXTENSION_KEY = "mlmonitor"
 _perf = time.perf_counter
@@ -174,7 +174,7 @@ def _before_request() -> None:
 
 
 def _after_request(response: Any) -> Any:
-    rec = _current_request().environ.get(ENVIRON_KEY)
+    rec = _current.get()
     if rec is not None and rec.span is None:
         try:
             _borrow_span(rec)

@@ -231,6 +231,12 @@ def _timestamp(now: float) -> str:
     return "%s.%03dZ" % (cached[1], int(now * 1000) % 1000)
 
 
+def _failed(rec: RequestRecord) -> bool:
+    """A request whose line is always written, at warning or error level."""
+    code = rec.status_code
+    return code >= 400 or code == 0 or rec.error_type is not None
+
+
 class LogSink:
     """Writes one JSON line per finished request; errors always, successes sampled."""
 
@@ -245,8 +251,7 @@ class LogSink:
         self.writer = structlog.WriteLogger(stream if stream is not None else sys.stdout)
 
     def record(self, rec: RequestRecord) -> None:
-        code = rec.status_code
-        failed = code >= 400 or code == 0 or rec.error_type is not None
+        failed = _failed(rec)
         if not failed and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         if not failed and not rec.tags and not self.static_tags:
@@ -286,10 +291,10 @@ class LogSink:
     def line(self, rec: RequestRecord) -> dict:
         """The request's log line as a dict, in key order."""
         code = rec.status_code
-        failed = code >= 400 or code == 0 or rec.error_type is not None
+        level = "error" if (code >= 500 or code == 0) else ("warning" if _failed(rec) else "info")
         line = {
             "timestamp": _timestamp(time.time()),
-            "level": "error" if (code >= 500 or code == 0) else ("warning" if failed else "info"),
+            "level": level,
             "event": "request",
             "method": rec.method,
             "route": rec.route,

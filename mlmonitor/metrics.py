@@ -204,7 +204,6 @@ class MetricsSink:
         self.cap_class = LabelCap(max(limit, 50))
         self._children: Dict[Any, Any] = {}
         self._http: Dict[Any, Any] = {}
-        self._in_progress: Dict[Any, Any] = {}
         self._models: Dict[Any, Any] = {}
         self._exemplar_due = 0.0
         self._seen_models: set = set()
@@ -302,12 +301,7 @@ class MetricsSink:
     def start(self, rec: RequestRecord) -> None:
         """Count the request as in progress once its route is known."""
         if rec.route is not None and rec.in_progress is None:
-            key = (rec.method, rec.route)
-            gauge = self._in_progress.get(key)
-            if gauge is None:
-                gauge = self.child(self.f.in_progress, *key)
-                if len(self._in_progress) < CHILD_CACHE_LIMIT:
-                    self._in_progress[key] = gauge
+            gauge = self.child(self.f.in_progress, rec.method, rec.route)
             gauge.inc()
             rec.in_progress = gauge
 

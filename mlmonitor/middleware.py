@@ -29,7 +29,7 @@ from .config import Settings, resolve
 from .record import ENVIRON_KEY, KNOWN_METHODS, UNMATCHED_ROUTE, RequestRecord, _current
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$").match
 _perf = time.perf_counter
-_perf_ns = time.time_ns
+_now_ns = time.time_ns  # the span's start time: wall clock, not perf_counter
 _random_bits = random.getrandbits
 
 
@@ -150,7 +150,7 @@ class MonitorMiddleware:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in KNOWN_METHODS:
             method = "other"
-        rec = RequestRecord(environ, method, _perf(), _perf_ns())
+        rec = RequestRecord(environ, method, _perf(), _now_ns())
         rec.middleware = self
         incoming = environ.get(self.request_id_key)
         # 128 random bits; the random module reseeds in each forked worker

@@ -15,6 +15,8 @@ UNMATCHED_ROUTE = "<unmatched>"
 OTHER = "other"
 KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+#: tags a request keeps (``monitor.tag()``), and so span attributes made of them
+MAX_TAGS = 32
 
 _current: contextvars.ContextVar[Optional["RequestRecord"]] = contextvars.ContextVar(
     "mlmonitor_request", default=None)

@@ -27,12 +27,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .config import ConfigError, Settings
 from .logs import REDACTED, _redact_value, _safe_text, describe_exception, redact_text
-from .record import UNMATCHED_ROUTE, RequestRecord
+from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord
 
 log = logging.getLogger("mlmonitor")
 
 MAX_ATTRIBUTE_LENGTH = 1024
-MAX_TAGS = 32
 
 _provider_lock = threading.Lock()
 _built_provider: Any = None
