@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from flask import Flask, g, jsonify, request
 
@@ -35,6 +35,12 @@ CONFIGS: Dict[str, str] = {
     "peer_stack": "prometheus-flask-exporter + OTel Flask + structlog line",
     "prometheus_floor": "hand-written prometheus_client counter + histogram in the view",
 }
+
+
+def configs_from(text: str) -> List[str]:
+    """A comma-separated list of configuration names, with bare Flask first (ratios need it)."""
+    configs = [c.strip() for c in text.split(",") if c.strip()]
+    return ["bare"] + [c for c in configs if c != "bare"]
 
 
 class DropExporter:

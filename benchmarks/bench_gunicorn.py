@@ -35,8 +35,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_apps import BODY  # noqa: E402
-from report import write_report  # noqa: E402
+from bench_apps import BODY, configs_from  # noqa: E402
+from report import target, verdict, write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "gunicorn.json"
 CONFIGS = ["bare", "mlmonitor_full", "peer_stack"]
@@ -151,7 +151,7 @@ def main(argv: List[str] | None = None) -> int:
                         help="comma-separated, from bench_apps.CONFIGS (bare is always run)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
-    configs = ["bare"] + [c.strip() for c in args.configs.split(",") if c.strip() not in ("", "bare")]
+    configs = configs_from(args.configs)
     if args.quick:
         args.duration, args.warmup, args.reps = 1.0, 0.0, 2
     if shutil.which("wrk") is None:
@@ -200,15 +200,14 @@ def main(argv: List[str] | None = None) -> int:
               "connections": args.connections, "results": summary, "runs": runs, "targets": {}}
     value = summary.get("mlmonitor_full", {}).get("ratio_to_bare")
     if value is not None:
-        report["targets"]["gunicorn_full_vs_bare"] = {"value": value, "target": TARGET,
-                                                      "op": ">=", "met": value >= TARGET}
+        report["targets"]["gunicorn_full_vs_bare"] = target(value, TARGET, ">=")
     print()
     for config, row in summary.items():
         print(f"{config:16} median {row['requests_per_s']:8.0f} req/s, {row['ratio_to_bare']:.2f}x "
               f"bare, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
     if value is not None:
         print(f"mlmonitor full throughput {value:.2f}x bare (target >= {TARGET}) "
-              f"{'met' if value >= TARGET else 'MISSED'}")
+              f"{verdict(report['targets']['gunicorn_full_vs_bare'])}")
     write_report(report, args.out, started)
     return 0
 

@@ -29,8 +29,9 @@ from typing import Dict, List
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_apps import CONFIGS  # noqa: E402
-from report import write_report  # noqa: E402
+from bench_apps import CONFIGS, configs_from  # noqa: E402
+from report import target as target_row  # noqa: E402
+from report import verdict, write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "instructions.json"
 WARMUP = 300
@@ -89,11 +90,9 @@ def main(argv: List[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if args.quick:
-        args.requests, configs = 20, ["mlmonitor_metrics"]
-    if "bare" not in configs:
-        configs.insert(0, "bare")
+        args.requests, args.configs = 20, "mlmonitor_metrics"
+    configs = configs_from(args.configs)
     started = time.time()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         counts = dict(zip(configs, pool.map(lambda c: per_request(c, args.requests), configs)))
@@ -102,10 +101,10 @@ def main(argv: List[str] | None = None) -> int:
         c: {"instructions_per_request": n, "added": n - bare, "ratio_to_bare": n / bare}
         for c, n in counts.items()}
     targets = {}
-    for name, config, over, target in TARGETS:
+    for name, config, over, bound in TARGETS:
         if config in results and over in results and results[over]["added"] > 0:
             value = results[config]["added"] / results[over]["added"]
-            targets[name] = {"value": value, "target": target, "op": "<=", "met": value <= target}
+            targets[name] = target_row(value, bound, "<=")
     if "mlmonitor_unsampled" in counts and "mlmonitor_no_traces" in counts:
         # informational: the target for this one is in microseconds (bench_overhead.py)
         targets["unsampled_tracing_instructions"] = {
@@ -121,7 +120,7 @@ def main(argv: List[str] | None = None) -> int:
             print(f"{name:45} {row['value']:.0f} ({row['of_bare']:.2f}x a bare request)")
             continue
         print(f"{name:45} {row['value']:.3f} (target <= {row['target']}) "
-              f"{'met' if row['met'] else 'MISSED'}  [instructions, not time]")
+              f"{verdict(row)}  [instructions, not time]")
     report = {"benchmark": "instructions", "quick": args.quick, "requests": args.requests,
               "warmup": WARMUP, "results": results, "targets": targets}
     write_report(report, args.out, started)

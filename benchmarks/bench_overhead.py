@@ -29,8 +29,8 @@ from typing import Any, Dict, List
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_apps import CONFIGS  # noqa: E402
-from report import write_report  # noqa: E402
+from bench_apps import CONFIGS, configs_from  # noqa: E402
+from report import target, verdict, write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "overhead.json"
 
@@ -173,16 +173,13 @@ def summarize(per_round: List[Dict[str, float]], checks: Dict[str, Any]) -> Dict
         return _median([r[a] - r[b] for r in per_round])
 
     targets = {
-        "full_vs_peer_stack_added": {"value": ratio_of_added("mlmonitor_full", "peer_stack"),
-                                     "target": 0.30, "op": "<="},
-        "metrics_vs_prometheus_flask_exporter_added": {
-            "value": ratio_of_added("mlmonitor_metrics", "prometheus_flask_exporter"),
-            "target": 0.6, "op": "<="},
-        "unsampled_tracing_us": {"value": difference("mlmonitor_unsampled", "mlmonitor_no_traces"),
-                                 "target": 5.0, "op": "<="},
+        "full_vs_peer_stack_added":
+            target(ratio_of_added("mlmonitor_full", "peer_stack"), 0.30, "<="),
+        "metrics_vs_prometheus_flask_exporter_added":
+            target(ratio_of_added("mlmonitor_metrics", "prometheus_flask_exporter"), 0.6, "<="),
+        "unsampled_tracing_us":
+            target(difference("mlmonitor_unsampled", "mlmonitor_no_traces"), 5.0, "<="),
     }
-    for target in targets.values():
-        target["met"] = None if target["value"] is None else target["value"] <= target["target"]
     return {"results": results, "targets": targets}
 
 
@@ -212,13 +209,12 @@ def print_table(report: Dict[str, Any]) -> None:
               f"{row['ratio_to_bare']:7.2f} | {o['us_per_request']:8.1f} {o['added_us']:+9.1f} "
               f"{o['ratio_to_bare']:7.2f}")
     print()
-    for name, target in report["targets"].items():
-        value = target["value"]
+    for name, row in report["targets"].items():
+        value = row["value"]
         shown = "n/a" if value is None else f"{value:.3f}"
-        verdict = {True: "met", False: "MISSED", None: "n/a"}[target["met"]]
         value = other["targets"][name]["value"]
         also = "n/a" if value is None else f"{value:.3f}"
-        print(f"{name:44} {shown:>8} (target {target['op']} {target['target']}) {verdict}"
+        print(f"{name:44} {shown:>8} (target {row['op']} {row['target']}) {verdict(row)}"
               f"   [{other['clock']} time: {also}]")
 
 
@@ -240,9 +236,7 @@ def main(argv: List[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds, args.requests, args.warmup = 2, 30, 20
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if "bare" not in configs:
-        configs.insert(0, "bare")
+    configs = configs_from(args.configs)
     started = time.time()
     report = run(configs, args.rounds, args.requests, args.warmup, args.clock)
     report.update(benchmark="overhead", quick=args.quick, rounds=args.rounds,

@@ -32,7 +32,7 @@ from typing import Any, Dict, List
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from report import write_report  # noqa: E402
+from report import target, verdict, write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "scrape.json"
 TARGET_MS = 50.0
@@ -173,13 +173,11 @@ def main(argv: List[str] | None = None) -> int:
     report = {
         "benchmark": "scrape", "quick": args.quick, "recycles": args.recycles,
         "results": results,
-        "targets": {"scrape_after_recycles_ms": {
-            "value": merged, "target": TARGET_MS, "op": "<", "met": merged < TARGET_MS,
-            "recycles": args.recycles}},
+        "targets": {"scrape_after_recycles_ms": target(merged, TARGET_MS, "<",
+                                                       recycles=args.recycles)},
     }
-    verdict = "met" if merged < TARGET_MS else "MISSED"
     print(f"\nscrape after {args.recycles} recycles with mlmonitor's merge: {merged:.2f} ms "
-          f"(target < {TARGET_MS} ms) {verdict}")
+          f"(target < {TARGET_MS} ms) {verdict(report['targets']['scrape_after_recycles_ms'])}")
     write_report(report, args.out, started)
     return 0
 

@@ -2,9 +2,22 @@
 from __future__ import annotations
 
 import json
+import operator
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
+
+_COMPARE = {"<=": operator.le, "<": operator.lt, ">=": operator.ge}
+
+
+def target(value: Optional[float], bound: float, op: str, **extra: Any) -> Dict[str, Any]:
+    """One target of issue 8 as every report writes it; ``met`` is None when there is no value."""
+    met = None if value is None else _COMPARE[op](value, bound)
+    return {"value": value, "target": bound, "op": op, "met": met, **extra}
+
+
+def verdict(row: Dict[str, Any]) -> str:
+    return {True: "met", False: "MISSED", None: "n/a"}[row["met"]]
 
 
 def write_report(report: Dict[str, Any], out: str, started: float) -> None:
