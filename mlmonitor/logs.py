@@ -14,19 +14,18 @@ import json
 import logging
 import math
 import random
-import re
 import sys
 import time
-import traceback
-from typing import Any, Iterable, Optional, TextIO, Tuple
+from typing import Any, Iterable, Optional, TextIO
 
 import structlog
 
 from .config import DEFAULT_REDACT, Settings
 from .record import RequestRecord, current_record
+from .redact import REDACTED, TRUNCATED_MARK, describe_exception, redact_mapping, redact_text, redactor
 
-REDACTED = "[REDACTED]"
-TRUNCATED_MARK = "...[truncated]"
+__all__ = ["render_json", "SafeJSONRenderer", "LogSink", "add_request_context", "RedactSecrets",
+           "configure_logging", "REDACTED", "redact_text", "redact_mapping"]
 _MAX_DEPTH = 12
 _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
@@ -154,67 +153,6 @@ class SafeJSONRenderer:
         return render_json(event_dict, self.max_bytes)
 
 
-def redact_text(text: str, names: Iterable[str]) -> str:
-    """Hide the values of ``name=value`` / ``"name": "value"`` pairs whose name is secret."""
-    return _redaction_pattern(names).sub(lambda m: m.group(1) + REDACTED, text)
-
-
-_patterns: dict = {}
-
-
-def _redaction_pattern(names: Iterable[str]) -> "re.Pattern[str]":
-    if not isinstance(names, frozenset):
-        names = frozenset(names)
-    pattern = _patterns.get(names)  # a frozenset keeps its hash: no tuple built per call
-    if pattern is None:
-        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-        pattern = _patterns[names] = re.compile(
-            r"((?:%s)[\"']?\s*(?:=|:|\s)\s*(?:bearer\s+|basic\s+)?[\"']?)([^\s&\"',;}\[\]]+)" % alternatives,
-            re.IGNORECASE)
-    return pattern
-
-
-def redact_mapping(values: dict, names: frozenset, _path: tuple = ()) -> dict:
-    """A copy where the values of secret keys are replaced, at any depth of dicts, lists, tuples.
-
-    Cycles and depth beyond the log's own limit are cut, so a tag can never make it raise.
-    """
-    out = {}
-    path = _path + (id(values),)
-    for key, value in list(values.items())[:1000]:
-        if isinstance(key, str) and key.lower() in names:
-            out[key] = REDACTED
-        else:
-            out[key] = _redact_value(value, names, path)
-    return out
-
-
-def _redact_value(value: Any, names: frozenset, path: tuple) -> Any:
-    if isinstance(value, (dict, list, tuple)):
-        if id(value) in path:
-            return "<cycle>"
-        if len(path) >= _MAX_DEPTH:
-            return "<max depth>"
-        if isinstance(value, dict):
-            return redact_mapping(value, names, path)
-        inner = path + (id(value),)
-        return [_redact_value(v, names, inner) for v in list(value)[:1000]]
-    return value
-
-
-def describe_exception(rec: RequestRecord, names: frozenset) -> Tuple[str, str]:
-    """The request's exception as (message, stack), secrets redacted, made once per request.
-
-    The log line and the span both show it. Redaction runs on the whole text before
-    any cut, so a cut can never split a secret's name from its value.
-    """
-    if rec.error_detail is None:
-        exc = rec.exc
-        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        rec.error_detail = (redact_text(_safe_text(exc), names), redact_text(stack, names))
-    return rec.error_detail
-
-
 _second: tuple = (0, "")
 _json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _PLAIN_LINE = ('{"timestamp":"%s","level":"info","event":"request","method":%s,"route":%s,'
@@ -244,7 +182,8 @@ class LogSink:
         self.settings = settings
         self.sample_rate = settings.log_sample_rate
         self.redact = settings.redact_set
-        self.static_tags = redact_mapping(dict(settings.tags), self.redact)
+        self.redactor = redactor(self.redact)
+        self.static_tags = self.redactor.mapping(dict(settings.tags))
         self.max_bytes = settings.log_max_bytes
         # structlog's thread-safe writer; the line is rendered by render_json directly, as a
         # bound logger's processor chain would, minus ~8 us of dispatch per request
@@ -312,7 +251,7 @@ class LogSink:
         if self.static_tags:
             line.update(self.static_tags)
         if rec.tags:
-            line["tags"] = redact_mapping(rec.tags, self.redact)
+            line["tags"] = self.redactor.mapping(rec.tags)
         if rec.error_type is not None:
             line["error_type"] = rec.error_type
             exc = rec.exc
@@ -349,13 +288,10 @@ class RedactSecrets:
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         self.names = frozenset(dict.fromkeys(DEFAULT_REDACT + tuple(n.lower() for n in names)))
+        self.redactor = redactor(self.names)
 
     def __call__(self, logger: Any, method_name: str, event_dict: dict) -> dict:
-        clean = redact_mapping(event_dict, self.names)
-        for key, value in clean.items():
-            if isinstance(value, str):
-                clean[key] = redact_text(value, self.names)
-        return clean
+        return self.redactor.mapping(event_dict)
 
 
 def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None,

@@ -18,7 +18,6 @@ import os
 import re
 import threading
 from typing import Any, Callable, Dict, Optional
-from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -26,7 +25,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .config import ConfigError, Settings
-from .logs import REDACTED, _redact_value, _safe_text, describe_exception, redact_text
+from .redact import REDACTED, _safe_text, describe_exception, redactor
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord
 
 log = logging.getLogger("mlmonitor")
@@ -223,16 +222,6 @@ def reset_after_fork() -> None:
     _built_provider = None
 
 
-def redact_query(query: str, names: frozenset) -> str:
-    if not query:
-        return query
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True)
-    except Exception:
-        return REDACTED
-    return urlencode([(k, REDACTED if k.lower() in names else v) for k, v in pairs])
-
-
 class TraceSink:
     """Starts and ends the server span of a record; annotates a borrowed one."""
 
@@ -241,6 +230,7 @@ class TraceSink:
         from . import __version__
         self.settings = settings
         self.redact = settings.redact_set
+        self.redactor = redactor(self.redact)
         self.version = __version__
         self.tracer_provider = tracer_provider
         self.provider = provider_for(settings, tracer_provider)  # validates OTEL_* at start-up
@@ -248,8 +238,8 @@ class TraceSink:
         self.generation = _fork_generation[0]
         self.route_paths: Dict[str, str] = {}
         self.static_attributes = {
-            "ml.tag." + k: str(v)[:MAX_ATTRIBUTE_LENGTH] for k, v in settings.tags.items()
-            if k.lower() not in self.redact}
+            "ml.tag." + k: self.redactor.text(str(v)[:MAX_ATTRIBUTE_LENGTH])
+            for k, v in settings.tags.items() if not self.redactor.is_secret_key(k)}
         if on_dropped is not None:
             _drop_listeners.append(on_dropped)
 
@@ -273,16 +263,16 @@ class TraceSink:
         if path == rec.route:  # a static route: redacted once, the cache bounded by the routes
             redacted = self.route_paths.get(path)
             if redacted is None:
-                redacted = self.route_paths[path] = redact_text(path, self.redact)
-        else:
-            redacted = redact_text(path[:MAX_ATTRIBUTE_LENGTH], self.redact)
+                redacted = self.route_paths[path] = self.redactor.text(path)
+        else:  # a head cut first: it cannot separate a secret's name from its value
+            redacted = self.redactor.text(path[:MAX_ATTRIBUTE_LENGTH])
         attributes = {
             "http.request.method": rec.method,
             "url.path": redacted,
             "url.scheme": environ.get("wsgi.url_scheme", "http"),
         }
         if rec.query:
-            attributes["url.query"] = redact_query(rec.query, self.redact)[:MAX_ATTRIBUTE_LENGTH]
+            attributes["url.query"] = self.redactor.query(rec.query)[:MAX_ATTRIBUTE_LENGTH]
         agent = environ.get("HTTP_USER_AGENT")
         if agent:
             attributes["user_agent.original"] = agent[:256]
@@ -309,15 +299,15 @@ class TraceSink:
             attributes["ml.model.name"] = rec.model_name
             attributes["ml.model.version"] = rec.model_version
         for key, value in list(rec.tags.items())[:MAX_TAGS]:
-            if str(key).lower() in self.redact:
+            if self.redactor.is_secret_key(key):
                 value = REDACTED
-            elif not isinstance(value, (str, bool, int, float)):
-                # a dict or list keeps its secret fields hidden; str() of anything never raises here
-                value = redact_text(_safe_text(_redact_value(value, self.redact, ())), self.redact)
+            elif isinstance(value, str):
+                value = self.redactor.text(value[:MAX_ATTRIBUTE_LENGTH])
+            elif not isinstance(value, (bool, int, float)):
+                # a mapping or list keeps its secret fields hidden; str() of anything never raises here
+                value = self.redactor.text(_safe_text(self.redactor.value(value))[:MAX_ATTRIBUTE_LENGTH])
             elif type(value) is int and not -(1 << 63) <= value < (1 << 63):
                 value = _safe_text(value)[:64]  # OTLP carries int64: one big int would drop the batch
-            if isinstance(value, str):
-                value = value[:MAX_ATTRIBUTE_LENGTH]
             attributes["ml.tag." + str(key)[:64]] = value
         return attributes
 
