@@ -23,11 +23,13 @@ import time
 from typing import Any, Callable, Iterable, Optional, TextIO
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from . import guard
 from .config import Settings, resolve
 from .record import ENVIRON_KEY, KNOWN_METHODS, UNMATCHED_ROUTE, RequestRecord, _current
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$").match
+# fullmatch: "$" would also accept a trailing newline and echo it into a response header
+_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
 _perf = time.perf_counter
 _now_ns = time.time_ns  # the span's start time: wall clock, not perf_counter
 _random_bits = random.getrandbits
@@ -138,7 +140,9 @@ class MonitorMiddleware:
                 except Exception as exc:
                     guard.report_fault("traces", exc)
             _current.reset(record_token)
-        return _MonitoredBody(body, rec, self)
+        if type(body) is list or type(body) is tuple:  # buffered: no app code runs in iteration
+            return _MonitoredBody(body, rec, self)
+        return _StreamedBody(body, rec, self)
 
     def _borrowing(self) -> bool:
         try:
@@ -227,16 +231,23 @@ class MonitorMiddleware:
         return [data]
 
     def _authorized(self, header: str) -> bool:
-        supplied = header.encode("latin-1", "replace")
-        return any(hmac.compare_digest(supplied, expected) for expected in self._expected_auth)
+        """The scheme is case-insensitive (RFC 7235); the credentials compare in constant time."""
+        scheme, _, supplied = header.encode("latin-1", "replace").partition(b" ")
+        scheme = scheme.lower()  # bytes.lower(): ASCII letters only
+        supplied = supplied.lstrip(b" ")  # 1*SP between scheme and credentials
+        ok = False
+        for expected_scheme, expected in self._expected_auth:
+            ok |= hmac.compare_digest(supplied, expected) & (scheme == expected_scheme)
+        return ok
 
 
 def _expected_auth(settings: Settings) -> list:
+    """(lowercase scheme, credentials) pairs that /metrics admits."""
     expected = []
     if settings.metrics_token:
-        expected.append(b"Bearer " + settings.metrics_token.encode())
+        expected.append((b"bearer", settings.metrics_token.encode()))
     if settings.metrics_basic_auth:
-        expected.append(b"Basic " + base64.b64encode(settings.metrics_basic_auth.encode()))
+        expected.append((b"basic", base64.b64encode(settings.metrics_basic_auth.encode())))
     return expected
 
 
@@ -285,3 +296,68 @@ class _MonitoredBody:
         finally:
             self.middleware.finish(self.rec)
 
+
+_END = object()
+
+
+class _StreamedBody(_MonitoredBody):
+    """A body whose iteration runs app code (a generator): each chunk and the close run in
+    the request's context, so observe/stage/tag there count and stage spans are children of
+    the server span. Set before and reset after each step, in the server's own context: its
+    thread is left clean between chunks."""
+
+    __slots__ = ("otel",)
+
+    def __init__(self, body: Iterable[bytes], rec: RequestRecord, middleware: MonitorMiddleware):
+        self.body = body
+        self.rec = rec
+        self.middleware = middleware
+        self.otel: Any = None
+        if rec.span is not None:
+            try:
+                self.otel = trace.set_span_in_context(rec.span)
+            except Exception as exc:
+                guard.report_fault("traces", exc)
+
+    def __iter__(self):
+        # a generator runs in its caller's context: all is reset before each yield
+        rec = self.rec
+        otel = self.otel
+        iterator = None
+        while True:
+            otel_token = self._attach() if otel is not None else None
+            record_token = _current.set(rec)
+            try:
+                if iterator is None:
+                    iterator = iter(self.body)
+                chunk = next(iterator, _END)  # no StopIteration raised through this frame
+            except Exception as exc:
+                rec.exc = exc
+                raise
+            finally:
+                _current.reset(record_token)
+                if otel_token is not None:
+                    otel_context.detach(otel_token)  # logs, never raises, on a foreign token
+            if chunk is _END:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        otel_token = self._attach() if self.otel is not None else None
+        record_token = _current.set(self.rec)
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _current.reset(record_token)
+            if otel_token is not None:
+                otel_context.detach(otel_token)
+            self.middleware.finish(self.rec)
+
+    def _attach(self) -> Any:
+        try:
+            return otel_context.attach(self.otel)
+        except Exception as exc:
+            guard.report_fault("traces", exc)
+            return None

@@ -1,7 +1,9 @@
 """RequestRecord: what one request carried, filled as it goes, read by the three sinks.
 
 The record lives in ``environ["mlmonitor.request"]`` and in a context variable
-while the app runs, so helpers such as ``monitor.stage()`` find it without Flask.
+while the app runs and while each chunk of its body is produced and the body
+closed (a streamed response), so helpers such as ``monitor.stage()`` find it
+without Flask.
 """
 from __future__ import annotations
 
