@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
@@ -83,31 +84,54 @@ class Settings:
     exemplars: bool = True
 
     def __post_init__(self) -> None:
+        """Check every value now: one that passed here must never fail inside a request."""
+        for f in dataclasses.fields(self):
+            value = _checked_type(f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
         _check(self.log_sample_rate, 0.0 <= self.log_sample_rate <= 1.0, "log_sample_rate",
                "must be between 0 and 1")
         _check(self.max_label_values, self.max_label_values >= 1, "max_label_values",
                "must be at least 1")
         _check(self.log_max_bytes, self.log_max_bytes >= 1024, "log_max_bytes",
                "must be at least 1024")
-        buckets = tuple(self.buckets)
-        _check(buckets, bool(buckets) and all(math.isfinite(b) and b > 0 for b in buckets)
+        buckets = self.buckets
+        _check(buckets, bool(buckets) and all(b > 0 for b in buckets)
                and list(buckets) == sorted(set(buckets)), "buckets",
                "must be positive, finite and strictly increasing")
         for name in ("model_name", "model_version"):
             value = getattr(self, name)
-            _check(value, isinstance(value, str) and 0 < len(value) <= 128, name,
+            _check(value, 0 < len(value) <= 128, name,
                    "must be a non-empty string of at most 128 characters")
         path = self.metrics_path
-        _check(path, path is None or (isinstance(path, str) and path.startswith("/")),
-               "metrics_path", "must start with '/' (or be empty to turn /metrics off)")
+        _check(path, path is None or _PATH_OK(path), "metrics_path",
+               "must be a path of visible ASCII characters starting with '/' (or be empty to turn /metrics off)")
+        for name in ("prediction_paths", "routes"):
+            paths = getattr(self, name)
+            _check(paths, all(_PATH_OK(p) for p in paths), name,
+                   "each must be a path of visible ASCII characters starting with '/'")
+        # an empty secret would silently turn protection off (e.g. an unset ${VAR} in a template)
+        _check(HIDDEN, self.metrics_token is None or _TOKEN_OK(self.metrics_token), "metrics_token",
+               "must be visible ASCII characters without spaces (unset it for no token)")
         auth = self.metrics_basic_auth
-        _check("<hidden>", auth is None or ":" in auth, "metrics_basic_auth",
-               "must be 'user:password'")
-        _check(self.request_id_header, bool(self.request_id_header), "request_id_header",
-               "must not be empty")
-        object.__setattr__(self, "buckets", buckets)
+        _check(HIDDEN, auth is None or ":" in auth, "metrics_basic_auth", "must be 'user:password'")
+        secret = self.feedback_secret
+        key = secret.encode("utf-8") if isinstance(secret, str) else secret
+        _check(HIDDEN, key is None or len(key) >= 16, "feedback_secret",
+               "must be at least 16 bytes, 32 random bytes recommended (unset it for a per-run secret)")
+        _check(self.feedback_max_age, self.feedback_max_age > 0, "feedback_max_age",
+               "must be a finite number of seconds above 0")
+        _check(self.request_id_header, _HEADER_OK(self.request_id_header), "request_id_header",
+               "must be an HTTP header name of at most 64 characters")
+        tags = self.tags
+        _check(tags, len(tags) <= 64 and all(
+            0 < len(k) <= 64 and k not in LOG_FIELDS and len(v) <= 1024 for k, v in tags.items()),
+            "tags", "at most 64; keys of 1..64 characters that are not log line fields "
+            "(status, level, ...); values of at most 1024 characters")
+        redact = self.redact
+        _check(redact, len(redact) <= 100 and all(0 < len(n) <= 64 for n in redact), "redact",
+               "at most 100 names of 1..64 characters")
         # a user's list adds to the defaults: a secret field is never un-redacted by accident
-        names = dict.fromkeys(DEFAULT_REDACT + tuple(n.lower() for n in self.redact))
+        names = dict.fromkeys(DEFAULT_REDACT + tuple(n.lower() for n in redact))
         object.__setattr__(self, "redact", tuple(names))
 
     @property
@@ -115,9 +139,92 @@ class Settings:
         return frozenset(self.redact)
 
 
+#: shown instead of a secret setting's value in an error
+HIDDEN = "<hidden>"
+_SECRETS = frozenset({"metrics_token", "metrics_basic_auth", "feedback_secret"})
+#: fields of mlmonitor's log line: a static tag of the same name would overwrite them
+LOG_FIELDS = ("timestamp", "level", "event", "method", "route", "status", "duration_ms",
+              "request_id", "trace_id", "span_id", "model_name", "model_version", "stages_ms",
+              "tags", "error_type", "error", "stack", "truncated")
+_PATH_OK = re.compile(r"/[!-~]{0,1023}").fullmatch  # PATH_INFO is latin-1 of raw bytes: ASCII only
+_TOKEN_OK = re.compile(r"[!-~]{1,4096}").fullmatch
+_HEADER_OK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}").fullmatch  # RFC 9110 token
+
+
 def _check(value: Any, ok: bool, name: str, why: str) -> None:
     if not ok:
-        raise ConfigError(f"mlmonitor setting {name}={value!r}: {why}")
+        raise _error(value, name, why)
+
+
+def _error(value: Any, name: str, why: str) -> ConfigError:
+    """One line naming the setting; a long value is cut (pass HIDDEN for a secret)."""
+    try:
+        shown = repr(value)
+    except Exception:  # e.g. an int beyond the digit limit of str()
+        shown = f"<{type(value).__name__}>"
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return ConfigError(f"mlmonitor setting {name}={shown}: {why}")
+
+
+def _as_float(value: Any) -> Optional[float]:
+    """``value`` as a finite float, or None (bools, text, NaN, infinities, ints too large)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _text_ok(value: Any) -> bool:
+    """A str that encodes as UTF-8: a lone surrogate (from a non-UTF-8 environment) breaks a scrape."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _checked_type(name: str, value: Any) -> Any:
+    """``value`` in its field's type (ints for floats, 0/1 for bools, lists for tuples), or ConfigError."""
+    kind = _TYPES[name]
+    shown = HIDDEN if name in _SECRETS else value
+    if kind is bool:
+        ok = type(value) is bool or (type(value) is int and value in (0, 1))
+        _check(shown, ok, name, "must be true or false")
+        return bool(value)
+    if kind is int:
+        _check(shown, isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
+        return int(value)
+    if kind is float:
+        number = _as_float(value)
+        _check(shown, number is not None, name, "must be a finite number")
+        return number
+    if kind in _TUPLES:
+        if isinstance(value, str):
+            value = _parse_list(value)
+        try:
+            value = tuple(value)
+        except TypeError:
+            raise _error(shown, name, "must be a list") from None
+        if kind == Tuple[float, ...]:
+            numbers = tuple(_as_float(v) for v in value)
+            _check(shown, None not in numbers, name, "must be a list of finite numbers")
+            return numbers
+        _check(shown, all(_text_ok(v) for v in value), name, "must be a list of strings of valid UTF-8 text")
+        return value
+    if kind == Mapping[str, str]:
+        ok = isinstance(value, Mapping) and all(_text_ok(k) and _text_ok(v) for k, v in value.items())
+        _check(shown, ok, name, "must map strings to strings")
+        return dict(value)
+    if kind in (str, Optional[str]):
+        ok = (value is None and kind != str) or _text_ok(value) or (
+            name == "feedback_secret" and isinstance(value, bytes))  # an HMAC key may be raw bytes
+        _check(shown, ok, name, "must be a string of valid UTF-8 text")
+    return value
 
 
 _PARSERS: dict = {
@@ -134,15 +241,13 @@ _TUPLES = (Tuple[float, ...], Tuple[str, ...])
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Turn a text value (environment, Flask config string) into the field's type."""
     if not isinstance(value, str):
-        if _TYPES[name] in _TUPLES and value is not None:
-            return tuple(value)
-        return value
+        return value  # Settings checks its type
     if name in ("metrics_path",) and value.strip() == "":
         return None
     try:
         return _PARSERS.get(_TYPES[name], str)(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"mlmonitor setting {source}={value!r}: {exc}") from None
+        raise _error(HIDDEN if name in _SECRETS else value, source, str(exc)) from None
 
 
 def resolve(kwargs: Mapping[str, Any], app_config: Mapping[str, Any] | None = None,

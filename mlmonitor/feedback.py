@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Any, Optional
 
+from . import guard
 from .config import Settings
 
 log = logging.getLogger("mlmonitor")
@@ -30,27 +31,47 @@ class FeedbackRecorder:
         self._seen: Optional[Any] = None
 
     def sign(self, model_name: str, model_version: str, predicted: Any) -> str:
-        from .tokens import sign_prediction
+        """A prediction id; never raises into the request that asks for it.
+
+        Values that do not fit an id are made to fit (:func:`mlmonitor.tokens.fit_fields`): name
+        and version cut to 128 characters, a predicted value longer than 128 bytes as text cut at a
+        character boundary (feedback then compares labels cut the same way), a non-finite float
+        sent as its text. Should signing still fail, the fault is counted and the id is ``""``,
+        which feedback refuses as ``malformed``.
+        """
+        from .tokens import fit_fields, sign_prediction
         if self.ephemeral and not self._warned:
             self._warned = True
             log.warning("mlmonitor: MLMONITOR_FEEDBACK_SECRET is not set; prediction ids are "
                         "only accepted by this process")
-        if hasattr(predicted, "item") and type(predicted).__module__ == "numpy":
-            predicted = predicted.item()
-        return sign_prediction(self.secret, model_name, model_version, predicted)
+        try:
+            if type(predicted).__module__ == "numpy" and getattr(predicted, "size", 0) == 1:
+                predicted = predicted.item()  # a numpy scalar signs as the number it holds
+            return sign_prediction(self.secret, *fit_fields(model_name, model_version, predicted))
+        except Exception as exc:
+            guard.report_fault("feedback", exc)
+            return ""
 
     def record(self, token: str, label: Any) -> str:
         from .quality import outcome
-        from .tokens import InvalidFeedback, SeenTokens, verify_prediction
+        from .tokens import InvalidFeedback, SeenTokens, fit_text, verify_prediction
         if self._seen is None:
             self._seen = SeenTokens()
         try:
             facts = verify_prediction(self.secret, token, self.max_age, seen=self._seen)
         except InvalidFeedback as exc:
             if self.metrics is not None:
-                self.metrics.count_feedback_rejected(exc.reason)
+                try:
+                    self.metrics.count_feedback_rejected(exc.reason)
+                except Exception as fault:
+                    guard.report_fault("feedback", fault)
             raise
+        if isinstance(facts.predicted, str) and isinstance(label, str):
+            label = fit_text(label)  # compared as the prediction was signed: cut the same way
         result = outcome(facts.predicted, label)
         if self.metrics is not None:
-            self.metrics.count_feedback(facts.model_name, facts.model_version, result)
+            try:
+                self.metrics.count_feedback(facts.model_name, facts.model_version, result)
+            except Exception as exc:
+                guard.report_fault("feedback", exc)
         return result

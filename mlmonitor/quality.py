@@ -88,6 +88,8 @@ MAX_BINS = 100  # labels stay two digits, "00".."99"
 MAX_TOP_N = 100
 MAX_FEATURES = 1000
 MAX_VALUE_LEN = 64  # longer categorical values / class names are counted as "other"
+MAX_NAME_LEN = 128  # feature names, as every label value
+MAX_FILE_BYTES = 64 * 2**20  # 1000 features x 101 bins of 64 escaped characters fit
 _MISSING_TEXT = frozenset({"", "na", "nan", "null", "none"})
 
 
@@ -341,6 +343,7 @@ class ReferenceProfile:
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         """Wrap an already validated profile dict; use :meth:`build`, :meth:`from_csv` or :meth:`load`."""
+        data = _cleaned(data)
         _validate(data)
         self._data = data
         self._binners: dict[str, Callable[[Any], str | None]] = {}
@@ -448,22 +451,25 @@ class ReferenceProfile:
         Empty cells and NA/NaN/null/None are missing; a column whose other cells all parse as
         numbers is numeric. ``options`` go to :meth:`build`.
         """
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            try:
-                header = [h.strip() for h in next(reader)]
-            except StopIteration:
-                raise InvalidReference(f"{path}: empty CSV file") from None
-            if len(set(header)) != len(header):
-                raise InvalidReference(f"{path}: duplicate column names in the header")
-            raw: dict[str, list[str | None]] = {name: [] for name in header}
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise InvalidReference(f"{path}:{line}: {len(row)} cells for {len(header)} columns")
-                for name, cell in zip(header, row):
-                    raw[name].append(cell)
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                reader = csv.reader(handle)
+                try:
+                    header = [h.strip() for h in next(reader)]
+                except StopIteration:
+                    raise InvalidReference(f"{path}: empty CSV file") from None
+                if len(set(header)) != len(header):
+                    raise InvalidReference(f"{path}: duplicate column names in the header")
+                raw: dict[str, list[str | None]] = {name: [] for name in header}
+                for line, row in enumerate(reader, start=2):
+                    if not row:
+                        continue
+                    if len(row) != len(header):
+                        raise InvalidReference(f"{path}:{line}: {len(row)} cells for {len(header)} columns")
+                    for name, cell in zip(header, row):
+                        raw[name].append(cell)
+        except (csv.Error, UnicodeDecodeError) as exc:  # a NUL byte, an oversized field, not UTF-8
+            raise InvalidReference(f"{path}: not a readable UTF-8 CSV file: {exc}") from None
         special = [c for c in (label_column, prediction_column, score_column) if c is not None]
         for column in special + list(feature_columns or []):
             if column not in raw:
@@ -497,16 +503,32 @@ class ReferenceProfile:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReferenceProfile:
-        """Read and strictly validate a file written by :meth:`save`; :class:`InvalidReference` if not."""
+        """Read and strictly validate a file written by :meth:`save`.
+
+        Any file that cannot be used (unreadable, over 64 MiB, not UTF-8, not JSON, nested too
+        deep, invalid) raises :class:`InvalidReference` with one line, so start-up stops with that
+        line, not a traceback.
+        """
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle, parse_constant=_reject_constant)
-        except json.JSONDecodeError as exc:
-            raise InvalidReference(f"{path}: not valid JSON: {exc}") from None
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise InvalidReference(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise InvalidReference(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB")
         try:
+            data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
             return cls(data)
         except InvalidReference as exc:
             raise InvalidReference(f"{path}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise InvalidReference(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        except RecursionError:
+            raise InvalidReference(f"{path}: JSON nested too deeply") from None
+        except ValueError as exc:  # JSONDecodeError; an integer past the digit limit
+            raise InvalidReference(f"{path}: not valid JSON: {exc}") from None
+        except (TypeError, KeyError, ArithmeticError) as exc:  # a shape _validate let through
+            raise InvalidReference(f"{path}: not a usable reference profile: {type(exc).__name__}: {exc}") from None
 
     # -- request time --------------------------------------------------------------------------
 
@@ -575,9 +597,9 @@ class ReferenceProfile:
                 lines.append(f"  {item['name']}: categorical, {top}{missing}")
         if d.get("classes"):
             top = ", ".join(f"{k}={v:.1%}" for k, v in d["classes"]["bins"].items())
-            lines.append(f"classes (from {d['classes']['source']}): {top}")
+            lines.append(f"classes (from {d['classes'].get('source', '?')}): {top}")
         if d.get("scores"):
-            lines.append(f"scores: {d['scores']['count']} values")
+            lines.append(f"scores: {d['scores'].get('count', '?')} values")
         if d.get("accuracy") is not None:
             lines.append(f"accuracy: {d['accuracy']:.4f}")
         return "\n".join(lines)
@@ -605,18 +627,67 @@ def _fail(where: str, what: str) -> InvalidReference:
     return InvalidReference(f"{where}: {what}")
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (bools, text, infinities, a 400-digit integer)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _is_share(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _clean_label(text: Any) -> Any:
+    """A label text from the file, cleaned as every label value is: a lone surrogate ("\\ud800"
+    in JSON) cannot be encoded, so as a label it would fail every scrape; it becomes "?"."""
+    if isinstance(text, str) and not text.isascii():
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _cleaned_bins(bins: Any) -> Any:
+    if not isinstance(bins, dict):
+        return bins
+    out: dict[Any, Any] = {}
+    for label, share in bins.items():
+        key = _clean_label(label)
+        if key in out:  # two labels that clean to one are one bin
+            share = out[key] + share if _is_share(out[key]) and _is_share(share) else None
+        out[key] = share
+    return out
+
+
+def _cleaned(data: Any) -> Any:
+    """A copy of ``data`` whose feature names, bin labels and classes are clean label text."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if isinstance(data.get("features"), list):
+        data["features"] = [
+            {**item, "name": _clean_label(item.get("name")), "bins": _cleaned_bins(item.get("bins"))}
+            if isinstance(item, dict) else item
+            for item in data["features"]
+        ]
+    if isinstance(data.get("classes"), dict):
+        data["classes"] = {**data["classes"], "bins": _cleaned_bins(data["classes"].get("bins"))}
+    return data
 
 
 def _validate_bins(where: str, bins: Any) -> None:
     if not isinstance(bins, dict) or not bins:
         raise _fail(where, "'bins' must be a non-empty object of label -> share")
+    if len(bins) > MAX_TOP_N + 1:
+        raise _fail(where, f"{len(bins)} bins; at most {MAX_TOP_N + 1} are supported")
     for label, share in bins.items():
         if not _is_share(share):
-            raise _fail(where, f"share of bin {label!r} must be a number in [0, 1], got {share!r}")
-        if len(label) > MAX_VALUE_LEN:
-            raise _fail(where, f"bin label longer than {MAX_VALUE_LEN} characters")
+            raise _fail(where, f"share of bin {label!r:.80} must be a number in [0, 1], got {share!r:.40}")
+        if not isinstance(label, str) or len(label) > MAX_VALUE_LEN:
+            raise _fail(where, f"bin label {label!r:.80} is not a string of at most {MAX_VALUE_LEN} characters")
     if abs(sum(bins.values()) - 1.0) > 1e-6:
         raise _fail(where, f"shares sum to {sum(bins.values())!r}, not 1")
 
@@ -642,6 +713,10 @@ def _validate(data: Any) -> None:
     for i, item in enumerate(features):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
             raise InvalidReference(f"features[{i}]: needs a non-empty string 'name'")
+        if len(item["name"]) > MAX_NAME_LEN:
+            raise InvalidReference(f"features[{i}]: name longer than {MAX_NAME_LEN} characters")
+        if item.get("missing_share") is not None and not _is_share(item["missing_share"]):
+            raise InvalidReference(f"features[{i}]: 'missing_share' must be a number in [0, 1]")
         where = f"feature {item['name']!r}"
         if item["name"] in seen:
             raise _fail(where, "appears twice")
@@ -652,8 +727,8 @@ def _validate(data: Any) -> None:
             if not isinstance(edges, list) or len(edges) >= MAX_BINS:
                 raise _fail(where, f"'edges' must be a list of at most {MAX_BINS - 1} numbers")
             for e in edges:
-                if not isinstance(e, (int, float)) or isinstance(e, bool) or not math.isfinite(e):
-                    raise _fail(where, f"edge {e!r} is not a finite number")
+                if _finite(e) is None:
+                    raise _fail(where, f"edge {e!r:.40} is not a finite number")
             if any(b <= a for a, b in zip(edges, edges[1:])):
                 raise _fail(where, "'edges' must be strictly increasing")
             if list(item["bins"]) != [f"{i:02d}" for i in range(len(edges) + 1)]:

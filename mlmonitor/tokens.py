@@ -19,12 +19,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 _TOKEN_VERSION = 1
 _TAG_BYTES = 16  # 128-bit truncated HMAC-SHA256 tag
-_MAX_FIELD = 128  # model name, version, predicted value (as text)
-MAX_TOKEN_LEN = 1024
+MAX_NAME_CHARS = 128  # model name and version: the label cap, whatever their UTF-8 size
+MAX_PREDICTED_BYTES = 128  # the predicted value, as UTF-8 text
+#: the longest id: three fields of 128 characters, each JSON-escaped to at most 6 bytes a character
+MAX_TOKEN_LEN = 4096
 MAX_CLOCK_SKEW_S = 300.0
 FEEDBACK_REASONS = ("malformed", "bad_signature", "expired", "future", "duplicate")
 
@@ -81,18 +83,58 @@ def sign_prediction(
 
     Return it with the prediction; the client sends it back with the true label, to any worker.
     The payload is signed, not encrypted: the client can read the predicted value.
+    Raises ValueError for a value that does not fit (model name or version over 128 characters,
+    predicted over 128 bytes as text, a non-finite float, a lone surrogate); :func:`fit_fields`
+    makes any values fit.
     """
     if isinstance(predicted, float) and not math.isfinite(predicted):
         raise ValueError("predicted must be finite")
     if not isinstance(predicted, (str, int, float, bool)):
         predicted = str(predicted)
-    for name, value in (("model_name", model_name), ("model_version", model_version), ("predicted", predicted)):
-        if len(str(value).encode("utf-8")) > _MAX_FIELD:
-            raise ValueError(f"{name} longer than {_MAX_FIELD} bytes")
+    for name, value in (("model_name", model_name), ("model_version", model_version)):
+        if len(str(value)) > MAX_NAME_CHARS:
+            raise ValueError(f"{name} longer than {MAX_NAME_CHARS} characters")
+    if len(str(predicted).encode("utf-8")) > MAX_PREDICTED_BYTES:
+        raise ValueError(f"predicted longer than {MAX_PREDICTED_BYTES} bytes")
     stamp = int(time.time() if ts is None else ts)
     body = [_TOKEN_VERSION, str(model_name), str(model_version), predicted, stamp, _b64(_secrets.token_bytes(6))]
     payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     return f"{payload}.{_b64(_tag(_key(secret), payload))}"
+
+
+def fit_fields(model_name: Any, model_version: Any, predicted: Any) -> tuple[str, str, str | int | float | bool]:
+    """The three values made to fit an id, so that signing never fails inside a request.
+
+    Name and version are cut to 128 characters (as their metric labels are); the predicted value
+    stays a str, int, finite float or bool when its text fits in 128 bytes, else becomes its text
+    cut at a UTF-8 character boundary (a non-finite float becomes ``"nan"``, ``"inf"``, ``"-inf"``).
+    Lone surrogates become ``"?"``, as in metric labels.
+    """
+    name = _clean(_text(model_name)[:MAX_NAME_CHARS])
+    version = _clean(_text(model_version)[:MAX_NAME_CHARS])
+    if isinstance(predicted, bool) or (isinstance(predicted, float) and math.isfinite(predicted)):
+        return name, version, predicted
+    if isinstance(predicted, int) and predicted.bit_length() <= 400:  # at most 122 characters
+        return name, version, predicted
+    return name, version, fit_text(_text(predicted))
+
+
+def fit_text(text: str) -> str:
+    """``text`` without lone surrogates, cut to 128 UTF-8 bytes at a character boundary."""
+    return text.encode("utf-8", "replace")[:MAX_PREDICTED_BYTES].decode("utf-8", "ignore")
+
+
+def _clean(text: str) -> str:
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    try:
+        return str(value)
+    except Exception:  # an int past str()'s digit limit, a failing __str__
+        return f"<{type(value).__name__}>"
 
 
 def verify_prediction(
@@ -110,6 +152,8 @@ def verify_prediction(
     may be gone). ``seen`` catches a duplicate only when it reaches the same worker: without
     shared state duplicates across workers are counted again, so send each label once.
     """
+    if not (isinstance(max_age_s, (int, float)) and 0 < max_age_s < math.inf):
+        raise ValueError("max_age_s must be a finite number of seconds above 0")  # nan: never expire
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LEN or token.count(".") != 1:
         raise InvalidFeedback("malformed", "not a prediction id")
     payload, tag_text = token.split(".")

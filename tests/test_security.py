@@ -186,7 +186,7 @@ def test_credentials_are_compared_in_constant_time(monkeypatch):
 
 def test_config_secrets_never_appear_in_any_log_line_debug_included(monkeypatch, caplog):
     header_secret, token, password, feedback = ("ZqHeaderSecret1", "ZqMetricsToken2",
-                                                "ZqBasicPass3", "ZqFeedbackKey4")
+                                                "ZqBasicPass3", "ZqFeedbackKey4-at-least-16-bytes")
     with OTLPReceiver() as receiver:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer%20{header_secret}")
