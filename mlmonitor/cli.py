@@ -1,19 +1,151 @@
-"""The ``mlmonitor`` command: each concern adds its own subcommand.
+"""The ``mlmonitor`` command: every subcommand's argparse code, offline only.
 
-Subcommands are registered by the module that owns the work (``quality`` for
-``reference``, ``alerting`` for ``alerts``), so this file stays a dispatcher.
+Runs when a person or a build calls ``mlmonitor ...``, never in a request. The
+work itself lives in the module that owns it: ``reference build|show`` calls
+:mod:`mlmonitor.profiling` and :mod:`mlmonitor.reference`, ``alerts render`` calls
+:mod:`mlmonitor.rules`, ``dashboards render`` calls :mod:`mlmonitor.dashboards`.
+Modules listed in ``SUBCOMMAND_MODULES`` still register their own subcommand.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from dataclasses import fields
+from typing import Any, Sequence
+
+from . import dashboards, rules
 
 #: modules that expose ``add_cli(subparsers)``; each registers one subcommand
 #: whose parser sets ``func`` to a callable taking the parsed namespace.
-SUBCOMMAND_MODULES = ("mlmonitor.quality", "mlmonitor.alerting")
+SUBCOMMAND_MODULES = ()
 
+
+# -- mlmonitor reference build|show --------------------------------------------------------------
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _cli_build(args: argparse.Namespace) -> int:
+    from .reference import ReferenceProfile
+
+    profile = ReferenceProfile.from_csv(
+        args.csv,
+        label_column=args.label_column,
+        prediction_column=args.prediction_column,
+        score_column=args.score_column,
+        feature_columns=args.features,
+        categorical=args.categorical,
+        bins=args.bins,
+        top_n=args.top_n,
+    )
+    profile.save(args.out)
+    print(f"wrote {args.out}: {len(profile.features)} features")
+    return 0
+
+
+def _cli_show(args: argparse.Namespace) -> int:
+    from .reference import ReferenceProfile
+
+    print(ReferenceProfile.load(args.path).summary())
+    return 0
+
+
+def _add_reference(subparsers: Any) -> None:
+    """Register ``mlmonitor reference build|show`` (the work: :mod:`mlmonitor.profiling`)."""
+    parser = subparsers.add_parser("reference", help="build or show a reference profile")
+    commands = parser.add_subparsers(dest="reference_command", required=True)
+    build = commands.add_parser("build", help="profile a CSV file into reference.json")
+    build.add_argument("--csv", required=True, help="CSV file with a header row")
+    build.add_argument("--label-column", help="true labels (class shares; accuracy with --prediction-column)")
+    build.add_argument("--prediction-column", help="model predictions (class shares, accuracy)")
+    build.add_argument("--score-column", help="model confidence scores in [0, 1]")
+    build.add_argument("--features", type=_names, default=None, help="feature columns (default: all others)")
+    build.add_argument("--categorical", type=_names, default=[], help="columns to treat as categorical")
+    build.add_argument("--bins", type=int, default=10, help="quantile bins per numeric feature (2..100)")
+    build.add_argument("--top-n", type=int, default=10, help="top values kept per categorical feature")
+    build.add_argument("--out", required=True, help="where to write the JSON profile")
+    build.set_defaults(func=_cli_build)
+    show = commands.add_parser("show", help="print a summary of a reference profile")
+    show.add_argument("path")
+    show.set_defaults(func=_cli_show)
+
+
+# -- mlmonitor alerts render ---------------------------------------------------------------------
+
+_THRESHOLD_HELP = {
+    "error_ratio": "server error ratio per model version that fires MLModelServerErrorRatioHigh",
+    "invalid_input_ratio": "invalid-input (4xx) ratio that fires MLModelInvalidInputRatioHigh",
+    "latency_p99": "p99 prediction latency SLA in seconds",
+    "availability_slo": "availability SLO target (share of predictions without server error)",
+    "latency_slo": "latency SLO target (share of predictions faster than --latency-slo-threshold)",
+    "latency_slo_threshold": "latency SLO bound in seconds; a histogram bucket bound (default: --latency-p99)",
+    "psi_threshold": "population stability index above which a feature or the classes drifted",
+    "drift_min_count": "live values needed in the drift window before PSI is judged (small samples are noisy)",
+    "accuracy_drop": "accuracy drop below the reference (0.05 = 5 points) that fires MLModelAccuracyDrop",
+    "accuracy_min_feedback": "feedback events needed in the window before accuracy is judged",
+    "canary_error_delta": "error-ratio points by which a version must exceed the best other version",
+    "canary_latency_factor": "p99 factor by which a version must exceed the best other version",
+    "memory_bytes": "resident memory per worker that fires MLModelProcessMemoryHigh",
+    "gpu_memory_ratio": "GPU memory share that fires MLModelGPUMemoryHigh",
+    "selector": "label matchers added to every raw selector, e.g. 'job=\"model-server\"'",
+    "time_scale": "divide every window and for: by this (tests only; names keep nominal windows)",
+}
+
+
+def _render_alerts(args: argparse.Namespace) -> int:
+    t = rules.Thresholds(**{f.name: getattr(args, f.name) for f in fields(rules.Thresholds)})
+    for path in rules.render_files(t, args.out_dir, args.prometheus_operator):
+        print(path)
+    return 0
+
+
+def _add_alerts(subparsers: Any) -> None:
+    """Register ``mlmonitor alerts render``: one option per field of :class:`rules.Thresholds`."""
+    alerts = subparsers.add_parser("alerts", help="render Prometheus alerting and recording rules")
+    sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    render = sub.add_parser("render", help="write the rule files with the given thresholds")
+    defaults = rules.Thresholds()
+    for f in fields(rules.Thresholds):
+        default = 0.0 if f.name == "latency_slo_threshold" else getattr(defaults, f.name)
+        render.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default),
+                            default=default, help=f"{_THRESHOLD_HELP[f.name]} (default: {default!r})")
+    render.add_argument("--out-dir", default="alerts", help="where to write (default: alerts)")
+    render.add_argument("--prometheus-operator", action="store_true",
+                        help="also write prometheus-operator/mlmonitor-prometheusrule.yaml")
+    render.set_defaults(func=_render_alerts)
+
+
+# -- mlmonitor dashboards render -----------------------------------------------------------------
+
+def _render_dashboards(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        found = dashboards.stale(args.check)
+        if found:
+            print(f"mlmonitor: stale in {args.check}: {', '.join(found)};"
+                  f" run `mlmonitor dashboards render --out-dir {args.check}`", file=sys.stderr)
+            return 1
+        return 0
+    for path in dashboards.write(args.out_dir):
+        print(path)
+    return 0
+
+
+def _add_dashboards(subparsers: Any) -> None:
+    """Register ``mlmonitor dashboards render``."""
+    parser = subparsers.add_parser("dashboards", help="render the Grafana dashboards")
+    sub = parser.add_subparsers(dest="dashboards_command", required=True)
+    render = sub.add_parser("render", help="write the three dashboard JSON files, or check them")
+    where = render.add_mutually_exclusive_group()
+    where.add_argument("--out-dir", default="grafana/dashboards",
+                       help="where to write (default: grafana/dashboards)")
+    where.add_argument("--check", metavar="DIR",
+                       help="write nothing; exit 1 naming each file in DIR that differs from the output")
+    render.set_defaults(func=_render_dashboards)
+
+
+# -- the command ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlmonitor", description=__doc__.splitlines()[0])
@@ -24,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:  # a concern not built yet
             continue
         module.add_cli(subparsers)
+    _add_reference(subparsers)
+    _add_alerts(subparsers)
+    _add_dashboards(subparsers)
     return parser
 
 

@@ -150,7 +150,7 @@ def record_feedback(prediction_id: str, label: Any, middleware: Any = None) -> s
     """Count ground truth for a signed prediction id; returns "correct" or "incorrect".
 
     Works on any worker or replica sharing the feedback secret. Raises
-    ``mlmonitor.quality.InvalidFeedback`` (a ValueError) for a bad, expired or
+    ``mlmonitor.tokens.InvalidFeedback`` (a ValueError) for a bad, expired or
     duplicate id, after counting it in ``mlmonitor_feedback_rejected_total``.
     """
     if middleware is None:

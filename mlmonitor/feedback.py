@@ -53,7 +53,7 @@ class FeedbackRecorder:
             return ""
 
     def record(self, token: str, label: Any) -> str:
-        from .quality import outcome
+        from .reference import outcome
         from .tokens import InvalidFeedback, SeenTokens, fit_text, verify_prediction
         if self._seen is None:
             self._seen = SeenTokens()

@@ -86,7 +86,7 @@ class MonitorMiddleware:
     def set_reference(self, model_name: str, reference: Any) -> None:
         """Use a reference profile (object or JSON path) for a model's drift metrics."""
         from .config import ConfigError
-        from .quality import InvalidReference, ReferenceProfile
+        from .reference import InvalidReference, ReferenceProfile
         if not isinstance(reference, ReferenceProfile):
             try:
                 reference = ReferenceProfile.load(os.fspath(reference))

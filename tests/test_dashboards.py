@@ -7,7 +7,6 @@ is the same expression at many instants).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import signal
@@ -24,7 +23,8 @@ import yaml
 from conftest import require_binary
 from helpers.gunicorn_proc import REPO, GunicornProcess
 from helpers.promstack import Prometheus, query, wait_for
-from mlmonitor.alerting import Thresholds, render_files
+from mlmonitor import cli, dashboards
+from mlmonitor.rules import Thresholds, render_files
 
 DASHBOARD_DIR = REPO / "grafana" / "dashboards"
 FILES = sorted(DASHBOARD_DIR.glob("*.json"))
@@ -73,16 +73,26 @@ def variable_query(var: Dict[str, Any]) -> Tuple[str, str]:
 
 
 def test_generator_output_is_committed():
-    spec = importlib.util.spec_from_file_location("grafana_generate", REPO / "grafana" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rendered = module.render()
+    rendered = dashboards.render()
     assert sorted(rendered) == [f.name for f in FILES]
     for path in FILES:
-        assert path.read_text() == rendered[path.name], f"{path.name} is stale: run python grafana/generate.py"
+        assert path.read_text() == rendered[path.name], (
+            f"{path.name} is stale: run mlmonitor dashboards render --out-dir grafana/dashboards")
+    assert cli.main(["dashboards", "render", "--check", str(DASHBOARD_DIR)]) == 0
     check = subprocess.run([sys.executable, str(REPO / "grafana" / "generate.py"), "--check"],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+
+
+def test_render_writes_the_three_files_and_check_names_a_stale_one(tmp_path, capsys):
+    assert cli.main(["dashboards", "render", "--out-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f.name for f in FILES]
+    assert cli.main(["dashboards", "render", "--check", str(tmp_path)]) == 0
+    (tmp_path / "mlmonitor-quality.json").write_text("{}\n")
+    capsys.readouterr()
+    assert cli.main(["dashboards", "render", "--check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "mlmonitor-quality.json" in err and "mlmonitor-overview.json" not in err
 
 
 def test_three_dashboards_with_stable_uids_linked_by_tag():

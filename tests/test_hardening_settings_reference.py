@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mlmonitor import ConfigError, MonitorMiddleware, cli, observe, quality
+from mlmonitor import ConfigError, MonitorMiddleware, cli, observe, reference
 from mlmonitor.quality import OTHER, InvalidReference, ReferenceProfile
 
 
@@ -75,7 +75,7 @@ def test_unreadable_and_oversized_files_are_invalid_references(tmp_path, monkeyp
             ReferenceProfile.load(path)
     path = tmp_path / "big.json"
     path.write_text(json.dumps(_valid()))
-    monkeypatch.setattr(quality, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(reference, "MAX_FILE_BYTES", 100)
     with pytest.raises(InvalidReference, match="larger than"):
         ReferenceProfile.load(path)
 

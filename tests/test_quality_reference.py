@@ -137,12 +137,12 @@ def test_numpy_array_and_rows_give_the_same_profile():
 
 
 def test_build_without_numpy_gives_the_same_profile(monkeypatch):
-    import mlmonitor.quality as quality
+    import mlmonitor.profiling as profiling
 
     rng = np.random.default_rng(2)
     X = rng.lognormal(size=(300, 2)).round(1)
     with_numpy = ReferenceProfile.build(X, feature_names=["a", "b"]).to_dict()
-    monkeypatch.setattr(quality, "_numpy", lambda: None)
+    monkeypatch.setattr(profiling, "_numpy", lambda: None)
     without = ReferenceProfile.build(X.tolist(), feature_names=["a", "b"]).to_dict()
     assert without["features"] == with_numpy["features"]
 

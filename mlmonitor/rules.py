@@ -1,0 +1,506 @@
+"""Mlmonitor's Prometheus recording and alerting rules, rendered from the metric contract.
+
+Offline: runs when the rules are rendered (``mlmonitor alerts render``, at release
+or when a user changes a threshold), never in a request. Owns the rule
+expressions, the alert texts, the thresholds and their checks, and the block-YAML
+emitter that writes them; every metric and recording-rule name comes from
+:mod:`mlmonitor.contract`, and the command line lives in :mod:`mlmonitor.cli`.
+
+The shipped files in ``alerts/`` are this module's output with default thresholds
+(``mlmonitor alerts render --prometheus-operator --out-dir alerts``); a test keeps
+them in sync. Change a threshold or SLO target by rendering again, never by
+editing the YAML by hand::
+
+    mlmonitor alerts render --error-ratio 0.02 --latency-p99 0.8 \\
+        --availability-slo 0.995 --out-dir my-alerts/
+
+Every aggregation keeps ``job``, ``model_name`` and ``model_version`` so an alert
+names the version that fails. Inputs are counters read through ``rate()``, so
+counter resets (restarts) do not fire alerts. ``--time-scale N`` divides every
+range window and ``for:`` by N (tests only); rule names keep their nominal
+windows so dashboards and queries do not change.
+
+The output is plain block YAML written by a small emitter here, so the package
+needs no YAML library at run time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, List, Tuple
+
+from .contract import (
+    ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COMPONENT, CORRECT, ERROR_RATIO, ERROR_TYPE,
+    FEATURE_DRIFT, FEEDBACK_RATE, FEEDBACK_TOTAL, GPU_MEMORY_TOTAL, GPU_MEMORY_USED,
+    INTERNAL_ERRORS_TOTAL, INVALID_INPUT, INVALID_INPUT_RATE, INVALID_INPUT_RATIO, JOB,
+    LATENCY_P99, LATENCY_QUANTILES, MODEL_NAME, OUTCOME, PREDICTION_DURATION_BUCKET,
+    PREDICTION_DURATION_COUNT, PREDICTION_ERRORS_RATE, PREDICTION_ERRORS_TOTAL, PREDICTIONS_RATE,
+    PREDICTIONS_TOTAL, PROCESS_MEMORY, PSI_FLOOR, RATE_WINDOW, REFERENCE_ACCURACY,
+    REFERENCE_ACCURACY_MAX, SIGNAL, SLO_WINDOWS, TELEMETRY_DROPPED_TOTAL, VERSION_LABELS,
+    Distribution, error_ratio, latency_quantile, slow_ratio)
+
+__all__ = ["Thresholds", "render_groups", "render_files", "to_yaml", "RECORDING_FILE", "ALERTS_FILE",
+           "OPERATOR_FILE"]
+
+RUNBOOK_BASE = "https://github.com/mlmonitor/mlmonitor/blob/main/docs/runbooks.md"
+RECORDING_FILE = "mlmonitor-recording.rules.yml"
+ALERTS_FILE = "mlmonitor-alerts.rules.yml"
+OPERATOR_FILE = os.path.join("prometheus-operator", "mlmonitor-prometheusrule.yaml")
+
+#: labels every per-version aggregation keeps
+VERSION = ", ".join(VERSION_LABELS)
+#: labels of the comparison of a version with the other versions of its model
+MODEL = f"{JOB}, {MODEL_NAME}"
+#: (severity, long window, short window, burn-rate factor, for) of the multi-window
+#: multi-burn-rate SLO alerts (SRE workbook, ch. 5)
+BURN_RATES = (
+    ("critical", "1h", "5m", 14.4, "2m"),
+    ("critical", "6h", "30m", 6.0, "2m"),
+    ("warning", "1d", "2h", 3.0, "15m"),
+    ("warning", "3d", "6h", 1.0, "15m"),
+)
+_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
+#: server errors: every error_type but invalid input (the client's fault, counted apart)
+SERVER_ERRORS = f'{ERROR_TYPE}!="{INVALID_INPUT}"'
+INVALID = f'{ERROR_TYPE}="{INVALID_INPUT}"'
+
+
+@dataclass
+class Thresholds:
+    """Every knob of the rules, with the shipped defaults."""
+
+    error_ratio: float = 0.01
+    invalid_input_ratio: float = 0.05
+    latency_p99: float = 0.5
+    availability_slo: float = 0.999
+    latency_slo: float = 0.99
+    latency_slo_threshold: float = 0.0  # 0: same as latency_p99; must be a histogram bucket bound
+    psi_threshold: float = 0.2
+    drift_min_count: int = 100
+    accuracy_drop: float = 0.05
+    accuracy_min_feedback: int = 20
+    canary_error_delta: float = 0.01
+    canary_latency_factor: float = 1.5
+    memory_bytes: float = float(4 * 2**30)
+    gpu_memory_ratio: float = 0.9
+    selector: str = ""
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.latency_slo_threshold:
+            self.latency_slo_threshold = self.latency_p99
+        for name in ("error_ratio", "invalid_input_ratio", "availability_slo", "latency_slo",
+                     "accuracy_drop", "gpu_memory_ratio"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.time_scale <= 0 or self.latency_p99 <= 0 or self.psi_threshold <= 0:
+            raise ValueError("time_scale, latency_p99 and psi_threshold must be positive")
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+def parse_duration(text: str) -> int:
+    """Milliseconds in a Prometheus duration such as ``1h30m``."""
+    parts = re.findall(r"(\d+)(ms|[smhdw])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"bad duration {text!r}")
+    scale = dict(_UNITS, w=7 * 86_400_000)
+    return sum(int(n) * scale[u] for n, u in parts)
+
+
+def format_duration(ms: int) -> str:
+    out = ""
+    for unit, size in _UNITS:
+        if ms >= size:
+            out += f"{ms // size}{unit}"
+            ms %= size
+    return out or "0s"
+
+
+def num(value: float) -> str:
+    """A number for PromQL and YAML: short, without float noise."""
+    return f"{value:.10g}"
+
+
+def le_label(value: float) -> str:
+    """A bucket bound as prometheus_client writes it in ``le`` (``0.5``, ``1.0``)."""
+    return repr(float(value))
+
+
+class _Builder:
+    def __init__(self, t: Thresholds) -> None:
+        self.t = t
+
+    def w(self, nominal: str) -> str:
+        """A range window or ``for:`` duration, divided by the time scale."""
+        ms = parse_duration(nominal)
+        return format_duration(max(1000 if ms else 0, round(ms / self.t.time_scale)))
+
+    def m(self, metric: str, *matchers: str) -> str:
+        parts = [p for p in (self.t.selector, *matchers) if p]
+        return f"{metric}{{{', '.join(parts)}}}" if parts else metric
+
+    def seconds(self, nominal: str) -> str:
+        return num(parse_duration(self.w(nominal)) / 1000)
+
+
+def _alert(name: str, expr: str, severity: str, family: str, for_: str, summary: str,
+           description: str, extra_labels: Dict[str, str] | None = None) -> Dict[str, Any]:
+    labels = {"severity": severity, "family": family, **(extra_labels or {})}
+    rule: Dict[str, Any] = {"alert": name, "expr": expr}
+    if for_:
+        rule["for"] = for_
+    rule["labels"] = labels
+    rule["annotations"] = {
+        "summary": summary,
+        "description": description,
+        "runbook_url": f"{RUNBOOK_BASE}#{name.lower()}",
+    }
+    return rule
+
+
+_WHO = "{{ $labels.model_name }} {{ $labels.model_version }} (job {{ $labels.job }})"
+
+
+# -- recording rules -----------------------------------------------------------------------------
+
+def slo_windows() -> List[str]:
+    """Windows of the error and slow ratios: the contract's, and every one an alert reads."""
+    needed = {*SLO_WINDOWS, RATE_WINDOW, *(w for r in BURN_RATES for w in r[1:3])}
+    return sorted(needed, key=parse_duration)
+
+
+def _recording(b: _Builder) -> List[Dict[str, Any]]:
+    t = b.t
+    pred, err = PREDICTIONS_TOTAL, PREDICTION_ERRORS_TOTAL
+    rate = RATE_WINDOW
+    requests: List[Dict[str, str]] = [
+        {"record": PREDICTIONS_RATE,
+         "expr": f"sum by ({VERSION}) (rate({b.m(pred)}[{b.w(rate)}]))"},
+        {"record": PREDICTION_ERRORS_RATE,
+         "expr": f"sum by ({VERSION}) (rate({b.m(err, SERVER_ERRORS)}[{b.w(rate)}]))"},
+        {"record": INVALID_INPUT_RATE,
+         "expr": f"sum by ({VERSION}) (rate({b.m(err, INVALID)}[{b.w(rate)}]))"},
+        {"record": INVALID_INPUT_RATIO,
+         "expr": (f"(\n  {INVALID_INPUT_RATE}\n"
+                  f"  or 0 * {PREDICTIONS_RATE}\n)\n"
+                  f"/ {PREDICTIONS_RATE}")},
+    ]
+    for q in LATENCY_QUANTILES:
+        requests.append({
+            "record": latency_quantile(q),
+            "expr": (f"histogram_quantile(0.{q}, sum by ({VERSION}, le) "
+                     f"(rate({b.m(PREDICTION_DURATION_BUCKET)}[{b.w(rate)}])))"),
+        })
+
+    slo: List[Dict[str, str]] = []
+    le = f'le="{le_label(t.latency_slo_threshold)}"'
+    for win in slo_windows():
+        total = f"sum by ({VERSION}) (rate({b.m(pred)}[{b.w(win)}]))"
+        slo.append({
+            "record": error_ratio(win),
+            "expr": (f"(\n  sum by ({VERSION}) (rate({b.m(err, SERVER_ERRORS)}[{b.w(win)}]))\n"
+                     f"  or 0 * {total}\n)\n/ {total}"),
+        })
+        slo.append({
+            "record": slow_ratio(win),
+            "expr": (f"1 - (\n  sum by ({VERSION}) (rate({b.m(PREDICTION_DURATION_BUCKET, le)}[{b.w(win)}]))\n"
+                     f"  / sum by ({VERSION}) (rate({b.m(PREDICTION_DURATION_COUNT)}[{b.w(win)}]))\n)"),
+        })
+
+    quality = _distribution_rules(b, FEATURE_DRIFT) + _distribution_rules(b, CLASS_DRIFT)
+    correct = f'{OUTCOME}="{CORRECT}"'
+    acc = ACCURACY_WINDOW
+    quality += [
+        {"record": FEEDBACK_RATE,
+         "expr": f"sum by ({VERSION}) (rate({b.m(FEEDBACK_TOTAL)}[{b.w(acc)}]))"},
+        {"record": ACCURACY,
+         "expr": (f"(\n  sum by ({VERSION}) (rate({b.m(FEEDBACK_TOTAL, correct)}[{b.w(acc)}]))\n"
+                  f"  or 0 * {FEEDBACK_RATE}\n)\n"
+                  f"/ {FEEDBACK_RATE}")},
+        {"record": REFERENCE_ACCURACY_MAX,
+         "expr": f"max by ({VERSION}) ({b.m(REFERENCE_ACCURACY)})"},
+    ]
+    return [
+        {"name": "mlmonitor.recording.requests", "rules": requests},
+        {"name": "mlmonitor.recording.slo", "rules": slo},
+        {"name": "mlmonitor.recording.quality", "rules": quality},
+    ]
+
+
+def _distribution_rules(b: _Builder, d: Distribution) -> List[Dict[str, str]]:
+    """PSI of a live counter's bin shares against a reference gauge's shares.
+
+    Live counts are summed over workers and replicas first, the reference is
+    joined with ``max`` over the same labels. Reference bins with no live count
+    in the window count as share 0 (then floored), but only where the group had
+    traffic in the window. Shares are floored at PSI_FLOOR on both sides.
+    """
+    outer = f"{VERSION}, {d.group}" if d.group else VERSION
+    inner = f"{outer}, {d.bin_label}"
+    live, total, ref, share = d.live, d.total, d.reference_max, d.share
+    floor = num(PSI_FLOOR)
+    p, q = f"clamp_min({share}, {floor})", f"clamp_min({ref}, {floor})"
+    return [
+        {"record": live, "expr": f"sum by ({inner}) (rate({b.m(d.counter)}[{b.w(d.window)}]))"},
+        {"record": total, "expr": f"sum by ({outer}) ({live})"},
+        {"record": ref, "expr": f"max by ({inner}) ({b.m(d.reference)})"},
+        {"record": share,
+         "expr": (f"(\n  {live}\n  / on ({outer}) group_left ()\n  ({total} > 0)\n)\n"
+                  f"or\n(\n  0 * {ref}\n  and on ({outer})\n  ({total} > 0)\n)")},
+        {"record": d.psi,
+         "expr": f"sum by ({outer}) (\n  ({p} - {q})\n  * ln({p} / {q})\n)"},
+    ]
+
+
+# -- alerting rules ------------------------------------------------------------------------------
+
+def _alerts(b: _Builder) -> List[Dict[str, Any]]:
+    t = b.t
+    rate = RATE_WINDOW
+    model: List[Dict[str, Any]] = [
+        _alert("MLModelServerErrorRatioHigh",
+               f"{ERROR_RATIO} > {num(t.error_ratio)}",
+               "critical", "availability", b.w("5m"),
+               f"Server error ratio above {num(t.error_ratio * 100)}% for {_WHO}",
+               "{{ $value | humanizePercentage }} of predictions of " + _WHO
+               + f" failed with a server error over the last {rate} (threshold {num(t.error_ratio * 100)}%)."),
+        _alert("MLModelInvalidInputRatioHigh",
+               f"{INVALID_INPUT_RATIO} > {num(t.invalid_input_ratio)}",
+               "warning", "input", b.w("5m"),
+               f"Invalid-input ratio spike for {_WHO}",
+               "{{ $value | humanizePercentage }} of predictions of " + _WHO
+               + f" were rejected as invalid input over the last {rate} (threshold {num(t.invalid_input_ratio * 100)}%):"
+               " a client or schema change upstream?"),
+        _alert("MLModelLatencyP99High",
+               f"{LATENCY_P99} > {num(t.latency_p99)}",
+               "warning", "latency", b.w("5m"),
+               f"p99 prediction latency above {num(t.latency_p99)}s for {_WHO}",
+               "p99 prediction latency of " + _WHO
+               + f" is {{{{ $value | humanizeDuration }}}} over the last {rate}"
+               + f" (threshold {num(t.latency_p99)}s)."),
+        _alert("MLModelPredictionsStopped",
+               (f"{PREDICTIONS_RATE} == 0\n"
+                f"and on ({VERSION})\n"
+                f"sum by ({VERSION}) (rate({b.m(PREDICTIONS_TOTAL)}[{b.w('1h')}])) > 0"),
+               "warning", "traffic", b.w("5m"),
+               f"Predictions stopped for {_WHO}",
+               _WHO + f" served predictions in the last hour but none in the last {rate}."),
+        _alert("MLModelTargetDown", f"{b.m('up')} == 0", "critical", "traffic", b.w("2m"),
+               "Scrape target {{ $labels.instance }} of job {{ $labels.job }} is down",
+               "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 2m:"
+               " the server is down or /metrics fails."),
+        _alert("MLModelCanaryErrorsWorse",
+               (f"{ERROR_RATIO}\n"
+                f"  > on ({MODEL}) group_left ()\n"
+                f"  (min by ({MODEL}) ({ERROR_RATIO}) + {num(t.canary_error_delta)})\n"
+                "and\n"
+                f"{ERROR_RATIO}\n"
+                f"  > on ({MODEL}) group_left ()\n"
+                f"  (2 * min by ({MODEL}) ({ERROR_RATIO}))"),
+               "warning", "canary", b.w("10m"),
+               "{{ $labels.model_name }} {{ $labels.model_version }} has more errors than another version",
+               "Server error ratio of " + _WHO + " is {{ $value | humanizePercentage }}, more than"
+               f" {num(t.canary_error_delta * 100)} percentage points above, and twice, the best other version of"
+               f" {{{{ $labels.model_name }}}} over the last {rate}: hold or roll back the rollout."),
+        _alert("MLModelCanaryLatencyWorse",
+               (f"{LATENCY_P99}\n"
+                f"  > on ({MODEL}) group_left ()\n"
+                f"  ({num(t.canary_latency_factor)} * min by ({MODEL}) ({LATENCY_P99}))"),
+               "warning", "canary", b.w("10m"),
+               "{{ $labels.model_name }} {{ $labels.model_version }} is slower than another version",
+               "p99 prediction latency of " + _WHO + " is {{ $value | humanizeDuration }}, more than"
+               f" {num(t.canary_latency_factor)} times the best other version of"
+               f" {{{{ $labels.model_name }}}} over the last {rate}: hold or roll back the rollout."),
+    ]
+
+    slo: List[Dict[str, Any]] = []
+    budgets: Tuple[Tuple[str, str, Callable[[str], str], float, str], ...] = (
+        ("MLModelAvailabilityBudgetBurn", "availability", error_ratio,
+         t.availability_slo, "server errors"),
+        ("MLModelLatencyBudgetBurn", "latency", slow_ratio,
+         t.latency_slo, f"predictions slower than {num(t.latency_slo_threshold)}s"),
+    )
+    for name, family, ratio, target, what in budgets:
+        budget = 1 - target
+        for severity in ("critical", "warning"):
+            pairs = [r for r in BURN_RATES if r[0] == severity]
+            expr = "\nor\n".join(
+                f"(\n  {ratio(long)} > {num(factor * budget)}\n"
+                f"  and\n  {ratio(short)} > {num(factor * budget)}\n)"
+                for _, long, short, factor, _ in pairs)
+            windows = " or ".join(f"{num(f)}x over {lw} and {sw}" for _, lw, sw, f, _ in pairs)
+            slo.append(_alert(
+                name, expr, severity, family, b.w(pairs[0][4]),
+                f"{_WHO} burns its {num(target * 100)}% SLO error budget too fast",
+                f"The share of {what} of " + _WHO + " burns the error budget of its"
+                f" {num(target * 100)}% SLO at {windows} (long-window value"
+                " {{ $value | humanizePercentage }}).",
+                {"slo": family}))
+
+    feature, classes, acc = FEATURE_DRIFT, CLASS_DRIFT, ACCURACY_WINDOW
+    quality = [
+        _alert("MLModelFeatureDrift",
+               (f"{feature.psi} > {num(t.psi_threshold)}\n"
+                f"and on ({VERSION}, {feature.group})\n"
+                f"{feature.total} * {b.seconds(feature.window)} >= {num(t.drift_min_count)}"),
+               "warning", "drift", b.w("15m"),
+               "Feature {{ $labels.feature }} drifted for " + _WHO,
+               "The population stability index of feature {{ $labels.feature }} of " + _WHO
+               + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {feature.window}"
+               f" (threshold {num(t.psi_threshold)})."),
+        _alert("MLModelPredictionDrift",
+               (f"{classes.psi} > {num(t.psi_threshold)}\n"
+                f"and on ({VERSION})\n"
+                f"{classes.total} * {b.seconds(classes.window)} >= {num(t.drift_min_count)}"),
+               "warning", "drift", b.w("15m"),
+               "Predicted-class distribution drifted for " + _WHO,
+               "The population stability index of the predicted classes of " + _WHO
+               + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {classes.window}"
+               f" (threshold {num(t.psi_threshold)})."),
+        _alert("MLModelAccuracyDrop",
+               (f"{ACCURACY}\n"
+                f"  < on ({VERSION}) ({REFERENCE_ACCURACY_MAX} - {num(t.accuracy_drop)})\n"
+                f"and on ({VERSION})\n"
+                f"{FEEDBACK_RATE} * {b.seconds(acc)} >= {num(t.accuracy_min_feedback)}"),
+               "warning", "quality", b.w("15m"),
+               "Accuracy of " + _WHO + " dropped below its reference",
+               "Accuracy from feedback of " + _WHO + " is {{ $value | humanizePercentage }} over the last"
+               f" {acc}, more than {num(t.accuracy_drop * 100)} points below the reference accuracy."),
+    ]
+
+    platform = [
+        _alert("MLModelProcessMemoryHigh",
+               f"{b.m(PROCESS_MEMORY)} > {num(t.memory_bytes)}",
+               "warning", "resources", b.w("10m"),
+               "Worker memory high on {{ $labels.instance }} (job {{ $labels.job }})",
+               "Resident memory of worker {{ $labels.worker }} on {{ $labels.instance }} is"
+               " {{ $value | humanize1024 }}B" + f" (threshold {num(t.memory_bytes / 2**30)}GiB)."),
+        _alert("MLModelGPUMemoryHigh",
+               (f"{b.m(GPU_MEMORY_USED)}\n"
+                f"/ {b.m(GPU_MEMORY_TOTAL)}\n> {num(t.gpu_memory_ratio)}"),
+               "warning", "resources", b.w("5m"),
+               "GPU memory above " + num(t.gpu_memory_ratio * 100) + "% on {{ $labels.instance }}",
+               "GPU memory use on {{ $labels.instance }} (job {{ $labels.job }}) is"
+               " {{ $value | humanizePercentage }}" + f" (threshold {num(t.gpu_memory_ratio * 100)}%)."),
+        _alert("MLMonitorInternalErrors",
+               f"sum by ({JOB}, instance, {COMPONENT}) (increase({b.m(INTERNAL_ERRORS_TOTAL)}[{b.w('5m')}])) > 0",
+               "warning", "mlmonitor", "",
+               "mlmonitor internal errors in {{ $labels.component }} on {{ $labels.instance }}",
+               "mlmonitor's {{ $labels.component }} failed {{ $value | printf \"%.0f\" }} times over the last 5m"
+               " on {{ $labels.instance }} (job {{ $labels.job }}); requests were served, telemetry was lost."),
+        _alert("MLMonitorTelemetryDropped",
+               f"sum by ({JOB}, instance, {SIGNAL}) (increase({b.m(TELEMETRY_DROPPED_TOTAL)}[{b.w('10m')}])) > 0",
+               "info", "mlmonitor", "",
+               "mlmonitor dropped {{ $labels.signal }} on {{ $labels.instance }}",
+               "mlmonitor dropped {{ $value | printf \"%.0f\" }} {{ $labels.signal }} items over the last 10m"
+               " on {{ $labels.instance }} (job {{ $labels.job }}): exporter down or queue full."),
+    ]
+    return [
+        {"name": "mlmonitor.alerts.model", "rules": model},
+        {"name": "mlmonitor.alerts.slo", "rules": slo},
+        {"name": "mlmonitor.alerts.quality", "rules": quality},
+        {"name": "mlmonitor.alerts.platform", "rules": platform},
+    ]
+
+
+def render_groups(thresholds: Thresholds | None = None) -> Tuple[List[dict], List[dict]]:
+    """(recording groups, alerting groups) as plain dicts."""
+    b = _Builder(thresholds or Thresholds())
+    return _recording(b), _alerts(b)
+
+
+# -- output --------------------------------------------------------------------------------------
+
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./:-]*")
+_NUMBERLIKE = re.compile(r"[-+]?(\.\d+|\d[\d_]*(\.\d*)?)([eE][-+]?\d+)?|0x[0-9a-fA-F]+|0o[0-7]+")
+_RESERVED = {"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"}
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return num(value)
+    text = str(value)
+    if (_PLAIN.fullmatch(text) and not _NUMBERLIKE.fullmatch(text)
+            and text.lower() not in _RESERVED and not text.endswith(":")):
+        return text
+    if text.isprintable():
+        return "'" + text.replace("'", "''") + "'"
+    return json.dumps(text, ensure_ascii=False)
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """Block-style YAML for dicts, lists and scalars; multi-line strings as ``|-`` blocks."""
+    pad = " " * indent
+    lines: List[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            lines.append(_entry(f"{pad}{_scalar(key)}:", item, indent))
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and item:
+                body = to_yaml(item, indent + 2)
+                lines.append(f"{pad}- {body[indent + 2:]}")
+            else:
+                lines.append(_entry(f"{pad}-", item, indent))
+    else:
+        lines.append(pad + _scalar(value))
+    return "\n".join(lines)
+
+
+def _entry(head: str, item: Any, indent: int) -> str:
+    if isinstance(item, (dict, list)) and item:
+        return f"{head}\n{to_yaml(item, indent + 2)}"
+    if isinstance(item, str) and "\n" in item and _block_safe(item):
+        body = "\n".join((" " * (indent + 2) + line) if line else "" for line in item.split("\n"))
+        return f"{head} |-\n{body}"
+    if isinstance(item, (dict, list)):
+        return f"{head} {'{}' if isinstance(item, dict) else '[]'}"
+    return f"{head} {_scalar(item)}"
+
+
+def _block_safe(text: str) -> bool:
+    """A ``|-`` block keeps this text exactly: no leading blank, no trailing newline, no tabs."""
+    first = text.split("\n", 1)[0]
+    return bool(first) and not first[0].isspace() and not text.endswith("\n") and "\t" not in text \
+        and all(line.isprintable() for line in text.split("\n"))
+
+
+def _header(t: Thresholds) -> str:
+    opts = " ".join(f"--{f.name.replace('_', '-')} {getattr(t, f.name)!r}"
+                    for f in fields(t) if getattr(t, f.name) != f.default
+                    and not (f.name == "latency_slo_threshold" and t.latency_slo_threshold == t.latency_p99))
+    return ("# Generated by `mlmonitor alerts render" + (f" {opts}" if opts else "")
+            + "`: do not edit by hand.\n")
+
+
+def render_files(thresholds: Thresholds, out_dir: str, prometheus_operator: bool = False) -> List[str]:
+    """Write the rule files (and the PrometheusRule manifest); return their paths."""
+    recording, alerting = render_groups(thresholds)
+    head = _header(thresholds)
+    outputs = {
+        RECORDING_FILE: head + to_yaml({"groups": recording}) + "\n",
+        ALERTS_FILE: head + to_yaml({"groups": alerting}) + "\n",
+    }
+    if prometheus_operator:
+        manifest = {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": {"name": "mlmonitor", "labels": {"app.kubernetes.io/name": "mlmonitor",
+                                                         "role": "alert-rules"}},
+            "spec": {"groups": recording + alerting},
+        }
+        outputs[OPERATOR_FILE] = head + to_yaml(manifest) + "\n"
+    written = []
+    for name, text in outputs.items():
+        path = os.path.join(out_dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        written.append(path)
+    return written
