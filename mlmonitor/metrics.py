@@ -8,24 +8,20 @@ and ``/metrics`` aggregates every worker through its multiprocess collector.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import glob
-import json
-import mmap
 import os
-import struct
 import threading
 import time
 import weakref
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, REGISTRY
-from prometheus_client import multiprocess
 from prometheus_client.exposition import choose_encoder
 
+from . import guard
 from .config import Settings
-from .quality import SCORE_BUCKETS  # live scores use the reference's buckets
+from .multiprocess import (AdmittedValues, CheckedCollector, directory_lock,
+                           multiprocess_dir, restore_deleted_files, use_multiprocess_values)
+from .contract import SCORE_BUCKETS
 from .record import OTHER, UNMATCHED_ROUTE, RequestRecord
 PROCESS_UPDATE_INTERVAL = 5.0
 EXEMPLAR_INTERVAL = 0.1
@@ -33,10 +29,6 @@ CHILD_CACHE_LIMIT = 4096
 
 MODEL = ("model_name", "model_version")
 HTTP = ("method", "route", "status")
-
-
-def multiprocess_dir() -> Optional[str]:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
 
 
 def clean_label(value: object, limit: int = 128) -> str:
@@ -51,12 +43,24 @@ def clean_label(value: object, limit: int = 128) -> str:
 
 
 class LabelCap:
-    """Keeps the first ``limit`` distinct values of a label; later ones become ``other``."""
+    """Keeps the first ``limit`` distinct values of a label; later ones become ``other``.
 
-    def __init__(self, limit: int, preset: Iterable[str] = ()) -> None:
+    With ``shared`` (multiprocess mode) the first values are those of every process on
+    the directory, so worker restarts cannot add more. A value seen before costs a set
+    lookup; a new one costs a read of the shared file, until the cap is known full.
+    Configured values (``preset``) are always kept.
+    """
+
+    def __init__(self, limit: int, preset: Iterable[str] = (),
+                 shared: Optional[AdmittedValues] = None) -> None:
         self.limit = limit
         self.values = set(preset)
         self.lock = threading.Lock()
+        self.shared = shared
+        self.full = False
+        if shared is not None:
+            for value in list(self.values):
+                self._share(value, force=True)
 
     def __call__(self, value: str) -> str:
         if value in self.values:
@@ -64,11 +68,26 @@ class LabelCap:
         value = clean_label(value)
         if value in self.values:
             return value
+        if self.full:
+            return OTHER
         with self.lock:
+            if self.shared is not None:
+                return value if self._share(value) else OTHER
             if len(self.values) < self.limit:
                 self.values.add(value)
                 return value
+            self.full = True
         return OTHER
+
+    def _share(self, value: str, force: bool = False) -> bool:
+        try:
+            values, admitted = self.shared.admit(value, self.values, self.limit, force)  # type: ignore[union-attr]
+        except OSError as exc:  # the directory cannot be written: stay within the cap
+            guard.report_fault("metrics", exc)
+            return force
+        self.values = values  # a new set: lookups outside the lock stay safe
+        self.full = not admitted or len(values) >= self.limit
+        return admitted
 
 
 class Families:
@@ -145,10 +164,15 @@ class Families:
         self.process_cpu = Counter(
             "mlmonitor_process_cpu_seconds", "CPU time of each worker slot (user + system).",
             ("worker",), registry=r)
-        # exported from the start, so alerts and dashboards see 0 rather than nothing
-        self.internal_errors.labels("guard")
-        for signal in ("traces", "logs"):
-            self.telemetry_dropped.labels(signal)
+        # exported from the start, so alerts and dashboards see 0 rather than nothing; under
+        # gunicorn the master counts "merge" faults in a series that needs no new disk block
+        try:
+            for component in ("guard", "merge") if r is None else ("guard",):
+                self.internal_errors.labels(component)
+            for signal in ("traces", "logs"):
+                self.telemetry_dropped.labels(signal)
+        except OSError as exc:  # a full metrics disk: serve, and count once it has room
+            guard.report_fault("metrics", exc)
 
 
 _families_by_registry: "weakref.WeakKeyDictionary[Any, Families]" = weakref.WeakKeyDictionary()
@@ -164,6 +188,7 @@ def families_for(registry: Optional[CollectorRegistry], buckets: Tuple[float, ..
             if _multiprocess_families is None:
                 # a worker that boots after the directory was deleted must still start
                 os.makedirs(multiprocess_dir(), mode=0o700, exist_ok=True)  # type: ignore[arg-type]
+                use_multiprocess_values()
                 _multiprocess_families = Families(None, buckets)
             return _multiprocess_families
         target = REGISTRY if registry is None else registry
@@ -197,11 +222,16 @@ class MetricsSink:
         self.f = families_for(registry, settings.buckets)
         self.exemplars = settings.exemplars and not self.multiprocess
         limit = settings.max_label_values
-        self.cap_model = LabelCap(limit, (settings.model_name,))
-        self.cap_version = LabelCap(limit, (settings.model_version,))
-        self.cap_error = LabelCap(limit, ("invalid_input", "http_5xx"))
-        self.cap_stage = LabelCap(limit)
-        self.cap_class = LabelCap(max(limit, 50))
+        path = multiprocess_dir() if self.multiprocess else None
+
+        def cap(label: str, limit: int, preset: Tuple[str, ...] = ()) -> LabelCap:
+            return LabelCap(limit, preset, AdmittedValues(path, label) if path else None)
+
+        self.cap_model = cap("model_name", limit, (settings.model_name,))
+        self.cap_version = cap("model_version", limit, (settings.model_version,))
+        self.cap_error = cap("error_type", limit, ("invalid_input", "http_5xx"))
+        self.cap_stage = cap("stage", limit)
+        self.cap_class = cap("class", max(limit, 50))
         self._children: Dict[Any, Any] = {}
         self._http: Dict[Any, Any] = {}
         self._models: Dict[Any, Any] = {}
@@ -211,7 +241,11 @@ class MetricsSink:
         self._process_cpu_last = 0.0
         self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")
         self._process_pid = os.getpid()
-        self.mark_model(settings.model_name, settings.model_version)
+        try:
+            self.mark_model(settings.model_name, settings.model_version)
+        except OSError as exc:  # a full metrics disk must not stop the app from starting
+            self._seen_models.clear()
+            guard.report_fault("metrics", exc)
 
     # -- label children, cached -------------------------------------------------
     def child(self, family: Any, *labels: str) -> Any:
@@ -267,7 +301,7 @@ class MetricsSink:
                 score: Any, tokens_in: Any, tokens_out: Any, cost: Any) -> None:
         """Model-quality facts of one instance; values that cannot count are ignored."""
         if features and profile is not None:
-            from .quality import UNKNOWN_FEATURE
+            from .reference import UNKNOWN_FEATURE
             items = features.items() if hasattr(features, "items") else ()
             for feature, value in items:
                 bin_label = profile.bin_of(feature, value)
@@ -386,14 +420,17 @@ class MetricsSink:
     # -- exposition -------------------------------------------------------------
     def exposition(self, accept: str) -> Tuple[bytes, str]:
         """The text (or OpenMetrics) exposition; every worker's values in multiprocess mode."""
-        self.update_process()
+        try:
+            self.update_process()
+        except Exception as exc:  # e.g. a full disk: the other files still answer
+            guard.report_fault("metrics", exc)
         encoder, content_type = choose_encoder(accept)
         if self.multiprocess:
             path = multiprocess_dir()
             if not path or not os.path.isdir(path):
                 raise FileNotFoundError(f"multiprocess directory {path} is gone")  # -> 503
             registry = CollectorRegistry()
-            registry.register(_CheckedMultiProcessCollector(path))
+            registry.register(CheckedCollector(path))
             gpu = gpu_collector()
             if gpu is not None:
                 registry.register(gpu)
@@ -401,115 +438,6 @@ class MetricsSink:
                 return encoder(registry), content_type
         registry = REGISTRY if self.registry is None else self.registry
         return encoder(registry), content_type
-
-
-class _CheckedMultiProcessCollector:
-    """prometheus-client's multiprocess merge, minus files that do not parse.
-
-    A corrupted ``*.db`` file would otherwise fail every scrape (or, with a
-    negative length field, loop forever in prometheus-client's reader). It is
-    left out of the answer and counted as an internal error instead.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def collect(self) -> Iterable[Any]:
-        from . import guard
-        good, keys = [], set()
-        for name in glob.glob(os.path.join(self.path, "*.db")):
-            problem = _check_db_file(name, keys)
-            if problem is None:
-                good.append(name)
-            elif problem != "gone":
-                guard.report_fault("exposition", ValueError(f"{os.path.basename(name)}: {problem}"))
-        return multiprocess.MultiProcessCollector.merge(good, accumulate=True)
-
-
-def _check_db_file(name: str, keys: set) -> Optional[str]:
-    """None when prometheus-client can read the file; else why not ("gone" if it vanished)."""
-    try:
-        with open(name, "rb") as fh:
-            data = fh.read(_PAGE_SIZE)
-            used = struct.unpack_from("i", data, 0)[0] if len(data) >= 8 else -1
-            if used > len(data):
-                data += fh.read(used - len(data))
-    except FileNotFoundError:
-        return "gone"
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
-    if used < 8 or used > len(data):
-        return "bad header"
-    pos = 8
-    while pos < used:
-        if pos + 4 > used:
-            return "truncated entry"
-        length = struct.unpack_from("i", data, pos)[0]
-        if length <= 0 or pos + 4 + length > used:
-            return "bad entry length"
-        key = bytes(data[pos + 4:pos + 4 + length])
-        pos += 4 + length + (8 - (length + 4) % 8) + 16
-        if pos > used:
-            return "truncated entry"
-        if key not in keys:
-            try:
-                parsed = json.loads(key.decode("utf-8"))
-                ok = (isinstance(parsed, list) and len(parsed) == 4
-                      and isinstance(parsed[2], dict))
-            except ValueError:
-                ok = False
-            if not ok:
-                return "bad key"
-            keys.add(key)
-    return None
-
-
-def restore_deleted_files() -> int:
-    """Files of this process deleted under it (directory removed): write them anew from memory.
-
-    prometheus-client keeps each process's values in a memory map of its file; when
-    the file is deleted the map lives on, unseen by scrapes. This rewrites the file
-    from the map and maps it again, so counts continue without a restart. It
-    reaches into prometheus-client's internals and does nothing if they differ.
-    """
-    from prometheus_client import values
-    try:
-        cls = values.ValueClass
-        reset = getattr(cls, "_MmapedValue__reset")
-        cells = dict(zip(reset.__code__.co_freevars, reset.__closure__ or ()))
-        inc_cells = dict(zip(cls.inc.__code__.co_freevars, cls.inc.__closure__ or ()))
-        files, lock = cells["files"].cell_contents, inc_cells["lock"].cell_contents
-    except (AttributeError, KeyError, ValueError):
-        return 0
-    restored = 0
-    for mapped in list(files.values()):
-        name = getattr(mapped, "_fname", None)
-        if name is None or mapped._m is None or os.path.exists(name):
-            continue
-        with lock:
-            os.makedirs(os.path.dirname(name), mode=0o700, exist_ok=True)
-            capacity = mapped._capacity
-            with open(name, "wb") as out:
-                out.write(mapped._m[:capacity])
-            new_file = open(name, "a+b")
-            new_map = mmap.mmap(new_file.fileno(), capacity)
-            old_file, old_map = mapped._f, mapped._m
-            mapped._f, mapped._m = new_file, new_map
-            old_map.close()
-            old_file.close()
-        restored += 1
-    return restored
-
-
-@contextlib.contextmanager
-def directory_lock(path: str, exclusive: bool):
-    """flock on ``<dir>/.lock``: merges take it exclusively, scrapes shared."""
-    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _finite_in(value: Any, low: float, high: float) -> bool:
