@@ -4,7 +4,9 @@ mlmonitor logs through its own structlog chain (it never calls
 ``structlog.configure()``). :func:`render_json` never raises: whatever an app
 puts in a line (cycles, tuple keys, NaN, objects whose ``__repr__`` raises,
 bytes, numpy scalars, megabyte strings) comes out as one valid JSON object on
-one line, at most ``max_bytes`` long, with ``"truncated": true`` when cut.
+one line, at most ``max_bytes`` long, with ``"truncated": true`` when cut, and
+valid UTF-8 (no lone surrogate escapes). :class:`LogSink` writes each line with
+one ``write``, at most PIPE_BUF bytes on a pipe, so workers' lines never mix.
 :func:`configure_logging` is the opt-in helper that makes the app's own
 structlog and stdlib logging emit the same JSON with the request's context.
 """
@@ -13,14 +15,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import re
+import select
+import stat
 import sys
+import threading
 import time
-from typing import Any, Iterable, Optional, TextIO
+import weakref
+from typing import Any, Callable, Iterable, Optional, TextIO
 
 import structlog
 
 from .config import DEFAULT_REDACT, Settings
+from .guard import report_fault
 from .record import RequestRecord, current_record
 from .redact import REDACTED, TRUNCATED_MARK, describe_exception, redact_mapping, redact_text, redactor
 
@@ -28,6 +37,23 @@ __all__ = ["render_json", "SafeJSONRenderer", "LogSink", "add_request_context", 
            "configure_logging", "REDACTED", "redact_text", "redact_mapping"]
 _MAX_DEPTH = 12
 _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+#: a write of at most this many bytes reaches a pipe whole, whoever else writes to it
+PIPE_BUF = getattr(select, "PIPE_BUF", 512)
+# a JSON escape: a surrogate pair, a lone surrogate (group 1), or any other escape
+_ESCAPE = re.compile(r"\\(?:ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|(ud[89a-f][0-9a-f]{2})|.)")
+
+
+def _lone_to_fffd(match: re.Match[str]) -> str:
+    return "\\ufffd" if match.group(1) else match.group()
+
+
+def valid_utf8(text: str) -> str:
+    """JSON text with each lone surrogate escape (``\\ud800``) made ``\\ufffd``.
+
+    json writes a lone surrogate from client text as an escape that strict UTF-8
+    parsers reject; pairs (emoji) are kept. Same length, so size caps still hold.
+    """
+    return _ESCAPE.sub(_lone_to_fffd, text) if "\\ud" in text else text
 
 
 def _default(obj: Any) -> Any:
@@ -106,7 +132,14 @@ def _safe_text(obj: Any) -> str:
 
 
 def render_json(event: dict, max_bytes: int = 16384) -> str:
-    """One strict-JSON line (ASCII, so bytes == characters), never raising, at most max_bytes."""
+    """One strict-JSON line (ASCII, so bytes == characters), never raising, at most max_bytes.
+
+    Valid UTF-8 too: a lone surrogate becomes U+FFFD (see :func:`valid_utf8`).
+    """
+    return valid_utf8(_render(event, max_bytes))
+
+
+def _render(event: dict, max_bytes: int) -> str:
     try:
         text = _encode(event)
     except Exception:
@@ -135,6 +168,29 @@ def render_json(event: dict, max_bytes: int = 16384) -> str:
             text = '{"event":"unrenderable","truncated":true}'
         return text[:max_bytes] if len(text) <= max_bytes else '{"event":"unrenderable","truncated":true}'
     return text
+
+
+def _fit(line: dict, limit: int, max_bytes: int) -> str:
+    """The line in at most ``limit`` bytes: the stack's oldest part goes first, then the
+    end of the error message, then whatever render_json's own cap cuts."""
+    text = render_json(line, max_bytes)
+    for key in ("stack", "error"):
+        value = line.get(key)
+        if len(text) <= limit:
+            return text
+        if not isinstance(value, str):
+            continue
+        # every character is at least one byte of JSON: cutting this many is enough
+        cut = len(text) - limit + len(TRUNCATED_MARK) + len(',"truncated":true')
+        if cut >= len(value):
+            line[key] = TRUNCATED_MARK
+        elif key == "stack":
+            line[key] = TRUNCATED_MARK + value[cut:]
+        else:
+            line[key] = value[:-cut] + TRUNCATED_MARK
+        line["truncated"] = True
+        text = render_json(line, max_bytes)
+    return text if len(text) <= limit else render_json(line, limit)
 
 
 def _short_scalar(value: Any) -> bool:
@@ -175,8 +231,40 @@ def _failed(rec: RequestRecord) -> bool:
     return code >= 400 or code == 0 or rec.error_type is not None
 
 
+def _pipe_fd(stream: Any) -> tuple:
+    """(fd, is a pipe or FIFO) of a stream; (None, False) for one without a file descriptor."""
+    try:
+        fd = stream.fileno()
+        return fd, stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except Exception:  # io.StringIO, a closed stream, a wrapper without fileno()
+        return None, False
+
+
+_sinks: weakref.WeakSet[LogSink] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for sink in list(_sinks):
+        sink.detect()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 class LogSink:
-    """Writes one JSON line per finished request; errors always, successes sampled."""
+    """Writes one JSON line per finished request; errors always, successes sampled.
+
+    A line goes out with one ``write`` to the stream's file descriptor, so lines of
+    several workers sharing stdout never mix. When that is a pipe or FIFO (Docker,
+    systemd, a collector) a line is at most PIPE_BUF bytes (4096 on Linux) with its
+    newline, the most a pipe keeps whole: a longer line loses the oldest part of its
+    stack first, then the end of its error message, then whatever render_json's cap
+    cuts, and says ``"truncated": true``. Files and ttys keep ``log_max_bytes``; a
+    stream without a descriptor (io.StringIO) is written and flushed as it is. A
+    failed write (EPIPE, ENOSPC, a closed stream) drops that line, counted through
+    ``on_dropped(1)``; it is never an error in the request.
+    """
 
     def __init__(self, settings: Settings, stream: Optional[TextIO] = None) -> None:
         self.settings = settings
@@ -185,9 +273,17 @@ class LogSink:
         self.redactor = redactor(self.redact)
         self.static_tags = self.redactor.mapping(dict(settings.tags))
         self.max_bytes = settings.log_max_bytes
-        # structlog's thread-safe writer; the line is rendered by render_json directly, as a
-        # bound logger's processor chain would, minus ~8 us of dispatch per request
-        self.writer = structlog.WriteLogger(stream if stream is not None else sys.stdout)
+        self.stream = stream if stream is not None else sys.stdout
+        #: called with the number of lines lost to a failed write (wired to the metrics sink)
+        self.on_dropped: Optional[Callable[[int], None]] = None
+        self._lock = threading.Lock()
+        self.detect()
+        _sinks.add(self)
+
+    def detect(self) -> None:
+        """Find the stream's descriptor and line limit; again in a forked child."""
+        self.fd, pipe = _pipe_fd(self.stream)
+        self.limit = min(self.max_bytes, PIPE_BUF - 1) if pipe else self.max_bytes
 
     def record(self, rec: RequestRecord) -> None:
         failed = _failed(rec)
@@ -198,10 +294,34 @@ class LogSink:
                 text = self.plain_line(rec)
             except Exception:  # a field that is not what mlmonitor put there: the careful path
                 text = None
-            if text is not None and len(text) <= self.max_bytes:
-                self.writer.msg(text)
+            if text is not None and len(text) <= self.limit:
+                self.write(text)
                 return
-        self.writer.msg(render_json(self.line(rec), self.max_bytes))
+        line = self.line(rec)
+        self.write(render_json(line, self.limit) if self.limit == self.max_bytes
+                   else _fit(line, self.limit, self.max_bytes))
+
+    def write(self, text: str) -> None:
+        """One line out in one write; a failed write is one dropped line."""
+        data = (text + "\n").encode("utf-8", "replace")  # ASCII already
+        try:
+            if self.fd is None:
+                with self._lock:
+                    self.stream.write(text + "\n")
+                    self.stream.flush()
+                return
+            self.stream.flush()  # what the app left in the stream's buffer goes first
+            written = os.write(self.fd, data)
+            while 0 < written < len(data):  # only a non-blocking fd or a signal cuts one short
+                data = data[written:]
+                written = os.write(self.fd, data)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            callback = self.on_dropped
+            if callback is not None:
+                try:
+                    callback(1)
+                except Exception as exc:
+                    report_fault("logs", exc)
 
     @staticmethod
     def plain_line(rec: RequestRecord) -> str:
@@ -217,15 +337,16 @@ class LogSink:
             _json_string(route) if route is not None else "null",
             rec.status_code, rec.duration * 1000.0, _json_string(rec.request_id),
             rec.trace_id, rec.span_id)
-        if not rec.is_prediction:
-            return text + "}"
-        text = '%s,"model_name":%s,"model_version":%s' % (
-            text, _json_string(rec.model_name), _json_string(rec.model_version))
-        if not rec.stages:
-            return text + "}"
-        stages = dict(rec.stages)  # a repeated stage keeps its last time, as in line()
-        return '%s,"stages_ms":{%s}}' % (text, ",".join(
-            '%s:%.3f' % (_json_string(name), seconds * 1000.0) for name, seconds in stages.items()))
+        if rec.is_prediction:
+            text = '%s,"model_name":%s,"model_version":%s' % (
+                text, _json_string(rec.model_name), _json_string(rec.model_version))
+            if rec.stages:
+                stages = dict(rec.stages)  # a repeated stage keeps its last time, as in line()
+                text = '%s,"stages_ms":{%s}' % (text, ",".join(
+                    '%s:%.3f' % (_json_string(name), seconds * 1000.0)
+                    for name, seconds in stages.items()))
+        text += "}"
+        return valid_utf8(text) if "\\ud" in text else text
 
     def line(self, rec: RequestRecord) -> dict:
         """The request's log line as a dict, in key order."""
@@ -301,9 +422,12 @@ def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None
     Secrets are hidden as in mlmonitor's own lines (``redact`` adds names to the
     defaults), in messages and tracebacks too: Flask's "Exception on /predict"
     record goes through the same chain. Call it once at start-up if you want it;
-    mlmonitor never calls it for you.
+    mlmonitor never calls it for you. On a pipe, lines are cut to PIPE_BUF bytes, the
+    most a pipe keeps whole when several workers write to it.
     """
     stream = stream if stream is not None else sys.stdout
+    if _pipe_fd(stream)[1]:  # a pipe keeps a write whole up to PIPE_BUF bytes only
+        max_bytes = min(max_bytes, PIPE_BUF - 1)
     shared = [
         structlog.contextvars.merge_contextvars,
         add_request_context,

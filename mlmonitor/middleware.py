@@ -55,6 +55,7 @@ class MonitorMiddleware:
         if s.logs:
             from .logs import LogSink
             self.logs = LogSink(s, log_stream)
+            self.logs.on_dropped = (lambda n: self.metrics.count_dropped("logs", n)) if self.metrics else None
         if s.traces:
             from .traces import TraceSink
             dropped = (lambda n: self.metrics.count_dropped("traces", n)) if self.metrics else None
