@@ -3,10 +3,13 @@
 Starts the example app under gunicorn on 127.0.0.1, drives a short burst of mixed traffic
 (valid, invalid, forced failures, slow, drifted, ground-truth feedback), reads the key
 numbers back from ``/metrics``, shows one JSON log line and keeps serving until Ctrl-C.
-``--once`` (or ``MLMONITOR_DEMO_ONCE=1``) exits after the burst, for CI.
+``--port`` (or ``PORT``, as in ``PORT=8000 make demo``) picks the port, else a free one is used.
+``--once`` (or ``MLMONITOR_DEMO_ONCE=1``) exits after the burst, for CI; the "Try it" lines are
+printed only when the app keeps serving.
 ``--with-prometheus`` also starts Debian's ``prometheus`` and ``prometheus-alertmanager`` on
 127.0.0.1 with temporary storage, the shipped rules (``alerts/*.rules.yml``) and routing
-(``alerts/alertmanager.yml``), scraping the app every 5 s.
+(``alerts/alertmanager.yml``), scraping the app every 5 s as job ``mlmonitor`` (the job the
+shipped rules select).
 Every process it starts runs in its own process group and is stopped by PID on the way out.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
+from mlmonitor.contract import DEFAULT_JOB
 from mlmonitor.quality import psi
 
 from example_app import loadgen
@@ -203,7 +207,7 @@ def prometheus_config(app_port: int, alertmanager_port: int, rule_files: Sequenc
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
         "rule_files": list(rule_files),
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]},
-        "scrape_configs": [{"job_name": "example_app",
+        "scrape_configs": [{"job_name": DEFAULT_JOB,
                             "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
     }, indent=2)
 
@@ -266,8 +270,8 @@ def _truthy(text: Optional[str]) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m example_app.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "0")),
-                        help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or "0"),
+                        help="port on 127.0.0.1 (default: $PORT, else a free one)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "4")))
     parser.add_argument("--requests", type=int, default=300, help="size of the first traffic phase")
     parser.add_argument("--seed", type=int, default=0)
@@ -325,15 +329,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         line = example_log_line(app.lines)
         print("Example JSON log line (stdout of the app):")
         print(f"  {line}" if line else "  (no JSON log line seen)")
-        print("Try it:")
-        print(f"  curl -s -XPOST {base}/predict -H 'Content-Type: application/json' -d "
-              "'{\"features\": {\"sepal_length_cm\": 5.1, \"sepal_width_cm\": 3.5, "
-              "\"petal_length_cm\": 1.4, \"petal_width_cm\": 0.2}}'")
         sys.stdout.flush()
         if args.once:
             return 0
         if args.background_rate > 0:
             threading.Thread(target=background, args=(base, stop, args.background_rate), daemon=True).start()
+        print("Try it (while the demo serves):")
+        print(f"  curl -s -XPOST {base}/predict -H 'Content-Type: application/json' -d "
+              "'{\"features\": {\"sepal_length_cm\": 5.1, \"sepal_width_cm\": 3.5, "
+              "\"petal_length_cm\": 1.4, \"petal_width_cm\": 0.2}}'")
+        print(f"  curl -s {base}/metrics | grep mlmonitor_predictions_total")
         print("Serving; press Ctrl-C to stop.", flush=True)
         while all(c.proc.poll() is None for c in children):
             time.sleep(0.5)

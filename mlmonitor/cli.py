@@ -77,10 +77,10 @@ def _add_reference(subparsers: Any) -> None:
 _THRESHOLD_HELP = {
     "error_ratio": "server error ratio per model version that fires MLModelServerErrorRatioHigh",
     "invalid_input_ratio": "invalid-input (4xx) ratio that fires MLModelInvalidInputRatioHigh",
-    "latency_p99": "p99 prediction latency SLA in seconds",
+    "latency_p99": "p99 prediction latency SLA in seconds; a bucket bound (see --buckets)",
     "availability_slo": "availability SLO target (share of predictions without server error)",
     "latency_slo": "latency SLO target (share of predictions faster than --latency-slo-threshold)",
-    "latency_slo_threshold": "latency SLO bound in seconds; a histogram bucket bound (default: --latency-p99)",
+    "latency_slo_threshold": "latency SLO bound in seconds; a bucket bound (default: the value of --latency-p99)",
     "psi_threshold": "population stability index above which a feature or the classes drifted",
     "drift_min_count": "live values needed in the drift window before PSI is judged (small samples are noisy)",
     "accuracy_drop": "accuracy drop below the reference (0.05 = 5 points) that fires MLModelAccuracyDrop",
@@ -89,13 +89,29 @@ _THRESHOLD_HELP = {
     "canary_latency_factor": "p99 factor by which a version must exceed the best other version",
     "memory_bytes": "resident memory per worker that fires MLModelProcessMemoryHigh",
     "gpu_memory_ratio": "GPU memory share that fires MLModelGPUMemoryHigh",
-    "selector": "label matchers added to every raw selector, e.g. 'job=\"model-server\"'",
-    "time_scale": "divide every window and for: by this (tests only; names keep nominal windows)",
+    "selector": "label matchers added to every selector, up included, e.g. '{job=\"my-model\"}';"
+                " '{}' selects every target",
+    "runbook_base_url": "runbook page of every alert's runbook_url: URL#<alertname lower-case>,"
+                        " or {alert} in the URL replaced by it",
+    "buckets": "the app's latency histogram buckets (MLMONITOR_BUCKETS), comma-separated seconds;"
+               " every latency threshold must be one of them",
+    "time_scale": "divide every window, for: and Alertmanager time by this (tests only; names keep"
+                  " nominal windows)",
 }
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(part) for part in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
 
 
 def _render_alerts(args: argparse.Namespace) -> int:
     t = rules.Thresholds(**{f.name: getattr(args, f.name) for f in fields(rules.Thresholds)})
+    if args.out_dir is None:
+        sys.stdout.write(rules.render_text(t, args.prometheus_operator))
+        return 0
     for path in rules.render_files(t, args.out_dir, args.prometheus_operator):
         print(path)
     return 0
@@ -105,16 +121,34 @@ def _add_alerts(subparsers: Any) -> None:
     """Register ``mlmonitor alerts render``: one option per field of :class:`rules.Thresholds`."""
     alerts = subparsers.add_parser("alerts", help="render Prometheus alerting and recording rules")
     sub = alerts.add_subparsers(dest="alerts_command", required=True)
-    render = sub.add_parser("render", help="write the rule files with the given thresholds")
-    defaults = rules.Thresholds()
+    render = sub.add_parser(
+        "render", help="write the rule files with the given thresholds",
+        description="Render mlmonitor's Prometheus rules. With --out-dir: the recording and alerting rule"
+                    " files and alertmanager.yml (and the PrometheusRule manifest); without it: one rule"
+                    " file with every group (or the manifest) on standard output.")
     for f in fields(rules.Thresholds):
-        default = 0.0 if f.name == "latency_slo_threshold" else getattr(defaults, f.name)
-        render.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default),
-                            default=default, help=f"{_THRESHOLD_HELP[f.name]} (default: {default!r})")
-    render.add_argument("--out-dir", default="alerts", help="where to write (default: alerts)")
+        default = f.default
+        shown = "" if f.name == "latency_slo_threshold" else f" (default: {_shown(default)})"
+        kind = _floats if f.name == "buckets" else type(default)
+        render.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
+                            metavar="BOUNDS" if f.name == "buckets" else None,
+                            help=_THRESHOLD_HELP[f.name] + shown)
+    render.add_argument("--out-dir", help="write the files into this folder (default: the rules to standard"
+                                          " output)")
     render.add_argument("--prometheus-operator", action="store_true",
-                        help="also write prometheus-operator/mlmonitor-prometheusrule.yaml")
+                        help="also write prometheus-operator/mlmonitor-prometheusrule.yaml (without"
+                             " --out-dir: print that manifest instead of the rule file)")
     render.set_defaults(func=_render_alerts)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(rules.num(v) for v in value)
+    if isinstance(value, float):
+        return rules.num(value)
+    if value == rules.Thresholds.selector:
+        return repr("{" + value + "}")
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 # -- mlmonitor dashboards render -----------------------------------------------------------------
@@ -137,9 +171,8 @@ def _add_dashboards(subparsers: Any) -> None:
     parser = subparsers.add_parser("dashboards", help="render the Grafana dashboards")
     sub = parser.add_subparsers(dest="dashboards_command", required=True)
     render = sub.add_parser("render", help="write the three dashboard JSON files, or check them")
-    where = render.add_mutually_exclusive_group()
-    where.add_argument("--out-dir", default="grafana/dashboards",
-                       help="where to write (default: grafana/dashboards)")
+    where = render.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out-dir", help="write the three files into this folder")
     where.add_argument("--check", metavar="DIR",
                        help="write nothing; exit 1 naming each file in DIR that differs from the output")
     render.set_defaults(func=_render_dashboards)

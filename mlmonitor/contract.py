@@ -30,8 +30,9 @@ __all__ = [
     "FEATURE_REFERENCE_RATIO", "FEATURE_MISSING", "FEATURE_MISSING_TOTAL", "FEEDBACK",
     "FEEDBACK_TOTAL", "FEEDBACK_REJECTED", "FEEDBACK_REJECTED_TOTAL", "REFERENCE_ACCURACY",
     "REFERENCE_CLASS_RATIO", "TOKENS", "TOKENS_TOTAL", "COST", "COST_TOTAL", "INTERNAL_ERRORS",
-    "INTERNAL_ERRORS_TOTAL", "TELEMETRY_DROPPED", "TELEMETRY_DROPPED_TOTAL", "PROCESS_MEMORY",
-    "PROCESS_CPU", "PROCESS_CPU_TOTAL", "GPU_UTILIZATION", "GPU_MEMORY_USED", "GPU_MEMORY_TOTAL",
+    "INTERNAL_ERRORS_TOTAL", "INTERNAL_ERRORS_HELP", "TELEMETRY_DROPPED", "TELEMETRY_DROPPED_TOTAL",
+    "PROCESS_MEMORY", "PROCESS_CPU", "PROCESS_CPU_TOTAL", "GPU_UTILIZATION", "GPU_MEMORY_USED",
+    "GPU_MEMORY_TOTAL",
     # labels and label values
     "JOB", "MODEL_NAME", "MODEL_VERSION", "MODEL_LABELS", "VERSION_LABELS", "METHOD", "ROUTE",
     "STATUS", "HTTP_LABELS", "IN_PROGRESS_LABELS", "ERROR_TYPE", "STAGE", "CLASS", "FEATURE", "BIN",
@@ -43,6 +44,8 @@ __all__ = [
     "latency_quantile", "LATENCY_P99", "error_ratio", "slow_ratio", "ERROR_RATIO", "ERROR_RATIO_STEM",
     "SLOW_RATIO_STEM", "Distribution", "FEATURE_DRIFT", "CLASS_DRIFT", "FEEDBACK_RATE", "ACCURACY",
     "REFERENCE_ACCURACY_MAX",
+    # what the shipped rules assume
+    "GAUGE_WINDOW", "LATENCY_THRESHOLD", "DEFAULT_JOB",
 ]
 
 # -- sentinels, floors, buckets ------------------------------------------------------------------
@@ -58,6 +61,12 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: inference-friendly latency buckets, 1 ms .. 30 s
 DEFAULT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: the p99 SLA and latency SLO bound of the shipped rules (seconds): a bound of DEFAULT_BUCKETS, as
+#: the slow-ratio rules read the bucket ``le`` equal to it; buckets without it make those rules empty
+LATENCY_THRESHOLD = 0.5
+#: the scrape ``job`` the shipped rules select (``job="mlmonitor"``); render with ``--selector`` for others
+DEFAULT_JOB = "mlmonitor"
 
 # -- metric families: base name as given to prometheus-client, then the exposed series read -------
 
@@ -99,6 +108,9 @@ COST = "mlmonitor_cost"
 COST_TOTAL = COST + "_total"
 INTERNAL_ERRORS = "mlmonitor_internal_errors"
 INTERNAL_ERRORS_TOTAL = INTERNAL_ERRORS + "_total"
+#: its help text: the gunicorn master writes this series itself (multiprocess.py), and a
+#: sample's key holds the help, so both writers spell it from here
+INTERNAL_ERRORS_HELP = "mlmonitor's own faults (should stay 0)."
 TELEMETRY_DROPPED = "mlmonitor_telemetry_dropped"
 TELEMETRY_DROPPED_TOTAL = TELEMETRY_DROPPED + "_total"
 PROCESS_MEMORY = "mlmonitor_process_resident_memory_bytes"
@@ -151,6 +163,9 @@ RATE_WINDOW = "5m"
 DRIFT_WINDOW = "1h"
 #: window of accuracy from feedback
 ACCURACY_WINDOW = "1h"
+#: gauges are read as ``last_over_time`` over this window (a few scrape intervals), so a missed
+#: scrape shorter than it changes no recording-rule series and resets no alert's ``for:``
+GAUGE_WINDOW = "5m"
 #: windows of the error and slow ratios (the SLO burn-rate alerts read them)
 SLO_WINDOWS: Tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 #: latency quantiles recorded per version, as percentages

@@ -17,6 +17,9 @@ Every query selects through the ``datasource`` variable (no datasource uid and n
 placeholder, which file provisioning would leave unresolved), uses ``$__rate_interval`` in every
 range, and reads the recording rules of ``alerts/`` where one exists (PSI, class shares,
 accuracy from feedback) and raw metrics otherwise, so panels follow the dashboard's time range.
+Every ratio divides by a total filtered ``> 0`` ("No data", never NaN, without traffic); every
+panel's description ends with a sentence saying what filters it (:func:`scope`); the canary
+comparisons stay empty, with a hint, unless two different versions are chosen.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from .contract import (
     ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COST_TOTAL, DRIFT_WINDOW, ERROR_TYPE, FEATURE_BIN_TOTAL,
     FEATURE_DRIFT, FEATURE_MISSING_TOTAL, FEEDBACK_TOTAL, GPU_MEMORY_TOTAL, GPU_MEMORY_USED,
     GPU_UTILIZATION, HTTP_REQUEST_DURATION_BUCKET, HTTP_REQUESTS_IN_PROGRESS, HTTP_REQUESTS_TOTAL,
-    INTERNAL_ERRORS_TOTAL, INVALID_INPUT, JOB, MODEL_INFO, MODEL_NAME, PREDICTED_CLASS_TOTAL,
+    INTERNAL_ERRORS_TOTAL, INVALID_INPUT, JOB, MODEL_INFO, MODEL_NAME, MODEL_VERSION, PREDICTED_CLASS_TOTAL,
     PREDICTION_DURATION_BUCKET, PREDICTION_ERRORS_TOTAL, PREDICTION_SCORE_BUCKET, PREDICTIONS_TOTAL,
     PROCESS_CPU_TOTAL, PROCESS_MEMORY, REFERENCE_ACCURACY_MAX, STAGE_DURATION_BUCKET,
     STAGE_DURATION_COUNT, STAGE_DURATION_SUM, TELEMETRY_DROPPED_TOTAL, TOKENS_TOTAL, VERSION_LABELS)
@@ -73,11 +76,16 @@ def quantile(q: float, bucket: str, sel: str, by: str = BY) -> str:
     return f"histogram_quantile({q}, sum by (le, {by}) ({rate(bucket, sel)}))"
 
 
+def positive(expr: str) -> str:
+    """A divisor: ``expr`` where above 0, so a ratio without traffic has no value ("No data"), not NaN."""
+    return f"({expr} > 0)"
+
+
 def error_ratio(sel: str, matcher: str, by: str = BY) -> str:
     """Share of predictions with errors matching ``matcher``; 0 (not a gap) when there were none."""
     total = f"sum by ({by}) ({rate(PREDICTIONS_TOTAL, sel)})"
     errors = f"sum by ({by}) ({rate(PREDICTION_ERRORS_TOTAL, with_label(sel, matcher))})"
-    return f"({errors} or 0 * {total}) / {total}"
+    return f"({errors} or 0 * {total}) / {positive(total)}"
 
 
 SERVER_ERRORS = f'{ERROR_TYPE}!="{INVALID_INPUT}"'
@@ -100,13 +108,15 @@ def thresholds(steps: Sequence[tuple] = ((None, "green"),)) -> Dict[str, Any]:
 def panel(kind: str, title: str, description: str, unit: str, targets: List[Dict[str, Any]],
           w: int, h: int = 8, steps: Sequence[tuple] = ((None, "green"),),
           options: Optional[Dict[str, Any]] = None, custom: Optional[Dict[str, Any]] = None,
-          **extra: Any) -> Panel:
+          no_value: str = "", **extra: Any) -> Panel:
     for i, t in enumerate(targets):
         t["refId"] = chr(ord("A") + i)
     defaults: Dict[str, Any] = {"unit": unit, "thresholds": thresholds(steps),
                                 "color": {"mode": "palette-classic" if kind == "timeseries" else "thresholds"}}
     if custom:
         defaults["custom"] = custom
+    if no_value:  # shown instead of "No data"
+        defaults["noValue"] = no_value
     return {"type": kind, "title": title, "description": description, "datasource": DS,
             "gridPos": {"h": h, "w": w, "x": 0, "y": 0}, "targets": targets,
             "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options or {}, **extra}
@@ -114,7 +124,7 @@ def panel(kind: str, title: str, description: str, unit: str, targets: List[Dict
 
 def timeseries(title: str, description: str, unit: str, targets: List[Dict[str, Any]], w: int = 12,
                stack: bool = False, steps: Sequence[tuple] = ((None, "green"),),
-               threshold_lines: bool = False) -> Panel:
+               threshold_lines: bool = False, no_value: str = "") -> Panel:
     custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 30 if stack else 10,
               "showPoints": "never", "spanNulls": False,
               "stacking": {"mode": "normal" if stack else "none", "group": "A"},
@@ -122,16 +132,16 @@ def timeseries(title: str, description: str, unit: str, targets: List[Dict[str, 
     options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
                "tooltip": {"mode": "multi", "sort": "desc"}}
     return panel("timeseries", title, description, unit, targets, w, steps=steps, options=options,
-                 custom=custom)
+                 custom=custom, no_value=no_value)
 
 
 def stat(title: str, description: str, unit: str, expr: str, legend: str = "",
-         steps: Sequence[tuple] = ((None, "green"),), w: int = 4) -> Panel:
+         steps: Sequence[tuple] = ((None, "green"),), w: int = 4, no_value: str = "") -> Panel:
     options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                "colorMode": "value", "graphMode": "area", "textMode": "auto", "justifyMode": "auto",
                "orientation": "auto"}
     return panel("stat", title, description, unit, [target(expr, legend)], w, h=4, steps=steps,
-                 options=options)
+                 options=options, no_value=no_value)
 
 
 def table(title: str, description: str, unit: str, expr: str, w: int, h: int = 8,
@@ -146,13 +156,13 @@ def table(title: str, description: str, unit: str, expr: str, w: int, h: int = 8
 
 
 def bargauge(title: str, description: str, unit: str, targets: List[Dict[str, Any]], w: int = 12,
-             h: int = 8) -> Panel:
+             h: int = 8, no_value: str = "") -> Panel:
     for t in targets:
         t.update(instant=True, range=False)
     options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                "displayMode": "gradient", "orientation": "horizontal", "showUnfilled": True,
                "valueMode": "color", "namePlacement": "auto", "sizing": "auto"}
-    result = panel("bargauge", title, description, unit, targets, w, h, options=options)
+    result = panel("bargauge", title, description, unit, targets, w, h, options=options, no_value=no_value)
     result["fieldConfig"]["defaults"]["min"] = 0
     return result
 
@@ -217,8 +227,29 @@ def variables(canary: bool = False) -> List[Dict[str, Any]]:
     return out
 
 
+#: the last sentence of every panel's description: what the panel is per, and what filters it
+SCOPE_MODEL = "Follows the Job, Model and Version selection."
+SCOPE_CANARY = "Follows the Job, Model, Version A and Version B selection."
+SCOPE_ROUTE = ("Per HTTP route, for the selected jobs only: HTTP metrics carry no model labels, so Model"
+               " and Version do not filter this panel.")
+SCOPE_JOB = "For the selected jobs only: Model and Version do not filter this panel."
+
+
+def scope(p: Panel) -> str:
+    """The scope sentence of a panel, from the selectors its queries use."""
+    exprs = " ".join(t["expr"] for t in p["targets"])
+    if "$version_a" in exprs:
+        return SCOPE_CANARY
+    if "$model_name" in exprs:
+        return SCOPE_MODEL
+    return SCOPE_ROUTE if "route" in exprs else SCOPE_JOB
+
+
 def dashboard(uid: str, title: str, description: str, panels: List[Panel], canary: bool = False) -> Dict[str, Any]:
     kinds = sorted({p["type"] for p in panels if p["type"] != "row"})
+    for p in panels:
+        if p["type"] != "row":
+            p["description"] = f"{p['description']} {scope(p)}"
     return {
         "__inputs": [],
         "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": GRAFANA_VERSION},
@@ -263,12 +294,12 @@ def overview() -> Dict[str, Any]:
         stat("Server error ratio", "Share of predictions that failed with a server error (every error_type but"
              " invalid_input). Invalid input is the client's fault and is shown apart.", "percentunit",
              f"(sum({rate(PREDICTION_ERRORS_TOTAL, with_label(SEL, SERVER_ERRORS))}) or 0 * sum({pred}))"
-             f" / sum({pred})",
+             f" / {positive(f'sum({pred})')}",
              steps=[(None, "green"), (0.01, "red")]),
         stat("Invalid input ratio", "Share of predictions refused as invalid input (4xx, error_type"
              " invalid_input): a client or schema problem, not a server fault.", "percentunit",
              f"(sum({rate(PREDICTION_ERRORS_TOTAL, with_label(SEL, INVALID))}) or 0 * sum({pred}))"
-             f" / sum({pred})", steps=[(None, "green"), (0.05, "orange")]),
+             f" / {positive(f'sum({pred})')}", steps=[(None, "green"), (0.05, "orange")]),
         stat("p99 prediction latency", "99th percentile of the prediction handler's time over all selected"
              " versions, from the summed histogram buckets.", "s",
              f"histogram_quantile(0.99, sum by (le) ({rate(latency, SEL)}))",
@@ -311,7 +342,7 @@ def overview() -> Dict[str, Any]:
         timeseries("Stage breakdown (mean time per stage)", "Mean time spent in each monitor.stage() block per"
                    " request, stacked: where a prediction's time goes.", "s",
                    [target(f"sum by ({BY}, stage) ({rate(STAGE_DURATION_SUM, SEL)})"
-                           f" / sum by ({BY}, stage) ({rate(STAGE_DURATION_COUNT, SEL)})",
+                           f" / {positive(f'sum by ({BY}, stage) ({rate(STAGE_DURATION_COUNT, SEL)})')}",
                            by_version + " {{stage}}")], stack=True),
         timeseries("Stage p95", "95th percentile of each stage's time per version.", "s",
                    [target(quantile(0.95, STAGE_DURATION_BUCKET, SEL, by=BY + ", stage"),
@@ -379,7 +410,8 @@ def quality() -> Dict[str, Any]:
         timeseries("Missing values share per feature", "Share of observed values of each feature that were"
                    " missing or non-numeric; 0 while the feature has traffic and nothing is missing.",
                    "percentunit",
-                   [target(f"({missing} or 0 * {binned}) / (({missing} or 0 * {binned}) + ({binned} or 0 * {missing}))",
+                   [target(f"({missing} or 0 * {binned})"
+                           f" / {positive(f'({missing} or 0 * {binned}) + ({binned} or 0 * {missing})')}",
                            by_version + " {{feature}}")]),
         row("Predictions"),
         bargauge(f"Predicted class shares vs reference (last {drift})", "Live share of each predicted class"
@@ -391,7 +423,8 @@ def quality() -> Dict[str, Any]:
                          by_version + " {{class}} reference")]),
         timeseries("Predicted class shares over time", "Share of each predicted class per version over the"
                    " rate interval.", "percentunit",
-                   [target(f"sum by ({BY}, class) ({classes}) / on ({BY}) group_left () sum by ({BY}) ({classes})",
+                   [target(f"sum by ({BY}, class) ({classes})"
+                           f" / on ({BY}) group_left () {positive(f'sum by ({BY}) ({classes})')}",
                            by_version + " {{class}}")], stack=True),
         heatmap("Score distribution", "Predictions per confidence-score bucket (0.1 wide) over time, all"
                 " selected versions.", f"sum by (le) ({rate(score, SEL, 'increase')})"),
@@ -401,10 +434,12 @@ def quality() -> Dict[str, Any]:
         row("Accuracy from feedback"),
         timeseries("Live accuracy vs baseline",
                    f"Share of feedback marked correct ({ACCURACY_WINDOW} window, recording rule"
-                   f" {ACCURACY}) against the reference accuracy.",
+                   f" {ACCURACY}) against the reference accuracy; no line (not NaN) for a version"
+                   " without feedback in the window.",
                    "percentunit",
                    [target(f"{ACCURACY}{SEL}", by_version + " live"),
-                    target(f"{REFERENCE_ACCURACY_MAX}{SEL}", by_version + " baseline")]),
+                    target(f"{REFERENCE_ACCURACY_MAX}{SEL}", by_version + " baseline")],
+                   no_value="No feedback in the window"),
         timeseries("Feedback by outcome", "Ground-truth feedback per second by outcome (correct / incorrect).",
                    "reqps", [target(f"sum by ({BY}, outcome) ({rate(FEEDBACK_TOTAL, SEL)})",
                                     by_version + " {{outcome}}")], stack=True),
@@ -433,19 +468,34 @@ def canary() -> Dict[str, Any]:
     accuracy = {v: f"{ACCURACY}{s}" for v, s in a_b}
     shares = {v: f"{CLASS_DRIFT.share}{s}" for v, s in a_b}
     name = {"A": "A $version_a", "B": "B $version_b"}
+    # the comparisons need two different versions: with A = B (a model with one version) they would
+    # show share 0.5 and deltas 0; the guard leaves them empty and noValue says why
+    two = (f'count(count by ({MODEL_VERSION}) ({MODEL_INFO}{{{MODEL},'
+           f' {MODEL_VERSION}=~"$version_a|$version_b"}})) > 1')
+
+    def compared(expr: str) -> str:
+        return f"({expr}) and on () ({two})"
+
+    both = f"{pred['A']} + on ({by}) {pred['B']}"
+    pick = "Pick two different versions (A, B)"
+    why = " Empty unless A and B are two different versions served now."
     panels = [
         row("B minus A"),
-        stat("Traffic share of B", "Share of the two versions' predictions served by version B.",
-             "percentunit", f"{pred['B']} / on ({by}) ({pred['A']} + on ({by}) {pred['B']})", w=6),
-        stat("p99 latency delta (B - A)", "p99 prediction latency of B minus that of A; above 0: B is slower.",
-             "s", f"{p99['B']} - on ({by}) {p99['A']}", w=6),
+        stat("Traffic share of B", "Share of the two versions' predictions served by version B." + why,
+             "percentunit",
+             compared(f"{pred['B']} / on ({by}) {positive(both)}"),
+             w=6, no_value=pick),
+        stat("p99 latency delta (B - A)", "p99 prediction latency of B minus that of A; above 0: B is slower."
+             + why, "s", compared(f"{p99['B']} - on ({by}) {p99['A']}"), w=6, no_value=pick),
         stat("Server error ratio delta (B - A)", "Server error ratio of B minus that of A (invalid input"
-             " excluded); above 0: B fails more.", "percentunit", f"({errors['B']}) - on ({by}) ({errors['A']})",
-             steps=[(None, "green"), (0.01, "red")], w=6),
+             " excluded); above 0: B fails more." + why, "percentunit",
+             compared(f"({errors['B']}) - on ({by}) ({errors['A']})"),
+             steps=[(None, "green"), (0.01, "red")], w=6, no_value=pick),
         stat("Accuracy delta (B - A)",
              f"Accuracy from feedback ({ACCURACY_WINDOW} window) of B minus that of A; below 0: B is"
-             " less accurate.", "percentunit", f"{accuracy['B']} - on ({by}) {accuracy['A']}",
-             steps=[(None, "red"), (-0.02, "green")], w=6),
+             " less accurate. Empty unless A and B are two different versions, both with feedback in the"
+             " window.", "percentunit", compared(f"{accuracy['B']} - on ({by}) {accuracy['A']}"),
+             steps=[(None, "red"), (-0.02, "green")], w=6, no_value="Needs two versions with feedback"),
         row("Side by side"),
         timeseries("Predictions / s, A vs B", "Predictions per second of each version.", "reqps",
                    [target(pred[v], name[v]) for v, _ in a_b]),
@@ -461,14 +511,16 @@ def canary() -> Dict[str, Any]:
                  f" (recording rule, {DRIFT_WINDOW}).", "percentunit",
                  [target(shares[v], name[v] + " {{class}}") for v, _ in a_b]),
         bargauge(f"Predicted class share delta (B - A, last {drift})", "Share of each class under B minus under A;"
-                 " large bars: the versions disagree on the class mix.", "percentunit",
-                 [target(f"{shares['B']} - on ({by}, class) {shares['A']}", "{{class}}")]),
+                 " large bars: the versions disagree on the class mix." + why, "percentunit",
+                 [target(compared(f"{shares['B']} - on ({by}, class) {shares['A']}"), "{{class}}")],
+                 no_value=pick),
         timeseries("Accuracy from feedback, A vs B",
                    f"Share of feedback marked correct per version ({ACCURACY_WINDOW} window)"
-                   " with each version's reference accuracy.", "percentunit",
+                   " with each version's reference accuracy; no line for a version without feedback.",
+                   "percentunit",
                    [target(accuracy[v], name[v]) for v, _ in a_b]
                    + [target(f"{REFERENCE_ACCURACY_MAX}{s}", name[v] + " baseline")
-                      for v, s in a_b]),
+                      for v, s in a_b], no_value="No feedback in the window"),
         timeseries("Score median, A vs B", "Median confidence score per version.", "percentunit",
                    [target(quantile(0.5, PREDICTION_SCORE_BUCKET, s, by=by), name[v]) for v, s in a_b]),
     ]

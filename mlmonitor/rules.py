@@ -8,23 +8,33 @@ emitter that writes them; every metric and recording-rule name comes from
 
 The shipped files in ``alerts/`` are this module's output with default thresholds
 (``mlmonitor alerts render --prometheus-operator --out-dir alerts``); a test keeps
-them in sync. Change a threshold or SLO target by rendering again, never by
-editing the YAML by hand::
+them in sync. Change a threshold, SLO target, selector or runbook address by
+rendering again, never by editing the YAML by hand::
 
-    mlmonitor alerts render --error-ratio 0.02 --latency-p99 0.8 \\
+    mlmonitor alerts render --error-ratio 0.02 --latency-p99 1.0 \\
+        --selector '{job="my-model"}' --runbook-base-url https://wiki.example.com/runbooks \\
         --availability-slo 0.995 --out-dir my-alerts/
 
-Every aggregation keeps ``job``, ``model_name`` and ``model_version`` so an alert
-names the version that fails. Inputs are counters read through ``rate()``, so
-counter resets (restarts) do not fire alerts. ``--time-scale N`` divides every
-range window and ``for:`` by N (tests only); rule names keep their nominal
-windows so dashboards and queries do not change.
+Every raw selector carries ``--selector`` (default ``job="mlmonitor"``, ``up``
+included), so the rules never judge targets that are not mlmonitor's. Every
+aggregation keeps ``job``, ``model_name`` and ``model_version`` so an alert
+names the version that fails. Counters are read through ``rate()``, so counter
+resets (restarts) do not fire alerts; gauges are read through ``last_over_time``
+over ``GAUGE_WINDOW``, so a missed scrape (a target briefly unreachable, a
+recycled worker) changes no recording-rule series and resets no ``for:``. Every
+ratio divides by a rate filtered ``> 0``: no traffic gives no series, never NaN.
+Latency thresholds must be bucket bounds (``--buckets``, default mlmonitor's):
+the slow-ratio rules read the bucket whose ``le`` is the threshold.
+``--time-scale N`` divides every range window, ``for:`` and Alertmanager time by N
+(tests only); rule names keep their nominal windows so dashboards and queries do
+not change.
 
 The output is plain block YAML written by a small emitter here, so the package
 needs no YAML library at run time.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -32,22 +42,23 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Tuple
 
 from .contract import (
-    ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COMPONENT, CORRECT, ERROR_RATIO, ERROR_TYPE,
-    FEATURE_DRIFT, FEEDBACK_RATE, FEEDBACK_TOTAL, GPU_MEMORY_TOTAL, GPU_MEMORY_USED,
-    INTERNAL_ERRORS_TOTAL, INVALID_INPUT, INVALID_INPUT_RATE, INVALID_INPUT_RATIO, JOB,
-    LATENCY_P99, LATENCY_QUANTILES, MODEL_NAME, OUTCOME, PREDICTION_DURATION_BUCKET,
-    PREDICTION_DURATION_COUNT, PREDICTION_ERRORS_RATE, PREDICTION_ERRORS_TOTAL, PREDICTIONS_RATE,
-    PREDICTIONS_TOTAL, PROCESS_MEMORY, PSI_FLOOR, RATE_WINDOW, REFERENCE_ACCURACY,
-    REFERENCE_ACCURACY_MAX, SIGNAL, SLO_WINDOWS, TELEMETRY_DROPPED_TOTAL, VERSION_LABELS,
-    Distribution, error_ratio, latency_quantile, slow_ratio)
+    ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COMPONENT, CORRECT, DEFAULT_BUCKETS, DEFAULT_JOB,
+    ERROR_RATIO, ERROR_TYPE, FEATURE_DRIFT, FEEDBACK_RATE, FEEDBACK_TOTAL, GAUGE_WINDOW,
+    GPU_MEMORY_TOTAL, GPU_MEMORY_USED, INTERNAL_ERRORS_TOTAL, INVALID_INPUT, INVALID_INPUT_RATE,
+    INVALID_INPUT_RATIO, JOB, LATENCY_P99, LATENCY_QUANTILES, LATENCY_THRESHOLD, MODEL_NAME, OUTCOME,
+    PREDICTION_DURATION_BUCKET, PREDICTION_DURATION_COUNT, PREDICTION_ERRORS_RATE,
+    PREDICTION_ERRORS_TOTAL, PREDICTIONS_RATE, PREDICTIONS_TOTAL, PROCESS_MEMORY, PSI_FLOOR,
+    RATE_WINDOW, REFERENCE_ACCURACY, REFERENCE_ACCURACY_MAX, SIGNAL, SLO_WINDOWS,
+    TELEMETRY_DROPPED_TOTAL, VERSION_LABELS, Distribution, error_ratio, latency_quantile, slow_ratio)
 
-__all__ = ["Thresholds", "render_groups", "render_files", "to_yaml", "RECORDING_FILE", "ALERTS_FILE",
-           "OPERATOR_FILE"]
+__all__ = ["Thresholds", "render_groups", "render_files", "render_text", "render_alertmanager",
+           "to_yaml", "RECORDING_FILE", "ALERTS_FILE", "OPERATOR_FILE", "ALERTMANAGER_FILE"]
 
 RUNBOOK_BASE = "https://github.com/mlmonitor/mlmonitor/blob/main/docs/runbooks.md"
 RECORDING_FILE = "mlmonitor-recording.rules.yml"
 ALERTS_FILE = "mlmonitor-alerts.rules.yml"
 OPERATOR_FILE = os.path.join("prometheus-operator", "mlmonitor-prometheusrule.yaml")
+ALERTMANAGER_FILE = "alertmanager.yml"
 
 #: labels every per-version aggregation keeps
 VERSION = ", ".join(VERSION_LABELS)
@@ -73,7 +84,7 @@ class Thresholds:
 
     error_ratio: float = 0.01
     invalid_input_ratio: float = 0.05
-    latency_p99: float = 0.5
+    latency_p99: float = LATENCY_THRESHOLD
     availability_slo: float = 0.999
     latency_slo: float = 0.99
     latency_slo_threshold: float = 0.0  # 0: same as latency_p99; must be a histogram bucket bound
@@ -85,7 +96,9 @@ class Thresholds:
     canary_latency_factor: float = 1.5
     memory_bytes: float = float(4 * 2**30)
     gpu_memory_ratio: float = 0.9
-    selector: str = ""
+    selector: str = f'{JOB}="{DEFAULT_JOB}"'
+    runbook_base_url: str = RUNBOOK_BASE
+    buckets: Tuple[float, ...] = DEFAULT_BUCKETS
     time_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -98,6 +111,21 @@ class Thresholds:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.time_scale <= 0 or self.latency_p99 <= 0 or self.psi_threshold <= 0:
             raise ValueError("time_scale, latency_p99 and psi_threshold must be positive")
+        self.selector = self.selector.strip()
+        if self.selector.startswith("{") and self.selector.endswith("}"):
+            self.selector = self.selector[1:-1].strip()
+        if not _SELECTOR.fullmatch(self.selector):
+            raise ValueError(f"--selector {self.selector!r}: not label matchers such as '{{job=\"my-model\"}}'")
+        if not re.match(r"https?://\S+$", self.runbook_base_url):
+            raise ValueError(f"--runbook-base-url {self.runbook_base_url!r}: not an http(s) URL")
+        self.buckets = tuple(sorted({float(b) for b in self.buckets}))
+        for name in ("latency_p99", "latency_slo_threshold"):
+            setattr(self, name, bucket_bound(name, getattr(self, name), self.buckets))
+
+
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
+#: what --selector accepts (braces stripped): matchers separated by commas, or nothing
+_SELECTOR = re.compile(f"(?:{_MATCHER}(?:,{_MATCHER})*)?")
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -125,6 +153,20 @@ def num(value: float) -> str:
     return f"{value:.10g}"
 
 
+def bucket_bound(name: str, value: float, buckets: Tuple[float, ...]) -> float:
+    """``value`` if it is one of ``buckets`` (the bound itself), else ValueError naming the nearest bounds."""
+    for bound in buckets:
+        if abs(bound - value) <= 1e-9 * max(abs(value), 1.0):
+            return bound
+    i = bisect.bisect(buckets, value)
+    near = " and ".join(num(b) for b in buckets[max(i - 1, 0):i + 1])
+    option = "--" + name.replace("_", "-")
+    raise ValueError(
+        f"{option} {num(value)} is not a bucket bound of the latency histogram, so the rules on it"
+        f" could never fire; nearest bounds: {near}. Pick one of them, or pass the app's buckets"
+        f" (MLMONITOR_BUCKETS) with --buckets")
+
+
 def le_label(value: float) -> str:
     """A bucket bound as prometheus_client writes it in ``le`` (``0.5``, ``1.0``)."""
     return repr(float(value))
@@ -143,6 +185,15 @@ class _Builder:
         parts = [p for p in (self.t.selector, *matchers) if p]
         return f"{metric}{{{', '.join(parts)}}}" if parts else metric
 
+    def gauge(self, metric: str) -> str:
+        """A gauge's last value within GAUGE_WINDOW: present across a missed scrape."""
+        return f"last_over_time({self.m(metric)}[{self.w(GAUGE_WINDOW)}])"
+
+    def runbook(self, alert: str) -> str:
+        """``{alert}`` in the base URL is replaced by the alert's name in lower case, else ``#name``."""
+        base, anchor = self.t.runbook_base_url, alert.lower()
+        return base.replace("{alert}", anchor) if "{alert}" in base else f"{base}#{anchor}"
+
     def seconds(self, nominal: str) -> str:
         return num(parse_duration(self.w(nominal)) / 1000)
 
@@ -154,11 +205,7 @@ def _alert(name: str, expr: str, severity: str, family: str, for_: str, summary:
     if for_:
         rule["for"] = for_
     rule["labels"] = labels
-    rule["annotations"] = {
-        "summary": summary,
-        "description": description,
-        "runbook_url": f"{RUNBOOK_BASE}#{name.lower()}",
-    }
+    rule["annotations"] = {"summary": summary, "description": description}  # + runbook_url: _alerts
     return rule
 
 
@@ -187,7 +234,7 @@ def _recording(b: _Builder) -> List[Dict[str, Any]]:
         {"record": INVALID_INPUT_RATIO,
          "expr": (f"(\n  {INVALID_INPUT_RATE}\n"
                   f"  or 0 * {PREDICTIONS_RATE}\n)\n"
-                  f"/ {PREDICTIONS_RATE}")},
+                  f"/ ({PREDICTIONS_RATE} > 0)")},
     ]
     for q in LATENCY_QUANTILES:
         requests.append({
@@ -203,12 +250,12 @@ def _recording(b: _Builder) -> List[Dict[str, Any]]:
         slo.append({
             "record": error_ratio(win),
             "expr": (f"(\n  sum by ({VERSION}) (rate({b.m(err, SERVER_ERRORS)}[{b.w(win)}]))\n"
-                     f"  or 0 * {total}\n)\n/ {total}"),
+                     f"  or 0 * {total}\n)\n/ ({total} > 0)"),
         })
         slo.append({
             "record": slow_ratio(win),
             "expr": (f"1 - (\n  sum by ({VERSION}) (rate({b.m(PREDICTION_DURATION_BUCKET, le)}[{b.w(win)}]))\n"
-                     f"  / sum by ({VERSION}) (rate({b.m(PREDICTION_DURATION_COUNT)}[{b.w(win)}]))\n)"),
+                     f"  / (sum by ({VERSION}) (rate({b.m(PREDICTION_DURATION_COUNT)}[{b.w(win)}])) > 0)\n)"),
         })
 
     quality = _distribution_rules(b, FEATURE_DRIFT) + _distribution_rules(b, CLASS_DRIFT)
@@ -220,9 +267,9 @@ def _recording(b: _Builder) -> List[Dict[str, Any]]:
         {"record": ACCURACY,
          "expr": (f"(\n  sum by ({VERSION}) (rate({b.m(FEEDBACK_TOTAL, correct)}[{b.w(acc)}]))\n"
                   f"  or 0 * {FEEDBACK_RATE}\n)\n"
-                  f"/ {FEEDBACK_RATE}")},
+                  f"/ ({FEEDBACK_RATE} > 0)")},
         {"record": REFERENCE_ACCURACY_MAX,
-         "expr": f"max by ({VERSION}) ({b.m(REFERENCE_ACCURACY)})"},
+         "expr": f"max by ({VERSION}) ({b.gauge(REFERENCE_ACCURACY)})"},
     ]
     return [
         {"name": "mlmonitor.recording.requests", "rules": requests},
@@ -235,9 +282,10 @@ def _distribution_rules(b: _Builder, d: Distribution) -> List[Dict[str, str]]:
     """PSI of a live counter's bin shares against a reference gauge's shares.
 
     Live counts are summed over workers and replicas first, the reference is
-    joined with ``max`` over the same labels. Reference bins with no live count
-    in the window count as share 0 (then floored), but only where the group had
-    traffic in the window. Shares are floored at PSI_FLOOR on both sides.
+    joined with ``max`` over the same labels (its last value within GAUGE_WINDOW, so a
+    missed scrape keeps it). Reference bins with no live count in the window count as
+    share 0 (then floored), but only where the group had traffic in the window. Shares
+    are floored at PSI_FLOOR on both sides.
     """
     outer = f"{VERSION}, {d.group}" if d.group else VERSION
     inner = f"{outer}, {d.bin_label}"
@@ -247,7 +295,7 @@ def _distribution_rules(b: _Builder, d: Distribution) -> List[Dict[str, str]]:
     return [
         {"record": live, "expr": f"sum by ({inner}) (rate({b.m(d.counter)}[{b.w(d.window)}]))"},
         {"record": total, "expr": f"sum by ({outer}) ({live})"},
-        {"record": ref, "expr": f"max by ({inner}) ({b.m(d.reference)})"},
+        {"record": ref, "expr": f"max by ({inner}) ({b.gauge(d.reference)})"},
         {"record": share,
          "expr": (f"(\n  {live}\n  / on ({outer}) group_left ()\n  ({total} > 0)\n)\n"
                   f"or\n(\n  0 * {ref}\n  and on ({outer})\n  ({total} > 0)\n)")},
@@ -374,14 +422,14 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
 
     platform = [
         _alert("MLModelProcessMemoryHigh",
-               f"{b.m(PROCESS_MEMORY)} > {num(t.memory_bytes)}",
+               f"{b.gauge(PROCESS_MEMORY)} > {num(t.memory_bytes)}",
                "warning", "resources", b.w("10m"),
                "Worker memory high on {{ $labels.instance }} (job {{ $labels.job }})",
                "Resident memory of worker {{ $labels.worker }} on {{ $labels.instance }} is"
                " {{ $value | humanize1024 }}B" + f" (threshold {num(t.memory_bytes / 2**30)}GiB)."),
         _alert("MLModelGPUMemoryHigh",
-               (f"{b.m(GPU_MEMORY_USED)}\n"
-                f"/ {b.m(GPU_MEMORY_TOTAL)}\n> {num(t.gpu_memory_ratio)}"),
+               (f"{b.gauge(GPU_MEMORY_USED)}\n"
+                f"/ ({b.gauge(GPU_MEMORY_TOTAL)} > 0)\n> {num(t.gpu_memory_ratio)}"),
                "warning", "resources", b.w("5m"),
                "GPU memory above " + num(t.gpu_memory_ratio * 100) + "% on {{ $labels.instance }}",
                "GPU memory use on {{ $labels.instance }} (job {{ $labels.job }}) is"
@@ -399,6 +447,8 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                "mlmonitor dropped {{ $value | printf \"%.0f\" }} {{ $labels.signal }} items over the last 10m"
                " on {{ $labels.instance }} (job {{ $labels.job }}): exporter down or queue full."),
     ]
+    for rule in model + slo + quality + platform:
+        rule["annotations"]["runbook_url"] = b.runbook(rule["alert"])
     return [
         {"name": "mlmonitor.alerts.model", "rules": model},
         {"name": "mlmonitor.alerts.slo", "rules": slo},
@@ -472,30 +522,127 @@ def _block_safe(text: str) -> bool:
 
 
 def _header(t: Thresholds) -> str:
-    opts = " ".join(f"--{f.name.replace('_', '-')} {getattr(t, f.name)!r}"
-                    for f in fields(t) if getattr(t, f.name) != f.default
-                    and not (f.name == "latency_slo_threshold" and t.latency_slo_threshold == t.latency_p99))
-    return ("# Generated by `mlmonitor alerts render" + (f" {opts}" if opts else "")
+    opts = []
+    for f in fields(t):
+        value = getattr(t, f.name)
+        if value == f.default or (f.name == "latency_slo_threshold" and value == t.latency_p99):
+            continue
+        if f.name == "buckets":
+            value = ",".join(num(b) for b in value)
+        opts.append(f"--{f.name.replace('_', '-')} {value!r}")
+    return ("# Generated by `mlmonitor alerts render" + "".join(f" {o}" for o in opts)
             + "`: do not edit by hand.\n")
 
 
+def render_text(thresholds: Thresholds, prometheus_operator: bool = False) -> str:
+    """One rule file with every group (or the PrometheusRule manifest): what goes to stdout."""
+    recording, alerting = render_groups(thresholds)
+    head = _header(thresholds)
+    if prometheus_operator:
+        return head + to_yaml(_manifest(recording + alerting)) + "\n"
+    return head + to_yaml({"groups": recording + alerting}) + "\n"
+
+
+def _manifest(groups: List[dict]) -> Dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "mlmonitor", "labels": {"app.kubernetes.io/name": "mlmonitor",
+                                                     "role": "alert-rules"}},
+        "spec": {"groups": groups},
+    }
+
+
+#: Alertmanager routing; every time in it is divided by --time-scale
+_ALERTMANAGER = """\
+# Alertmanager routing for mlmonitor's alerts (mlmonitor-alerts.rules.yml).
+#
+# Load with: prometheus-alertmanager --config.file=alerts/alertmanager.yml
+# Check with: amtool check-config alerts/alertmanager.yml
+#
+# Every alert carries `severity` (critical / warning / info) and `family` (the alert family:
+# availability, latency, traffic, input, drift, quality, canary, resources, mlmonitor).
+# Replace the webhook URL with your own receiver, or uncomment the Slack / PagerDuty stubs.
+
+global:
+  resolve_timeout: {resolve}
+
+route:
+  receiver: default
+  # one notification per alert and model version: it names the version that fails
+  group_by: [alertname, job, model_name, model_version]
+  group_wait: {group_wait}
+  group_interval: {group_interval}
+  repeat_interval: {repeat}
+  routes:
+    - matchers: ['severity="critical"']
+      receiver: critical
+      repeat_interval: {repeat_critical}
+    - matchers: ['severity="warning"']
+      receiver: warning
+    - matchers: ['severity="info"']
+      receiver: info
+      repeat_interval: {repeat_info}
+
+inhibit_rules:
+  # a critical alert silences the warnings of the same family for the same model version
+  # (e.g. the critical availability burn silences the slow-burn warning)
+  - source_matchers: ['severity="critical"']
+    target_matchers: ['severity="warning"']
+    equal: [job, model_name, model_version, family]
+
+receivers:
+  - name: default
+    webhook_configs:
+      - url: 'http://127.0.0.1:5001/'
+        send_resolved: true
+
+  - name: critical
+    webhook_configs:
+      - url: 'http://127.0.0.1:5001/'
+        send_resolved: true
+    # pagerduty_configs:
+    #   - routing_key: '<your PagerDuty Events v2 integration key>'
+    #     severity: critical
+    #     send_resolved: true
+
+  - name: warning
+    webhook_configs:
+      - url: 'http://127.0.0.1:5001/'
+        send_resolved: true
+    # slack_configs:
+    #   - api_url: 'https://hooks.slack.com/services/XXX/YYY/ZZZ'
+    #     channel: '#ml-alerts'
+    #     title: '{{{{ .CommonAnnotations.summary }}}}'
+    #     text: '{{{{ .CommonAnnotations.description }}}} {{{{ .CommonAnnotations.runbook_url }}}}'
+    #     send_resolved: true
+
+  - name: info
+    webhook_configs:
+      - url: 'http://127.0.0.1:5001/'
+        send_resolved: true
+"""
+
+
+def render_alertmanager(thresholds: Thresholds) -> str:
+    """The Alertmanager config, its times divided by ``time_scale`` like every rule window."""
+    b = _Builder(thresholds)
+    times = {"resolve": "5m", "group_wait": "30s", "group_interval": "5m", "repeat": "4h",
+             "repeat_critical": "1h", "repeat_info": "24h"}
+    return _header(thresholds) + _ALERTMANAGER.format(**{k: b.w(v) for k, v in times.items()})
+
+
 def render_files(thresholds: Thresholds, out_dir: str, prometheus_operator: bool = False) -> List[str]:
-    """Write the rule files (and the PrometheusRule manifest); return their paths."""
+    """Write the rule files, the Alertmanager config (and the PrometheusRule manifest); return their paths."""
     recording, alerting = render_groups(thresholds)
     head = _header(thresholds)
     outputs = {
         RECORDING_FILE: head + to_yaml({"groups": recording}) + "\n",
         ALERTS_FILE: head + to_yaml({"groups": alerting}) + "\n",
+        ALERTMANAGER_FILE: render_alertmanager(thresholds),
     }
     if prometheus_operator:
-        manifest = {
-            "apiVersion": "monitoring.coreos.com/v1",
-            "kind": "PrometheusRule",
-            "metadata": {"name": "mlmonitor", "labels": {"app.kubernetes.io/name": "mlmonitor",
-                                                         "role": "alert-rules"}},
-            "spec": {"groups": recording + alerting},
-        }
-        outputs[OPERATOR_FILE] = head + to_yaml(manifest) + "\n"
+        outputs[OPERATOR_FILE] = head + to_yaml(_manifest(recording + alerting)) + "\n"
     written = []
     for name, text in outputs.items():
         path = os.path.join(out_dir, name)

@@ -15,7 +15,7 @@ import yaml
 
 from helpers.promstack import require_binary
 from helpers.psi import psi
-from mlmonitor import alerting, cli
+from mlmonitor import alerting, cli, rules
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTS = REPO / "alerts"
@@ -68,7 +68,7 @@ def test_every_alert_has_a_firing_case_in_the_unit_tests():
 
 def test_shipped_files_are_the_renderer_output_with_defaults(tmp_path):
     assert cli.main(["alerts", "render", "--prometheus-operator", "--out-dir", str(tmp_path)]) == 0
-    for name in (alerting.RECORDING_FILE, alerting.ALERTS_FILE, alerting.OPERATOR_FILE):
+    for name in (alerting.RECORDING_FILE, alerting.ALERTS_FILE, alerting.OPERATOR_FILE, rules.ALERTMANAGER_FILE):
         assert (tmp_path / name).read_text() == (ALERTS / name).read_text(), (
             f"alerts/{name} is stale: run `mlmonitor alerts render --prometheus-operator --out-dir alerts`")
 
@@ -85,16 +85,16 @@ def test_rendered_yaml_parses_back_to_the_rule_dicts():
 
 def test_thresholds_reach_the_expressions(tmp_path):
     assert cli.main(["alerts", "render", "--out-dir", str(tmp_path), "--error-ratio", "0.02",
-                     "--latency-p99", "0.8", "--availability-slo", "0.995", "--psi-threshold", "0.3",
-                     "--latency-slo-threshold", "1.0"]) == 0
-    rules = {r.get("alert", "") + str(r.get("labels", {}).get("severity")): r["expr"]
+                     "--latency-p99", "1", "--availability-slo", "0.995", "--psi-threshold", "0.3",
+                     "--latency-slo-threshold", "2.5"]) == 0
+    exprs = {r.get("alert", "") + str(r.get("labels", {}).get("severity")): r["expr"]
              for g in load(tmp_path / alerting.ALERTS_FILE)["groups"] for r in g["rules"]}
-    assert rules["MLModelServerErrorRatioHighcritical"].endswith("> 0.02")
-    assert rules["MLModelLatencyP99Highwarning"].endswith("> 0.8")
-    assert "psi1h > 0.3\n" in rules["MLModelFeatureDriftwarning"]
+    assert exprs["MLModelServerErrorRatioHighcritical"].endswith("> 0.02")
+    assert exprs["MLModelLatencyP99Highwarning"].endswith("> 1")
+    assert "psi1h > 0.3\n" in exprs["MLModelFeatureDriftwarning"]
     # 14.4 x (1 - 0.995)
-    assert "ratio_rate1h > 0.072" in rules["MLModelAvailabilityBudgetBurncritical"]
-    assert 'le="1.0"' in (tmp_path / alerting.RECORDING_FILE).read_text()
+    assert "ratio_rate1h > 0.072" in exprs["MLModelAvailabilityBudgetBurncritical"]
+    assert 'le="2.5"' in (tmp_path / alerting.RECORDING_FILE).read_text()
     assert "--error-ratio 0.02" in (tmp_path / alerting.ALERTS_FILE).read_text().splitlines()[0]
 
 

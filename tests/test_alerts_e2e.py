@@ -1,9 +1,10 @@
 """Alerts end to end: the example app under gunicorn -> Prometheus -> Alertmanager -> a webhook.
 
 A real Prometheus (1 s scrape and evaluation) loads the rules rendered with ``--time-scale 60``
-(5m windows become 5 s, ``for: 5m`` becomes 5 s, the 1h drift window 60 s); a real Alertmanager
-runs the shipped ``alerts/alertmanager.yml`` with only its webhook URLs pointed at a receiver in
-this test and its group waits shortened. The example app's loadgen sends the traffic.
+(5m windows become 5 s, ``for: 5m`` becomes 5 s, the 1h drift window 60 s) and this test's job as
+``--selector``; a real Alertmanager runs the ``alertmanager.yml`` rendered with them (group_wait 1 s,
+group_interval 5 s) with only its webhook URLs pointed at a receiver in this test. The example
+app's loadgen sends the traffic.
 """
 from __future__ import annotations
 
@@ -18,24 +19,22 @@ import yaml
 from example_app import loadgen, model
 from helpers.gunicorn_proc import GunicornProcess
 from helpers.promstack import Alertmanager, Prometheus, WebhookReceiver, query, require_binary, wait_for
-from mlmonitor.alerting import Thresholds, render_files
+from mlmonitor.rules import ALERTMANAGER_FILE, Thresholds, render_files
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 JOB = "mlmonitor-e2e"
 TIME_SCALE = 60
 DRIFTED = "petal_length_cm"
 ALERT_TIMEOUT = 120.0
 
 
-def shipped_routing_to(url: str) -> str:
-    """alerts/alertmanager.yml with every webhook sent to ``url`` and the group waits cut to 1 s."""
-    config = yaml.safe_load((REPO / "alerts" / "alertmanager.yml").read_text())
+def routing_to(path: Path, url: str) -> str:
+    """The rendered alertmanager.yml with every webhook sent to ``url`` (its times as rendered)."""
+    config = yaml.safe_load(path.read_text())
     for receiver in config["receivers"]:
         for hook in receiver.get("webhook_configs", []):
             hook["url"] = url
-    config["route"].update(group_wait="1s", group_interval="1s")
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -70,13 +69,14 @@ def stack(tmp_path_factory) -> Iterator[SimpleNamespace]:
     require_binary("prometheus")
     require_binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("alerts-e2e")
-    rules = render_files(Thresholds(time_scale=TIME_SCALE), str(tmp / "rules"))
+    rules = render_files(Thresholds(time_scale=TIME_SCALE, selector=f'{{job="{JOB}"}}'), str(tmp / "rules"))
+    rule_files = [r for r in rules if r.endswith(".rules.yml")]
     (tmp / "prom-multiproc").mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom-multiproc"), "MLMONITOR_TRACES": "false",
            "MLMONITOR_FEEDBACK_SECRET": "alerts-e2e-secret-0123456789abcdef", "CANARY_FRACTION": "0.5"}
     with WebhookReceiver() as hook, GunicornProcess(workers=2, env=env) as app, \
-            Alertmanager(tmp, shipped_routing_to(hook.url)) as am, \
-            Prometheus(tmp, {JOB: [f"127.0.0.1:{app.port}"]}, rules, am.url) as prom:
+            Alertmanager(tmp, routing_to(tmp / "rules" / ALERTMANAGER_FILE, hook.url)) as am, \
+            Prometheus(tmp, {JOB: [f"127.0.0.1:{app.port}"]}, rule_files, am.url) as prom:
         # Prometheus scrapes its first targets ~6 s after start: wait on a query, not on readiness
         wait_for(lambda: query(prom.url, f'up{{job="{JOB}"}} == 1'), 60, what="first scrape")
         yield SimpleNamespace(app=app, prom=prom, am=am, hook=hook)

@@ -22,6 +22,7 @@ import yaml
 
 from conftest import require_binary
 from helpers.gunicorn_proc import REPO, GunicornProcess
+from helpers.promql_lint import unguarded_divisions
 from helpers.promstack import Prometheus, query, wait_for
 from mlmonitor import cli, dashboards
 from mlmonitor.rules import Thresholds, render_files
@@ -201,6 +202,52 @@ def test_error_ratios_split_server_errors_from_invalid_input():
                 assert 'error_type!="invalid_input"' in t["expr"] or 'error_type="invalid_input"' in t["expr"]
 
 
+def test_no_panel_divides_without_guarding_zero():
+    """0/0 is NaN, which Grafana draws as "NaN"; a divisor filtered ``> 0`` gives "No data" instead."""
+    for dash in map(load, FILES):
+        for p, t in exprs(dash):
+            found = unguarded_divisions(substitute(t["expr"], LINT_VALUES))
+            assert found == [], f"{dash['uid']} / {p['title']}: {found}"
+
+
+def test_descriptions_say_what_filters_each_panel():
+    """HTTP panels are per route and ignore the model selection; the description says so."""
+    for dash in map(load, FILES):
+        for p in panels(dash):
+            text = " ".join(t["expr"] for t in p["targets"])
+            if "$version_a" in text:
+                assert p["description"].endswith(dashboards.SCOPE_CANARY), p["title"]
+            elif "$model_name" in text:
+                assert p["description"].endswith(dashboards.SCOPE_MODEL), p["title"]
+            elif "route" in text:
+                assert p["description"].endswith(dashboards.SCOPE_ROUTE), p["title"]
+            else:
+                assert p["description"].endswith(dashboards.SCOPE_JOB), p["title"]
+    overview = load(DASHBOARD_DIR / "mlmonitor-overview.json")
+    routes = [p for p in panels(overview) if p["description"].endswith(dashboards.SCOPE_ROUTE)]
+    assert {"Requests by route", "HTTP latency p50 / p99 by route", "Requests in progress"} <= {
+        p["title"] for p in routes}
+
+
+#: canary panels that compare B with A: empty (with a hint) unless two different versions are chosen
+COMPARED = {"Traffic share of B", "p99 latency delta (B - A)", "Server error ratio delta (B - A)",
+            "Accuracy delta (B - A)", "Predicted class share delta (B - A, last hour)"}
+
+
+def test_canary_comparisons_explain_when_fewer_than_two_versions_are_chosen():
+    canary = load(DASHBOARD_DIR / "mlmonitor-canary.json")
+    by_title = {p["title"]: p for p in panels(canary)}
+    assert COMPARED <= set(by_title)
+    for title in COMPARED:
+        p = by_title[title]
+        assert p["fieldConfig"]["defaults"]["noValue"], title
+        assert '=~"$version_a|$version_b"})) > 1' in p["targets"][0]["expr"], title
+    for dash in map(load, FILES):
+        for p in panels(dash):
+            if "accuracy" in p["title"].lower() and p["type"] == "timeseries":
+                assert p["fieldConfig"]["defaults"]["noValue"] == "No feedback in the window", p["title"]
+
+
 def test_allowed_empty_panels_exist():
     titles = {(d["uid"], p["title"]) for d in map(load, FILES) for p in panels(d)}
     assert ALLOWED_EMPTY <= titles
@@ -229,7 +276,8 @@ def test_every_panel_returns_data_from_a_real_prometheus(tmp_path):
     require_binary("prometheus")
     # the shipped rules, windows divided by 60 (names keep their nominal windows): drift and accuracy
     # rules have values and an alert fires within seconds
-    rules = render_files(Thresholds(time_scale=60), str(tmp_path / "rules"))
+    rules = render_files(Thresholds(time_scale=60, selector=f'job="{JOB}"'), str(tmp_path / "rules"))
+    rules = [r for r in rules if r.endswith(".rules.yml")]
     (tmp_path / "multiproc").mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "MLMONITOR_TRACES": "false",
            "MLMONITOR_FEEDBACK_SECRET": "dashboards-test-secret-0123456789abcdef", "CANARY_FRACTION": "0.5"}
@@ -254,6 +302,13 @@ def test_every_panel_returns_data_from_a_real_prometheus(tmp_path):
                                              f'{{feature="{DRIFTED}"}} > 0.2'), 30, what="PSI of the drifted feature")
             values = {**LINT_VALUES, "model_name": "iris", "__rate_interval": "15s"}
             failures, checked = prove(prom.url, values)
+            # one version chosen as both A and B: the comparisons are empty, not share 0.5 / delta 0
+            same = {**values, "version_a": "v1", "version_b": "v1"}
+            for p in panels(load(DASHBOARD_DIR / "mlmonitor-canary.json")):
+                if p["title"] in COMPARED:
+                    result, error = run_query(prom.url, substitute(p["targets"][0]["expr"], same))
+                    if error or result:
+                        failures.append(f"canary / {p['title']} with A = B: {error or result}")
         finally:
             steady.send_signal(signal.SIGTERM)
             try:

@@ -1,4 +1,7 @@
-"""The README's main command, ``python -m example_app.demo --once``: runs, reports, cleans up."""
+"""The README's main command, ``python -m example_app.demo --once``: runs, reports, cleans up.
+
+And ``make demo``: takes ``PORT``, installs only the example extras (``make test`` adds the test ones).
+"""
 from __future__ import annotations
 
 import json
@@ -9,10 +12,34 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from helpers.gunicorn_proc import REPO
+from example_app import demo
+from helpers.gunicorn_proc import REPO, free_port
+from mlmonitor.contract import DEFAULT_JOB
 
-pytestmark = pytest.mark.slow
+
+def make_dry_run(*args: str, env: dict | None = None) -> str:
+    """The commands ``make`` would run from scratch (-n -B), for a throw-away venv path."""
+    proc = subprocess.run(["make", "-n", "-B", "VENV=/nonexistent/venv", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=60, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_make_demo_takes_a_port_and_installs_only_the_example_extras():
+    out = make_dry_run("demo", env={"PORT": "8123"})
+    assert "pip install -q -e '.[example]'" in out
+    assert "test" not in out and "bench" not in out
+    assert out.strip().splitlines()[-1].endswith("-m example_app.demo --port 8123")
+    assert make_dry_run("demo", "PORT=8124").strip().endswith("--port 8124")
+    assert make_dry_run("demo", env={"PORT": ""}).strip().endswith("-m example_app.demo")
+    assert "pip install -q -e '.[example,test]'" in make_dry_run("test")
+
+
+def test_the_demo_scrapes_the_job_the_shipped_rules_select():
+    config = yaml.safe_load(demo.prometheus_config(8000, 9093, []))
+    assert [job["job_name"] for job in config["scrape_configs"]] == [DEFAULT_JOB]
 
 
 def _gunicorn_children_of(pid: int) -> list:
@@ -33,9 +60,11 @@ def _gunicorn_children_of(pid: int) -> list:
     return found
 
 
+@pytest.mark.slow
 def test_demo_once_prints_where_to_look_and_leaves_nothing_running():
     tag = str(os.getpid())
-    env = {**os.environ, "MLMONITOR_DEMO_ONCE": "1", "MLMONITOR_DEMO_TEST_TAG": tag}
+    port = free_port()
+    env = {**os.environ, "MLMONITOR_DEMO_ONCE": "1", "MLMONITOR_DEMO_TEST_TAG": tag, "PORT": str(port)}
     proc = subprocess.Popen([sys.executable, "-m", "example_app.demo", "--requests", "120"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -46,8 +75,8 @@ def test_demo_once_prints_where_to_look_and_leaves_nothing_running():
         out, err = proc.communicate()
         pytest.fail(f"demo did not finish in 180 s:\n{out[-3000:]}\n{err[-3000:]}")
     assert proc.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
-    match = re.search(r"Metrics URL:\s+(http://127\.0\.0\.1:\d+/metrics)", out)
-    assert match, out
+    assert f"Metrics URL:  http://127.0.0.1:{port}/metrics" in out, out
+    assert "Try it" not in out and "curl" not in out  # nothing serves any more
     predictions = re.search(r"predictions per version:\s+(\{.*\})", out)
     assert predictions, out
     counts = json.loads(predictions.group(1))

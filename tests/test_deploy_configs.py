@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import require_binary
+from mlmonitor.contract import DEFAULT_JOB
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -67,8 +68,9 @@ def test_compose_build_files_exist():
 
 def test_compose_prometheus_scrapes_the_app_and_alerts_through_alertmanager():
     config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert "app:8000" in targets
+    targets = {t: job["job_name"] for job in config["scrape_configs"] for sc in job["static_configs"]
+               for t in sc["targets"]}
+    assert targets["app:8000"] == DEFAULT_JOB  # the job the shipped rules select
     am = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert am == ["alertmanager:9093"]
 

@@ -31,7 +31,8 @@ DRIFTED = "petal_length_cm"
 def stack(tmp_path_factory) -> Iterator[SimpleNamespace]:
     require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("drift-e2e")
-    rules = render_files(Thresholds(time_scale=20), str(tmp / "rules"))
+    rules = render_files(Thresholds(time_scale=20, selector=f'job="{JOB}"'), str(tmp / "rules"))
+    rules = [r for r in rules if r.endswith(".rules.yml")]
     (tmp / "multiproc").mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "multiproc"), "MLMONITOR_TRACES": "false",
            "MLMONITOR_LOGS": "false"}
