@@ -11,7 +11,13 @@ the added cost over bare Flask in that same round; the table shows the median
 over rounds. Conclusions use ratios of added costs measured in the same round,
 never absolute numbers.
 
+The same run also times the OTLP span encoders (issue 19): the SDK's
+``encode_spans(spans).SerializePartialToString()`` against ``mlmonitor.otlp.encode_spans``
+on the same 1,024 spans shaped like mlmonitor's (server + stage, the attributes
+traces.py sets), alternating, after the configurations' processes have exited.
+
 Run: python benchmarks/bench_overhead.py [--quick] [--rounds N] [--requests N] [--out PATH]
+     python benchmarks/bench_overhead.py --encoder-only   # the encoder figure alone
 """
 from __future__ import annotations
 
@@ -82,6 +88,80 @@ def _checks(config: str, app: Any, handles: Dict[str, Any]) -> Dict[str, Any]:
     from mlmonitor import guard
     checks["mlmonitor_internal_errors"] = guard.total_faults()
     return checks
+
+
+# -- the OTLP encoder micro-benchmark ------------------------------------------------------
+
+def mlmonitor_like_spans(count: int) -> List[Any]:
+    """Finished spans as mlmonitor makes them: one server span and one stage span a request.
+
+    Resource, span limits and attributes as traces.py sets them for a successful
+    ``POST /predict`` with a user agent and a client address.
+    """
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, set_span_in_context
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "iris-server", "process.pid": os.getpid()}),
+        span_limits=SpanLimits(max_attributes=64, max_events=32, max_links=32,
+                               max_attribute_length=1024))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("mlmonitor", "0.1.0")
+    for index in range(count // 2):
+        server = tracer.start_span("POST", kind=SpanKind.SERVER)
+        stage = tracer.start_span("inference", context=set_span_in_context(server),
+                                  attributes={"ml.stage": "inference"})
+        stage.end()
+        server.set_attributes({
+            "http.request.method": "POST", "url.path": "/predict", "url.scheme": "http",
+            "user_agent.original": "python-requests/2.32.3", "client.address": "127.0.0.1",
+            "ml.model.name": "iris", "ml.model.version": "v2", "http.response.status_code": 200,
+            "http.route": "/predict"})
+        server.update_name("POST /predict")
+        server.end()
+    provider.shutdown()
+    return list(exporter.get_finished_spans())
+
+
+def encoder_benchmark(spans_count: int, repeats: int) -> Dict[str, Any]:
+    """Both encoders on the same spans, alternating; medians of per-repetition times and ratios."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from mlmonitor.otlp import encode_spans
+
+    spans = mlmonitor_like_spans(spans_count)
+    sdk_bytes = sdk_encode(spans).SerializePartialToString()
+    ours = encode_spans(spans)
+    parse = ExportTraceServiceRequest.FromString
+    if parse(ours) != parse(sdk_bytes):  # a broken encoder cannot pass as a fast one
+        raise RuntimeError("mlmonitor.otlp.encode_spans differs from the SDK encoder")
+    sdk_s: List[float] = []
+    ours_s: List[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sdk_encode(spans).SerializePartialToString()
+        middle = time.perf_counter()
+        encode_spans(spans)
+        sdk_s.append(middle - start)
+        ours_s.append(time.perf_counter() - middle)
+    ratio = _median([o / s for o, s in zip(ours_s, sdk_s)])
+    return {"spans": len(spans), "repeats": repeats, "bytes": len(ours),
+            "identical_bytes": ours == sdk_bytes,
+            "sdk_us_per_span": _median(sdk_s) / len(spans) * 1e6,
+            "mlmonitor_us_per_span": _median(ours_s) / len(spans) * 1e6,
+            "ratio": ratio, "target": target(ratio, 0.2, "<=")}
+
+
+def print_encoder(row: Dict[str, Any]) -> None:
+    print(f"OTLP encoder, {row['spans']} mlmonitor-like spans ({row['bytes']:,} bytes), "
+          f"median of {row['repeats']}: SDK {row['sdk_us_per_span']:.1f} us/span, "
+          f"mlmonitor {row['mlmonitor_us_per_span']:.1f} us/span, ratio {row['ratio']:.3f} "
+          f"(target <= 0.2) {verdict(row['target'])}; bytes identical: {row['identical_bytes']}")
 
 
 # -- the parent: rounds, interleaved -----------------------------------------------------
@@ -228,6 +308,10 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="headline clock: process CPU time (default; robust on a shared "
                              "machine) or wall time")
+    parser.add_argument("--encoder-spans", type=int, default=1024)
+    parser.add_argument("--encoder-repeats", type=int, default=21)
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="only the OTLP encoder micro-benchmark")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -236,12 +320,19 @@ def main(argv: List[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds, args.requests, args.warmup = 2, 30, 20
-    configs = configs_from(args.configs)
+        args.encoder_spans, args.encoder_repeats = 64, 3
     started = time.time()
-    report = run(configs, args.rounds, args.requests, args.warmup, args.clock)
-    report.update(benchmark="overhead", quick=args.quick, rounds=args.rounds,
-                  requests_per_round=args.requests, warmup=args.warmup, machine=machine())
-    print_table(report)
+    if args.encoder_only:
+        report: Dict[str, Any] = {"benchmark": "overhead", "quick": args.quick, "machine": machine()}
+    else:
+        report = run(configs_from(args.configs), args.rounds, args.requests, args.warmup,
+                     args.clock)
+        report.update(benchmark="overhead", quick=args.quick, rounds=args.rounds,
+                      requests_per_round=args.requests, warmup=args.warmup, machine=machine())
+        print_table(report)
+        print()
+    report["encoder"] = encoder_benchmark(args.encoder_spans, args.encoder_repeats)
+    print_encoder(report["encoder"])
     print()
     write_report(report, args.out, started)
     return 0

@@ -41,6 +41,8 @@ def test_overhead_quick_writes_every_configuration(tmp_path):
     assert results["mlmonitor_full"]["checks"]["spans_exported"] > 0
     assert results["mlmonitor_unsampled"]["checks"]["spans_exported"] == 0
     assert all(r["checks"]["mlmonitor_internal_errors"] == 0 for r in results.values())
+    encoder = report["encoder"]  # both OTLP encoders timed on the same spans (checked equal)
+    assert encoder["spans"] == 64 and encoder["ratio"] > 0
 
 
 def test_memory_quick_writes_bare_and_full(tmp_path):

@@ -17,16 +17,32 @@ def _value(any_value: Any) -> Any:
 
 
 class OTLPReceiver:
-    """Collects spans as dicts: trace_id, span_id, parent_span_id, name, kind, status, attributes, resource."""
+    """Collects spans as dicts: trace_id, span_id, parent_span_id, name, kind, status, attributes, resource.
+
+    ``requests`` keeps every parsed request whole; ``fail_next`` answers that many
+    requests 503 with ``Retry-After: 0`` (a retryable failure) before accepting any.
+    """
 
     def __init__(self) -> None:
         self.spans: List[Dict[str, Any]] = []
+        self.requests: List[ExportTraceServiceRequest] = []
+        self.fail_next = 0
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.lock:
+                    refuse = receiver.fail_next > 0
+                    if refuse:
+                        receiver.fail_next -= 1
+                if refuse:
+                    self.send_response(503)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 request = ExportTraceServiceRequest()
@@ -51,6 +67,7 @@ class OTLPReceiver:
     def _add(self, request: ExportTraceServiceRequest, headers: Dict[str, str]) -> None:
         with self.lock:
             self.headers_seen.append(headers)
+            self.requests.append(request)
             for resource_spans in request.resource_spans:
                 resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
                 for scope_spans in resource_spans.scope_spans:
