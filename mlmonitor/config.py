@@ -13,11 +13,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
-ENV_PREFIX = "MLMONITOR_"
+from .contract import DEFAULT_BUCKETS
 
-#: inference-friendly latency buckets, 1 ms .. 30 s
-DEFAULT_BUCKETS: Tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+__all__ = ["ConfigError", "Settings", "resolve", "DEFAULT_BUCKETS", "DEFAULT_REDACT", "ENV_PREFIX",
+           "LOG_FIELDS"]
+
+ENV_PREFIX = "MLMONITOR_"
 
 #: names of body fields, headers and query parameters never written to logs or spans
 DEFAULT_REDACT: Tuple[str, ...] = (

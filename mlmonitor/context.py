@@ -16,6 +16,10 @@ from opentelemetry.trace import Status, StatusCode
 from . import guard
 from .record import MAX_TAGS, RequestRecord, current_record
 
+__all__ = ["Stage", "stage", "tag", "set_model_version", "observe", "observe_batch",
+           "prediction_id", "prediction_ids", "record_feedback", "annotate_borrowed",
+           "MAX_OBSERVATIONS"]
+
 _perf = time.perf_counter
 
 
@@ -35,11 +39,11 @@ class Stage:
         if rec is not None:
             traces = rec.middleware.traces
             if traces is not None and rec.span is not None:
-                try:
+                try:  # every stage: a try, not guarded()
                     self.span = traces.stage_span(self.name)
                     self.token = otel_context.attach(trace.set_span_in_context(self.span))
                 except Exception as exc:
-                    guard.report_fault("traces", exc)
+                    guard.report_fault("traces", exc, rec.middleware)
         self.started = _perf()
         return self
 
@@ -57,7 +61,7 @@ class Stage:
                     self.span.set_attribute("error.type", type(exc).__qualname__)
                 self.span.end()
             except Exception as fault:
-                guard.report_fault("traces", fault)
+                guard.report_fault("traces", fault, rec.middleware if rec is not None else None)
         return False  # the app's exception goes on untouched
 
 
@@ -69,10 +73,10 @@ def annotate_borrowed(rec: RequestRecord) -> None:
     """Copy model and tags onto a span another instrumentation owns, if there is one."""
     traces = rec.middleware.traces
     if traces is not None and rec.span is not None and not rec.own_span:
-        try:
+        try:  # after every prediction when the span is borrowed: a try, not guarded()
             traces.annotate_borrowed(rec)
         except Exception as exc:
-            guard.report_fault("traces", exc)
+            guard.report_fault("traces", exc, rec.middleware)
 
 
 def tag(**tags: Any) -> None:
@@ -80,12 +84,10 @@ def tag(**tags: Any) -> None:
     rec = current_record()
     if rec is None:
         return
-    try:
+    with guard.guarded("tag", rec.middleware):
         for key, value in tags.items():
             if key in rec.tags or len(rec.tags) < MAX_TAGS:
                 rec.tags[key] = value
-    except Exception as exc:
-        guard.report_fault("tag", exc)
     annotate_borrowed(rec)
 
 
@@ -94,10 +96,8 @@ def set_model_version(version: Any, model_name: Optional[str] = None) -> None:
     rec = current_record()
     if rec is None:
         return
-    try:
+    with guard.guarded("model_version", rec.middleware):
         rec.middleware.begin_prediction(rec, model_name or rec.model_name or None, version)
-    except Exception as exc:
-        guard.report_fault("model_version", exc)
 
 
 def observe(features: Any = None, prediction: Any = None, score: Any = None,
@@ -119,7 +119,7 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
     rec = current_record()
     if rec is None:
         return
-    try:
+    with guard.guarded("observe", rec.middleware):
         rows = list(features) if features is not None else []
         preds = list(predictions) if predictions is not None else []
         confidences = list(scores) if scores is not None else []
@@ -127,8 +127,6 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
             observe(features=rows[i] if i < len(rows) else None,
                     prediction=preds[i] if i < len(preds) else None,
                     score=confidences[i] if i < len(confidences) else None)
-    except Exception as exc:
-        guard.report_fault("observe", exc)
 
 
 def prediction_ids(predictions: Any) -> list:

@@ -15,14 +15,18 @@ from typing import Any, Optional
 from . import guard
 from .config import Settings
 
+__all__ = ["FeedbackRecorder"]
+
 log = logging.getLogger("mlmonitor")
 
 
 class FeedbackRecorder:
     """Signs prediction ids and turns verified feedback into counters."""
 
-    def __init__(self, settings: Settings, metrics: Any) -> None:
+    def __init__(self, settings: Settings, metrics: Any, owner: Any = None) -> None:
+        """``metrics``: the sink that counts feedback (or None); ``owner``: who counts its faults."""
         self.metrics = metrics
+        self.owner = owner if owner is not None else metrics
         self.max_age = settings.feedback_max_age
         secret = settings.feedback_secret
         self.ephemeral = not secret
@@ -44,12 +48,12 @@ class FeedbackRecorder:
             self._warned = True
             log.warning("mlmonitor: MLMONITOR_FEEDBACK_SECRET is not set; prediction ids are "
                         "only accepted by this process")
-        try:
+        try:  # once per id of a batch: a try, not guarded()
             if type(predicted).__module__ == "numpy" and getattr(predicted, "size", 0) == 1:
                 predicted = predicted.item()  # a numpy scalar signs as the number it holds
             return sign_prediction(self.secret, *fit_fields(model_name, model_version, predicted))
         except Exception as exc:
-            guard.report_fault("feedback", exc)
+            guard.report_fault("feedback", exc, self.owner)
             return ""
 
     def record(self, token: str, label: Any) -> str:
@@ -61,17 +65,13 @@ class FeedbackRecorder:
             facts = verify_prediction(self.secret, token, self.max_age, seen=self._seen)
         except InvalidFeedback as exc:
             if self.metrics is not None:
-                try:
+                with guard.guarded("feedback", self.owner):
                     self.metrics.count_feedback_rejected(exc.reason)
-                except Exception as fault:
-                    guard.report_fault("feedback", fault)
             raise
         if isinstance(facts.predicted, str) and isinstance(label, str):
             label = fit_text(label)  # compared as the prediction was signed: cut the same way
         result = outcome(facts.predicted, label)
         if self.metrics is not None:
-            try:
+            with guard.guarded("feedback", self.owner):
                 self.metrics.count_feedback(facts.model_name, facts.model_version, result)
-            except Exception as exc:
-                guard.report_fault("feedback", exc)
         return result

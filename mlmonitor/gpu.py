@@ -24,6 +24,8 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .contract import GPU, GPU_MEMORY_TOTAL, GPU_MEMORY_USED, GPU_UTILIZATION
+
 __all__ = ["GpuCollector", "register_gpu_collector"]
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,10 @@ MAX_GPUS = 64  # bounds the gpu label
 def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
     return (
         GaugeMetricFamily(
-            "mlmonitor_gpu_utilization_ratio", "GPU busy share over NVML's last sample period (0..1).", labels=["gpu"]
+            GPU_UTILIZATION, "GPU busy share over NVML's last sample period (0..1).", labels=[GPU]
         ),
-        GaugeMetricFamily("mlmonitor_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"]),
-        GaugeMetricFamily("mlmonitor_gpu_memory_total_bytes", "GPU memory installed.", labels=["gpu"]),
+        GaugeMetricFamily(GPU_MEMORY_USED, "GPU memory in use.", labels=[GPU]),
+        GaugeMetricFamily(GPU_MEMORY_TOTAL, "GPU memory installed.", labels=[GPU]),
     )
 
 

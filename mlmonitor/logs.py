@@ -266,7 +266,8 @@ class LogSink:
     ``on_dropped(1)``; it is never an error in the request.
     """
 
-    def __init__(self, settings: Settings, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, settings: Settings, stream: Optional[TextIO] = None,
+                 on_dropped: Optional[Callable[[int], None]] = None) -> None:
         self.settings = settings
         self.sample_rate = settings.log_sample_rate
         self.redact = settings.redact_set
@@ -275,7 +276,7 @@ class LogSink:
         self.max_bytes = settings.log_max_bytes
         self.stream = stream if stream is not None else sys.stdout
         #: called with the number of lines lost to a failed write (wired to the metrics sink)
-        self.on_dropped: Optional[Callable[[int], None]] = None
+        self.on_dropped = on_dropped
         self._lock = threading.Lock()
         self.detect()
         _sinks.add(self)
@@ -285,7 +286,7 @@ class LogSink:
         self.fd, pipe = _pipe_fd(self.stream)
         self.limit = min(self.max_bytes, PIPE_BUF - 1) if pipe else self.max_bytes
 
-    def record(self, rec: RequestRecord) -> None:
+    def finish(self, rec: RequestRecord) -> None:
         failed = _failed(rec)
         if not failed and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
@@ -300,6 +301,8 @@ class LogSink:
         line = self.line(rec)
         self.write(render_json(line, self.limit) if self.limit == self.max_bytes
                    else _fit(line, self.limit, self.max_bytes))
+
+    record = finish  # the name before the sinks were made symmetric
 
     def write(self, text: str) -> None:
         """One line out in one write; a failed write is one dropped line."""

@@ -1,238 +1,63 @@
-"""All metric families in one place; a finished RequestRecord becomes observations.
+"""The metrics sink: a finished RequestRecord becomes observations; ``/metrics`` reads them back.
 
-Families are created once per registry and shared by every sink on it. Label
-children are cached in plain dicts keyed by label tuples, so a request costs a
-dict lookup and an increment, not label formatting. With
-``PROMETHEUS_MULTIPROC_DIR`` set, values go to prometheus-client's mmap files
-and ``/metrics`` aggregates every worker through its multiprocess collector.
+Runs in every request (``start`` once the route is known, ``finish`` when the body is
+closed). The families it writes are shared per registry (:mod:`mlmonitor.families`).
+Label children are cached in plain dicts keyed by label tuples, so a request costs a
+dict lookup and an increment, not label formatting. With ``PROMETHEUS_MULTIPROC_DIR``
+set, values go to prometheus-client's mmap files and the exposition aggregates every
+worker through the checked multiprocess collector.
 """
 from __future__ import annotations
 
 import os
-import threading
 import time
-import weakref
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import guard
 from .config import Settings
-from .multiprocess import (AdmittedValues, CheckedCollector, directory_lock,
-                           multiprocess_dir, restore_deleted_files, use_multiprocess_values)
-from .contract import SCORE_BUCKETS
-from .record import OTHER, UNMATCHED_ROUTE, RequestRecord
+from .contract import (CLASS, CORRECT, ERROR_TYPE, HTTP_5XX, INCORRECT, INVALID_INPUT, MODEL_NAME,
+                       MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
+from .families import Families, LabelCap, clean_label, families_for, gpu_collector
+from .multiprocess import (AdmittedValues, CheckedCollector, directory_lock, multiprocess_dir,
+                           restore_deleted_files)
+from .record import RequestRecord
+
+__all__ = ["MetricsSink", "Families", "LabelCap", "clean_label", "families_for"]
+
 PROCESS_UPDATE_INTERVAL = 5.0
 EXEMPLAR_INTERVAL = 0.1
 CHILD_CACHE_LIMIT = 4096
-
-MODEL = ("model_name", "model_version")
-HTTP = ("method", "route", "status")
-
-
-def clean_label(value: object, limit: int = 128) -> str:
-    """A label value that always encodes: text, at most ``limit`` characters, no lone surrogates.
-
-    A lone surrogate (JSON ``"\\ud800"``) in a label would make every later scrape fail.
-    """
-    text = (value if type(value) is str else str(value))[:limit]
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
-
-
-class LabelCap:
-    """Keeps the first ``limit`` distinct values of a label; later ones become ``other``.
-
-    With ``shared`` (multiprocess mode) the first values are those of every process on
-    the directory, so worker restarts cannot add more. A value seen before costs a set
-    lookup; a new one costs a read of the shared file, until the cap is known full.
-    Configured values (``preset``) are always kept.
-    """
-
-    def __init__(self, limit: int, preset: Iterable[str] = (),
-                 shared: Optional[AdmittedValues] = None) -> None:
-        self.limit = limit
-        self.values = set(preset)
-        self.lock = threading.Lock()
-        self.shared = shared
-        self.full = False
-        if shared is not None:
-            for value in list(self.values):
-                self._share(value, force=True)
-
-    def __call__(self, value: str) -> str:
-        if value in self.values:
-            return value
-        value = clean_label(value)
-        if value in self.values:
-            return value
-        if self.full:
-            return OTHER
-        with self.lock:
-            if self.shared is not None:
-                return value if self._share(value) else OTHER
-            if len(self.values) < self.limit:
-                self.values.add(value)
-                return value
-            self.full = True
-        return OTHER
-
-    def _share(self, value: str, force: bool = False) -> bool:
-        try:
-            values, admitted = self.shared.admit(value, self.values, self.limit, force)  # type: ignore[union-attr]
-        except OSError as exc:  # the directory cannot be written: stay within the cap
-            guard.report_fault("metrics", exc)
-            return force
-        self.values = values  # a new set: lookups outside the lock stay safe
-        self.full = not admitted or len(values) >= self.limit
-        return admitted
-
-
-class Families:
-    """The metric contract of DESIGN.md, created once per registry."""
-
-    def __init__(self, registry: Optional[CollectorRegistry], buckets: Tuple[float, ...]) -> None:
-        r = registry
-        self.http_requests = Counter(
-            "mlmonitor_http_requests", "HTTP requests seen by mlmonitor.", HTTP, registry=r)
-        self.http_duration = Histogram(
-            "mlmonitor_http_request_duration_seconds",
-            "Time from request start until the response body is closed.", HTTP,
-            buckets=buckets, registry=r)
-        self.in_progress = Gauge(
-            "mlmonitor_http_requests_in_progress", "Requests being served now.",
-            ("method", "route"), multiprocess_mode="livesum", registry=r)
-        self.predictions = Counter(
-            "mlmonitor_predictions", "Calls of prediction endpoints, failed ones included.",
-            MODEL, registry=r)
-        self.prediction_errors = Counter(
-            "mlmonitor_prediction_errors",
-            "Failed predictions: invalid_input for 4xx, else the exception class or http_5xx.",
-            MODEL + ("error_type",), registry=r)
-        self.prediction_duration = Histogram(
-            "mlmonitor_prediction_duration_seconds", "Time spent in the prediction handler.",
-            MODEL, buckets=buckets, registry=r)
-        self.stage_duration = Histogram(
-            "mlmonitor_stage_duration_seconds", "Time spent in a named stage of a prediction.",
-            MODEL + ("stage",), buckets=buckets, registry=r)
-        self.model_info = Gauge(
-            "mlmonitor_model_info", "Model versions this process serves (value 1).", MODEL,
-            multiprocess_mode="livemax", registry=r)
-        self.prediction_score = Histogram(
-            "mlmonitor_prediction_score", "Confidence score of each prediction.", MODEL,
-            buckets=SCORE_BUCKETS, registry=r)
-        self.predicted_class = Counter(
-            "mlmonitor_predicted_class", "Predicted classes.", MODEL + ("class",), registry=r)
-        self.feature_bin = Counter(
-            "mlmonitor_feature_bin", "Live feature values, binned by the reference's edges.",
-            MODEL + ("feature", "bin"), registry=r)
-        self.feature_reference_ratio = Gauge(
-            "mlmonitor_feature_reference_ratio", "The reference's share of each feature bin.",
-            MODEL + ("feature", "bin"), multiprocess_mode="max", registry=r)
-        self.feature_missing = Counter(
-            "mlmonitor_feature_missing", "Missing or non-numeric feature values.",
-            MODEL + ("feature",), registry=r)
-        self.feedback = Counter(
-            "mlmonitor_feedback", "Ground truth received, by outcome.", MODEL + ("outcome",),
-            registry=r)
-        self.feedback_rejected = Counter(
-            "mlmonitor_feedback_rejected", "Feedback refused: malformed, bad_signature, expired, "
-            "future or duplicate.", ("reason",), registry=r)
-        self.reference_accuracy = Gauge(
-            "mlmonitor_reference_accuracy", "Accuracy measured on the reference data.", MODEL,
-            multiprocess_mode="max", registry=r)
-        self.reference_class_ratio = Gauge(
-            "mlmonitor_reference_class_ratio", "The reference's share of each predicted class.",
-            MODEL + ("class",), multiprocess_mode="max", registry=r)
-        self.tokens = Counter(
-            "mlmonitor_tokens", "LLM tokens, by direction (input / output).",
-            MODEL + ("direction",), registry=r)
-        self.cost = Counter(
-            "mlmonitor_cost", "Cost of predictions in the configured currency.", MODEL,
-            registry=r)
-        self.internal_errors = Counter(
-            "mlmonitor_internal_errors", "mlmonitor's own faults (should stay 0).",
-            ("component",), registry=r)
-        self.telemetry_dropped = Counter(
-            "mlmonitor_telemetry_dropped", "Spans or log lines dropped (queue full, exporter down).",
-            ("signal",), registry=r)
-        self.process_memory = Gauge(
-            "mlmonitor_process_resident_memory_bytes", "Resident memory of each worker.",
-            ("worker",), multiprocess_mode="livemax", registry=r)
-        self.process_cpu = Counter(
-            "mlmonitor_process_cpu_seconds", "CPU time of each worker slot (user + system).",
-            ("worker",), registry=r)
-        # exported from the start, so alerts and dashboards see 0 rather than nothing; under
-        # gunicorn the master counts "merge" faults in a series that needs no new disk block
-        try:
-            for component in ("guard", "merge") if r is None else ("guard",):
-                self.internal_errors.labels(component)
-            for signal in ("traces", "logs"):
-                self.telemetry_dropped.labels(signal)
-        except OSError as exc:  # a full metrics disk: serve, and count once it has room
-            guard.report_fault("metrics", exc)
-
-
-_families_by_registry: "weakref.WeakKeyDictionary[Any, Families]" = weakref.WeakKeyDictionary()
-_multiprocess_families: Optional[Families] = None
-_families_lock = threading.Lock()
-
-
-def families_for(registry: Optional[CollectorRegistry], buckets: Tuple[float, ...]) -> Families:
-    """One Families per registry (and one in multiprocess mode), however many sinks."""
-    global _multiprocess_families
-    with _families_lock:
-        if multiprocess_dir() and registry is None:
-            if _multiprocess_families is None:
-                # a worker that boots after the directory was deleted must still start
-                os.makedirs(multiprocess_dir(), mode=0o700, exist_ok=True)  # type: ignore[arg-type]
-                use_multiprocess_values()
-                _multiprocess_families = Families(None, buckets)
-            return _multiprocess_families
-        target = REGISTRY if registry is None else registry
-        fams = _families_by_registry.get(target)
-        if fams is None:
-            fams = _families_by_registry[target] = Families(target, buckets)
-            gpu = gpu_collector()
-            if gpu is not None:
-                target.register(gpu)
-        return fams
-
-
-_gpu: list = []
-
-
-def gpu_collector() -> Any:
-    """The NVML collector, looked for once per process; None without pynvml or a GPU."""
-    if not _gpu:
-        from .gpu import make_gpu_collector
-        _gpu.append(make_gpu_collector())
-    return _gpu[0]
 
 
 class MetricsSink:
     """Turns finished records into observations and serves the exposition."""
 
-    def __init__(self, settings: Settings, registry: Optional[CollectorRegistry] = None) -> None:
+    def __init__(self, settings: Settings, registry: Optional[CollectorRegistry] = None,
+                 references: Optional[Mapping[str, Any]] = None) -> None:
+        """``references``: model name -> reference profile, read at each use (a dict the
+        middleware keeps filling as references are set)."""
         self.settings = settings
+        #: the reference profile of a model, or None (the mapping's own ``get``: a C call)
+        self.reference_for = (references if references is not None else {}).get
         self.multiprocess = bool(multiprocess_dir()) and registry is None
         self.registry = registry
         self.f = families_for(registry, settings.buckets)
         self.exemplars = settings.exemplars and not self.multiprocess
         limit = settings.max_label_values
         path = multiprocess_dir() if self.multiprocess else None
+        self._children: Dict[Any, Any] = {}  # before the caps: a fault of theirs is counted here
 
         def cap(label: str, limit: int, preset: Tuple[str, ...] = ()) -> LabelCap:
-            return LabelCap(limit, preset, AdmittedValues(path, label) if path else None)
+            return LabelCap(limit, preset, AdmittedValues(path, label) if path else None, self)
 
-        self.cap_model = cap("model_name", limit, (settings.model_name,))
-        self.cap_version = cap("model_version", limit, (settings.model_version,))
-        self.cap_error = cap("error_type", limit, ("invalid_input", "http_5xx"))
-        self.cap_stage = cap("stage", limit)
-        self.cap_class = cap("class", max(limit, 50))
-        self._children: Dict[Any, Any] = {}
+        self.cap_model = cap(MODEL_NAME, limit, (settings.model_name,))
+        self.cap_version = cap(MODEL_VERSION, limit, (settings.model_version,))
+        self.cap_error = cap(ERROR_TYPE, limit, (INVALID_INPUT, HTTP_5XX))
+        self.cap_stage = cap(STAGE, limit)
+        self.cap_class = cap(CLASS, max(limit, 50))
         self._http: Dict[Any, Any] = {}
         self._models: Dict[Any, Any] = {}
         self._exemplar_due = 0.0
@@ -245,7 +70,7 @@ class MetricsSink:
             self.mark_model(settings.model_name, settings.model_version)
         except OSError as exc:  # a full metrics disk must not stop the app from starting
             self._seen_models.clear()
-            guard.report_fault("metrics", exc)
+            guard.report_fault("metrics", exc, self)
 
     # -- label children, cached -------------------------------------------------
     def child(self, family: Any, *labels: str) -> Any:
@@ -266,10 +91,6 @@ class MetricsSink:
             self.child(self.f.predictions, *labels)  # exported at 0 before the first request
             self.export_reference(labels, name)
         return labels
-
-    def reference_for(self, model_name: str) -> Any:
-        """Replaced by the middleware: the reference profile of a model, or None."""
-        return None
 
     def reference_added(self, model_name: str) -> None:
         """A model got its reference: export it for the versions already served."""
@@ -294,7 +115,7 @@ class MetricsSink:
             self.child(self.f.predicted_class, *labels, cls)
         if profile.accuracy is not None:
             self.f.reference_accuracy.labels(*labels).set(profile.accuracy)
-        for outcome in ("correct", "incorrect"):
+        for outcome in (CORRECT, INCORRECT):
             self.child(self.f.feedback, *labels, outcome)
 
     def observe(self, labels: Tuple[str, str], profile: Any, features: Any, prediction: Any,
@@ -339,7 +160,8 @@ class MetricsSink:
             gauge.inc()
             rec.in_progress = gauge
 
-    def record(self, rec: RequestRecord) -> None:
+    def finish(self, rec: RequestRecord) -> None:
+        """The body is closed: count the request, its prediction and its observations."""
         gauge = rec.in_progress
         if gauge is not None:
             gauge.dec()
@@ -423,7 +245,7 @@ class MetricsSink:
         try:
             self.update_process()
         except Exception as exc:  # e.g. a full disk: the other files still answer
-            guard.report_fault("metrics", exc)
+            guard.report_fault("metrics", exc, self)
         encoder, content_type = choose_encoder(accept)
         if self.multiprocess:
             path = multiprocess_dir()

@@ -41,6 +41,12 @@ import threading
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from . import guard
+from .contract import COMPONENT, INTERNAL_ERRORS, INTERNAL_ERRORS_HELP, INTERNAL_ERRORS_TOTAL
+
+__all__ = ["ENV", "DB_FILE", "OWN_FILE", "MERGED_KINDS", "multiprocess_dir", "UnsafeDirectory",
+           "prepare_multiprocess_dir", "check_directory", "directory_lock", "use_multiprocess_values",
+           "restore_deleted_files", "BadFile", "read_db", "write_db", "set_aside", "CheckedCollector",
+           "merge_dead_worker", "keep_merged", "master_started", "AdmittedValues"]
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 log = logging.getLogger("mlmonitor")
@@ -596,15 +602,14 @@ class _MasterCounts:
         self.path = path
         self.pid = os.getpid()
         self.file_base = f"counter_master_{os.getpid()}.db"
-        self.key = json.dumps(["mlmonitor_internal_errors", "mlmonitor_internal_errors_total",
-                               {"component": "merge"}, "mlmonitor's own faults (should stay 0)."],
-                              sort_keys=True)
+        self.key = json.dumps([INTERNAL_ERRORS, INTERNAL_ERRORS_TOTAL, {COMPONENT: "merge"},
+                               INTERNAL_ERRORS_HELP], sort_keys=True)
         self.count = 0.0
         self.offsets = write_db(os.path.join(path, self.file_base), [(self.key, 0.0, 0.0)])
         _kept.setdefault(path, {})[self.file_base] = [(self.key, 0.0, 0.0)]
-        guard.add_fault_listener(self)
+        guard.add_owner(self)
 
-    def __call__(self, component: str) -> None:
+    def count_fault(self, component: str) -> None:
         if component != "merge" or os.getpid() != self.pid:  # workers inherit the listener
             return
         self.count += 1
@@ -627,7 +632,7 @@ def master_started() -> None:
     (its ``merge`` series is created at start, so counting needs no new block).
     """
     path = multiprocess_dir()
-    if path and not guard._listeners and not _master_counts.file_base:
+    if path and not guard.has_owners() and not _master_counts.file_base:
         try:
             _master_counts.start(path)
         except OSError as exc:

@@ -46,7 +46,7 @@ from .reference import (
     same_value,
 )
 
-__all__ = ["build_profile", "profile_csv"]
+__all__ = ["build_profile", "profile_csv", "summarize"]
 
 _MISSING_TEXT = frozenset({"", "na", "nan", "null", "none"})
 
@@ -331,3 +331,24 @@ def _csv_cells(cells: list[str], numeric: bool) -> list[Any]:
     except ValueError:
         return values
 
+
+def summarize(profile: ReferenceProfile) -> str:
+    """A short human-readable description of a profile (``mlmonitor reference show``)."""
+    d = profile.to_dict()
+    lines = [f"reference profile v{d['format_version']}, created {d.get('created', '?')}, {d['rows']} rows"]
+    for item in d["features"]:
+        missing = f", {item['missing_share']:.1%} missing" if item.get("missing_share") else ""
+        if item["type"] == "numeric":
+            edges = ", ".join(f"{e:.6g}" for e in item["edges"])
+            lines.append(f"  {item['name']}: numeric, {len(item['bins'])} bins, edges [{edges}]{missing}")
+        else:
+            top = ", ".join(f"{k}={v:.1%}" for k, v in item["bins"].items())
+            lines.append(f"  {item['name']}: categorical, {top}{missing}")
+    if d.get("classes"):
+        top = ", ".join(f"{k}={v:.1%}" for k, v in d["classes"]["bins"].items())
+        lines.append(f"classes (from {d['classes'].get('source', '?')}): {top}")
+    if d.get("scores"):
+        lines.append(f"scores: {d['scores'].get('count', '?')} values")
+    if d.get("accuracy") is not None:
+        lines.append(f"accuracy: {d['accuracy']:.4f}")
+    return "\n".join(lines)

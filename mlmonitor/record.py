@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextvars
 from typing import Any, Dict, List, Optional, Tuple
 
+from .contract import HTTP_5XX, INVALID_INPUT, OTHER, UNMATCHED_ROUTE
+
+__all__ = ["ENVIRON_KEY", "KNOWN_METHODS", "MAX_TAGS", "OTHER", "UNMATCHED_ROUTE", "RequestRecord",
+           "current_record", "error_type_of"]
+
 ENVIRON_KEY = "mlmonitor.request"
 
-#: label values shared by the middleware, the metrics and the spans
-UNMATCHED_ROUTE = "<unmatched>"
-OTHER = "other"
 KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
 #: tags a request keeps (``monitor.tag()``), and so span attributes made of them
@@ -33,7 +35,8 @@ class RequestRecord:
     """Facts about one request. Plain slots: cheap to create, cheap to read."""
 
     __slots__ = (
-        "start", "start_ns", "duration", "method", "path", "query", "route", "status_code", "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
+        "start", "start_ns", "duration", "method", "path", "query", "route", "status_code",
+        "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
         "is_prediction", "model_name", "model_version", "prediction_seconds", "stages",
         "exc", "error_type", "tags", "observations", "environ", "middleware", "finished",
         "in_progress", "error_detail",
@@ -68,3 +71,19 @@ class RequestRecord:
         self.finished = False
         self.in_progress: Any = None
         self.error_detail: Optional[Tuple[str, str]] = None
+
+
+def error_type_of(rec: RequestRecord) -> Optional[str]:
+    """The ``error_type`` of a finished request: the exception class, ``http_5xx`` or
+    ``invalid_input`` (4xx); None for a success."""
+    code = rec.status_code
+    if code == 0 or code >= 500:
+        exc = rec.exc
+        if exc is not None and not isinstance(exc, GeneratorExit):
+            return type(exc).__name__[:64]
+        return HTTP_5XX
+    if code >= 400:
+        return INVALID_INPUT
+    if rec.exc is not None and not isinstance(rec.exc, GeneratorExit):
+        return type(rec.exc).__name__[:64]  # the body failed after a 2xx status was sent
+    return None

@@ -25,6 +25,10 @@ from collections.abc import Mapping
 from typing import Any, Iterable, Tuple
 from urllib.parse import unquote_plus
 
+__all__ = ["Redactor", "redactor", "redact_text", "redact_mapping", "redact_query",
+           "describe_exception", "REDACTED", "TRUNCATED_MARK", "MAX_SCAN", "MAX_QUOTED", "MAX_DEPTH",
+           "MAX_ITEMS", "MAX_FRAME_CHARS"]
+
 REDACTED = "[REDACTED]"
 TRUNCATED_MARK = "...[truncated]"
 #: the most characters of one text that are read; the rest is cut, never scanned

@@ -21,6 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+__all__ = ["sign_prediction", "verify_prediction", "fit_fields", "fit_text", "InvalidFeedback",
+           "PredictionFacts", "SeenTokens", "FEEDBACK_REASONS", "MAX_CLOCK_SKEW_S", "MAX_TOKEN_LEN",
+           "MAX_NAME_CHARS", "MAX_PREDICTED_BYTES"]
+
 _TOKEN_VERSION = 1
 _TAG_BYTES = 16  # 128-bit truncated HMAC-SHA256 tag
 MAX_NAME_CHARS = 128  # model name and version: the label cap, whatever their UTF-8 size

@@ -42,6 +42,52 @@ def test_offline_modules_define_no_contract_constant():
         assert assigned & names == set(), f"{module} defines {assigned & names}: import it from the contract"
 
 
+PACKAGE = sorted(p for p in (REPO / "mlmonitor").glob("*.py") if p.name != "contract.py")
+METRIC_NAMES = {value for name in contract.__all__ if isinstance(value := getattr(contract, name), str)
+                and value.startswith("mlmonitor_")}
+
+
+def code_literals(path: Path):
+    """String constants that are not docstrings (a docstring may name a metric, as the README does)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.value
+
+
+def test_every_module_defines_contract_constants_only_by_importing_them():
+    names = set(contract.__all__)
+    for path in PACKAGE:
+        tree = ast.parse(path.read_text())
+        assigned = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(t, ast.Name)}
+        assert assigned & names == set(), f"{path.name} defines {assigned & names}: import it from the contract"
+
+
+def test_no_module_spells_a_metric_name_in_code():
+    for path in PACKAGE:
+        spelled = [s for s in code_literals(path) if any(name in s for name in METRIC_NAMES)]
+        assert spelled == [], f"{path.name} spells {spelled}: import the name from mlmonitor.contract"
+
+
+def test_every_family_mlmonitor_registers_is_named_in_the_contract():
+    from prometheus_client import CollectorRegistry
+
+    from mlmonitor.families import Families
+    from mlmonitor.gpu import GpuCollector
+
+    registry = CollectorRegistry()
+    Families(registry, contract.DEFAULT_BUCKETS)
+    families = {f.name for f in registry.collect()} | {f.name for f in GpuCollector(None).describe()}
+    # prometheus-client drops a counter's _total from the family name
+    assert families - {n.removesuffix("_total") for n in METRIC_NAMES} == set()
+
+
 def test_every_recording_rule_read_exists():
     recording, alerting = rules.render_groups()
     recorded = records(recording)

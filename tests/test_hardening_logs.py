@@ -12,10 +12,11 @@ import json
 import logging
 import os
 import select
-import subprocess
 import threading
 
 import pytest
+
+from helpers.tmpfs import fill, small_tmpfs
 import structlog
 from flask import Flask, jsonify
 from hypothesis import given, settings as hsettings, strategies as st
@@ -242,32 +243,14 @@ def test_a_failing_callback_is_one_internal_fault_not_an_exception(pipe):
 @pytest.fixture
 def full_disk(tmp_path):
     """A file on a real, full 64 KiB tmpfs (we run as root); unmounted after."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        message = f"cannot mount a tmpfs (needs root): {done.stderr.strip()}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(fd, b"x" * 4096)
-        except OSError as exc:
-            assert exc.errno == 28, exc
-        finally:
-            os.close(fd)
+    with small_tmpfs(tmp_path / "tmpfs", "64k") as mount:
+        fill(mount)
         stream = open(mount / "log", "w")
         yield stream
         try:
             stream.close()
         except OSError:
             pass
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_write_to_a_full_disk_is_one_dropped_line(full_disk):

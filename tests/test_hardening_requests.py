@@ -73,15 +73,15 @@ def test_metrics_auth_credentials_stay_exact_and_bound_to_their_scheme(auth):
 
 
 def test_a_lowercase_scheme_is_still_compared_in_constant_time(monkeypatch):
-    import mlmonitor.middleware as middleware
+    import mlmonitor.exposition as exposition
     calls = []
-    real = middleware.hmac.compare_digest
+    real = exposition.hmac.compare_digest
 
     def spy(a, b):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(middleware.hmac, "compare_digest", spy)
+    monkeypatch.setattr(exposition.hmac, "compare_digest", spy)
     wrapped = MonitorMiddleware(hello, metrics_token="t0ken-Value", **Doubles().monitor_options)
     response = Client(wrapped).get("/metrics", headers={"Authorization": "bearer t0ken-Value"},
                                    buffered=True)

@@ -167,15 +167,15 @@ def test_metrics_auth_refuses_missing_or_wrong_credentials_and_admits_the_right_
 
 
 def test_credentials_are_compared_in_constant_time(monkeypatch):
-    import mlmonitor.middleware as middleware
+    import mlmonitor.exposition as exposition
     calls = []
-    real = middleware.hmac.compare_digest
+    real = exposition.hmac.compare_digest
 
     def spy(a, b):
         calls.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(middleware.hmac, "compare_digest", spy)
+    monkeypatch.setattr(exposition.hmac, "compare_digest", spy)
     h = SecretApp(metrics_token="t0ken-Value")
     assert h.client.get("/metrics", headers={"Authorization": "Bearer nope"},
                         buffered=True).status_code == 401

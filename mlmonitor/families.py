@@ -1,0 +1,198 @@
+"""The metric families of the contract, created once per registry, and the caps on label values.
+
+Created when the first metrics sink of a registry is built (never at import: the
+multiprocess directory must be set first); every sink on that registry shares them.
+Names and label names come from :mod:`mlmonitor.contract`.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any, Iterable, Optional, Tuple
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from . import contract as c
+from . import guard
+from .contract import OTHER
+from .multiprocess import AdmittedValues, multiprocess_dir, use_multiprocess_values
+
+__all__ = ["Families", "LabelCap", "clean_label", "families_for", "gpu_collector"]
+
+MODEL = c.MODEL_LABELS
+
+
+def clean_label(value: object, limit: int = 128) -> str:
+    """A label value that always encodes: text, at most ``limit`` characters, no lone surrogates.
+
+    A lone surrogate (JSON ``"\\ud800"``) in a label would make every later scrape fail.
+    """
+    text = (value if type(value) is str else str(value))[:limit]
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+class LabelCap:
+    """Keeps the first ``limit`` distinct values of a label; later ones become ``other``.
+
+    With ``shared`` (multiprocess mode) the first values are those of every process on
+    the directory, so worker restarts cannot add more. A value seen before costs a set
+    lookup; a new one costs a read of the shared file, until the cap is known full.
+    Configured values (``preset``) are always kept. ``owner`` counts a fault of the file.
+    """
+
+    def __init__(self, limit: int, preset: Iterable[str] = (),
+                 shared: Optional[AdmittedValues] = None, owner: Any = None) -> None:
+        self.limit = limit
+        self.values = set(preset)
+        self.lock = threading.Lock()
+        self.shared = shared
+        self.owner = owner
+        self.full = False
+        if shared is not None:
+            for value in list(self.values):
+                self._share(value, force=True)
+
+    def __call__(self, value: str) -> str:
+        if value in self.values:
+            return value
+        value = clean_label(value)
+        if value in self.values:
+            return value
+        if self.full:
+            return OTHER
+        with self.lock:
+            if self.shared is not None:
+                return value if self._share(value) else OTHER
+            if len(self.values) < self.limit:
+                self.values.add(value)
+                return value
+            self.full = True
+        return OTHER
+
+    def _share(self, value: str, force: bool = False) -> bool:
+        try:
+            values, admitted = self.shared.admit(value, self.values, self.limit, force)  # type: ignore[union-attr]
+        except OSError as exc:  # the directory cannot be written: stay within the cap
+            guard.report_fault("metrics", exc, self.owner)
+            return force
+        self.values = values  # a new set: lookups outside the lock stay safe
+        self.full = not admitted or len(values) >= self.limit
+        return admitted
+
+
+class Families:
+    """The metric contract of DESIGN.md, created once per registry."""
+
+    def __init__(self, registry: Optional[CollectorRegistry], buckets: Tuple[float, ...]) -> None:
+        r = registry
+        self.http_requests = Counter(
+            c.HTTP_REQUESTS, "HTTP requests seen by mlmonitor.", c.HTTP_LABELS, registry=r)
+        self.http_duration = Histogram(
+            c.HTTP_REQUEST_DURATION, "Time from request start until the response body is closed.",
+            c.HTTP_LABELS, buckets=buckets, registry=r)
+        self.in_progress = Gauge(
+            c.HTTP_REQUESTS_IN_PROGRESS, "Requests being served now.", c.IN_PROGRESS_LABELS,
+            multiprocess_mode="livesum", registry=r)
+        self.predictions = Counter(
+            c.PREDICTIONS, "Calls of prediction endpoints, failed ones included.", MODEL, registry=r)
+        self.prediction_errors = Counter(
+            c.PREDICTION_ERRORS,
+            "Failed predictions: invalid_input for 4xx, else the exception class or http_5xx.",
+            MODEL + (c.ERROR_TYPE,), registry=r)
+        self.prediction_duration = Histogram(
+            c.PREDICTION_DURATION, "Time spent in the prediction handler.", MODEL,
+            buckets=buckets, registry=r)
+        self.stage_duration = Histogram(
+            c.STAGE_DURATION, "Time spent in a named stage of a prediction.", MODEL + (c.STAGE,),
+            buckets=buckets, registry=r)
+        self.model_info = Gauge(
+            c.MODEL_INFO, "Model versions this process serves (value 1).", MODEL,
+            multiprocess_mode="livemax", registry=r)
+        self.prediction_score = Histogram(
+            c.PREDICTION_SCORE, "Confidence score of each prediction.", MODEL,
+            buckets=c.SCORE_BUCKETS, registry=r)
+        self.predicted_class = Counter(
+            c.PREDICTED_CLASS, "Predicted classes.", MODEL + (c.CLASS,), registry=r)
+        self.feature_bin = Counter(
+            c.FEATURE_BIN, "Live feature values, binned by the reference's edges.",
+            MODEL + (c.FEATURE, c.BIN), registry=r)
+        self.feature_reference_ratio = Gauge(
+            c.FEATURE_REFERENCE_RATIO, "The reference's share of each feature bin.",
+            MODEL + (c.FEATURE, c.BIN), multiprocess_mode="max", registry=r)
+        self.feature_missing = Counter(
+            c.FEATURE_MISSING, "Missing or non-numeric feature values.", MODEL + (c.FEATURE,),
+            registry=r)
+        self.feedback = Counter(
+            c.FEEDBACK, "Ground truth received, by outcome.", MODEL + (c.OUTCOME,), registry=r)
+        self.feedback_rejected = Counter(
+            c.FEEDBACK_REJECTED, "Feedback refused: malformed, bad_signature, expired, "
+            "future or duplicate.", (c.REASON,), registry=r)
+        self.reference_accuracy = Gauge(
+            c.REFERENCE_ACCURACY, "Accuracy measured on the reference data.", MODEL,
+            multiprocess_mode="max", registry=r)
+        self.reference_class_ratio = Gauge(
+            c.REFERENCE_CLASS_RATIO, "The reference's share of each predicted class.",
+            MODEL + (c.CLASS,), multiprocess_mode="max", registry=r)
+        self.tokens = Counter(
+            c.TOKENS, "LLM tokens, by direction (input / output).", MODEL + (c.DIRECTION,),
+            registry=r)
+        self.cost = Counter(
+            c.COST, "Cost of predictions in the configured currency.", MODEL, registry=r)
+        self.internal_errors = Counter(
+            c.INTERNAL_ERRORS, c.INTERNAL_ERRORS_HELP, (c.COMPONENT,), registry=r)
+        self.telemetry_dropped = Counter(
+            c.TELEMETRY_DROPPED, "Spans or log lines dropped (queue full, exporter down).",
+            (c.SIGNAL,), registry=r)
+        self.process_memory = Gauge(
+            c.PROCESS_MEMORY, "Resident memory of each worker.", (c.WORKER,),
+            multiprocess_mode="livemax", registry=r)
+        self.process_cpu = Counter(
+            c.PROCESS_CPU, "CPU time of each worker slot (user + system).", (c.WORKER,), registry=r)
+        # exported from the start, so alerts and dashboards see 0 rather than nothing; under
+        # gunicorn the master counts "merge" faults in a series that needs no new disk block
+        try:
+            for component in ("guard", "merge") if r is None else ("guard",):
+                self.internal_errors.labels(component)
+            for signal in ("traces", "logs"):
+                self.telemetry_dropped.labels(signal)
+        except OSError as exc:  # a full metrics disk: serve, and count once it has room
+            guard.report_fault("metrics", exc)
+
+_families_by_registry: "weakref.WeakKeyDictionary[Any, Families]" = weakref.WeakKeyDictionary()
+_multiprocess_families: Optional[Families] = None
+_families_lock = threading.Lock()
+
+
+def families_for(registry: Optional[CollectorRegistry], buckets: Tuple[float, ...]) -> Families:
+    """One Families per registry (and one in multiprocess mode), however many sinks."""
+    global _multiprocess_families
+    with _families_lock:
+        if multiprocess_dir() and registry is None:
+            if _multiprocess_families is None:
+                # a worker that boots after the directory was deleted must still start
+                os.makedirs(multiprocess_dir(), mode=0o700, exist_ok=True)  # type: ignore[arg-type]
+                use_multiprocess_values()
+                _multiprocess_families = Families(None, buckets)
+            return _multiprocess_families
+        target = REGISTRY if registry is None else registry
+        fams = _families_by_registry.get(target)
+        if fams is None:
+            fams = _families_by_registry[target] = Families(target, buckets)
+            gpu = gpu_collector()
+            if gpu is not None:
+                target.register(gpu)
+        return fams
+
+
+_gpu: list = []
+
+
+def gpu_collector() -> Any:
+    """The NVML collector, looked for once per process; None without pynvml or a GPU."""
+    if not _gpu:
+        from .gpu import make_gpu_collector
+        _gpu.append(make_gpu_collector())
+    return _gpu[0]
