@@ -35,7 +35,7 @@ from . import multiprocess
 from .multiprocess import (ENV, UnsafeDirectory, merge_dead_worker,
                            prepare_multiprocess_dir)
 
-__all__ = ["on_starting", "pre_fork", "post_fork", "child_exit", "worker_exit"]
+__all__ = ["on_starting", "pre_fork", "post_fork", "child_exit", "worker_exit", "on_exit"]
 
 
 # -- the hooks -------------------------------------------------------------------------
@@ -76,6 +76,12 @@ def child_exit(server: Any, worker: Any) -> None:
     files. Never raises; a merge that cannot be written keeps the files (one line logged)."""
     multiprocess.keep_merged()
     merge_dead_worker(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Master exit: remove the private temporary directory mlmonitor made (a directory
+    you named is left alone), so runs leave no ``/tmp/mlmonitor-metrics-*`` behind."""
+    multiprocess.remove_created_dir()
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -9,6 +9,7 @@ worker through the checked multiprocess collector.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -32,6 +33,25 @@ EXEMPLAR_INTERVAL = 0.1
 CHILD_CACHE_LIMIT = 4096
 
 
+_warned_buckets: set = set()
+
+
+def warn_if_buckets_miss_the_rules(buckets: Tuple[float, ...]) -> bool:
+    """One warning per process when the latency buckets lack the shipped rules' threshold:
+    the slow-ratio rules read the bucket at that bound, so they would return nothing."""
+    from .contract import LATENCY_THRESHOLD
+    if any(abs(b - LATENCY_THRESHOLD) < 1e-9 for b in buckets) or buckets in _warned_buckets:
+        return False
+    _warned_buckets.add(buckets)
+    logging.getLogger("mlmonitor").warning(
+        "mlmonitor: buckets %s lack %s s, the latency bound of the shipped alert rules: the "
+        "slow-ratio rules return nothing and MLModelLatencyBudgetBurn cannot fire; render rules "
+        "for these buckets: mlmonitor alerts render --buckets '%s' --latency-p99 <one of them> "
+        "--out-dir DIR", ",".join(map(str, buckets)), LATENCY_THRESHOLD,
+        ",".join(map(str, buckets)))
+    return True
+
+
 class MetricsSink:
     """Turns finished records into observations and serves the exposition."""
 
@@ -45,6 +65,7 @@ class MetricsSink:
         self.multiprocess = bool(multiprocess_dir()) and registry is None
         self.registry = registry
         self.f = families_for(registry, settings.buckets)
+        warn_if_buckets_miss_the_rules(settings.buckets)
         self.exemplars = settings.exemplars and not self.multiprocess
         limit = settings.max_label_values
         path = multiprocess_dir() if self.multiprocess else None

@@ -33,6 +33,7 @@ import math
 import mmap
 import os
 import re
+import shutil
 import stat
 import struct
 import sys
@@ -72,7 +73,11 @@ class UnsafeDirectory(RuntimeError):
 
 def prepare_multiprocess_dir(path: Optional[str] = None, clean: bool = True) -> str:
     """Create or check the directory, at master start empty it of old files, and use it."""
-    path = os.path.abspath(path or multiprocess_dir() or tempfile.mkdtemp(prefix="mlmonitor-metrics-"))
+    global _created
+    named = path or multiprocess_dir()
+    path = os.path.abspath(named or tempfile.mkdtemp(prefix="mlmonitor-metrics-"))
+    if not named:
+        _created = (path, os.getpid())
     check_directory(path, clean)
     os.environ[ENV] = path
     if "prometheus_client.values" in sys.modules:  # else metrics.families_for switches it
@@ -114,6 +119,24 @@ def check_directory(path: str, clean: bool = True) -> None:
 
 
 _users: Dict[str, int] = {}  # directory -> fd holding a shared flock for this master's lifetime
+#: (path, pid) of the private temporary directory this process made, removed when it exits
+_created: Optional[Tuple[str, int]] = None
+
+
+def remove_created_dir() -> bool:
+    """Remove the temporary directory this master made (never one the user named), unless
+    another master still uses it (a USR2 upgrade holds its shared lock). True if removed."""
+    if _created is None or _created[1] != os.getpid():
+        return False
+    path = _created[0]
+    fd = _users.get(path)
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.exists(path)
 
 
 def _first_user(path: str, dir_fd: int) -> bool:
