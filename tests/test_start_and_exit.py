@@ -1,5 +1,6 @@
 """Issue 17, items 6 and 2: the private temporary directory mlmonitor makes for gunicorn is removed
-the master exits; a directory the user named is left alone."""
+when the master exits (a directory the user named is left alone), and buckets without the
+shipped rules' latency bound give one warning at start-up."""
 from __future__ import annotations
 
 import os
