@@ -21,8 +21,10 @@ from mlmonitor.contract import DEFAULT_JOB
 
 def make_dry_run(*args: str, env: dict | None = None) -> str:
     """The commands ``make`` would run from scratch (-n -B), for a throw-away venv path."""
-    proc = subprocess.run(["make", "-n", "-B", "VENV=/nonexistent/venv", *args], cwd=REPO, text=True,
-                          capture_output=True, timeout=60, env={**os.environ, **(env or {})})
+    outer = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-B", "VENV=/nonexistent/venv", *args],
+                          cwd=REPO, text=True, capture_output=True, timeout=60,
+                          env={**outer, **(env or {})})  # as if typed, also when run under `make test`
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

@@ -258,4 +258,4 @@ def test_deleting_the_directory_never_loses_merged_counts(tmp_path):
         wait_for("every prediction counted again", recovered, timeout=30)
     print(f"\nbefore rm -rf: {total(before, 'mlmonitor_predictions_total')}; scrapes after: {counted}")
     assert total(before, "mlmonitor_predictions_total") == 60
-    assert counted[-1] == answered >= 64
+    assert counted[-1] == answered > 60  # every prediction, including those after rm -rf
