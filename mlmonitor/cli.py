@@ -39,9 +39,14 @@ def _cli_build(args: argparse.Namespace) -> int:
         categorical=args.categorical,
         bins=args.bins,
         top_n=args.top_n,
+        task=args.task,
     )
+    rows = profile.to_dict()["rows"]
+    if rows < 100:
+        print(f"warning: only {rows} reference rows; drift measured against so few is noisy "
+              "(use 100 or more)", file=sys.stderr)
     profile.save(args.out)
-    print(f"wrote {args.out}: {len(profile.features)} features")
+    print(f"wrote {args.out}: {len(profile.features)} features, task {profile.task}")
     return 0
 
 
@@ -65,6 +70,9 @@ def _add_reference(subparsers: Any) -> None:
     build.add_argument("--categorical", type=_names, default=[], help="columns to treat as categorical")
     build.add_argument("--bins", type=int, default=10, help="quantile bins per numeric feature (2..100)")
     build.add_argument("--top-n", type=int, default=10, help="top values kept per categorical feature")
+    build.add_argument("--task", choices=("classification", "regression"), default=None,
+                       help="default: detected from the predictions (else the labels): fractional "
+                            "numbers or more than 50 distinct numbers are a regression")
     build.add_argument("--out", required=True, help="where to write the JSON profile")
     build.set_defaults(func=_cli_build)
     show = commands.add_parser("show", help="print a summary of a reference profile")

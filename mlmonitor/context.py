@@ -16,7 +16,7 @@ from opentelemetry.trace import Status, StatusCode
 from . import guard
 from .record import MAX_TAGS, RequestRecord, current_record
 
-__all__ = ["Stage", "stage", "tag", "set_model_version", "observe", "observe_batch",
+__all__ = ["Stage", "stage", "tag", "set_model_version", "model_name_of", "observe", "observe_batch",
            "prediction_id", "prediction_ids", "record_feedback", "annotate_borrowed",
            "MAX_OBSERVATIONS"]
 
@@ -92,7 +92,9 @@ def tag(**tags: Any) -> None:
 
 
 def set_model_version(version: Any, model_name: Optional[str] = None) -> None:
-    """Say which model version answers this request (canary, A/B, shadow)."""
+    """Say which model (and version) answers this request: canary, A/B, shadow, or a server of
+    several models, e.g. ``set_model_version("v3", model_name=name)`` in a view serving
+    ``/v1/models/<name>:predict``. Call it before ``observe`` so the right reference is used."""
     rec = current_record()
     if rec is None:
         return
@@ -100,33 +102,138 @@ def set_model_version(version: Any, model_name: Optional[str] = None) -> None:
         rec.middleware.begin_prediction(rec, model_name or rec.model_name or None, version)
 
 
+def model_name_of(model_name: Any, middleware: Any) -> Any:
+    """The model name of a prediction view: a callable is evaluated now (per request), as
+    ``model_version`` is; a fault counts and gives None (the default model), never raises."""
+    if not callable(model_name):
+        return model_name
+    try:
+        name = model_name()
+    except Exception as exc:
+        guard.report_fault("model_name", exc, middleware)
+        return None
+    return str(name)[:128] if name is not None and name != "" else None
+
+
+def _plain(values: Any) -> list:
+    """A list of plain values from a list, tuple, 1-D numpy array or pandas Series."""
+    if values is None:
+        return []
+    if hasattr(values, "tolist"):
+        values = values.tolist()  # numpy scalars become Python numbers
+        return values if isinstance(values, list) else [values]
+    if isinstance(values, (str, bytes, dict)):
+        return [values]
+    return list(values)
+
+
+def _names(feature_names: Any, rec: RequestRecord) -> Any:
+    """Column names: those given, else the model's reference profile's feature order."""
+    if feature_names is not None:
+        return [str(n) for n in feature_names]
+    middleware = rec.middleware
+    profile = middleware.references.get(rec.model_name or middleware.settings.model_name)
+    return profile.features if profile is not None else None
+
+
+def _feature_rows(features: Any, feature_names: Any, rec: RequestRecord, single: bool) -> list:
+    """Rows as dicts from a dict, rows of dicts, a 2-D array, rows of values, a DataFrame or a
+    Series; a row whose columns have no names is ``{}`` (its reference features count missing)."""
+    if features is None:
+        return []
+    if isinstance(features, dict):
+        return [features]
+    columns = getattr(features, "columns", None)
+    if columns is not None and hasattr(features, "itertuples"):  # a pandas DataFrame
+        names = [str(c) for c in columns]
+        return [dict(zip(names, row)) for row in features.itertuples(index=False, name=None)]
+    if hasattr(features, "index") and hasattr(features, "to_dict"):  # a pandas Series: one row
+        return [{str(k): v for k, v in features.to_dict().items()}]
+    if hasattr(features, "keys") and hasattr(features, "items"):  # another mapping
+        return [dict(features.items())]
+    rows = _plain(features)
+    if single or (rows and not _is_row(rows[0])):
+        rows = [rows]  # one row of values (a 1-D array, a flat list)
+    names = None
+    out = []
+    for row in rows:
+        if isinstance(row, dict) or hasattr(row, "items"):
+            out.append(row)
+            continue
+        if names is None:
+            names = _names(feature_names, rec) or ()
+        out.append(dict(zip(names, _plain(row))) if names and _is_row(row) else {})
+    return out
+
+
+def _is_row(value: Any) -> bool:
+    return isinstance(value, (list, tuple, dict)) or hasattr(value, "items") or (
+        hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1)
+
+
 def observe(features: Any = None, prediction: Any = None, score: Any = None,
-            tokens_in: Any = None, tokens_out: Any = None, cost: Any = None) -> None:
+            tokens_in: Any = None, tokens_out: Any = None, cost: Any = None,
+            feature_names: Any = None) -> None:
     """Model-quality facts of this request's prediction, counted when the request ends.
 
-    ``features`` (a mapping) are binned by the model's reference profile;
-    ``prediction`` feeds the class distribution, ``score`` (0..1) the score
-    histogram; ``tokens_in``/``tokens_out``/``cost`` the LLM counters.
+    ``features`` (a mapping, a pandas Series, or a row of values named by ``feature_names`` or
+    else the reference's feature order) are binned by the model's reference profile;
+    ``prediction`` feeds the class distribution (or, for a regression reference, the output
+    bins), ``score`` (0..1) the score histogram; ``tokens_in``/``tokens_out``/``cost`` the LLM
+    counters.
     """
     rec = current_record()
     if rec is None or len(rec.observations) >= MAX_OBSERVATIONS:
         return
+    if features is not None and type(features) is not dict:
+        try:
+            rows = _feature_rows(features, feature_names, rec, single=True)
+            features = rows[0] if rows else None
+        except (TypeError, ValueError, LookupError):  # unreadable: its features count missing
+            features = {}
+        except Exception as exc:
+            guard.report_fault("observe", exc, rec.middleware)
+            features = {}
+    if prediction is not None and hasattr(prediction, "item") and getattr(prediction, "size", 0) == 1:
+        prediction = prediction.item()  # a numpy scalar
     rec.observations.append((features, prediction, score, tokens_in, tokens_out, cost))
 
 
-def observe_batch(features: Any = None, predictions: Any = None, scores: Any = None) -> None:
-    """:func:`observe` for each instance of a batch (sequences of equal length)."""
+def observe_batch(features: Any = None, predictions: Any = None, scores: Any = None,
+                  feature_names: Any = None) -> None:
+    """:func:`observe` for each instance of a batch.
+
+    ``features``: rows as dicts, a 2-D numpy array or rows of values (columns named by
+    ``feature_names`` or else the reference's feature order), or a pandas DataFrame (its
+    columns). ``predictions`` and ``scores``: lists, 1-D arrays or Series. Each part is read
+    on its own: one that cannot be read is left out, the others still count.
+    """
     rec = current_record()
     if rec is None:
         return
+    parts: list = []
+    for kind, values in (("features", features), ("predictions", predictions), ("scores", scores)):
+        try:
+            if kind == "features":
+                parts.append(_feature_rows(values, feature_names, rec, single=False))
+            else:
+                parts.append(_plain(values))
+        except (TypeError, ValueError, LookupError):  # unreadable: left out, the rest counts
+            parts.append(None)
+        except Exception as exc:
+            guard.report_fault("observe", exc, rec.middleware)
+            parts.append(None)
+    rows, preds, confidences = (part or [] for part in parts)
+    if parts[0] is None:  # features given but unreadable: each instance's features count missing
+        rows = [{}] * max(len(preds), len(confidences), 1)
     with guard.guarded("observe", rec.middleware):
-        rows = list(features) if features is not None else []
-        preds = list(predictions) if predictions is not None else []
-        confidences = list(scores) if scores is not None else []
         for i in range(max(len(rows), len(preds), len(confidences))):
-            observe(features=rows[i] if i < len(rows) else None,
-                    prediction=preds[i] if i < len(preds) else None,
-                    score=confidences[i] if i < len(confidences) else None)
+            if len(rec.observations) >= MAX_OBSERVATIONS:
+                return
+            rec.observations.append((rows[i] if i < len(rows) else None,
+                                     preds[i] if i < len(preds) else None,
+                                     confidences[i] if i < len(confidences) else None,
+                                     None, None, None))
 
 
 def prediction_ids(predictions: Any) -> list:
@@ -145,7 +252,9 @@ def prediction_id(prediction: Any) -> str:
 
 
 def record_feedback(prediction_id: str, label: Any, middleware: Any = None) -> str:
-    """Count ground truth for a signed prediction id; returns "correct" or "incorrect".
+    """Count ground truth for a signed prediction id; returns "correct" or "incorrect", or for
+    a model whose reference is a regression the absolute error (a float; a label that is not
+    a number raises ValueError).
 
     Works on any worker or replica sharing the feedback secret. Raises
     ``mlmonitor.tokens.InvalidFeedback`` (a ValueError) for a bad, expired or

@@ -32,7 +32,10 @@ __all__ = [
     "REFERENCE_CLASS_RATIO", "TOKENS", "TOKENS_TOTAL", "COST", "COST_TOTAL", "INTERNAL_ERRORS",
     "INTERNAL_ERRORS_TOTAL", "INTERNAL_ERRORS_HELP", "TELEMETRY_DROPPED", "TELEMETRY_DROPPED_TOTAL",
     "PROCESS_MEMORY", "PROCESS_CPU", "PROCESS_CPU_TOTAL", "GPU_UTILIZATION", "GPU_MEMORY_USED",
-    "GPU_MEMORY_TOTAL",
+    "GPU_MEMORY_TOTAL", "PREDICTION_BIN", "PREDICTION_BIN_TOTAL", "PREDICTION_REFERENCE_RATIO",
+    "FEEDBACK_ABSOLUTE_ERROR", "FEEDBACK_ABSOLUTE_ERROR_BUCKET", "FEEDBACK_ABSOLUTE_ERROR_SUM",
+    "FEEDBACK_ABSOLUTE_ERROR_COUNT", "REFERENCE_ABSOLUTE_ERROR", "FEATURE_UNKNOWN",
+    "FEATURE_UNKNOWN_TOTAL", "ABSOLUTE_ERROR_BUCKETS", "REGRESSION", "CLASSIFICATION",
     # labels and label values
     "JOB", "MODEL_NAME", "MODEL_VERSION", "MODEL_LABELS", "VERSION_LABELS", "METHOD", "ROUTE",
     "STATUS", "HTTP_LABELS", "IN_PROGRESS_LABELS", "ERROR_TYPE", "STAGE", "CLASS", "FEATURE", "BIN",
@@ -43,7 +46,7 @@ __all__ = [
     "PREDICTIONS_RATE", "PREDICTION_ERRORS_RATE", "INVALID_INPUT_RATE", "INVALID_INPUT_RATIO",
     "latency_quantile", "LATENCY_P99", "error_ratio", "slow_ratio", "ERROR_RATIO", "ERROR_RATIO_STEM",
     "SLOW_RATIO_STEM", "Distribution", "FEATURE_DRIFT", "CLASS_DRIFT", "FEEDBACK_RATE", "ACCURACY",
-    "REFERENCE_ACCURACY_MAX",
+    "REFERENCE_ACCURACY_MAX", "OUTPUT_DRIFT", "ABSOLUTE_ERROR_MEAN", "REFERENCE_ABSOLUTE_ERROR_MAX",
     # what the shipped rules assume
     "GAUGE_WINDOW", "LATENCY_THRESHOLD", "DEFAULT_JOB",
 ]
@@ -58,6 +61,11 @@ UNMATCHED_ROUTE = "<unmatched>"
 PSI_FLOOR = 1e-4
 #: buckets of the prediction score histogram (confidence, 0..1)
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: buckets of the regression feedback's absolute error (one family for every model: fixed, 1-2-5)
+ABSOLUTE_ERROR_BUCKETS = tuple(m * 10.0 ** e for e in range(-3, 5) for m in (1, 2, 5))
+#: the ``task`` of a reference profile
+REGRESSION = "regression"
+CLASSIFICATION = "classification"
 #: inference-friendly latency buckets, 1 ms .. 30 s
 DEFAULT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -120,6 +128,19 @@ PROCESS_CPU_TOTAL = PROCESS_CPU + "_total"
 GPU_UTILIZATION = "mlmonitor_gpu_utilization_ratio"
 GPU_MEMORY_USED = "mlmonitor_gpu_memory_used_bytes"
 GPU_MEMORY_TOTAL = "mlmonitor_gpu_memory_total_bytes"
+#: regression: live numeric predictions binned by the reference's output edges, the reference's
+#: share of each output bin, feedback's absolute error and the reference's mean absolute error
+PREDICTION_BIN = "mlmonitor_prediction_bin"
+PREDICTION_BIN_TOTAL = PREDICTION_BIN + "_total"
+PREDICTION_REFERENCE_RATIO = "mlmonitor_prediction_reference_ratio"
+FEEDBACK_ABSOLUTE_ERROR = "mlmonitor_feedback_absolute_error"
+FEEDBACK_ABSOLUTE_ERROR_BUCKET = FEEDBACK_ABSOLUTE_ERROR + "_bucket"
+FEEDBACK_ABSOLUTE_ERROR_SUM = FEEDBACK_ABSOLUTE_ERROR + "_sum"
+FEEDBACK_ABSOLUTE_ERROR_COUNT = FEEDBACK_ABSOLUTE_ERROR + "_count"
+REFERENCE_ABSOLUTE_ERROR = "mlmonitor_reference_absolute_error"
+#: observed feature names the reference does not know (no name label: names are unbounded)
+FEATURE_UNKNOWN = "mlmonitor_feature_unknown"
+FEATURE_UNKNOWN_TOTAL = FEATURE_UNKNOWN + "_total"
 
 # -- label names and the label values that rules and dashboards match ------------------------------
 
@@ -254,3 +275,9 @@ FEEDBACK_RATE = f"{_VERSION}:{FEEDBACK}:rate{ACCURACY_WINDOW}"
 #: accuracy from feedback: the share of feedback with outcome correct
 ACCURACY = f"{_VERSION}:{FEEDBACK}_{CORRECT}:ratio_rate{ACCURACY_WINDOW}"
 REFERENCE_ACCURACY_MAX = f"{_VERSION}:{REFERENCE_ACCURACY}:max"
+#: regression: output drift (PSI of the numeric predictions' bins against the reference's shares)
+OUTPUT_DRIFT = Distribution(PREDICTION_BIN_TOTAL, PREDICTION_REFERENCE_RATIO, PREDICTION_BIN,
+                            _VERSION, "model_version_bin", "", BIN, DRIFT_WINDOW)
+#: regression: mean absolute error from feedback over the window, and the reference's, per version
+ABSOLUTE_ERROR_MEAN = f"{_VERSION}:{FEEDBACK_ABSOLUTE_ERROR}:mean{ACCURACY_WINDOW}"
+REFERENCE_ABSOLUTE_ERROR_MAX = f"{_VERSION}:{REFERENCE_ABSOLUTE_ERROR}:max"

@@ -136,6 +136,21 @@ class Families:
         self.reference_class_ratio = Gauge(
             c.REFERENCE_CLASS_RATIO, "The reference's share of each predicted class.",
             MODEL + (c.CLASS,), multiprocess_mode="max", registry=r)
+        self.feature_unknown = Counter(
+            c.FEATURE_UNKNOWN, "Observed feature names the reference does not know.", MODEL,
+            registry=r)
+        self.prediction_bin = Counter(
+            c.PREDICTION_BIN, "Numeric (regression) predictions, binned by the reference's "
+            "output edges.", MODEL + (c.BIN,), registry=r)
+        self.prediction_reference_ratio = Gauge(
+            c.PREDICTION_REFERENCE_RATIO, "The reference's share of each output bin.",
+            MODEL + (c.BIN,), multiprocess_mode="max", registry=r)
+        self.feedback_absolute_error = Histogram(
+            c.FEEDBACK_ABSOLUTE_ERROR, "Regression ground truth: abs(label - prediction).", MODEL,
+            buckets=c.ABSOLUTE_ERROR_BUCKETS, registry=r)
+        self.reference_absolute_error = Gauge(
+            c.REFERENCE_ABSOLUTE_ERROR, "Mean absolute error measured on the reference data.",
+            MODEL, multiprocess_mode="max", registry=r)
         self.tokens = Counter(
             c.TOKENS, "LLM tokens, by direction (input / output).", MODEL + (c.DIRECTION,),
             registry=r)

@@ -56,7 +56,9 @@ class FeedbackRecorder:
             guard.report_fault("feedback", exc, self.owner)
             return ""
 
-    def record(self, token: str, label: Any) -> str:
+    def record(self, token: str, label: Any) -> Any:
+        """"correct" / "incorrect"; for a model with a regression reference, the absolute error
+        (a float, observed in the absolute-error histogram)."""
         from .reference import outcome
         from .tokens import InvalidFeedback, SeenTokens, fit_text, verify_prediction
         if self._seen is None:
@@ -70,6 +72,14 @@ class FeedbackRecorder:
             raise
         if isinstance(facts.predicted, str) and isinstance(label, str):
             label = fit_text(label)  # compared as the prediction was signed: cut the same way
+        reference_for = getattr(self.metrics, "reference_for", None)
+        profile = reference_for(facts.model_name) if reference_for is not None else None
+        if profile is not None and profile.regression:
+            from .reference import absolute_error
+            error = absolute_error(facts.predicted, label)  # ValueError for a non-number
+            with guard.guarded("feedback", self.owner):
+                self.metrics.count_absolute_error(facts.model_name, facts.model_version, error)
+            return error
         result = outcome(facts.predicted, label)
         if self.metrics is not None:
             with guard.guarded("feedback", self.owner):

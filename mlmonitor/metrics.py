@@ -136,27 +136,54 @@ class MetricsSink:
             self.child(self.f.predicted_class, *labels, cls)
         if profile.accuracy is not None:
             self.f.reference_accuracy.labels(*labels).set(profile.accuracy)
-        for outcome in (CORRECT, INCORRECT):
-            self.child(self.f.feedback, *labels, outcome)
+        for bin_label, share in profile.output_ratios():
+            self.f.prediction_reference_ratio.labels(*labels, bin_label).set(share)
+            self.child(self.f.prediction_bin, *labels, bin_label)
+        if profile.mae is not None:
+            self.f.reference_absolute_error.labels(*labels).set(profile.mae)
+        if profile.regression:
+            self.child(self.f.feedback_absolute_error, *labels)
+        else:
+            for outcome in (CORRECT, INCORRECT):
+                self.child(self.f.feedback, *labels, outcome)
+        self.child(self.f.feature_unknown, *labels)
 
     def observe(self, labels: Tuple[str, str], profile: Any, features: Any, prediction: Any,
                 score: Any, tokens_in: Any, tokens_out: Any, cost: Any) -> None:
-        """Model-quality facts of one instance; values that cannot count are ignored."""
-        if features and profile is not None:
+        """Model-quality facts of one instance; values that cannot count are ignored.
+
+        Features: a reference feature absent from the mapping counts as missing; a name the
+        reference does not know counts in the unknown counter (no name label) and is logged
+        once per process (the first ``MAX_UNKNOWN_LOGGED`` names).
+        """
+        if features is not None and profile is not None:
             from .reference import UNKNOWN_FEATURE
             items = features.items() if hasattr(features, "items") else ()
+            known = 0
             for feature, value in items:
                 bin_label = profile.bin_of(feature, value)
                 if bin_label is UNKNOWN_FEATURE:
+                    self.child(self.f.feature_unknown, *labels).inc()
+                    _warn_unknown(feature, labels)
                     continue  # not in the reference: no label is made for it
+                known += 1
                 if bin_label is None:
                     self.child(self.f.feature_missing, *labels, feature).inc()
                 else:
                     self.child(self.f.feature_bin, *labels, feature, bin_label).inc()
+            if known < len(profile.features):
+                for feature in profile.features:
+                    if feature not in features:
+                        self.child(self.f.feature_missing, *labels, feature).inc()
         if prediction is not None:
-            cls = (profile.class_of(prediction) if profile is not None
-                   else self.cap_class(str(prediction)[:64]))
-            self.child(self.f.predicted_class, *labels, cls).inc()
+            if profile is not None and profile.regression:
+                bin_label = profile.output_bin_of(prediction)
+                if bin_label is not None:
+                    self.child(self.f.prediction_bin, *labels, bin_label).inc()
+            else:
+                cls = (profile.class_of(prediction) if profile is not None
+                       else self.cap_class(str(prediction)[:64]))
+                self.child(self.f.predicted_class, *labels, cls).inc()
         if _finite_in(score, 0.0, 1.0):
             self.child(self.f.prediction_score, *labels).observe(float(score))
         if _finite_in(tokens_in, 0.0, 1e9):
@@ -169,6 +196,10 @@ class MetricsSink:
     def count_feedback(self, model_name: str, model_version: str, outcome: str) -> None:
         labels = self.mark_model(model_name, model_version)
         self.child(self.f.feedback, *labels, outcome).inc()
+
+    def count_absolute_error(self, model_name: str, model_version: str, error: float) -> None:
+        labels = self.mark_model(model_name, model_version)
+        self.child(self.f.feedback_absolute_error, *labels).observe(error)
 
     def count_feedback_rejected(self, reason: str) -> None:
         self.child(self.f.feedback_rejected, reason).inc()
@@ -281,6 +312,21 @@ class MetricsSink:
                 return encoder(registry), content_type
         registry = REGISTRY if self.registry is None else self.registry
         return encoder(registry), content_type
+
+
+MAX_UNKNOWN_LOGGED = 100
+_unknown_logged: set = set()
+
+
+def _warn_unknown(feature: Any, labels: Tuple[str, str]) -> None:
+    """Log an unknown feature name once per process and model (at most MAX_UNKNOWN_LOGGED)."""
+    key = (labels[0], str(feature)[:128])
+    if key in _unknown_logged or len(_unknown_logged) >= MAX_UNKNOWN_LOGGED:
+        return
+    _unknown_logged.add(key)
+    logging.getLogger("mlmonitor").warning(
+        "mlmonitor: feature %r is not in the reference of model %r (a renamed column?); "
+        "counted in the unknown-feature counter, not binned", key[1], key[0])
 
 
 def _finite_in(value: Any, low: float, high: float) -> bool:

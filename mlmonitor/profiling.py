@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .contract import OTHER, SCORE_BUCKETS
+from .contract import CLASSIFICATION, OTHER, REGRESSION, SCORE_BUCKETS
 from .reference import (
     FORMAT,
     FORMAT_VERSION,
@@ -186,6 +186,28 @@ def _score_histogram(scores: Sequence[Any]) -> dict[str, Any] | None:
     }
 
 
+def _numbers(values: Sequence[Any]) -> list[float | None] | None:
+    """Every value as a float (missing ones None), or None when one is not a number."""
+    out: list[float | None] = []
+    for value in values:
+        if _is_missing(value):
+            out.append(None)
+            continue
+        try:
+            number = float(value) if isinstance(value, str) else as_number(value)
+        except ValueError:
+            return None
+        if number is None or isinstance(value, bool) or not math.isfinite(number):
+            return None
+        out.append(float(number))
+    return out if any(n is not None for n in out) else None
+
+
+def _looks_continuous(numbers: Sequence[float | None], max_classes: int) -> bool:
+    present = [n for n in numbers if n is not None]
+    return any(n != int(n) for n in present) or len(set(present)) > max_classes
+
+
 def _check_int(name: str, value: int, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidReference(f"{name} must be an integer in {low}..{high}, got {value!r}")
@@ -203,6 +225,7 @@ def build_profile(
     top_n: int = 10,
     categorical: Iterable[str] = (),
     max_classes: int = 50,
+    task: str | None = None,
     cls: type[ReferenceProfile] | None = None,
 ) -> ReferenceProfile:
     """Profile ``data``: a 2-D numpy array (+ ``feature_names``), rows as dicts or sequences
@@ -211,6 +234,12 @@ def build_profile(
     A feature is numeric when every non-missing value is a number (bools count as 0/1), else
     categorical; ``categorical`` forces names to categorical (e.g. integer codes). Class shares
     come from ``predictions``, else from ``labels``; ``accuracy`` needs both.
+
+    ``task`` is ``"classification"`` or ``"regression"``; by default it is detected from the
+    predictions (else the labels): numbers with a fractional part, or more distinct numbers
+    than ``max_classes``, are a regression. A regression profile records output bin edges
+    (quantiles of the predictions, else the labels) and, with both, the mean absolute error;
+    a classification whose classes are fractional numbers is refused.
     """
     _check_int("bins", bins, 2, MAX_BINS)
     _check_int("top_n", top_n, 1, MAX_TOP_N)
@@ -253,6 +282,28 @@ def build_profile(
         if seq is not None and len(seq) != rows:
             raise InvalidReference(f"{len(seq)} {name} for {rows} reference rows")
     class_source = predictions if predictions is not None else labels
+    if task not in (None, CLASSIFICATION, REGRESSION):
+        raise InvalidReference(f"task must be {CLASSIFICATION!r} or {REGRESSION!r}, got {task!r}")
+    numbers = _numbers(class_source) if class_source is not None else None
+    if task is None and class_source is not None:
+        task = REGRESSION if numbers is not None and _looks_continuous(numbers, max_classes) else CLASSIFICATION
+    data_out["task"] = task
+    if task == REGRESSION:
+        if numbers is None:
+            raise InvalidReference("a regression reference needs numeric predictions or labels")
+        outputs = _numeric_profile(numbers, bins, None)
+        if outputs is None:
+            raise InvalidReference("no numeric predictions or labels in the reference")
+        data_out["outputs"] = {"edges": outputs["edges"], "bins": outputs["bins"], "count": outputs["count"]}
+        truth = _numbers(labels) if labels is not None and predictions is not None else None
+        if truth is not None:
+            pairs = [(p, y) for p, y in zip(numbers, truth) if p is not None and y is not None]
+            if pairs:
+                data_out["mae"] = sum(abs(p - y) for p, y in pairs) / len(pairs)
+        class_source = None
+    elif numbers is not None and any(n is not None and n != int(n) for n in numbers):
+        raise InvalidReference("the classes are fractional numbers: a regression model? "
+                               "build with task='regression' (--task regression)")
     if class_source is not None:
         keys = [k for k in (as_category(v) for v in class_source) if k is not None]
         if keys:
@@ -261,7 +312,7 @@ def build_profile(
             data_out["classes"] = {"source": source, "bins": shares, "count": count}
     if scores is not None:
         data_out["scores"] = _score_histogram(_as_list(scores))
-    if predictions is not None and labels is not None and rows:
+    if predictions is not None and labels is not None and rows and task != REGRESSION:
         data_out["accuracy"] = sum(same_value(p, y) for p, y in zip(predictions, labels)) / rows
     return (cls or ReferenceProfile)(data_out)
 
@@ -349,6 +400,13 @@ def summarize(profile: ReferenceProfile) -> str:
         lines.append(f"classes (from {d['classes'].get('source', '?')}): {top}")
     if d.get("scores"):
         lines.append(f"scores: {d['scores'].get('count', '?')} values")
+    if d.get("task"):
+        lines.append(f"task: {d['task']}")
+    if d.get("outputs"):
+        edges = ", ".join(f"{e:.6g}" for e in d["outputs"]["edges"])
+        lines.append(f"outputs: {len(d['outputs']['bins'])} bins, edges [{edges}]")
+    if d.get("mae") is not None:
+        lines.append(f"mean absolute error: {d['mae']:.6g}")
     if d.get("accuracy") is not None:
         lines.append(f"accuracy: {d['accuracy']:.4f}")
     return "\n".join(lines)

@@ -34,7 +34,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .contract import OTHER
+from .contract import OTHER, REGRESSION
 # the file format: re-exported, every name stays importable here
 from .reference_format import (FORMAT, FORMAT_VERSION, MAX_BINS, MAX_FEATURES,  # noqa: F401
                                MAX_FILE_BYTES, MAX_NAME_LEN, MAX_TOP_N, MAX_VALUE_LEN,
@@ -178,6 +178,17 @@ class ReferenceProfile:
         self._classes = frozenset(classes["bins"]) - {OTHER} if classes else frozenset()
         #: accuracy of the reference predictions against its labels, or None without both
         self.accuracy: float | None = data.get("accuracy")
+        #: "regression" or "classification" ("classification" for profiles without a task)
+        self.task: str = data.get("task") or "classification"
+        #: mean absolute error of the reference predictions (regression), or None
+        self.mae: float | None = data.get("mae")
+        outputs = data.get("outputs")
+        self._output_binner = None
+        if outputs:
+            edges = tuple(float(e) for e in outputs["edges"])
+            self._output_binner = _numeric_binner(edges, tuple(f"{i:02d}" for i in range(len(edges) + 1)))
+        #: whether live predictions are numbers binned by the reference's output edges
+        self.regression = self.task == REGRESSION and self._output_binner is not None
 
     # -- building (offline: imports mlmonitor.profiling when called) --------------------------
 
@@ -241,12 +252,20 @@ class ReferenceProfile:
         key = as_category(prediction)
         return key if key is not None and key in self._classes else OTHER
 
+    def output_bin_of(self, prediction: Any) -> str | None:
+        """The output bin of a numeric (regression) prediction, None if not a number or no edges."""
+        binner = self._output_binner
+        return binner(prediction) if binner is not None else None
+
     # -- export --------------------------------------------------------------------------------
 
     @property
     def features(self) -> tuple[str, ...]:
         """Feature names, in reference order."""
-        return tuple(self._binners)
+        names = self.__dict__.get("_feature_names")
+        if names is None:
+            names = self._feature_names = tuple(self._binners)
+        return names
 
     def bins(self, feature: str) -> tuple[str, ...]:
         """All bin labels of ``feature`` (KeyError if unknown)."""
@@ -267,6 +286,12 @@ class ReferenceProfile:
         classes = self._data.get("classes")
         if classes:
             yield from classes["bins"].items()
+
+    def output_ratios(self) -> Iterator[tuple[str, float]]:
+        """``(bin, share)`` of the reference's numeric predictions (regression), zero shares included."""
+        outputs = self._data.get("outputs")
+        if outputs:
+            yield from outputs["bins"].items()
 
     def score_cumulative(self) -> Iterator[tuple[float, float]]:
         """``(le, share of scores <= le)`` of the reference, as the score histogram's buckets."""

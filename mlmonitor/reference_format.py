@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any, Callable
 
-from .contract import OTHER, SCORE_BUCKETS
+from .contract import CLASSIFICATION, OTHER, REGRESSION, SCORE_BUCKETS
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_BINS", "MAX_FEATURES", "MAX_FILE_BYTES", "MAX_NAME_LEN",
            "MAX_TOP_N", "MAX_VALUE_LEN", "InvalidReference", "cleaned", "validate", "read_profile",
@@ -129,6 +129,21 @@ def _validate_bins(where: str, bins: Any) -> None:
         raise _fail(where, f"shares sum to {sum(bins.values())!r}, not 1")
 
 
+def _validate_edges(where: str, item: dict) -> None:
+    """Numeric bins: strictly increasing finite edges, bins "00".."kk" (one more than edges)."""
+    _validate_bins(where, item.get("bins"))
+    edges = item.get("edges")
+    if not isinstance(edges, list) or len(edges) >= MAX_BINS:
+        raise _fail(where, f"'edges' must be a list of at most {MAX_BINS - 1} numbers")
+    for e in edges:
+        if _finite(e) is None:
+            raise _fail(where, f"edge {e!r:.40} is not a finite number")
+    if any(b <= a for a, b in zip(edges, edges[1:])):
+        raise _fail(where, "'edges' must be strictly increasing")
+    if list(item["bins"]) != [f"{i:02d}" for i in range(len(edges) + 1)]:
+        raise _fail(where, f"bins must be labelled '00'..'{len(edges):02d}' in order (one more than edges)")
+
+
 def validate(data: Any) -> None:
     """Raise :class:`InvalidReference` unless ``data`` is a profile this version can use."""
     if not isinstance(data, dict):
@@ -160,16 +175,7 @@ def validate(data: Any) -> None:
         seen.add(item["name"])
         _validate_bins(where, item.get("bins"))
         if item.get("type") == "numeric":
-            edges = item.get("edges")
-            if not isinstance(edges, list) or len(edges) >= MAX_BINS:
-                raise _fail(where, f"'edges' must be a list of at most {MAX_BINS - 1} numbers")
-            for e in edges:
-                if _finite(e) is None:
-                    raise _fail(where, f"edge {e!r:.40} is not a finite number")
-            if any(b <= a for a, b in zip(edges, edges[1:])):
-                raise _fail(where, "'edges' must be strictly increasing")
-            if list(item["bins"]) != [f"{i:02d}" for i in range(len(edges) + 1)]:
-                raise _fail(where, f"bins must be labelled '00'..'{len(edges):02d}' in order (one more than edges)")
+            _validate_edges(where, item)
         elif item.get("type") == "categorical":
             if OTHER not in item["bins"] or len(item["bins"]) > MAX_TOP_N + 1:
                 raise _fail(where, f"categorical bins need '{OTHER}' and at most {MAX_TOP_N} values")
@@ -192,6 +198,16 @@ def validate(data: Any) -> None:
             or not all(_is_share(s) for s in scores["cumulative"])
         ):
             raise InvalidReference("'scores' must have buckets 0.1..1.0 and a cumulative share for each")
+    if data.get("task") not in (None, CLASSIFICATION, REGRESSION):
+        raise InvalidReference(f"'task' must be {CLASSIFICATION!r} or {REGRESSION!r}, got {data.get('task')!r:.40}")
+    outputs = data.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, dict):
+            raise InvalidReference("'outputs' must be an object or null")
+        _validate_edges("outputs", outputs)
+    mae = data.get("mae")
+    if mae is not None and (_finite(mae) is None or mae < 0):
+        raise InvalidReference(f"'mae' must be null or a finite number >= 0, got {mae!r:.40}")
     accuracy = data.get("accuracy")
     if accuracy is not None and not _is_share(accuracy):
         raise InvalidReference(f"'accuracy' must be null or a number in [0, 1], got {accuracy!r}")

@@ -50,6 +50,8 @@ from .contract import (
     PREDICTION_ERRORS_TOTAL, PREDICTIONS_RATE, PREDICTIONS_TOTAL, PROCESS_MEMORY, PSI_FLOOR,
     RATE_WINDOW, REFERENCE_ACCURACY, REFERENCE_ACCURACY_MAX, SIGNAL, SLO_WINDOWS,
     TELEMETRY_DROPPED_TOTAL, VERSION_LABELS, Distribution, error_ratio, latency_quantile, slow_ratio)
+from .contract import (ABSOLUTE_ERROR_MEAN, FEEDBACK_ABSOLUTE_ERROR_COUNT, FEEDBACK_ABSOLUTE_ERROR_SUM,
+                       OUTPUT_DRIFT, REFERENCE_ABSOLUTE_ERROR, REFERENCE_ABSOLUTE_ERROR_MAX)
 
 __all__ = ["Thresholds", "render_groups", "render_files", "render_text", "render_alertmanager",
            "to_yaml", "RECORDING_FILE", "ALERTS_FILE", "OPERATOR_FILE", "ALERTMANAGER_FILE"]
@@ -270,6 +272,14 @@ def _recording(b: _Builder) -> List[Dict[str, Any]]:
                   f"/ ({FEEDBACK_RATE} > 0)")},
         {"record": REFERENCE_ACCURACY_MAX,
          "expr": f"max by ({VERSION}) ({b.gauge(REFERENCE_ACCURACY)})"},
+    ]
+    # regression: output drift, and the mean absolute error from feedback beside the reference's
+    quality += _distribution_rules(b, OUTPUT_DRIFT) + [
+        {"record": ABSOLUTE_ERROR_MEAN,
+         "expr": (f"sum by ({VERSION}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_SUM)}[{b.w(acc)}]))\n"
+                  f"/ (sum by ({VERSION}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_COUNT)}[{b.w(acc)}])) > 0)")},
+        {"record": REFERENCE_ABSOLUTE_ERROR_MAX,
+         "expr": f"max by ({VERSION}) ({b.gauge(REFERENCE_ABSOLUTE_ERROR)})"},
     ]
     return [
         {"name": "mlmonitor.recording.requests", "rules": requests},
