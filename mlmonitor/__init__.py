@@ -18,7 +18,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Monitor", "MonitorMiddleware", "ConfigError", "Settings", "current_record",
     "stage", "tag", "set_model_version", "observe", "observe_batch", "record_feedback",
-    "configure_logging", "__version__",
+    "configure_logging", "configure_tracing", "__version__",
 ]
 
 _LOCATIONS = {
@@ -34,6 +34,7 @@ _LOCATIONS = {
     "observe_batch": "mlmonitor.context",
     "record_feedback": "mlmonitor.context",
     "configure_logging": "mlmonitor.logs",
+    "configure_tracing": "mlmonitor.trace_provider",
 }
 
 

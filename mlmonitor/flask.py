@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from typing import Any, Callable, Optional
 
@@ -41,10 +42,11 @@ try:  # Flask >= 2.3 keeps the request context in a context variable
 except ImportError:  # pragma: no cover - older Flask
     _cv_request = None
 from opentelemetry import trace
+from werkzeug.wsgi import ClosingIterator
 
 from . import context, guard
 from .config import resolve
-from .middleware import MonitorMiddleware
+from .middleware import MATERIALISED, MonitorMiddleware
 from .record import UNMATCHED_ROUTE, _current, current_record
 
 __all__ = ["Monitor", "EXTENSION_KEY"]
@@ -76,12 +78,15 @@ class Monitor:
         middleware = MonitorMiddleware(
             app.wsgi_app, settings=settings, registry=registry, tracer_provider=tracer_provider,
             log_stream=log_stream, route_from_app=True,
-            borrow_span=lambda: getattr(app, "_is_instrumented_by_opentelemetry", False))
+            borrow_span=lambda: _borrows(app, middleware))
         for name, reference in self._view_references:
             middleware.set_reference(name, reference)
         self._middlewares.append(middleware)
         app.wsgi_app = middleware  # type: ignore[method-assign]
-        app.before_request(_before_request)
+        # first of the app's hooks (an auth hook may answer before the others run), and the
+        # after-request hook last (it sees the response the app really sends)
+        app.before_request_funcs.setdefault(None, []).insert(0, _before_request)
+        app.after_request_funcs.setdefault(None, []).insert(0, _after_request_last)
         app.extensions[EXTENSION_KEY] = middleware
 
     # -- prediction endpoints -----------------------------------------------------
@@ -89,7 +94,7 @@ class Monitor:
                    model_version: Any = None, reference: Any = None) -> Any:
         """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
 
-        ``model_version`` may be a callable evaluated per request. The view is
+        ``model_name`` and ``model_version`` may be callables evaluated per request. The view is
         called as it is: its exceptions reach Flask's error handling untouched.
         """
         if view is None:
@@ -102,6 +107,9 @@ class Monitor:
             for middleware in self._middlewares:  # views declared after init_app
                 middleware.set_reference(model_name, reference)
 
+        if inspect.iscoroutinefunction(view):  # Flask runs it through app.ensure_sync
+            return _async_prediction(view, model_name, model_version)
+
         @functools.wraps(view)
         def monitored_view(*args: Any, **kwargs: Any) -> Any:
             rec = _current.get()
@@ -109,7 +117,8 @@ class Monitor:
                 return view(*args, **kwargs)
             middleware = rec.middleware
             try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
-                middleware.begin_prediction(rec, model_name, model_version)
+                middleware.begin_prediction(rec, context.model_name_of(model_name, middleware),
+                                            model_version)
                 _borrow_span(rec)
             except Exception as exc:
                 guard.report_fault("flask", exc, middleware)
@@ -154,6 +163,15 @@ def _borrow_span(rec: Any) -> None:
         TraceSink.adopt(rec, span)
 
 
+def _borrows(app: Flask, middleware: MonitorMiddleware) -> bool:
+    """Whether FlaskInstrumentor owns the server span: it does unless its spans go nowhere
+    (no global provider set, so mlmonitor traces with its own)."""
+    if not getattr(app, "_is_instrumented_by_opentelemetry", False):
+        return False
+    traces = middleware.traces
+    return not traces.own_provider or trace._TRACER_PROVIDER is not None  # type: ignore[union-attr]
+
+
 def _current_request() -> Any:
     """The request without the LocalProxy indirection (~1 us), where Flask allows it."""
     ctx = _cv_request.get(None) if _cv_request is not None else None
@@ -183,4 +201,55 @@ def _after_request(response: Any) -> Any:
         except Exception as exc:
             guard.report_fault("flask", exc, rec.middleware)
         context.annotate_borrowed(rec)
+    return response
+
+
+def _async_prediction(view: Callable, model_name: Any, model_version: Any) -> Callable:
+    """``@monitor.prediction`` on an ``async def`` view; asgiref runs it with a copy of
+    this context, so the record and the span are found there."""
+
+    @functools.wraps(view)
+    async def monitored_view(*args: Any, **kwargs: Any) -> Any:
+        rec = _current.get()
+        if rec is None:
+            return await view(*args, **kwargs)
+        middleware = rec.middleware
+        try:
+            middleware.begin_prediction(rec, context.model_name_of(model_name, middleware),
+                                        model_version)
+            _borrow_span(rec)
+        except Exception as exc:
+            guard.report_fault("flask", exc, middleware)
+        started = _perf()
+        try:
+            return await view(*args, **kwargs)
+        except BaseException as exc:
+            rec.exc = exc
+            raise
+        finally:
+            rec.prediction_seconds = _perf() - started
+            context.annotate_borrowed(rec)
+
+    monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
+    return monitored_view
+
+
+def _after_request_last(response: Any) -> Any:
+    """Runs after the app's own after-request hooks: the route if a hook answered before
+    ours ran, and a materialised body is recorded when the app returns (the test client
+    without ``buffered=True`` never closes it); a streamed one still at ``close()``."""
+    rec = _current.get()
+    if rec is None or rec.finished:
+        return response
+    try:
+        if rec.route is None:
+            rule = _current_request().url_rule
+            rec.middleware.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
+        if not response.is_sequence and type(response.response) is ClosingIterator \
+                and response.status_code >= 400 and not response.direct_passthrough:
+            response.make_sequence()  # an HTTPException's page (abort, 404, 500): a few bytes
+        if response.is_sequence:
+            rec.environ[MATERIALISED] = True
+    except Exception as exc:
+        guard.report_fault("flask", exc, rec.middleware)
     return response

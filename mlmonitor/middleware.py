@@ -29,7 +29,14 @@ from .config import Settings, resolve
 from .record import (ENVIRON_KEY, KNOWN_METHODS, OTHER, UNMATCHED_ROUTE, RequestRecord, _current,
                      error_type_of)
 
-__all__ = ["MonitorMiddleware"]
+__all__ = ["MonitorMiddleware", "MATERIALISED"]
+
+#: environ key an app layer sets when its body is a materialised sequence (nothing left to run):
+#: the record is then finished when the app returns, not at ``close()``, which a server or a
+#: test client may never call
+MATERIALISED = "mlmonitor.materialised"
+#: what :func:`mlmonitor.testing.capture` hands to the monitors created inside it
+_captures: list = []
 
 # fullmatch: "$" would also accept a trailing newline and echo it into a response header
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
@@ -51,6 +58,11 @@ class MonitorMiddleware:
                  log_stream: Optional[TextIO] = None, route_from_app: bool = False,
                  borrow_span: Optional[Callable[[], bool]] = None, **options: Any) -> None:
         self.app = app
+        if _captures:  # inside mlmonitor.testing.capture(): its doubles, unless given here
+            capture = _captures[-1]
+            registry = capture.registry if registry is None else registry
+            tracer_provider = capture.provider if tracer_provider is None else tracer_provider
+            log_stream = capture.log_stream if log_stream is None else log_stream
         self.settings = settings if settings is not None else resolve(options)
         s = self.settings
         self.route_from_app = route_from_app
@@ -164,6 +176,9 @@ class MonitorMiddleware:
             _current.reset(record_token)
         if type(body) is list or type(body) is tuple:  # buffered: no app code runs in iteration
             return MonitoredBody(body, rec, self)
+        if MATERIALISED in environ:  # the Flask layer saw a materialised body: record it now
+            self.finish(rec)
+            return body
         return StreamedBody(body, rec, self)
 
     def _borrowing(self) -> bool:

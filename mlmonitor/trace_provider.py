@@ -1,5 +1,9 @@
 """The OpenTelemetry TracerProvider mlmonitor builds when the app has none, and its dropped spans.
 
+mlmonitor never sets the global provider on its own: its own provider serves only its own
+tracer, until the app sets a global one (before or after ``Monitor(app)``); an app that
+wants mlmonitor to set the global one from ``OTEL_*`` calls :func:`configure_tracing`.
+
 Runs at start-up (and once in each forked worker), never per request: the provider is
 built from the standard ``OTEL_*`` variables, always with a batching processor, and
 malformed values stop start-up with one line (secrets not echoed). Spans the exporter
@@ -13,14 +17,15 @@ import os
 import re
 import threading
 import weakref
-from typing import Any, List
+from typing import Any, List, Optional
 
 from opentelemetry import trace
 
 from .config import ConfigError, Settings
 
-__all__ = ["build_tracer_provider", "provider_for", "is_built", "shutdown", "reset_after_fork",
-           "add_drop_counter", "notify_dropped", "CountingExporter", "MAX_ATTRIBUTE_LENGTH"]
+__all__ = ["build_tracer_provider", "configure_tracing", "provider_for", "is_built", "shutdown",
+           "reset_after_fork", "add_drop_counter", "notify_dropped", "CountingExporter",
+           "MAX_ATTRIBUTE_LENGTH"]
 
 log = logging.getLogger("mlmonitor")
 
@@ -147,7 +152,11 @@ def _batch_processor(exporter: Any) -> Any:
                 notify_dropped(1)
             super().on_end(span)
 
-    return CountingBatchSpanProcessor(CountingExporter(exporter))
+    processor = CountingBatchSpanProcessor(CountingExporter(exporter))
+    if not hasattr(getattr(processor, "_batch_processor", None), "_queue"):  # SDK < 1.34
+        log.warning("mlmonitor: this opentelemetry-sdk's BatchSpanProcessor differs; spans it "
+                    "drops when its queue is full are not counted (failed exports still are)")
+    return processor
 
 
 def build_tracer_provider(service_name: str) -> Any:
@@ -177,7 +186,8 @@ def build_tracer_provider(service_name: str) -> Any:
 
 
 def provider_for(settings: Settings, tracer_provider: Any = None) -> Any:
-    """The app's provider if it has one, else one built per process from OTEL_*.
+    """The provider passed in, else the global one if the app set one, else one built per
+    process from OTEL_* and used by mlmonitor's tracer only (never set as the global one).
 
     A provider built before a fork (gunicorn ``--preload``) is replaced in each
     worker by its own, with the worker's ``process.pid`` in the resource.
@@ -193,10 +203,23 @@ def provider_for(settings: Settings, tracer_provider: Any = None) -> Any:
             _built_provider = build_tracer_provider(
                 os.environ.get("OTEL_SERVICE_NAME") or settings.model_name)
             _built_pid = os.getpid()
-            _built_ever.append(_built_provider)
-            if isinstance(current, trace.ProxyTracerProvider):
-                trace.set_tracer_provider(_built_provider)
+            _built_ever.append(_built_provider)  # for mlmonitor's tracer only: the global
+            # provider stays the app's to set, before or after Monitor(app)
         return _built_provider
+
+
+def configure_tracing(service_name: Optional[str] = None) -> Any:
+    """Opt-in: build a provider from ``OTEL_*`` and set it as the global one (mlmonitor never
+    does that on its own), for apps that want OpenTelemetry set up by mlmonitor. Call it once,
+    before ``Monitor(app)`` and other instrumentation; returns the provider."""
+    global _built_provider, _built_pid
+    provider = build_tracer_provider(service_name or os.environ.get("OTEL_SERVICE_NAME")
+                                     or "mlmonitor")
+    with _provider_lock:
+        _built_provider, _built_pid = provider, os.getpid()  # flushed by shutdown()
+        _built_ever.append(provider)  # its dropped spans are counted
+    trace.set_tracer_provider(provider)
+    return provider
 
 
 def shutdown(timeout_s: float = 5.0) -> None:

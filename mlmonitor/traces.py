@@ -65,6 +65,9 @@ class TraceSink:
         self.provider = provider_for(settings, tracer_provider)  # validates OTEL_* at start-up
         self.tracer = self.provider.get_tracer("mlmonitor", __version__)
         self.generation = _fork_generation[0]
+        #: mlmonitor's own provider, until the app sets a global one (then that one is used)
+        self.own_provider = (tracer_provider is None and is_built(self.provider)
+                             and hasattr(trace, "_TRACER_PROVIDER"))  # the API's global, None until set
         self.route_paths: Dict[str, str] = {}
         self.static_attributes = {
             "ml.tag." + k: self.redactor.text(str(v)[:MAX_ATTRIBUTE_LENGTH])
@@ -80,6 +83,8 @@ class TraceSink:
             self.provider = provider_for(self.settings, self.tracer_provider)
             self.tracer = self.provider.get_tracer("mlmonitor", self.version)
             self.generation = _fork_generation[0]
+        if self.own_provider and trace._TRACER_PROVIDER is not None:  # no os.environ read
+            self.use_global_provider()
         environ = rec.environ
         parent = extract(environ, getter=_GETTER) if "HTTP_TRACEPARENT" in environ else None
         span = self.tracer.start_span(rec.method, context=parent, kind=SpanKind.SERVER,
@@ -87,6 +92,12 @@ class TraceSink:
         rec.own_span = True
         self.adopt(rec, span)
         return otel_context.attach(trace.set_span_in_context(span))
+
+    def use_global_provider(self) -> None:
+        """The app set a global provider after Monitor(app): use it, as if set before."""
+        self.own_provider = False
+        self.provider = provider_for(self.settings, None)
+        self.tracer = self.provider.get_tracer("mlmonitor", self.version)
 
     def request_attributes(self, rec: RequestRecord, environ: dict) -> Dict[str, Any]:
         """HTTP semantic-convention attributes known at the start, secrets redacted."""
