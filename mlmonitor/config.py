@@ -167,7 +167,7 @@ def _error(value: Any, name: str, why: str) -> ConfigError:
     return ConfigError(f"mlmonitor setting {name}={shown}: {why}")
 
 
-def _as_float(value: Any) -> Optional[float]:
+def finite_float(value: Any) -> Optional[float]:
     """``value`` as a finite float, or None (bools, text, NaN, infinities, ints too large)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
@@ -201,7 +201,7 @@ def _checked_type(name: str, value: Any) -> Any:
         _check(shown, isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
         return int(value)
     if kind is float:
-        number = _as_float(value)
+        number = finite_float(value)
         _check(shown, number is not None, name, "must be a finite number")
         return number
     if kind in _TUPLES:
@@ -212,7 +212,7 @@ def _checked_type(name: str, value: Any) -> Any:
         except TypeError:
             raise _error(shown, name, "must be a list") from None
         if kind == Tuple[float, ...]:
-            numbers = tuple(_as_float(v) for v in value)
+            numbers = tuple(finite_float(v) for v in value)
             _check(shown, None not in numbers, name, "must be a list of finite numbers")
             return numbers
         _check(shown, all(_text_ok(v) for v in value), name, "must be a list of strings of valid UTF-8 text")

@@ -115,13 +115,7 @@ class Monitor:
             rec = _current.get()
             if rec is None:
                 return view(*args, **kwargs)
-            middleware = rec.middleware
-            try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
-                middleware.begin_prediction(rec, context.model_name_of(model_name, middleware),
-                                            model_version)
-                _borrow_span(rec)
-            except Exception as exc:
-                guard.report_fault("flask", exc, middleware)
+            _begin_view(rec, model_name, model_version)
             started = _perf()
             try:
                 return view(*args, **kwargs)
@@ -213,13 +207,7 @@ def _async_prediction(view: Callable, model_name: Any, model_version: Any) -> Ca
         rec = _current.get()
         if rec is None:
             return await view(*args, **kwargs)
-        middleware = rec.middleware
-        try:
-            middleware.begin_prediction(rec, context.model_name_of(model_name, middleware),
-                                        model_version)
-            _borrow_span(rec)
-        except Exception as exc:
-            guard.report_fault("flask", exc, middleware)
+        _begin_view(rec, model_name, model_version)
         started = _perf()
         try:
             return await view(*args, **kwargs)
@@ -232,6 +220,17 @@ def _async_prediction(view: Callable, model_name: Any, model_version: Any) -> Ca
 
     monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
     return monitored_view
+
+
+def _begin_view(rec: Any, model_name: Any, model_version: Any) -> None:
+    """A prediction view starts: its model and version, and the borrowed span (sync or async)."""
+    middleware = rec.middleware
+    try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
+        middleware.begin_prediction(rec, context.model_name_of(model_name, middleware),
+                                    model_version)
+        _borrow_span(rec)
+    except Exception as exc:
+        guard.report_fault("flask", exc, middleware)
 
 
 def _after_request_last(response: Any) -> Any:

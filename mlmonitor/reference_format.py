@@ -8,10 +8,10 @@ line, not a traceback.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Callable
 
+from .config import finite_float
 from .contract import CLASSIFICATION, OTHER, REGRESSION, SCORE_BUCKETS
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_BINS", "MAX_FEATURES", "MAX_FILE_BYTES", "MAX_NAME_LEN",
@@ -62,17 +62,6 @@ def reject_constant(name: str) -> Any:
 
 def _fail(where: str, what: str) -> InvalidReference:
     return InvalidReference(f"{where}: {what}")
-
-
-def _finite(value: Any) -> float | None:
-    """``value`` as a finite float, or None (bools, text, infinities, a 400-digit integer)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _is_share(value: Any) -> bool:
@@ -136,7 +125,7 @@ def _validate_edges(where: str, item: dict) -> None:
     if not isinstance(edges, list) or len(edges) >= MAX_BINS:
         raise _fail(where, f"'edges' must be a list of at most {MAX_BINS - 1} numbers")
     for e in edges:
-        if _finite(e) is None:
+        if finite_float(e) is None:
             raise _fail(where, f"edge {e!r:.40} is not a finite number")
     if any(b <= a for a, b in zip(edges, edges[1:])):
         raise _fail(where, "'edges' must be strictly increasing")
@@ -206,7 +195,7 @@ def validate(data: Any) -> None:
             raise InvalidReference("'outputs' must be an object or null")
         _validate_edges("outputs", outputs)
     mae = data.get("mae")
-    if mae is not None and (_finite(mae) is None or mae < 0):
+    if mae is not None and (finite_float(mae) is None or mae < 0):
         raise InvalidReference(f"'mae' must be null or a finite number >= 0, got {mae!r:.40}")
     accuracy = data.get("accuracy")
     if accuracy is not None and not _is_share(accuracy):
