@@ -11,12 +11,13 @@ import threading
 import time
 
 import pytest
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import Headers, MultiDict
 
 from helpers.doubles import Doubles
+from tests.apps.echo_app import create_app as create_echo_app
 from helpers.gunicorn_proc import GunicornProcess
 from mlmonitor import Monitor
 from mlmonitor.config import DEFAULT_REDACT
@@ -84,28 +85,11 @@ def _run_with_deadline(fn, seconds):
 
 
 class EchoApp(Doubles):
-    """tests/apps/echo_app.py's shape, with the test doubles: errors echo the client's body."""
+    """tests/apps/echo_app.py with the test doubles: errors echo the client's body."""
 
     def __init__(self):
         super().__init__()
-        self.app = app = Flask(__name__)
-        m = self.monitor = Monitor(app, model_name="price", model_version="2024-06",
-                                   **self.monitor_options)
-
-        @app.post("/v1/price")
-        @m.prediction
-        def price():
-            text = request.get_data(as_text=True)
-            if request.headers.get("X-Fail"):
-                raise ValueError(f"could not score {text}")
-            body = request.get_json(silent=True)
-            if not isinstance(body, dict):
-                from flask import abort
-                abort(400, f"expected a JSON object, got: {text}")
-            m.tag(request=body)
-            return jsonify(price=1.0)
-
-        self.client = app.test_client()
+        self.client = create_echo_app(**self.monitor_options).test_client()
 
     def spans_text(self) -> str:
         return json.dumps([{"attributes": dict(s.attributes), "name": s.name,

@@ -9,23 +9,28 @@ from flask import Flask, abort, jsonify, request
 
 from mlmonitor import Monitor
 
-app = Flask(__name__)
-monitor = Monitor(app, model_name="price", model_version="2024-06")
+
+def create_app(**options) -> Flask:
+    app = Flask(__name__)
+    monitor = Monitor(app, model_name="price", model_version="2024-06", **options)
+
+    @app.post("/v1/price")
+    @monitor.prediction
+    def price():
+        text = request.get_data(as_text=True)
+        if request.headers.get("X-Fail"):
+            raise ValueError(f"could not score {text}")
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            abort(400, f"expected a JSON object, got: {text}")
+        monitor.tag(request=body)
+        return jsonify(price=12.5 * len(body))
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True}
+
+    return app
 
 
-@app.post("/v1/price")
-@monitor.prediction
-def price():
-    text = request.get_data(as_text=True)
-    if request.headers.get("X-Fail"):
-        raise ValueError(f"could not score {text}")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        abort(400, f"expected a JSON object, got: {text}")
-    monitor.tag(request=body)
-    return jsonify(price=12.5 * len(body))
-
-
-@app.get("/healthz")
-def healthz():
-    return {"ok": True}
+app = create_app()
