@@ -1,0 +1,185 @@
+"""MonitorASGIMiddleware: the same request lifecycle as the WSGI core, for ASGI 3 apps.
+
+Pure ASGI: it imports no Starlette or FastAPI. It reuses :class:`MonitorMiddleware` for
+everything but the protocol: the settings, the :class:`RequestRecord`, the route matching,
+the three sinks and ``/metrics``. Only the ``http`` scope is monitored; ``lifespan`` and
+``websocket`` pass through untouched. A request is finished when its last body chunk has
+been sent (time to last byte), when the app raises, or when the app returns without
+finishing its response (the client went away).
+
+Example::
+
+    from mlmonitor.asgi import MonitorASGIMiddleware
+    app = MonitorASGIMiddleware(asgi_app, model_name="iris", model_version="v1",
+                                prediction_paths=["/predict"])
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, Optional, TextIO
+
+from opentelemetry import context as otel_context
+
+from . import guard
+from .config import Settings
+from .middleware import MonitorMiddleware
+from .record import UNMATCHED_ROUTE, _current
+
+__all__ = ["MonitorASGIMiddleware", "environ_of"]
+
+#: the environ key holding the ASGI scope (the framework layers read the matched route there)
+SCOPE_KEY = "asgi.scope"
+
+
+def environ_of(scope: dict) -> dict:
+    """The WSGI-style view of an ASGI ``http`` scope that the record and the sinks read.
+
+    Header names become ``HTTP_*`` keys and repeated headers are joined with ``,`` (as
+    WSGI servers do); bytes are read as latin-1, as PEP 3333 says.
+    """
+    environ = {
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        "PATH_INFO": scope.get("path", "") or "/",
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        SCOPE_KEY: scope,
+    }
+    client = scope.get("client")
+    if client:
+        environ["REMOTE_ADDR"] = client[0]
+    for name, value in scope.get("headers", ()):
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        text = value.decode("latin-1")
+        environ[key] = environ[key] + "," + text if key in environ else text
+    return environ
+
+
+class MonitorASGIMiddleware:
+    """Wrap any ASGI 3 app: metrics, one JSON log line and a span for every HTTP request.
+
+    Takes the settings of :class:`MonitorMiddleware` (``model_name``, ``model_version``,
+    ``prediction_paths`` and the rest). ``route_of``: a callable ``scope -> template or None``
+    a framework layer gives to label routes with its router's templates.
+    """
+
+    def __init__(self, app: Callable, *, settings: Optional[Settings] = None,
+                 registry: Any = None, tracer_provider: Any = None,
+                 log_stream: Optional[TextIO] = None,
+                 route_of: Optional[Callable[[dict], Optional[str]]] = None,
+                 core: Optional[MonitorMiddleware] = None, **options: Any) -> None:
+        self.app = app
+        self.route_of = route_of
+        if core is None:
+            core = MonitorMiddleware(app, settings=settings, registry=registry,
+                                     tracer_provider=tracer_provider, log_stream=log_stream,
+                                     route_from_app=route_of is not None, **options)
+        #: the WSGI core: settings, sinks, references and feedback live there
+        self.core = core
+        self.header_name = core.request_id_header.lower().encode("latin-1")
+
+    def __getattr__(self, name: str) -> Any:  # settings, metrics, set_reference, feedback ...
+        if name == "core":
+            raise AttributeError(name)
+        return getattr(self.core, name)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http":  # lifespan, websocket: not ours
+            return await self.app(scope, receive, send)
+        core = self.core
+        try:
+            environ = environ_of(scope)
+            if core.metrics_path is not None and environ["PATH_INFO"] == core.metrics_path:
+                return await self._scrape(environ, send)
+            rec = core._begin(environ)
+            if self.route_of is not None:
+                core.route_known(rec, self._route(scope))
+        except Exception as exc:
+            guard.report_fault("middleware", exc, core)
+            return await self.app(scope, receive, send)
+        record_token = _current.set(rec)
+        context_token = None
+        if core.traces is not None:
+            try:
+                context_token = core.traces.start(rec)
+            except Exception as exc:
+                guard.report_fault("traces", exc, core)
+        header_name = self.header_name
+        trailers = False
+
+        async def monitored_send(message: dict) -> None:
+            nonlocal trailers
+            kind = message.get("type")
+            if kind == "http.response.start":
+                try:
+                    rec.status_code = int(message.get("status", 0))
+                    trailers = bool(message.get("trailers"))
+                    headers = message.get("headers") or ()
+                    for name, _ in headers:
+                        if name.lower() == header_name:
+                            break
+                    else:  # a new list: the response object's own headers are left as they are
+                        message = {**message, "headers": [
+                            *headers, (header_name, rec.request_id.encode("latin-1"))]}
+                except Exception as exc:
+                    guard.report_fault("middleware", exc, core)
+            elif _is_last(kind, message, trailers):
+                await send(message)
+                core.finish(rec)  # the last byte is handed to the server
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, monitored_send)
+        except BaseException as exc:
+            if not rec.finished:  # before the status went out it stays 0: the server answers 500
+                rec.exc = exc
+                core.finish(rec)
+            raise
+        finally:
+            if context_token is not None:
+                try:
+                    otel_context.detach(context_token)
+                except Exception as exc:
+                    guard.report_fault("traces", exc, core)
+            _current.reset(record_token)
+        if not rec.finished:  # returned without the last chunk: the client went away
+            core.finish(rec)
+
+    def _route(self, scope: dict) -> str:
+        try:
+            route = self.route_of(scope)  # type: ignore[misc]
+        except Exception as exc:
+            guard.report_fault("asgi", exc, self.core)
+            route = None
+        return route or UNMATCHED_ROUTE
+
+    async def _scrape(self, environ: dict, send: Callable[[dict], Awaitable[None]]) -> None:
+        """``/metrics`` off the event loop: a multiprocess merge reads files."""
+        loop = asyncio.get_running_loop()
+        status, headers, body = await loop.run_in_executor(None, _call_wsgi, self.core.endpoint,
+                                                           environ)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                for k, v in headers]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _is_last(kind: Any, message: dict, trailers: bool) -> bool:
+    if kind == "http.response.body":
+        return not trailers and not message.get("more_body", False)
+    if kind == "http.response.trailers":
+        return not message.get("more_trailers", False)
+    return kind in ("http.response.pathsend", "http.response.zerocopy") and not message.get(
+        "more_body", False)
+
+
+def _call_wsgi(app: Callable, environ: dict) -> tuple:
+    """Run a small WSGI app (the metrics endpoint) and collect its answer."""
+    answer: list = []
+
+    def start_response(status: str, headers: list, exc_info: Any = None) -> None:
+        answer[:] = [int(status[:3]), headers]
+
+    body = b"".join(app(environ, start_response))
+    return answer[0], answer[1], body
+

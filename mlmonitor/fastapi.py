@@ -1,0 +1,103 @@
+"""Monitor for FastAPI and Starlette apps: the ASGI middleware plus the router's route templates.
+
+``Monitor(app)`` adds :class:`~mlmonitor.asgi.MonitorASGIMiddleware` with ``add_middleware``
+(inside Starlette's ``ServerErrorMiddleware``, so an unhandled exception is seen with its
+stack before the 500 goes out) and labels each request with the path template of the route
+that matches it (``/v1/models/{name}:predict``), found the way Starlette's router finds it.
+``@monitor.prediction`` works on ``async def`` and plain ``def`` endpoints: FastAPI runs the
+latter in a thread pool that copies the request's context, so the record follows it.
+
+Example::
+
+    from fastapi import FastAPI
+    from mlmonitor.fastapi import Monitor
+
+    app = FastAPI()
+    monitor = Monitor(app, model_name="iris", model_version="v1")
+
+    @app.post("/predict")
+    @monitor.prediction
+    async def predict(payload: dict):
+        with monitor.stage("inference"):
+            ...
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .asgi import MonitorASGIMiddleware
+from .config import resolve
+from .middleware import MonitorMiddleware
+from .views import MonitorBase
+
+__all__ = ["Monitor", "route_template"]
+
+#: (method, path) -> template, for paths seen before; bounded: hostile paths stop adding
+_CACHE_SIZE = 4096
+
+
+class Monitor(MonitorBase):
+    """Observability for a FastAPI or Starlette model server in one line."""
+
+    def init_app(self, app: Any, **options: Any) -> None:
+        """Add the middleware to ``app`` (before it starts); options override ``Monitor()``'s."""
+        state = getattr(app, "state", None)
+        if state is not None and getattr(state, "mlmonitor", None) is not None:
+            raise RuntimeError("mlmonitor is already registered on this app; "
+                               "call Monitor(app) or monitor.init_app(app) once per app")
+        merged = {**self.options, **options}
+        registry = merged.pop("registry", None)
+        tracer_provider = merged.pop("tracer_provider", None)
+        log_stream = merged.pop("log_stream", None)
+        core = MonitorMiddleware(app, settings=resolve(merged), registry=registry,
+                                 tracer_provider=tracer_provider, log_stream=log_stream,
+                                 route_from_app=True)
+        for name, reference in self._view_references:
+            core.set_reference(name, reference)
+        self._middlewares.append(core)
+        app.add_middleware(MonitorASGIMiddleware, core=core, route_of=RouteTemplates(app))
+        if state is not None:
+            state.mlmonitor = core
+
+
+class RouteTemplates:
+    """``scope -> template``: the path template of the route the app's router would pick."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.cache: dict = {}
+
+    def __call__(self, scope: dict) -> Optional[str]:
+        key = (scope.get("method"), scope.get("path"))
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        template = route_template(getattr(self.app, "routes", ()), scope)
+        if template is not None and len(self.cache) < _CACHE_SIZE:
+            self.cache[key] = template
+        return template
+
+
+def route_template(routes: Any, scope: dict) -> Optional[str]:
+    """The template of the first route matching ``scope`` in full (else of the first partial
+    match: a wrong method), mounted routers followed with their prefix."""
+    from starlette.routing import Match, Mount
+    partial = None
+    for route in routes:
+        match, child_scope = route.matches(scope)
+        if match == Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            inner_routes = route.routes
+            if not inner_routes:  # a mounted app without routes (static files, a sub-app)
+                template: Optional[str] = route.path
+            else:
+                inner = route_template(inner_routes, {**scope, **child_scope})
+                template = route.path + inner if inner is not None else None
+        else:
+            template = getattr(route, "path", None)
+        if match == Match.FULL:
+            return template
+        if partial is None:
+            partial = template
+    return partial

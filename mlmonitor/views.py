@@ -1,0 +1,139 @@
+"""What every framework's ``Monitor`` shares: ``@monitor.prediction`` and the in-request helpers.
+
+A framework layer (Flask, Starlette/FastAPI) subclasses :class:`MonitorBase` and adds only
+how it wraps the app and learns the route. The prediction wrapper is the same for sync and
+``async def`` views: the record is found in the context variable, which Flask's asgiref,
+Starlette's thread pool and asyncio tasks all copy.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from typing import Any, Callable, Optional
+
+from . import context, guard
+from .record import RequestRecord, _current
+
+__all__ = ["MonitorBase", "prediction_view", "begin_view"]
+
+_perf = time.perf_counter
+
+
+def begin_view(rec: RequestRecord, model_name: Any, model_version: Any) -> None:
+    """A prediction view starts: its model (a callable is evaluated now) and version."""
+    middleware = rec.middleware
+    try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
+        middleware.begin_prediction(rec, context.model_name_of(model_name, middleware),
+                                    model_version)
+    except Exception as exc:
+        guard.report_fault("prediction", exc, middleware)
+
+
+def prediction_view(view: Callable, model_name: Any, model_version: Any,
+                    begin: Callable[[RequestRecord, Any, Any], None] = begin_view) -> Callable:
+    """``view`` wrapped so that each call is a prediction of the model; sync or async alike.
+    Its exceptions pass through untouched (the framework's error handling answers them)."""
+    if inspect.iscoroutinefunction(view):
+        @functools.wraps(view)
+        async def monitored_async_view(*args: Any, **kwargs: Any) -> Any:
+            rec = _current.get()
+            if rec is None:
+                return await view(*args, **kwargs)
+            begin(rec, model_name, model_version)
+            started = _perf()
+            try:
+                return await view(*args, **kwargs)
+            except BaseException as exc:
+                rec.exc = exc
+                raise
+            finally:
+                rec.prediction_seconds = _perf() - started
+                context.annotate_borrowed(rec)
+
+        monitored_async_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
+        return monitored_async_view
+
+    @functools.wraps(view)
+    def monitored_view(*args: Any, **kwargs: Any) -> Any:
+        rec = _current.get()
+        if rec is None:
+            return view(*args, **kwargs)
+        begin(rec, model_name, model_version)
+        started = _perf()
+        try:
+            return view(*args, **kwargs)
+        except BaseException as exc:
+            rec.exc = exc
+            raise
+        finally:
+            rec.prediction_seconds = _perf() - started
+            context.annotate_borrowed(rec)
+
+    monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
+    return monitored_view
+
+
+class MonitorBase:
+    """``@monitor.prediction``, references and the in-request helpers of a framework Monitor.
+
+    Subclasses append each middleware they build to ``self._middlewares`` and may override
+    :meth:`_begin_view` (Flask borrows FlaskInstrumentor's span there).
+    """
+
+    def __init__(self, app: Any = None, **options: Any) -> None:
+        self.options = options
+        self._view_references: list = []
+        self._middlewares: list = []
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Any, **options: Any) -> None:  # pragma: no cover - per framework
+        raise NotImplementedError
+
+    def prediction(self, view: Optional[Callable] = None, *, model_name: Any = None,
+                   model_version: Any = None, reference: Any = None) -> Any:
+        """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
+
+        ``model_name`` and ``model_version`` may be callables evaluated per request; ``def``
+        and ``async def`` views alike. The view is called as it is: its exceptions reach the
+        framework's error handling untouched.
+        """
+        if view is None:
+            return functools.partial(self.prediction, model_name=model_name,
+                                     model_version=model_version, reference=reference)
+        if reference is not None:
+            if model_name is None or callable(model_name):
+                raise ValueError("@monitor.prediction(reference=...) needs a model_name string")
+            self._view_references.append((model_name, reference))
+            for middleware in self._middlewares:  # views declared after init_app
+                middleware.set_reference(model_name, reference)
+        return prediction_view(view, model_name, model_version, self._begin_view)
+
+    _begin_view = staticmethod(begin_view)
+
+    def set_reference(self, model_name: str, reference: Any) -> None:
+        """Use a reference profile (object or JSON path) for ``model_name``'s drift metrics."""
+        self._view_references.append((model_name, reference))
+        for middleware in self._middlewares:
+            middleware.set_reference(model_name, reference)
+
+    def record_feedback(self, prediction_id: str, label: Any) -> str:
+        """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
+        rec = _current.get()
+        middleware = rec.middleware if rec is not None else self._middleware()
+        return context.record_feedback(prediction_id, label, middleware=middleware)
+
+    def _middleware(self) -> Any:
+        if not self._middlewares:
+            raise RuntimeError("mlmonitor: call Monitor(app) or monitor.init_app(app) first")
+        return self._middlewares[-1]
+
+    # -- in-request helpers (also usable as module functions) ------------------------
+    stage = staticmethod(context.stage)
+    tag = staticmethod(context.tag)
+    set_model_version = staticmethod(context.set_model_version)
+    observe = staticmethod(context.observe)
+    observe_batch = staticmethod(context.observe_batch)
+    prediction_id = staticmethod(context.prediction_id)
+    prediction_ids = staticmethod(context.prediction_ids)

@@ -1,0 +1,140 @@
+"""The ASGI layer under real servers (issue 20): gunicorn with uvicorn workers and the mlmonitor
+hooks (exact counts per version across workers, a killed worker included; spans and log lines
+correlated through a real OTLP receiver), and uvicorn alone (a streamed response with tokens)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers.gunicorn_proc import REPO, GunicornProcess, free_port, http_get
+from helpers.otlp import OTLPReceiver
+from helpers.promstack import wait_for
+
+pytestmark = pytest.mark.slow
+
+APP = "tests.apps.fastapi_app:app"
+
+
+def post(url: str, body: dict, headers: dict | None = None, timeout: float = 10.0):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read().decode(), dict(response.headers)
+
+
+def samples(url: str, name: str) -> dict:
+    status, text = http_get(url + "/metrics")
+    assert status == 200, text[:300]
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def per_version(url: str) -> dict:
+    return {dict(k)["model_version"]: v for k, v in samples(url, "mlmonitor_predictions_total").items()
+            if dict(k)["model_name"] == "sentiment" and v}
+
+
+def test_gunicorn_uvicorn_workers_count_exactly_across_workers_and_a_killed_one(tmp_path):
+    receiver = OTLPReceiver().__enter__()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+           "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
+           "MLMONITOR_FEEDBACK_SECRET": "s" * 32}
+    server = GunicornProcess(app=APP, config="python:mlmonitor.gunicorn", workers=2,
+                             args=["-k", "uvicorn.workers.UvicornWorker"], env=env)
+    sent = {"v1": 0, "v2": 0}
+    pids = set()
+    try:
+        server.start()
+
+        def one(i):
+            version = "v1" if i % 3 else "v2"
+            status, body, headers = post(server.url + "/v1/models/sentiment:predict",
+                                         {"text": "good"}, {"X-Model-Version": version})
+            return version, json.loads(body)["pid"], headers["x-request-id"]
+
+        with ThreadPoolExecutor(8) as pool:
+            first = list(pool.map(one, range(120)))
+        for version, pid, _ in first:
+            sent[version] += 1
+            pids.add(pid)
+        # every request of the first half counted (a request is counted just after its last
+        # byte is handed to the server), then one worker is killed while idle
+        wait_for(lambda: per_version(server.url) == sent or None, timeout=20)
+        os.kill(first[-1][1], signal.SIGKILL)
+        with ThreadPoolExecutor(8) as pool:
+            second = list(pool.map(one, range(120, 240)))
+        for version, pid, _ in second:
+            sent[version] += 1
+            pids.add(pid)
+        assert wait_for(lambda: per_version(server.url) == sent or None, timeout=20), \
+            (per_version(server.url), sent)
+        routes = samples(server.url, "mlmonitor_http_requests_total")
+        assert {dict(k)["route"] for k, v in routes.items() if v} >= {"/v1/models/{name}:predict"}
+        assert len(pids) >= 2  # a new worker replaced the killed one
+        request_ids = {rid for _, _, rid in first + second}
+        receiver.wait_for(2 * 240 - 2 * 8)
+    finally:
+        server.stop()
+        receiver.__exit__(None, None, None)
+    lines = [line for line in server.json_lines() if line.get("route") == "/v1/models/{name}:predict"]
+    # the killed worker may lose the lines of the requests it was serving; none are invented
+    assert len(lines) <= 240 and {line["request_id"] for line in lines} <= request_ids
+    servers = {s["trace_id"]: s for s in receiver.spans if s["name"].startswith("POST ")}
+    logged = [line for line in lines if line["trace_id"] in servers]
+    assert len(logged) >= 240 - 16
+    for line in logged:
+        span = servers[line["trace_id"]]
+        assert span["name"] == "POST /v1/models/{name}:predict"
+        assert span["attributes"]["ml.model.version"] == line["model_version"]
+
+
+def test_uvicorn_alone_streams_a_generation_counted_once_with_its_tokens(tmp_path):
+    port = free_port()
+    env = {**os.environ, "MLMONITOR_TRACES": "false", "PYTHONUNBUFFERED": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", APP, "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    out: list = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(url), timeout=30)
+        started = time.monotonic()
+        status, body, _ = post(url + "/v1/generate", {"prompt": "a b c", "tokens": 6})
+        assert status == 200 and body.count("data:") == 6 and time.monotonic() > started
+        tokens = wait_for(lambda: samples(url, "mlmonitor_tokens_total") or None, timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        reader.join(5)
+    assert tokens[(("direction", "input"), ("model_name", "writer"), ("model_version", "w1"))] == 3
+    assert tokens[(("direction", "output"), ("model_name", "writer"), ("model_version", "w1"))] == 6
+    lines = [json.loads(line) for line in out if line.startswith("{")]
+    generated = [line for line in lines if line.get("route") == "/v1/generate"]
+    assert len(generated) == 1 and generated[0]["status"] == 200
+    assert generated[0]["stages_ms"]["decode"] >= 0
+
+
+def _ready(url: str):
+    try:
+        return http_get(url + "/healthz", timeout=2)[0] == 200 or None
+    except OSError:
+        return None
+
