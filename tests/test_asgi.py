@@ -111,6 +111,21 @@ def test_a_stream_is_counted_once_when_its_last_chunk_is_sent_with_its_tokens():
     assert {s.parent.span_id for s in decode} == {server[0].context.span_id}
 
 
+def test_a_stage_across_a_yield_in_a_thread_pool_generator_is_timed_and_leaves_no_context(caplog):
+    with capture() as monitored:
+        app = fastapi_app.create_app()
+        with client(app) as c:
+            assert c.post("/v1/generate-sync", json={"tokens": 3}).text.count("data:") == 3
+            c.get("/healthz")
+    assert "Failed to detach context" not in caplog.text
+    decode = [s for s in monitored.spans() if s.name == "decode"]
+    assert len(decode) == 3 and monitored.logs()[0]["route"] == "/v1/generate-sync"
+    assert monitored.value("mlmonitor_tokens_total", model_name="writer", model_version="w1",
+                           direction="output") == 3
+    healthz = [s for s in monitored.spans() if s.name == "GET /healthz"][0]
+    assert healthz.parent is None  # no stage context leaked into the next request
+
+
 def test_a_stream_failing_midway_keeps_its_status_and_records_the_error():
     with capture() as monitored:
         app = fastapi_app.create_app()

@@ -138,3 +138,28 @@ def _ready(url: str):
     except OSError:
         return None
 
+
+
+def test_uvicorn_workers_count_exactly_with_a_fresh_multiprocess_directory(tmp_path):
+    """``uvicorn --workers N`` (no gunicorn hooks): exact counts when PROMETHEUS_MULTIPROC_DIR
+    is a fresh directory; what the hooks add (dead-worker merge, worker slots) is documented."""
+    port = free_port()
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "MLMONITOR_TRACES": "false",
+           "MLMONITOR_FEEDBACK_SECRET": "s" * 32}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", APP, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "2", "--log-level", "warning"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(url), timeout=30)
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda i: post(url + "/v1/models/sentiment:predict", {"text": "fine"},
+                                         {"X-Model-Version": f"v{i % 2}"}), range(90)))
+        wait_for(lambda: per_version(url) == {"v0": 45, "v1": 45} or None, timeout=10,
+                 what="exact counts across uvicorn workers")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
