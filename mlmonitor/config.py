@@ -80,9 +80,13 @@ class Settings:
     prediction_paths: Tuple[str, ...] = ()
     routes: Tuple[str, ...] = ()
     reference: Any = None  # a path to a reference JSON, or a ReferenceProfile
+    #: model name -> reference (path or ReferenceProfile), for servers of several models
+    references: Mapping[str, Any] = field(default_factory=dict)
     feedback_secret: Optional[str] = field(default=None, repr=False)
     feedback_max_age: float = 7 * 24 * 3600.0
     exemplars: bool = True
+    #: stages as child spans of the server span, or as events on it (one span per request)
+    stage_spans: str = "children"
 
     def __post_init__(self) -> None:
         """Check every value now: one that passed here must never fail inside a request."""
@@ -110,6 +114,10 @@ class Settings:
             paths = getattr(self, name)
             _check(paths, all(_PATH_OK(p) for p in paths), name,
                    "each must be a path of visible ASCII characters starting with '/'")
+            for path in paths:
+                _check_template(path, name)
+        _check(self.references, all(0 < len(k) <= 128 for k in self.references), "references",
+               "model names must be non-empty strings of at most 128 characters")
         # an empty secret would silently turn protection off (e.g. an unset ${VAR} in a template)
         _check(HIDDEN, self.metrics_token is None or _TOKEN_OK(self.metrics_token), "metrics_token",
                "must be visible ASCII characters without spaces (unset it for no token)")
@@ -121,6 +129,8 @@ class Settings:
                "must be at least 16 bytes, 32 random bytes recommended (unset it for a per-run secret)")
         _check(self.feedback_max_age, self.feedback_max_age > 0, "feedback_max_age",
                "must be a finite number of seconds above 0")
+        _check(self.stage_spans, self.stage_spans in ("children", "events"), "stage_spans",
+               "must be 'children' or 'events'")
         _check(self.request_id_header, _HEADER_OK(self.request_id_header), "request_id_header",
                "must be an HTTP header name of at most 64 characters")
         tags = self.tags
@@ -150,6 +160,16 @@ LOG_FIELDS = ("timestamp", "level", "event", "method", "route", "status", "durat
 _PATH_OK = re.compile(r"/[!-~]{0,1023}").fullmatch  # PATH_INFO is latin-1 of raw bytes: ASCII only
 _TOKEN_OK = re.compile(r"[!-~]{1,4096}").fullmatch
 _HEADER_OK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}").fullmatch  # RFC 9110 token
+
+
+def _check_template(path: str, name: str) -> None:
+    """A route template (``/v1/models/<name>:predict``, ``/items/{id}``) must parse now."""
+    from .middleware import RouteTemplate, is_template
+    if is_template(path):
+        try:
+            RouteTemplate(path)
+        except ValueError as exc:
+            raise _error(path, name, f"not a route template: {exc}") from None
 
 
 def _check(value: Any, ok: bool, name: str, why: str) -> None:
@@ -221,6 +241,10 @@ def _checked_type(name: str, value: Any) -> Any:
         ok = isinstance(value, Mapping) and all(_text_ok(k) and _text_ok(v) for k, v in value.items())
         _check(shown, ok, name, "must map strings to strings")
         return dict(value)
+    if kind == Mapping[str, Any]:
+        ok = isinstance(value, Mapping) and all(_text_ok(k) for k in value)
+        _check(shown, ok, name, "must map model names to reference paths or profiles")
+        return dict(value)
     if kind in (str, Optional[str]):
         ok = (value is None and kind != str) or _text_ok(value) or (
             name == "feedback_secret" and isinstance(value, bytes))  # an HMAC key may be raw bytes
@@ -231,7 +255,7 @@ def _checked_type(name: str, value: Any) -> Any:
 _PARSERS: dict = {
     bool: _parse_bool, int: int, float: float, str: str,
     Tuple[float, ...]: _parse_floats, Tuple[str, ...]: _parse_list,
-    Mapping[str, str]: _parse_tags,
+    Mapping[str, str]: _parse_tags, Mapping[str, Any]: _parse_tags,
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 #: each setting's type, resolved once; it picks the parser of a text value

@@ -11,7 +11,8 @@ arguments are absent): ``MLMONITOR_MODEL_NAME``, ``MLMONITOR_MODEL_VERSION``,
 ``MLMONITOR_METRICS_PATH``, ``MLMONITOR_METRICS_TOKEN``,
 ``MLMONITOR_METRICS_BASIC_AUTH``, ``MLMONITOR_BUCKETS``,
 ``MLMONITOR_LOG_SAMPLE_RATE``, ``MLMONITOR_MAX_LABEL_VALUES``, ``MLMONITOR_TAGS``,
-``MLMONITOR_REDACT``, ``MLMONITOR_REFERENCE``, ``MLMONITOR_FEEDBACK_SECRET``;
+``MLMONITOR_REDACT``, ``MLMONITOR_REFERENCE``, ``MLMONITOR_REFERENCES``,
+``MLMONITOR_FEEDBACK_SECRET``;
 see the README's configuration table.
 
 Example::
@@ -47,7 +48,7 @@ from werkzeug.wsgi import ClosingIterator
 from . import context, guard
 from .config import resolve
 from .middleware import MATERIALISED, MonitorMiddleware
-from .record import UNMATCHED_ROUTE, _current, current_record
+from .record import UNMATCHED_ROUTE, _current
 
 __all__ = ["Monitor", "EXTENSION_KEY"]
 
@@ -61,6 +62,7 @@ class Monitor:
     def __init__(self, app: Optional[Flask] = None, **options: Any) -> None:
         self.options = options
         self._view_references: list = []
+        self._view_models: list = []
         self._middlewares: list = []
         if app is not None:
             self.init_app(app)
@@ -81,6 +83,8 @@ class Monitor:
             borrow_span=lambda: _borrows(app, middleware))
         for name, reference in self._view_references:
             middleware.set_reference(name, reference)
+        for name, version in self._view_models:
+            middleware.declare_model(name, version)
         self._middlewares.append(middleware)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         # first of the app's hooks (an auth hook may answer before the others run), and the
@@ -101,11 +105,13 @@ class Monitor:
             return functools.partial(self.prediction, model_name=model_name,
                                      model_version=model_version, reference=reference)
         if reference is not None:
-            if model_name is None:
-                raise ValueError("@monitor.prediction(reference=...) needs model_name=")
-            self._view_references.append((model_name, reference))
-            for middleware in self._middlewares:  # views declared after init_app
-                middleware.set_reference(model_name, reference)
+            if model_name is None or callable(model_name):
+                raise ValueError("@monitor.prediction(reference=...) needs a fixed model_name=; "
+                                 "for per-request names use monitor.set_reference(name, ref)")
+            self.set_reference(model_name, reference)
+        self._view_models.append((model_name, model_version))
+        for middleware in self._middlewares:  # views declared after init_app
+            middleware.declare_model(model_name, model_version)
 
         if inspect.iscoroutinefunction(view):  # Flask runs it through app.ensure_sync
             return _async_prediction(view, model_name, model_version)
@@ -129,6 +135,14 @@ class Monitor:
         monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
         return monitored_view
 
+    def set_reference(self, model_name: str, reference: Any) -> None:
+        """Use a reference profile (a ``ReferenceProfile`` or a JSON path) for one model's
+        drift metrics: one call per model of a multi-model server. Before or after
+        ``init_app``; a bad file raises ConfigError."""
+        for middleware in self._middlewares:
+            middleware.set_reference(model_name, reference)
+        self._view_references.append((model_name, reference))
+
     # -- in-request helpers (also usable as module functions) ------------------------
     stage = staticmethod(context.stage)
     tag = staticmethod(context.tag)
@@ -141,7 +155,7 @@ class Monitor:
     def record_feedback(self, prediction_id: str, label: Any) -> str:
         """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
         from flask import current_app
-        rec = current_record()
+        rec = _current.get()
         middleware = rec.middleware if rec is not None else current_app.extensions[EXTENSION_KEY]
         return context.record_feedback(prediction_id, label, middleware=middleware)
 

@@ -87,11 +87,9 @@ class MetricsSink:
         self._process_cpu_last = 0.0
         self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")
         self._process_pid = os.getpid()
-        try:
-            self.mark_model(settings.model_name, settings.model_version)
-        except OSError as exc:  # a full metrics disk must not stop the app from starting
-            self._seen_models.clear()
-            guard.report_fault("metrics", exc, self)
+        # no model is marked here: a model's info series appears once a view declares it
+        # (MonitorMiddleware.declare_model) or a prediction is charged to it, never for a
+        # default model that nothing serves
 
     # -- label children, cached -------------------------------------------------
     def child(self, family: Any, *labels: str) -> Any:
@@ -107,8 +105,8 @@ class MetricsSink:
     def mark_model(self, name: str, version: str) -> Tuple[str, str]:
         labels = self.model_labels(name, version)
         if labels not in self._seen_models:
-            self._seen_models.add(labels)
             self.child(self.f.model_info, *labels).set(1)
+            self._seen_models.add(labels)  # after the write: a full disk retries next time
             self.child(self.f.predictions, *labels)  # exported at 0 before the first request
             self.export_reference(labels, name)
         return labels

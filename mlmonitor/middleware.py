@@ -10,7 +10,12 @@ Example::
 
     from mlmonitor import MonitorMiddleware
     app = MonitorMiddleware(wsgi_app, model_name="iris", model_version="v1",
-                            prediction_paths=["/predict"])
+                            prediction_paths=["/predict", "/v1/models/<name>:predict"],
+                            routes=["/healthz", "/items/{id}"])
+
+A request is charged to a model only once the model is known for it (a prediction path
+matched, or an app layer's prediction view started) and its answer is not 401, 403, 404 or
+405 (:data:`NOT_CHARGED`): those are HTTP-only.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from .config import Settings, resolve
 from .record import (ENVIRON_KEY, KNOWN_METHODS, OTHER, UNMATCHED_ROUTE, RequestRecord, _current,
                      error_type_of)
 
-__all__ = ["MonitorMiddleware", "MATERIALISED"]
+__all__ = ["MonitorMiddleware", "MATERIALISED", "NOT_CHARGED", "RouteTemplate", "is_template"]
 
 #: environ key an app layer sets when its body is a materialised sequence (nothing left to run):
 #: the record is then finished when the app returns, not at ``close()``, which a server or a
@@ -43,6 +48,69 @@ _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
 _perf = time.perf_counter
 _now_ns = time.time_ns  # the span's start time: wall clock, not perf_counter
 _random_bits = random.getrandbits
+
+#: statuses that say the request never reached a model (not authenticated, not allowed, no such
+#: model, wrong method): HTTP-only, never charged to a model's prediction or error families
+NOT_CHARGED = frozenset((401, 403, 404, 405))
+#: a path longer than this is never matched against templates (bounded work per request)
+MAX_TEMPLATE_PATH = 2048
+_PLACEHOLDER = re.compile(r"<(?:([A-Za-z_][A-Za-z0-9_]*):)?([A-Za-z_][A-Za-z0-9_]*)>"
+                          r"|\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]*))?\}")
+
+
+def is_template(path: str) -> bool:
+    """Whether a configured path is a template (checked as one, so a stray ``>`` is refused)."""
+    return "<" in path or "{" in path or ">" in path or "}" in path
+
+
+class RouteTemplate:
+    """``/v1/models/<name>:predict`` (Flask/Werkzeug) or ``/items/{id}`` (Starlette/Django):
+    matched segment by segment, with no regular expression at request time.
+
+    A segment holds at most one placeholder, with literal text around it (``<name>:predict``);
+    a placeholder matches one non-empty segment part without ``/`` (``int`` converters:
+    digits only). The work is one comparison per segment: bounded, no backtracking.
+    """
+
+    __slots__ = ("template", "segments", "prediction")
+
+    def __init__(self, template: str, prediction: bool = False) -> None:
+        self.template = template
+        self.prediction = prediction
+        #: per segment: the literal text, or (prefix, suffix, digits_only)
+        self.segments: list = []
+        for part in template.split("/")[1:]:
+            found = list(_PLACEHOLDER.finditer(part))
+            rest = _PLACEHOLDER.sub("", part)
+            if "<" in rest or ">" in rest or "{" in rest or "}" in rest:
+                raise ValueError(f"segment {part!r} is not a placeholder like <name>, <int:id>, "
+                                 "{id} or {id:int} with literal text around it")
+            if not found:
+                self.segments.append(part)
+                continue
+            if len(found) > 1:
+                raise ValueError(f"segment {part!r} has more than one placeholder")
+            match = found[0]
+            converter = match.group(1) or match.group(4) or ""
+            if converter == "path":
+                raise ValueError(f"segment {part!r}: a path placeholder spans segments; "
+                                 "a template matches one segment per placeholder")
+            self.segments.append((part[:match.start()], part[match.end():], converter == "int"))
+
+    def matches(self, parts: list) -> bool:
+        """``parts``: the request path split on ``/`` (after the leading one), same length."""
+        for want, got in zip(self.segments, parts):
+            if type(want) is str:
+                if want != got:
+                    return False
+                continue
+            prefix, suffix, digits = want
+            if len(got) <= len(prefix) + len(suffix) or not got.startswith(prefix) \
+                    or not got.endswith(suffix):
+                return False
+            if digits and not got[len(prefix):len(got) - len(suffix)].isdigit():
+                return False
+        return True
 
 
 class MonitorMiddleware:
@@ -94,13 +162,26 @@ class MonitorMiddleware:
             ("traces", self.traces and self.traces.finish),
             ("logs", self.logs and self.logs.finish)) if fn)
         self.metrics_path = s.metrics_path if self.endpoint is not None else None
-        self.prediction_paths = frozenset(s.prediction_paths)
-        self.known_routes = frozenset(s.routes) | self.prediction_paths
+        self.prediction_paths = frozenset(p for p in s.prediction_paths if not is_template(p))
+        self.known_routes = frozenset(p for p in s.routes if not is_template(p)) \
+            | self.prediction_paths
+        #: segment count -> templates of that length, prediction paths first, in the order given
+        self.templates: dict = {}
+        for path, prediction in [(p, True) for p in s.prediction_paths] + \
+                [(p, False) for p in s.routes]:
+            if is_template(path):
+                template = RouteTemplate(path, prediction)  # checked by Settings already
+                self.templates.setdefault(len(template.segments), []).append(template)
+        self.max_segments = max(self.templates, default=0)
         self.request_id_key = "HTTP_" + s.request_id_header.upper().replace("-", "_")
         self.request_id_header = s.request_id_header
         self.request_id_header_lower = s.request_id_header.lower()
         if s.reference is not None:
             self.set_reference(s.model_name, s.reference)
+        for name, reference in s.references.items():
+            self.set_reference(name, reference)
+        if not route_from_app and s.prediction_paths:  # the default model is served here
+            self.declare_model(None, None)
         from .feedback import FeedbackRecorder
         self.feedback = FeedbackRecorder(s, self.metrics, self)
         guard.add_owner(self)  # counts faults outside any request while it is the newest app
@@ -128,6 +209,19 @@ class MonitorMiddleware:
         self.references[model_name] = reference
         if self.metrics is not None:
             self.metrics.reference_added(model_name)
+
+    def declare_model(self, model_name: Any, model_version: Any) -> None:
+        """A view serves this model (None: the default): its ``model_info`` and prediction
+        counters exist from start-up, at 0. A callable name or version is known only per
+        request, and is declared by its first prediction instead."""
+        if self.metrics is None or callable(model_name) or callable(model_version):
+            return
+        try:
+            self.metrics.mark_model(model_name or self.settings.model_name,
+                                    str(model_version)[:128] if model_version
+                                    else self.settings.model_version)
+        except OSError as exc:  # a full metrics disk must not stop the app from starting
+            guard.report_fault("metrics", exc, self)
 
     # -- the request --------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -205,13 +299,29 @@ class MonitorMiddleware:
                 if path in self.prediction_paths:
                     self.begin_prediction(rec, None, None)
             else:
-                rec.route = UNMATCHED_ROUTE
+                template = self.templates and self.match_template(path)
+                if template:
+                    rec.route = template.template
+                    if template.prediction:
+                        self.begin_prediction(rec, None, None)
+                else:
+                    rec.route = UNMATCHED_ROUTE
             if self.metrics is not None:
                 self.metrics.start(rec)
         return rec
 
+    def match_template(self, path: str) -> Optional[RouteTemplate]:
+        """The first template matching ``path`` (exact paths are looked up before this)."""
+        if len(path) > MAX_TEMPLATE_PATH or path.count("/") > self.max_segments:
+            return None
+        parts = path.split("/")[1:]
+        for template in self.templates.get(len(parts), ()):
+            if template.matches(parts):
+                return template
+        return None
+
     def route_known(self, rec: RequestRecord, route: str) -> None:
-        """The Flask layer found the URL rule: label with it and count in-progress."""
+        """The app layer (Flask, Django) found the route: label with it and count in-progress."""
         rec.route = route
         if self.metrics is not None:
             self.metrics.start(rec)
@@ -234,6 +344,8 @@ class MonitorMiddleware:
         rec.duration = _perf() - rec.start
         try:
             rec.error_type = error_type_of(rec)
+            if rec.is_prediction and rec.status_code in NOT_CHARGED:
+                rec.is_prediction = False  # the model was never reached: HTTP-only
         except Exception as exc:
             guard.report_fault("middleware", exc, self)
         for name, sink in self._sinks:  # try, not guarded(): no object and no calls per sink

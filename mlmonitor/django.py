@@ -1,0 +1,289 @@
+"""The Django integration: ``mlmonitor.django.MonitorDjangoMiddleware`` in ``MIDDLEWARE``.
+
+Django turns a view's exception into a 500 response before any WSGI layer sees it, and
+its URL patterns are not paths; this middleware adds what only Django knows:
+
+* the route label is the URL pattern (``request.resolver_match.route``, with a leading
+  ``/``: ``/v1/models/<str:name>:predict``), ``unmatched`` when no pattern matched;
+* a view's exception (``process_exception``) is kept on the request's record, so a 500
+  has its error type, message and stack (secrets redacted) in the log line and span;
+* :func:`prediction` marks a view as a prediction endpoint, like ``@monitor.prediction``.
+
+Two ways to use it (list it first in ``MIDDLEWARE``, so it sees every answer):
+
+* **alone**: the middleware owns the request (metrics, one log line, a span, ``/metrics``).
+  Settings come from the ``MLMONITOR`` dict in Django's settings (the keyword arguments of
+  ``MonitorMiddleware``), ``MLMONITOR_<SETTING>`` settings, then the environment.
+* **with** ``MonitorMiddleware`` around ``get_wsgi_application()``: the WSGI layer owns the
+  request (and times a streamed body to its end); this middleware only labels the route,
+  keeps the exception and marks predictions. Its own settings are then unused.
+
+Example::
+
+    # settings.py
+    MIDDLEWARE = ["mlmonitor.django.MonitorDjangoMiddleware", ...]
+    MLMONITOR = {"model_version": "v1", "references": {"glucose": "ref/glucose.json"}}
+
+    # views.py
+    from mlmonitor.django import prediction
+
+    @prediction(model_name=lambda request, name: name)
+    def predict(request, name): ...
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional
+
+from . import context, guard
+from .config import resolve
+from .middleware import MonitorMiddleware
+from .record import ENVIRON_KEY, UNMATCHED_ROUTE, _current
+
+__all__ = ["MonitorDjangoMiddleware", "prediction", "set_reference"]
+
+_perf = time.perf_counter
+#: (model_name, model_version) of the views marked with @prediction, and the references set
+_declared_models: list = []
+_declared_references: list = []
+#: the monitors these declarations were applied to (both ways of use), weakly
+_cores: "weakref.WeakSet[MonitorMiddleware]" = weakref.WeakSet()
+_lock = threading.Lock()
+MAX_ROUTE = 256
+
+
+def _adopt(core: MonitorMiddleware) -> None:
+    """Apply the declared models and references to a monitor seen for the first time."""
+    with _lock:
+        if core in _cores:
+            return
+        _cores.add(core)
+        models, references = list(_declared_models), list(_declared_references)
+    for name, reference in references:
+        core.set_reference(name, reference)
+    for name, version in models:
+        core.declare_model(name, version)
+
+
+def set_reference(model_name: str, reference: Any) -> None:
+    """Use a reference profile (a ``ReferenceProfile`` or a JSON path) for one model's drift
+    metrics, in every Django monitor of this process, now and later; a bad file raises
+    ConfigError. (The ``references`` setting does the same from settings.)"""
+    for core in list(_cores):
+        core.set_reference(model_name, reference)
+    with _lock:
+        _declared_references.append((model_name, reference))
+
+
+def _settings_of_django() -> tuple:
+    """The ``MLMONITOR`` dict and the ``MLMONITOR_*`` settings of the Django project."""
+    from django.conf import settings
+    options = dict(getattr(settings, "MLMONITOR", None) or {})
+    flat = {name: getattr(settings, name) for name in dir(settings)
+            if name.startswith("MLMONITOR_")}
+    return options, flat
+
+
+class MonitorDjangoMiddleware:
+    """Django middleware: route labels from URL patterns, 500s with their exception, and
+    (without a ``MonitorMiddleware`` around the WSGI app) the request itself."""
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        options, flat = _settings_of_django()
+        registry = options.pop("registry", None)
+        tracer_provider = options.pop("tracer_provider", None)
+        log_stream = options.pop("log_stream", None)
+        # built now, so that a bad setting or reference fails at start-up, not in a request
+        self.core = MonitorMiddleware(
+            None, settings=resolve(options, flat), registry=registry,
+            tracer_provider=tracer_provider, log_stream=log_stream, route_from_app=True)
+        _adopt(self.core)
+        self._last_outer: Any = None
+
+    def __call__(self, request: Any) -> Any:
+        rec = request.META.get(ENVIRON_KEY)
+        if rec is None:
+            return self._serve(request)
+        # a MonitorMiddleware around the WSGI app owns the request
+        core = rec.middleware
+        if core is not self._last_outer:
+            try:
+                _adopt(core)
+            except Exception as exc:
+                guard.report_fault("django", exc, core)
+            self._last_outer = core
+        response = self.get_response(request)
+        if rec.route is None and not rec.finished:
+            try:
+                core.route_known(rec, _pattern_of(request))
+            except Exception as exc:
+                guard.report_fault("django", exc, core)
+        return response
+
+    def _serve(self, request: Any) -> Any:
+        """Alone: the WSGI core's work, on Django's request and response objects."""
+        core = self.core
+        if core.metrics_path is not None and request.path_info == core.metrics_path:
+            return self._metrics(request)
+        try:
+            rec = core._begin(request.META)
+        except Exception as exc:
+            guard.report_fault("middleware", exc, core)
+            return self.get_response(request)
+        record_token = _current.set(rec)
+        context_token = None
+        if core.traces is not None:
+            try:
+                context_token = core.traces.start(rec)
+            except Exception as exc:
+                guard.report_fault("traces", exc, core)
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:  # Django answers most exceptions itself; not this one
+            if rec.exc is None:
+                rec.exc = exc
+            rec.status_code = 0
+            core.finish(rec)
+            raise
+        finally:
+            if context_token is not None:
+                try:
+                    from opentelemetry import context as otel_context
+                    otel_context.detach(context_token)
+                except Exception as exc:
+                    guard.report_fault("traces", exc, core)
+            _current.reset(record_token)
+        try:
+            rec.status_code = response.status_code
+            if rec.route is None:
+                core.route_known(rec, _pattern_of(request))
+            if not response.has_header(core.request_id_header):
+                response[core.request_id_header] = rec.request_id
+            closers = getattr(response, "_resource_closers", None)
+            if response.streaming and closers is not None:
+                closers.append(functools.partial(core.finish, rec))  # at the body's close()
+            else:
+                core.finish(rec)
+        except Exception as exc:
+            guard.report_fault("django", exc, core)
+        return response
+
+    def _metrics(self, request: Any) -> Any:
+        """``/metrics`` answered by the core's endpoint, as a Django response."""
+        from django.http import HttpResponse
+        answer: dict = {}
+
+        def start_response(status: str, headers: list, exc_info: Any = None) -> None:
+            answer["status"], answer["headers"] = int(status[:3]), headers
+
+        body = b"".join(self.core.endpoint(request.META, start_response))  # type: ignore[misc]
+        response = HttpResponse(body, status=answer["status"])
+        for name, value in answer["headers"]:
+            response[name] = value
+        return response
+
+    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        """The URL pattern is known: it is the route label."""
+        rec = request.META.get(ENVIRON_KEY)
+        if rec is None or rec.finished:
+            return None
+        try:
+            route = _label(request.resolver_match)
+            gauge = rec.in_progress
+            if gauge is not None and rec.route != route:  # labelled by path before Django ran
+                gauge.dec()
+                rec.in_progress = None
+            rec.middleware.route_known(rec, route)
+        except Exception as exc:
+            guard.report_fault("django", exc, rec.middleware)
+        return None
+
+    def process_exception(self, request: Any, exception: BaseException) -> None:
+        """Django is about to answer with its error page: keep the exception for the
+        log line and the span (type, message, stack). Django's answer is unchanged."""
+        rec = request.META.get(ENVIRON_KEY)
+        if rec is not None and not rec.finished:
+            rec.exc = exception
+        return None
+
+
+def _label(match: Any) -> str:
+    """``/`` + the URL pattern of a resolver match, or ``unmatched``."""
+    route = getattr(match, "route", None) if match is not None else None
+    return ("/" + route.lstrip("/"))[:MAX_ROUTE] if route else UNMATCHED_ROUTE
+
+
+def _pattern_of(request: Any) -> str:
+    """The pattern of a request answered before its view ran (an auth middleware's 401):
+    resolved now, as Django would have; ``unmatched`` when no pattern matches."""
+    from django.urls import Resolver404, get_resolver
+    try:
+        return _label(get_resolver(getattr(request, "urlconf", None)).resolve(request.path_info))
+    except Resolver404:
+        return UNMATCHED_ROUTE
+
+
+def prediction(view: Optional[Callable] = None, *, model_name: Any = None,
+               model_version: Any = None, reference: Any = None) -> Any:
+    """Mark a Django view as a prediction endpoint (``@prediction`` or with arguments).
+
+    ``model_name`` and ``model_version`` may be callables, called with the view's own
+    arguments (``lambda request, name: name``) for each request. The request is charged to
+    the model once the view starts; a 401, 403, 404 or 405 answer stays HTTP-only.
+    """
+    if view is None:
+        return functools.partial(prediction, model_name=model_name,
+                                 model_version=model_version, reference=reference)
+    if reference is not None:
+        if model_name is None or callable(model_name):
+            raise ValueError("@prediction(reference=...) needs a fixed model_name=; "
+                             "for per-request names use mlmonitor.django.set_reference()")
+        set_reference(model_name, reference)
+    with _lock:
+        _declared_models.append((model_name, model_version))
+        cores = list(_cores)
+    for core in cores:
+        core.declare_model(model_name, model_version)
+
+    @functools.wraps(view)
+    def monitored_view(request: Any, *args: Any, **kwargs: Any) -> Any:
+        rec = request.META.get(ENVIRON_KEY)
+        if rec is None or rec.finished:
+            return view(request, *args, **kwargs)
+        core = rec.middleware
+        try:
+            name = _per_request(model_name, core, "model_name", request, args, kwargs)
+            version = _per_request(model_version, core, "model_version", request, args, kwargs)
+            core.begin_prediction(rec, name, version)
+            context.annotate_borrowed(rec)
+        except Exception as exc:
+            guard.report_fault("django", exc, core)
+        started = _perf()
+        try:
+            return view(request, *args, **kwargs)
+        except BaseException as exc:
+            rec.exc = exc
+            raise
+        finally:
+            rec.prediction_seconds = _perf() - started
+
+    monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
+    return monitored_view
+
+
+def _per_request(value: Any, core: Any, component: str, request: Any, args: Any,
+                 kwargs: Any) -> Any:
+    """A name or version: a callable gets the view's arguments; a fault counts and gives
+    None (the default), never raises into the view."""
+    if not callable(value):
+        return value
+    try:
+        value = value(request, *args, **kwargs)
+    except Exception as exc:
+        guard.report_fault(component, exc, core)
+        return None
+    return str(value)[:128] if value is not None and value != "" else None
