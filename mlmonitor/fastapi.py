@@ -52,9 +52,7 @@ class Monitor(MonitorBase):
         core = MonitorMiddleware(app, settings=resolve(merged), registry=registry,
                                  tracer_provider=tracer_provider, log_stream=log_stream,
                                  route_from_app=True)
-        for name, reference in self._view_references:
-            core.set_reference(name, reference)
-        self._middlewares.append(core)
+        self._attach(core)
         app.add_middleware(MonitorASGIMiddleware, core=core, route_of=RouteTemplates(app))
         if state is not None:
             state.mlmonitor = core

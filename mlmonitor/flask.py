@@ -31,10 +31,7 @@ Example::
 """
 from __future__ import annotations
 
-import functools
-import inspect
-import time
-from typing import Any, Callable, Optional
+from typing import Any
 
 from flask import Flask, after_this_request, request
 
@@ -49,23 +46,25 @@ from . import context, guard
 from .config import resolve
 from .middleware import MATERIALISED, MonitorMiddleware
 from .record import UNMATCHED_ROUTE, _current
+from .views import MonitorBase, begin_view
 
 __all__ = ["Monitor", "EXTENSION_KEY"]
 
 EXTENSION_KEY = "mlmonitor"
-_perf = time.perf_counter
 
 
-class Monitor:
-    """Observability for a Flask model server in one line."""
+class Monitor(MonitorBase):
+    """Observability for a Flask model server in one line.
 
-    def __init__(self, app: Optional[Flask] = None, **options: Any) -> None:
-        self.options = options
-        self._view_references: list = []
-        self._view_models: list = []
-        self._middlewares: list = []
-        if app is not None:
-            self.init_app(app)
+    Given a FastAPI or Starlette app instead, ``Monitor(app)`` returns
+    :class:`mlmonitor.fastapi.Monitor` for it: the same one line for both worlds.
+    """
+
+    def __new__(cls, app: Any = None, **options: Any) -> Any:
+        if cls is Monitor and app is not None and _is_starlette(app):
+            from .fastapi import Monitor as AsgiMonitor
+            return AsgiMonitor(app, **options)
+        return super().__new__(cls)
 
     def init_app(self, app: Flask, **options: Any) -> None:
         """Wrap ``app``; keyword options override those given to ``Monitor()``."""
@@ -81,11 +80,7 @@ class Monitor:
             app.wsgi_app, settings=settings, registry=registry, tracer_provider=tracer_provider,
             log_stream=log_stream, route_from_app=True,
             borrow_span=lambda: _borrows(app, middleware))
-        for name, reference in self._view_references:
-            middleware.set_reference(name, reference)
-        for name, version in self._view_models:
-            middleware.declare_model(name, version)
-        self._middlewares.append(middleware)
+        self._attach(middleware)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         # first of the app's hooks (an auth hook may answer before the others run), and the
         # after-request hook last (it sees the response the app really sends)
@@ -93,71 +88,27 @@ class Monitor:
         app.after_request_funcs.setdefault(None, []).insert(0, _after_request_last)
         app.extensions[EXTENSION_KEY] = middleware
 
-    # -- prediction endpoints -----------------------------------------------------
-    def prediction(self, view: Optional[Callable] = None, *, model_name: Optional[str] = None,
-                   model_version: Any = None, reference: Any = None) -> Any:
-        """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
+    def _middleware(self) -> Any:
+        """Outside a request: the current Flask app's middleware, else the newest."""
+        from flask import current_app, has_app_context
+        if has_app_context() and EXTENSION_KEY in current_app.extensions:
+            return current_app.extensions[EXTENSION_KEY]
+        return super()._middleware()
 
-        ``model_name`` and ``model_version`` may be callables evaluated per request. The view is
-        called as it is: its exceptions reach Flask's error handling untouched.
-        """
-        if view is None:
-            return functools.partial(self.prediction, model_name=model_name,
-                                     model_version=model_version, reference=reference)
-        if reference is not None:
-            if model_name is None or callable(model_name):
-                raise ValueError("@monitor.prediction(reference=...) needs a fixed model_name=; "
-                                 "for per-request names use monitor.set_reference(name, ref)")
-            self.set_reference(model_name, reference)
-        self._view_models.append((model_name, model_version))
-        for middleware in self._middlewares:  # views declared after init_app
-            middleware.declare_model(model_name, model_version)
+    @staticmethod
+    def _begin_view(rec: Any, model_name: Any, model_version: Any) -> None:
+        """A prediction view starts: its model and version, and FlaskInstrumentor's span."""
+        begin_view(rec, model_name, model_version)
+        try:
+            _borrow_span(rec)
+        except Exception as exc:
+            guard.report_fault("flask", exc, rec.middleware)
 
-        if inspect.iscoroutinefunction(view):  # Flask runs it through app.ensure_sync
-            return _async_prediction(view, model_name, model_version)
 
-        @functools.wraps(view)
-        def monitored_view(*args: Any, **kwargs: Any) -> Any:
-            rec = _current.get()
-            if rec is None:
-                return view(*args, **kwargs)
-            _begin_view(rec, model_name, model_version)
-            started = _perf()
-            try:
-                return view(*args, **kwargs)
-            except BaseException as exc:
-                rec.exc = exc
-                raise
-            finally:
-                rec.prediction_seconds = _perf() - started
-                context.annotate_borrowed(rec)
-
-        monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
-        return monitored_view
-
-    def set_reference(self, model_name: str, reference: Any) -> None:
-        """Use a reference profile (a ``ReferenceProfile`` or a JSON path) for one model's
-        drift metrics: one call per model of a multi-model server. Before or after
-        ``init_app``; a bad file raises ConfigError."""
-        for middleware in self._middlewares:
-            middleware.set_reference(model_name, reference)
-        self._view_references.append((model_name, reference))
-
-    # -- in-request helpers (also usable as module functions) ------------------------
-    stage = staticmethod(context.stage)
-    tag = staticmethod(context.tag)
-    set_model_version = staticmethod(context.set_model_version)
-    observe = staticmethod(context.observe)
-    observe_batch = staticmethod(context.observe_batch)
-    prediction_id = staticmethod(context.prediction_id)
-    prediction_ids = staticmethod(context.prediction_ids)
-
-    def record_feedback(self, prediction_id: str, label: Any) -> str:
-        """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
-        from flask import current_app
-        rec = _current.get()
-        middleware = rec.middleware if rec is not None else current_app.extensions[EXTENSION_KEY]
-        return context.record_feedback(prediction_id, label, middleware=middleware)
+def _is_starlette(app: Any) -> bool:
+    """A FastAPI or Starlette app (checked by class, without importing either)."""
+    return any(klass.__module__.split(".")[0] in ("starlette", "fastapi")
+               for klass in type(app).__mro__)
 
 
 def _borrow_span(rec: Any) -> None:
@@ -210,41 +161,6 @@ def _after_request(response: Any) -> Any:
             guard.report_fault("flask", exc, rec.middleware)
         context.annotate_borrowed(rec)
     return response
-
-
-def _async_prediction(view: Callable, model_name: Any, model_version: Any) -> Callable:
-    """``@monitor.prediction`` on an ``async def`` view; asgiref runs it with a copy of
-    this context, so the record and the span are found there."""
-
-    @functools.wraps(view)
-    async def monitored_view(*args: Any, **kwargs: Any) -> Any:
-        rec = _current.get()
-        if rec is None:
-            return await view(*args, **kwargs)
-        _begin_view(rec, model_name, model_version)
-        started = _perf()
-        try:
-            return await view(*args, **kwargs)
-        except BaseException as exc:
-            rec.exc = exc
-            raise
-        finally:
-            rec.prediction_seconds = _perf() - started
-            context.annotate_borrowed(rec)
-
-    monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
-    return monitored_view
-
-
-def _begin_view(rec: Any, model_name: Any, model_version: Any) -> None:
-    """A prediction view starts: its model and version, and the borrowed span (sync or async)."""
-    middleware = rec.middleware
-    try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
-        middleware.begin_prediction(rec, context.model_name_of(model_name, middleware),
-                                    model_version)
-        _borrow_span(rec)
-    except Exception as exc:
-        guard.report_fault("flask", exc, middleware)
 
 
 def _after_request_last(response: Any) -> Any:

@@ -77,13 +77,15 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
 class MonitorBase:
     """``@monitor.prediction``, references and the in-request helpers of a framework Monitor.
 
-    Subclasses append each middleware they build to ``self._middlewares`` and may override
-    :meth:`_begin_view` (Flask borrows FlaskInstrumentor's span there).
+    A subclass builds one :class:`~mlmonitor.middleware.MonitorMiddleware` per app in
+    ``init_app``, passes it to :meth:`_attach`, and may override :meth:`_begin_view` (Flask
+    borrows FlaskInstrumentor's span there) and :meth:`_middleware`.
     """
 
     def __init__(self, app: Any = None, **options: Any) -> None:
         self.options = options
         self._view_references: list = []
+        self._view_models: list = []
         self._middlewares: list = []
         if app is not None:
             self.init_app(app)
@@ -91,32 +93,44 @@ class MonitorBase:
     def init_app(self, app: Any, **options: Any) -> None:  # pragma: no cover - per framework
         raise NotImplementedError
 
+    def _attach(self, middleware: Any) -> None:
+        """A new app's middleware: the references and models declared so far apply to it."""
+        for name, reference in self._view_references:
+            middleware.set_reference(name, reference)
+        for name, version in self._view_models:
+            middleware.declare_model(name, version)
+        self._middlewares.append(middleware)
+
     def prediction(self, view: Optional[Callable] = None, *, model_name: Any = None,
                    model_version: Any = None, reference: Any = None) -> Any:
         """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
 
         ``model_name`` and ``model_version`` may be callables evaluated per request; ``def``
         and ``async def`` views alike. The view is called as it is: its exceptions reach the
-        framework's error handling untouched.
+        framework's error handling untouched. A fixed model gets its series at start-up.
         """
         if view is None:
             return functools.partial(self.prediction, model_name=model_name,
                                      model_version=model_version, reference=reference)
         if reference is not None:
             if model_name is None or callable(model_name):
-                raise ValueError("@monitor.prediction(reference=...) needs a model_name string")
-            self._view_references.append((model_name, reference))
-            for middleware in self._middlewares:  # views declared after init_app
-                middleware.set_reference(model_name, reference)
+                raise ValueError("@monitor.prediction(reference=...) needs a fixed model_name=; "
+                                 "for per-request names use monitor.set_reference(name, ref)")
+            self.set_reference(model_name, reference)
+        self._view_models.append((model_name, model_version))
+        for middleware in self._middlewares:  # views declared after init_app
+            middleware.declare_model(model_name, model_version)
         return prediction_view(view, model_name, model_version, self._begin_view)
 
     _begin_view = staticmethod(begin_view)
 
     def set_reference(self, model_name: str, reference: Any) -> None:
-        """Use a reference profile (object or JSON path) for ``model_name``'s drift metrics."""
-        self._view_references.append((model_name, reference))
+        """Use a reference profile (a ``ReferenceProfile`` or a JSON path) for one model's
+        drift metrics: one call per model of a multi-model server. Before or after
+        ``init_app``; a bad file raises ConfigError (and is not kept)."""
         for middleware in self._middlewares:
             middleware.set_reference(model_name, reference)
+        self._view_references.append((model_name, reference))
 
     def record_feedback(self, prediction_id: str, label: Any) -> str:
         """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
@@ -125,6 +139,7 @@ class MonitorBase:
         return context.record_feedback(prediction_id, label, middleware=middleware)
 
     def _middleware(self) -> Any:
+        """The middleware outside a request: the newest app's."""
         if not self._middlewares:
             raise RuntimeError("mlmonitor: call Monitor(app) or monitor.init_app(app) first")
         return self._middlewares[-1]

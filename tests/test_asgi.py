@@ -265,3 +265,24 @@ def test_the_wsgi_path_and_the_pure_middleware_import_no_framework():
             "('starlette', 'fastapi', 'uvicorn', 'anyio', 'httpx')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_one_line_from_mlmonitor_recognises_a_fastapi_app():
+    from fastapi import FastAPI
+
+    import mlmonitor
+    from mlmonitor import fastapi as asgi_monitor
+    with capture() as monitored:
+        app = FastAPI()
+        monitor = mlmonitor.Monitor(app, model_name="churn", model_version="c9")
+
+        @app.post("/predict")
+        @monitor.prediction
+        def predict(body: dict):
+            return {"ok": True}
+
+        with client(app) as c:
+            assert c.post("/predict", json={}).status_code == 200
+    assert isinstance(monitor, asgi_monitor.Monitor)
+    assert monitored.logs()[0]["model_name"] == "churn"
+    assert monitored.value("mlmonitor_model_info", model_name="churn", model_version="c9") == 1
