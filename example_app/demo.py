@@ -252,14 +252,16 @@ def burst(url: str, requests: int, seed: int) -> List[Dict[str, Any]]:
 
 
 def background(url: str, stop: threading.Event, rate: float) -> None:
-    """Gentle steady traffic while serving, so rates and dashboards stay alive."""
+    """Gentle steady traffic while serving, so rates and dashboards stay alive: iris and, every
+    other round, the diabetes regressor (with a renamed column now and then)."""
     seed = 1000
     while not stop.is_set():
         seed += 1
+        extra = ({"model": "diabetes", "mismatch_fraction": 0.05} if seed % 2 else {})
         try:
             loadgen.run(loadgen.Options(url=url, requests=max(1, int(rate * 10)), rate=rate,
                                         concurrency=1, invalid_fraction=0.02, error_fraction=0.01,
-                                        feedback_accuracy=0.9, seed=seed))
+                                        feedback_accuracy=0.9, seed=seed, **extra))
         except Exception:  # the server is going away; the main thread reports that
             stop.wait(1.0)
 
@@ -338,6 +340,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  curl -s -XPOST {base}/predict -H 'Content-Type: application/json' -d "
               "'{\"features\": {\"sepal_length_cm\": 5.1, \"sepal_width_cm\": 3.5, "
               "\"petal_length_cm\": 1.4, \"petal_width_cm\": 0.2}}'")
+        print(f"  curl -s -XPOST {base}/v1/models/diabetes:predict -H 'Content-Type: application/json' -d "
+              "'{\"features\": {\"age\": 50, \"sex\": 1, \"bmi\": 26.5, \"bp\": 94, \"s1\": 189, "
+              "\"s2\": 115, \"s3\": 50, \"s4\": 4, \"s5\": 4.6, \"s6\": 91}}'")
         print(f"  curl -s {base}/metrics | grep mlmonitor_predictions_total")
         print("Serving; press Ctrl-C to stop.", flush=True)
         while all(c.proc.poll() is None for c in children):

@@ -6,6 +6,12 @@ what ``/metrics`` says. The plan is fixed by ``--seed``: which requests are inva
 or slow, and exactly ``round(P * n)`` of the feedback labels that are correct.
 Bounded (at most ``MAX_REQUESTS`` requests, a timeout on each) and loopback only unless
 ``--allow-remote``.
+
+``--model iris`` (the default) posts to ``/predict`` and ``/feedback``; ``--model diabetes`` to
+``/v1/models/diabetes:predict`` and ``:feedback``, with the true value as the feedback label
+(``--feedback-accuracy P``: exactly ``round(P * n)`` labels are the true value, the others are off
+by ``FEEDBACK_MISS`` target standard deviations, which raises the live MAE) and
+``--mismatch-fraction``: requests with one feature renamed (one missing, one unknown feature).
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import argparse
 import ipaddress
 import json
 import random
+import statistics
 import sys
 import threading
 import time
@@ -28,15 +35,18 @@ from example_app import model
 MAX_REQUESTS = 100_000
 MAX_CONCURRENCY = 64
 SLOW_SECONDS = 0.25
+MODELS = (model.MODEL_NAME, model.REGRESSOR_NAME)
+#: how far (in target standard deviations) a wrong regression feedback label is from the truth
+FEEDBACK_MISS = 3.0
 
 #: bodies that the app must refuse with a 400, one per kind of mistake
-def _invalid_bodies(good: Dict[str, float]) -> List[Any]:
+def _invalid_bodies(good: Dict[str, float], lenient: bool = False) -> List[Any]:
+    """``lenient``: for the diabetes model, which accepts missing and unknown features."""
     first = next(iter(good))
     missing = dict(good)
     missing.pop(first)
     return [
-        {"features": missing},
-        {"features": {**good, "colour": 1.0}},
+        *([] if lenient else [{"features": missing}, {"features": {**good, "colour": 1.0}}]),
         {"features": {**good, first: "5.1"}},
         {"features": {**good, first: True}},
         {"features": {**good, first: None}},
@@ -59,23 +69,26 @@ class Options:
     error_fraction: float = 0.0
     slow_fraction: float = 0.0
     slow_seconds: float = SLOW_SECONDS
+    mismatch_fraction: float = 0.0
     drift: Dict[str, float] = field(default_factory=dict)
     feedback_accuracy: Optional[float] = None
     version: Optional[str] = None
     seed: int = 0
     timeout: float = 10.0
     allow_remote: bool = False
+    model: str = model.MODEL_NAME
 
 
 @dataclass
 class Planned:
     """One request decided before sending: its kind, body, headers and feedback fate."""
 
-    kind: str  # ok | slow | invalid | error
+    kind: str  # ok | slow | invalid | error | mismatch
     body: Any
     headers: Dict[str, str]
     feedback_correct: Optional[bool] = None
     rng_seed: int = 0
+    target: Optional[float] = None  # regression: the true value of the row
 
 
 class Summary:
@@ -143,12 +156,17 @@ def check_url(url: str, allow_remote: bool) -> str:
 
 
 def _fractions_ok(opts: Options) -> None:
-    for name in ("invalid_fraction", "error_fraction", "slow_fraction"):
+    for name in ("invalid_fraction", "error_fraction", "slow_fraction", "mismatch_fraction"):
         value = getattr(opts, name)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
-    if opts.invalid_fraction + opts.error_fraction + opts.slow_fraction > 1.0:
-        raise ValueError("--invalid-fraction + --error-fraction + --slow-fraction must not exceed 1")
+    if opts.invalid_fraction + opts.error_fraction + opts.slow_fraction + opts.mismatch_fraction > 1.0:
+        raise ValueError("--invalid-fraction + --error-fraction + --slow-fraction + --mismatch-fraction"
+                         " must not exceed 1")
+    if opts.model not in MODELS:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {opts.model!r}")
+    if opts.mismatch_fraction and opts.model != model.REGRESSOR_NAME:
+        raise ValueError("--mismatch-fraction needs --model diabetes (iris refuses unknown features with a 400)")
     if opts.feedback_accuracy is not None and not 0.0 <= opts.feedback_accuracy <= 1.0:
         raise ValueError(f"--feedback-accuracy must be between 0 and 1, got {opts.feedback_accuracy}")
     if not 1 <= opts.requests <= MAX_REQUESTS:
@@ -163,14 +181,17 @@ def plan(opts: Options) -> List[Planned]:
     """Decide every request up front from the seed, so a run can be repeated exactly."""
     _fractions_ok(opts)
     rng = random.Random(opts.seed)
-    rows, _ = model.reference_rows()
-    stats = model.feature_stats()
+    regression = opts.model == model.REGRESSOR_NAME
+    rows, targets = model.regression_rows() if regression else model.reference_rows()
+    stats = model.feature_stats(opts.model)
     unknown = sorted(set(opts.drift) - set(stats))
     if unknown:
         raise ValueError(f"--drift: unknown feature(s) {', '.join(unknown)}; known: {', '.join(stats)}")
     n = opts.requests
-    counts = {kind: round(getattr(opts, f"{kind}_fraction") * n) for kind in ("invalid", "error", "slow")}
-    kinds = (["invalid"] * counts["invalid"] + ["error"] * counts["error"] + ["slow"] * counts["slow"])
+    counts = {kind: round(getattr(opts, f"{kind}_fraction") * n)
+              for kind in ("invalid", "error", "slow", "mismatch")}
+    kinds = (["invalid"] * counts["invalid"] + ["error"] * counts["error"] + ["slow"] * counts["slow"]
+             + ["mismatch"] * counts["mismatch"])
     kinds += ["ok"] * (n - len(kinds))
     rng.shuffle(kinds)
     base_headers = {"Content-Type": "application/json"}
@@ -178,21 +199,26 @@ def plan(opts: Options) -> List[Planned]:
         base_headers["X-Model-Version"] = opts.version
     planned = []
     for i, kind in enumerate(kinds):
-        row = dict(rng.choice(rows))
+        index = rng.randrange(len(rows)) if regression else None
+        row = dict(rows[index] if index is not None else rng.choice(rows))
         for name, shift in opts.drift.items():
             row[name] = round(row[name] + shift * stats[name][1], 4)
         headers = dict(base_headers)
         body: Any = {"features": row}
         if kind == "invalid":
-            choices = _invalid_bodies(row)
+            choices = _invalid_bodies(row, lenient=regression)
             body = choices[i % len(choices)]
         elif kind == "error":
             headers["X-Fail"] = "1"
         elif kind == "slow":
             headers["X-Slow"] = str(opts.slow_seconds)
-        planned.append(Planned(kind, body, headers, rng_seed=rng.randrange(2**31)))
+        elif kind == "mismatch":  # one column renamed upstream: missing under its name, unknown under the new
+            renamed = list(row)[i % len(row)]
+            body = {"features": {(name.upper() if name == renamed else name): v for name, v in row.items()}}
+        planned.append(Planned(kind, body, headers, rng_seed=rng.randrange(2**31),
+                               target=targets[index] if index is not None else None))
     if opts.feedback_accuracy is not None:
-        valid = [p for p in planned if p.kind in ("ok", "slow")]
+        valid = [p for p in planned if p.kind in ("ok", "slow", "mismatch")]
         correct = round(opts.feedback_accuracy * len(valid))
         fates = [True] * correct + [False] * (len(valid) - correct)
         rng.shuffle(fates)
@@ -216,9 +242,25 @@ def _post(url: str, body: Any, headers: Dict[str, str], timeout: float) -> Tuple
     return status, resp_headers, payload
 
 
-def _send(opts: Options, base: str, item: Planned, summary: Summary, classes: Sequence[str]) -> None:
+def _paths(name: str) -> Tuple[str, str]:
+    """(predict path, feedback path) of a model: iris keeps the app's original routes."""
+    if name == model.MODEL_NAME:
+        return "/predict", "/feedback"
+    return f"/v1/models/{name}:predict", f"/v1/models/{name}:feedback"
+
+
+def _label(item: Planned, predicted: Any, rng: random.Random, classes: Sequence[str], miss: float) -> Any:
+    """The feedback label: the truth when the plan says correct, else a wrong class or a far value."""
+    if item.target is not None:
+        return item.target if item.feedback_correct else round(item.target + miss, 4)
+    return predicted if item.feedback_correct else rng.choice([c for c in classes if c != predicted])
+
+
+def _send(opts: Options, base: str, item: Planned, summary: Summary, classes: Sequence[str],
+          miss: float = 0.0) -> None:
+    predict_path, feedback_path = _paths(opts.model)
     try:
-        status, headers, payload = _post(base + "/predict", item.body, item.headers, opts.timeout)
+        status, headers, payload = _post(base + predict_path, item.body, item.headers, opts.timeout)
     except (OSError, urllib.error.URLError):
         summary.transport_error()
         return
@@ -231,11 +273,10 @@ def _send(opts: Options, base: str, item: Planned, summary: Summary, classes: Se
         return
     rng = random.Random(item.rng_seed)
     for result in results:
-        predicted = result["prediction"]
-        label = predicted if item.feedback_correct else rng.choice([c for c in classes if c != predicted])
+        label = _label(item, result["prediction"], rng, classes, miss)
         body = {"prediction_id": result["prediction_id"], "label": label}
         try:
-            fb_status, _, _ = _post(base + "/feedback", body, {"Content-Type": "application/json"},
+            fb_status, _, _ = _post(base + feedback_path, body, {"Content-Type": "application/json"},
                                     opts.timeout)
         except (OSError, urllib.error.URLError):
             summary.transport_error()
@@ -248,6 +289,8 @@ def run(opts: Options) -> Dict[str, Any]:
     base = check_url(opts.url, opts.allow_remote)
     items = plan(opts)
     classes = model.dataset().classes
+    targets = model.regression_rows()[1] if opts.model == model.REGRESSOR_NAME else [0.0]
+    miss = FEEDBACK_MISS * statistics.pstdev(targets)
     summary = Summary()
     start = time.monotonic()
     counter = iter(range(len(items)))
@@ -263,7 +306,7 @@ def run(opts: Options) -> Dict[str, Any]:
                 delay = start + index / opts.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            _send(opts, base, items[index], summary, classes)
+            _send(opts, base, items[index], summary, classes, miss)
 
     with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
         for future in [pool.submit(worker) for _ in range(opts.concurrency)]:
@@ -291,10 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--error-fraction", type=float, default=0.0, help="share sent with X-Fail (500)")
     parser.add_argument("--slow-fraction", type=float, default=0.0, help="share sent with X-Slow")
     parser.add_argument("--slow-seconds", type=float, default=SLOW_SECONDS, help="X-Slow value (app caps at 2)")
+    parser.add_argument("--model", choices=MODELS, default=model.MODEL_NAME,
+                        help="iris (POST /predict) or diabetes, the regressor (POST /v1/models/diabetes:predict)")
+    parser.add_argument("--mismatch-fraction", type=float, default=0.0,
+                        help="share sent with one feature renamed: a missing and an unknown feature (diabetes)")
     parser.add_argument("--drift", type=_drift, action="append", default=[], metavar="FEATURE:SHIFT",
-                        help="add SHIFT x the feature's reference std to it (repeatable)")
+                        help="add SHIFT x the feature's reference std to it (repeatable; the --model's features)")
     parser.add_argument("--feedback-accuracy", type=float, default=None, metavar="P",
-                        help="send ground truth for every prediction; exactly round(P*n) are correct")
+                        help="send ground truth for every prediction; exactly round(P*n) are correct"
+                             " (diabetes: the true value, the others off by 3 target std)")
     parser.add_argument("--version", choices=list(model.VERSIONS), help="force one model version")
     parser.add_argument("--seed", type=int, default=0, help="fixes the whole plan")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
@@ -308,6 +356,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         url=args.url, requests=args.requests, concurrency=args.concurrency, rate=args.rate,
         invalid_fraction=args.invalid_fraction, error_fraction=args.error_fraction,
         slow_fraction=args.slow_fraction, slow_seconds=args.slow_seconds, drift=dict(args.drift),
+        mismatch_fraction=args.mismatch_fraction, model=args.model,
         feedback_accuracy=args.feedback_accuracy, version=args.version, seed=args.seed,
         timeout=args.timeout, allow_remote=args.allow_remote)
 

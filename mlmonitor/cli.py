@@ -93,6 +93,9 @@ _THRESHOLD_HELP = {
     "drift_min_count": "live values needed in the drift window before PSI is judged (small samples are noisy)",
     "accuracy_drop": "accuracy drop below the reference (0.05 = 5 points) that fires MLModelAccuracyDrop",
     "accuracy_min_feedback": "feedback events needed in the window before accuracy is judged",
+    "mae_factor": "regression: live mean absolute error above this many times the reference's fires"
+                  " MLModelAbsoluteErrorHigh",
+    "mae_min_feedback": "regression: feedback events needed in the window before the live MAE is judged",
     "canary_error_delta": "error-ratio points by which a version must exceed the best other version",
     "canary_latency_factor": "p99 factor by which a version must exceed the best other version",
     "memory_bytes": "resident memory per worker that fires MLModelProcessMemoryHigh",
@@ -189,7 +192,10 @@ def _add_dashboards(subparsers: Any) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="mlmonitor", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mlmonitor {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
         try:

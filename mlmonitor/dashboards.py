@@ -35,6 +35,8 @@ from .contract import (
     PREDICTION_DURATION_BUCKET, PREDICTION_ERRORS_TOTAL, PREDICTION_SCORE_BUCKET, PREDICTIONS_TOTAL,
     PROCESS_CPU_TOTAL, PROCESS_MEMORY, REFERENCE_ACCURACY_MAX, STAGE_DURATION_BUCKET,
     STAGE_DURATION_COUNT, STAGE_DURATION_SUM, TELEMETRY_DROPPED_TOTAL, TOKENS_TOTAL, VERSION_LABELS)
+from .contract import (ABSOLUTE_ERROR_MEAN, FEATURE_UNKNOWN_TOTAL, FEEDBACK_ABSOLUTE_ERROR_BUCKET,
+                       OUTPUT_DRIFT, PREDICTION_BIN_TOTAL, REFERENCE_ABSOLUTE_ERROR_MAX)
 
 __all__ = ["DASHBOARDS", "render", "write", "stale"]
 
@@ -90,6 +92,28 @@ def error_ratio(sel: str, matcher: str, by: str = BY) -> str:
 
 SERVER_ERRORS = f'{ERROR_TYPE}!="{INVALID_INPUT}"'
 INVALID = f'{ERROR_TYPE}="{INVALID_INPUT}"'
+#: the end of the description of a panel that only classifiers fill
+FOR_CLASSIFIERS = " Empty for regression models, which have no classes: see the output distribution panels."
+#: the end of the description of a panel that only regression models fill
+FOR_REGRESSORS = (" Regression models only (a reference built with task regression): empty for"
+                  " classifiers.")
+
+
+def mismatches(sel: str, legend: str, by: str = BY) -> List[Dict[str, Any]]:
+    """Feature values missing per feature, and feature names the reference does not know (item 3 of
+    issue 16): 0, not a gap, while features are observed and nothing is missing or unknown."""
+    binned = f"sum by ({by}, feature) ({rate(FEATURE_BIN_TOTAL, sel, 'increase')})"
+    observed = f"sum by ({by}) ({rate(FEATURE_BIN_TOTAL, sel, 'increase')})"
+    return [target(f"sum by ({by}, feature) ({rate(FEATURE_MISSING_TOTAL, sel, 'increase')})"
+                   f" or 0 * {binned}", legend + " missing {{feature}}"),
+            target(f"sum by ({by}) ({rate(FEATURE_UNKNOWN_TOTAL, sel, 'increase')}) or 0 * {observed}",
+                   legend + " unknown feature names")]
+
+
+MISMATCH_TEXT = ("Per rate interval: values of reference features that were absent or not numbers"
+                 f" ({FEATURE_MISSING_TOTAL}, per feature), and observed feature names the reference does not"
+                 f" know ({FEATURE_UNKNOWN_TOTAL}; no name label, the app logs each name once as a warning):"
+                 " a renamed or dropped input column shows here. 0 while features are observed and match.")
 
 
 # ---------------------------------------------------------------- panels
@@ -392,6 +416,7 @@ def quality() -> Dict[str, Any]:
     binned = f"sum by ({BY}, feature) ({rate(FEATURE_BIN_TOTAL, SEL)})"
     psi = f"{FEATURE_DRIFT.psi}{SEL}"
     score = PREDICTION_SCORE_BUCKET
+    outputs = rate(PREDICTION_BIN_TOTAL, SEL)
     panels = [
         row("Drift"),
         table(f"Feature drift (PSI, last {drift})", "Population stability index of each feature against the"
@@ -404,7 +429,7 @@ def quality() -> Dict[str, Any]:
                    steps=PSI_STEPS, threshold_lines=True),
         timeseries("Prediction drift (PSI of predicted classes)", "PSI of the predicted-class shares against"
                    f" the reference's class shares ({DRIFT_WINDOW} window, recording rule"
-                   f" {CLASS_DRIFT.psi}).", "none",
+                   f" {CLASS_DRIFT.psi})." + FOR_CLASSIFIERS, "none",
                    [target(f"{CLASS_DRIFT.psi}{SEL}", by_version)],
                    steps=PSI_STEPS, threshold_lines=True),
         timeseries("Missing values share per feature", "Share of observed values of each feature that were"
@@ -413,36 +438,67 @@ def quality() -> Dict[str, Any]:
                    [target(f"({missing} or 0 * {binned})"
                            f" / {positive(f'({missing} or 0 * {binned}) + ({binned} or 0 * {missing})')}",
                            by_version + " {{feature}}")]),
+        timeseries("Output drift (PSI of predicted values)", "PSI of the shares of numeric predictions in the"
+                   " reference's output bins (quantiles of its predictions) against the reference's shares"
+                   f" ({DRIFT_WINDOW} window, recording rule {OUTPUT_DRIFT.psi}); the lines mark 0.1 and 0.2."
+                   + FOR_REGRESSORS, "none", [target(f"{OUTPUT_DRIFT.psi}{SEL}", by_version)],
+                   steps=PSI_STEPS, threshold_lines=True),
+        timeseries("Feature mismatches: missing and unknown features", MISMATCH_TEXT, "short",
+                   mismatches(SEL, by_version)),
         row("Predictions"),
         bargauge(f"Predicted class shares vs reference (last {drift})", "Live share of each predicted class"
-                 f" (recording rule, {DRIFT_WINDOW}) next to the reference profile's share of that class.",
-                 "percentunit",
+                 f" (recording rule, {DRIFT_WINDOW}) next to the reference profile's share of that class."
+                 + FOR_CLASSIFIERS, "percentunit",
                  [target(f"{CLASS_DRIFT.share}{SEL}",
                          by_version + " {{class}} live"),
                   target(f"{CLASS_DRIFT.reference_max}{SEL}",
                          by_version + " {{class}} reference")]),
         timeseries("Predicted class shares over time", "Share of each predicted class per version over the"
-                   " rate interval.", "percentunit",
+                   " rate interval." + FOR_CLASSIFIERS, "percentunit",
                    [target(f"sum by ({BY}, class) ({classes})"
                            f" / on ({BY}) group_left () {positive(f'sum by ({BY}) ({classes})')}",
                            by_version + " {{class}}")], stack=True),
+        bargauge(f"Output distribution vs reference (last {drift})", "Live share of numeric predictions in each"
+                 f" output bin of the reference (recording rule, {DRIFT_WINDOW}) next to the reference's share"
+                 " of that bin; bins are labelled 00, 01, ... from the lowest predicted values." + FOR_REGRESSORS,
+                 "percentunit",
+                 [target(f"{OUTPUT_DRIFT.share}{SEL}", by_version + " bin {{bin}} live"),
+                  target(f"{OUTPUT_DRIFT.reference_max}{SEL}", by_version + " bin {{bin}} reference")]),
+        timeseries("Output bin shares over time", "Share of numeric predictions in each output bin per version"
+                   " over the rate interval." + FOR_REGRESSORS, "percentunit",
+                   [target(f"sum by ({BY}, bin) ({outputs})"
+                           f" / on ({BY}) group_left () {positive(f'sum by ({BY}) ({outputs})')}",
+                           by_version + " bin {{bin}}")], stack=True),
         heatmap("Score distribution", "Predictions per confidence-score bucket (0.1 wide) over time, all"
-                " selected versions.", f"sum by (le) ({rate(score, SEL, 'increase')})"),
+                " selected versions. Empty for models that report no scores (regression models).",
+                f"sum by (le) ({rate(score, SEL, 'increase')})"),
         timeseries("Score p10 / median", "Median and 10th percentile of the confidence score per version: a"
-                   " falling score often comes before falling accuracy.", "percentunit",
+                   " falling score often comes before falling accuracy. Empty for models that report no scores"
+                   " (regression models).", "percentunit",
                    [target(quantile(q, score, SEL), f"{by_version} p{int(q * 100)}") for q in (0.1, 0.5)]),
         row("Accuracy from feedback"),
         timeseries("Live accuracy vs baseline",
                    f"Share of feedback marked correct ({ACCURACY_WINDOW} window, recording rule"
                    f" {ACCURACY}) against the reference accuracy; no line (not NaN) for a version"
-                   " without feedback in the window.",
+                   " without feedback in the window. Regression models: see Live MAE vs reference.",
                    "percentunit",
                    [target(f"{ACCURACY}{SEL}", by_version + " live"),
                     target(f"{REFERENCE_ACCURACY_MAX}{SEL}", by_version + " baseline")],
                    no_value="No feedback in the window"),
-        timeseries("Feedback by outcome", "Ground-truth feedback per second by outcome (correct / incorrect).",
+        timeseries("Feedback by outcome", "Ground-truth feedback per second by outcome (correct / incorrect)."
+                   " Regression feedback is an absolute error, not an outcome: see Live MAE vs reference.",
                    "reqps", [target(f"sum by ({BY}, outcome) ({rate(FEEDBACK_TOTAL, SEL)})",
                                     by_version + " {{outcome}}")], stack=True),
+        timeseries("Live MAE vs reference", f"Mean absolute error from feedback ({ACCURACY_WINDOW} window,"
+                   f" recording rule {ABSOLUTE_ERROR_MEAN}) against the reference's mean absolute error;"
+                   " no line for a version without feedback in the window." + FOR_REGRESSORS, "short",
+                   [target(f"{ABSOLUTE_ERROR_MEAN}{SEL}", by_version + " live"),
+                    target(f"{REFERENCE_ABSOLUTE_ERROR_MAX}{SEL}", by_version + " reference")],
+                   no_value="No feedback in the window"),
+        timeseries("Absolute error p50 / p90", "Median and 90th percentile of the absolute error of each"
+                   f" feedback ({FEEDBACK_ABSOLUTE_ERROR_BUCKET}, 1-2-5 buckets) per version." + FOR_REGRESSORS,
+                   "short", [target(quantile(q, FEEDBACK_ABSOLUTE_ERROR_BUCKET, SEL), f"{by_version} p{int(q * 100)}")
+                             for q in (0.5, 0.9)]),
         row("LLM usage"),
         timeseries("LLM tokens", "Tokens per second by direction (input / output), from monitor.observe(tokens_in=,"
                    " tokens_out=). Empty for models that report no tokens.", "short",
@@ -453,8 +509,9 @@ def quality() -> Dict[str, Any]:
                    [target(f"sum by ({BY}) ({rate(COST_TOTAL, SEL)}) * 3600", by_version)]),
     ]
     return dashboard("mlmonitor-quality", "mlmonitor / Model quality and drift",
-                     "Feature and prediction drift (PSI), class shares, scores, accuracy from feedback,"
-                     " missing values, LLM tokens and cost.", panels)
+                     "Feature and prediction drift (PSI), class shares or the output distribution (regression),"
+                     " scores, accuracy or mean absolute error from feedback, missing and unknown features, LLM"
+                     " tokens and cost.", panels)
 
 
 def canary() -> Dict[str, Any]:
@@ -508,25 +565,46 @@ def canary() -> Dict[str, Any]:
         timeseries("Invalid input ratio, A vs B", "Share of predictions refused as invalid input per version.",
                    "percentunit", [target(error_ratio(s, INVALID, by=by), name[v]) for v, s in a_b]),
         bargauge(f"Predicted class shares, A vs B (last {drift})", "Live share of each predicted class per version"
-                 f" (recording rule, {DRIFT_WINDOW}).", "percentunit",
+                 f" (recording rule, {DRIFT_WINDOW})." + FOR_CLASSIFIERS, "percentunit",
                  [target(shares[v], name[v] + " {{class}}") for v, _ in a_b]),
         bargauge(f"Predicted class share delta (B - A, last {drift})", "Share of each class under B minus under A;"
-                 " large bars: the versions disagree on the class mix." + why, "percentunit",
+                 " large bars: the versions disagree on the class mix." + why + FOR_CLASSIFIERS, "percentunit",
                  [target(compared(f"{shares['B']} - on ({by}, class) {shares['A']}"), "{{class}}")],
                  no_value=pick),
         timeseries("Accuracy from feedback, A vs B",
                    f"Share of feedback marked correct per version ({ACCURACY_WINDOW} window)"
-                   " with each version's reference accuracy; no line for a version without feedback.",
+                   " with each version's reference accuracy; no line for a version without feedback."
+                   " Regression models: see Live MAE, A vs B.",
                    "percentunit",
                    [target(accuracy[v], name[v]) for v, _ in a_b]
                    + [target(f"{REFERENCE_ACCURACY_MAX}{s}", name[v] + " baseline")
                       for v, s in a_b], no_value="No feedback in the window"),
-        timeseries("Score median, A vs B", "Median confidence score per version.", "percentunit",
+        timeseries("Score median, A vs B", "Median confidence score per version. Empty for models that report"
+                   " no scores (regression models).", "percentunit",
                    [target(quantile(0.5, PREDICTION_SCORE_BUCKET, s, by=by), name[v]) for v, s in a_b]),
+        row("Regression outputs and errors"),
+        bargauge(f"Output distribution, A vs B (last {drift})", "Live share of numeric predictions in each output"
+                 f" bin of the reference per version (recording rule, {DRIFT_WINDOW}), with the reference's"
+                 " shares." + FOR_REGRESSORS, "percentunit",
+                 [target(f"{OUTPUT_DRIFT.share}{s}", name[v] + " bin {{bin}}") for v, s in a_b]
+                 + [target(f"{OUTPUT_DRIFT.reference_max}{VERSION_A}", "reference bin {{bin}}")]),
+        timeseries("Output drift (PSI), A vs B", "PSI of each version's output bin shares against the reference"
+                   f" ({DRIFT_WINDOW} window, recording rule {OUTPUT_DRIFT.psi}); the lines mark 0.1 and 0.2."
+                   + FOR_REGRESSORS, "none", [target(f"{OUTPUT_DRIFT.psi}{s}", name[v]) for v, s in a_b],
+                   steps=PSI_STEPS, threshold_lines=True),
+        timeseries("Live MAE, A vs B", f"Mean absolute error from feedback per version ({ACCURACY_WINDOW}"
+                   " window) with each version's reference mean absolute error; no line for a version without"
+                   " feedback." + FOR_REGRESSORS, "short",
+                   [target(f"{ABSOLUTE_ERROR_MEAN}{s}", name[v]) for v, s in a_b]
+                   + [target(f"{REFERENCE_ABSOLUTE_ERROR_MAX}{s}", name[v] + " reference") for v, s in a_b],
+                   no_value="No feedback in the window"),
+        timeseries("Feature mismatches, A vs B", MISMATCH_TEXT, "short",
+                   [t for v, s in a_b for t in mismatches(s, name[v], by=by)]),
     ]
     return dashboard("mlmonitor-canary", "mlmonitor / Version comparison (canary)",
-                     "Two model versions side by side: traffic, latency, errors, class mix and accuracy, with"
-                     " B - A deltas.", panels, canary=True)
+                     "Two model versions side by side: traffic, latency, errors, class mix and accuracy (or output"
+                     " distribution and mean absolute error for regression models), with B - A deltas.", panels,
+                     canary=True)
 
 
 DASHBOARDS: Dict[str, Callable[[], Dict[str, Any]]] = {

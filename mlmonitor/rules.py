@@ -94,6 +94,8 @@ class Thresholds:
     drift_min_count: int = 100
     accuracy_drop: float = 0.05
     accuracy_min_feedback: int = 20
+    mae_factor: float = 1.5  # live MAE above this many times the reference MAE (regression)
+    mae_min_feedback: int = 20
     canary_error_delta: float = 0.01
     canary_latency_factor: float = 1.5
     memory_bytes: float = float(4 * 2**30)
@@ -111,8 +113,8 @@ class Thresholds:
             value = getattr(self, name)
             if not 0 < value < 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.time_scale <= 0 or self.latency_p99 <= 0 or self.psi_threshold <= 0:
-            raise ValueError("time_scale, latency_p99 and psi_threshold must be positive")
+        if self.time_scale <= 0 or self.latency_p99 <= 0 or self.psi_threshold <= 0 or self.mae_factor <= 0:
+            raise ValueError("time_scale, latency_p99, psi_threshold and mae_factor must be positive")
         self.selector = self.selector.strip()
         if self.selector.startswith("{") and self.selector.endswith("}"):
             self.selector = self.selector[1:-1].strip()
@@ -399,7 +401,7 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                 " {{ $value | humanizePercentage }}).",
                 {"slo": family}))
 
-    feature, classes, acc = FEATURE_DRIFT, CLASS_DRIFT, ACCURACY_WINDOW
+    feature, classes, output, acc = FEATURE_DRIFT, CLASS_DRIFT, OUTPUT_DRIFT, ACCURACY_WINDOW
     quality = [
         _alert("MLModelFeatureDrift",
                (f"{feature.psi} > {num(t.psi_threshold)}\n"
@@ -428,6 +430,26 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                "Accuracy of " + _WHO + " dropped below its reference",
                "Accuracy from feedback of " + _WHO + " is {{ $value | humanizePercentage }} over the last"
                f" {acc}, more than {num(t.accuracy_drop * 100)} points below the reference accuracy."),
+        # regression models: drift of the numeric outputs, and live MAE against the reference's
+        _alert("MLModelOutputDrift",
+               (f"{output.psi} > {num(t.psi_threshold)}\n"
+                f"and on ({VERSION})\n"
+                f"{output.total} * {b.seconds(output.window)} >= {num(t.drift_min_count)}"),
+               "warning", "drift", b.w("15m"),
+               "Output distribution drifted for " + _WHO,
+               "The population stability index of the predicted values (regression output bins) of " + _WHO
+               + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {output.window}"
+               f" (threshold {num(t.psi_threshold)})."),
+        _alert("MLModelAbsoluteErrorHigh",
+               (f"{ABSOLUTE_ERROR_MEAN}\n"
+                f"  > on ({VERSION}) ({num(t.mae_factor)} * {REFERENCE_ABSOLUTE_ERROR_MAX})\n"
+                f"and on ({VERSION})\n"
+                f"sum by ({VERSION}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_COUNT)}[{b.w(acc)}]))"
+                f" * {b.seconds(acc)} >= {num(t.mae_min_feedback)}"),
+               "warning", "quality", b.w("15m"),
+               "Mean absolute error of " + _WHO + " rose above its reference",
+               "Mean absolute error from feedback of " + _WHO + " is {{ $value | printf \"%.4g\" }} over the"
+               f" last {acc}, more than {num(t.mae_factor)} times the reference mean absolute error."),
     ]
 
     platform = [

@@ -39,6 +39,8 @@ LINT_VALUES = {"job": JOB, "model_name": "(iris)", "model_version": "(v1|v2)", "
 ALLOWED_EMPTY = {("mlmonitor-overview", "GPU utilization"), ("mlmonitor-overview", "GPU memory used"),
                  ("mlmonitor-quality", "LLM tokens"), ("mlmonitor-quality", "LLM cost per hour")}
 DRIFTED = "petal_length_cm"
+#: the example's regressor: its feature drifted, one column renamed in 10% of its requests
+REGRESSOR, REGRESSOR_DRIFTED = "diabetes", "bmi"
 
 
 def load(path: Path) -> Dict[str, Any]:
@@ -261,6 +263,12 @@ def loadgen(url: str, *args: str) -> List[str]:
             "--concurrency", "2", "--json", *args]
 
 
+def regression_loadgen(url: str, *args: str) -> List[str]:
+    return [sys.executable, "-m", "example_app.loadgen", "--url", url, "--model", REGRESSOR,
+            "--invalid-fraction", "0.05", "--mismatch-fraction", "0.1", "--drift", f"{REGRESSOR_DRIFTED}:3",
+            "--feedback-accuracy", "0.5", "--concurrency", "2", "--json", *args]
+
+
 def run_query(promurl: str, expr: str) -> Tuple[List[Dict[str, Any]], str]:
     """(series, error text); the error is Prometheus's own message when it refused the query."""
     try:
@@ -295,13 +303,24 @@ def test_every_panel_returns_data_from_a_real_prometheus(tmp_path):
         # then steady traffic while the rules fill, an alert fires and every panel is queried
         steady = subprocess.Popen(loadgen(app.url, "--requests", "2000", "--rate", "25"), cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # and the regressor beside it: output bins, absolute errors, missing and unknown features
+        regression = subprocess.Popen(regression_loadgen(app.url, "--requests", "1200", "--rate", "15"),
+                                      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: query(prom.url, f'ALERTS{{alertstate="firing", job="{JOB}"}}'), 45,
                      what="an alert firing")
             wait_for(lambda: query(prom.url, f'model_version_feature:mlmonitor_feature_bin:psi1h'
                                              f'{{feature="{DRIFTED}"}} > 0.2'), 30, what="PSI of the drifted feature")
+            wait_for(lambda: query(prom.url, f'model_version:mlmonitor_prediction_bin:psi1h'
+                                             f'{{model_name="{REGRESSOR}"}} > 0.2'), 30, what="output drift")
+            wait_for(lambda: query(prom.url, f'model_version:mlmonitor_feedback_absolute_error:mean1h'
+                                             f'{{model_name="{REGRESSOR}"}}'), 30, what="live MAE")
             values = {**LINT_VALUES, "model_name": "iris", "__rate_interval": "15s"}
             failures, checked = prove(prom.url, values)
+            # the regressor's renamed column is counted where the mismatch panel reads it
+            for metric in ("mlmonitor_feature_unknown_total", "mlmonitor_feature_missing_total"):
+                if not query(prom.url, f'sum({metric}{{job="{JOB}", model_name="{REGRESSOR}"}}) > 0'):
+                    failures.append(f"{metric} of {REGRESSOR}: nothing counted")
             # one version chosen as both A and B: the comparisons are empty, not share 0.5 / delta 0
             same = {**values, "version_a": "v1", "version_b": "v1"}
             for p in panels(load(DASHBOARD_DIR / "mlmonitor-canary.json")):
@@ -310,38 +329,55 @@ def test_every_panel_returns_data_from_a_real_prometheus(tmp_path):
                     if error or result:
                         failures.append(f"canary / {p['title']} with A = B: {error or result}")
         finally:
-            steady.send_signal(signal.SIGTERM)
-            try:
-                steady.wait(10)
-            except subprocess.TimeoutExpired:
-                steady.kill()
-                steady.wait(5)
+            for child in (steady, regression):
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait(5)
     assert not failures, "\n".join(failures)
     assert checked == sum(len(d["templating"]["list"]) - 1 + sum(len(p["targets"]) for p in panels(d))
                           for d in map(load, FILES))
 
 
 def prove(promurl: str, values: Dict[str, str]) -> Tuple[List[str], int]:
-    """Run every variable query and every panel target; what failed, and how many queries ran."""
+    """Run every variable query and every panel target; what failed, and how many targets ran.
+
+    A target must return data with the classifier or the regressor chosen: all models at once
+    where Model is multi-value, each in turn on the canary dashboard (one model at a time), so
+    class panels are proven by iris and the regression panels by diabetes."""
     failures: List[str] = []
     checked = 0
-    expected = {"job": {JOB}, "model_name": {"iris"}, "model_version": {"v1", "v2"},
+    expected = {"job": {JOB}, "model_name": {"iris", REGRESSOR}, "model_version": {"v1", "v2"},
                 "version_a": {"v1", "v2"}, "version_b": {"v1", "v2"}}
     for dash in map(load, FILES):
+        single = not next(v for v in dash["templating"]["list"] if v["name"] == "model_name")["multi"]
+        choices = [{**values, "model_name": m} for m in ("iris", REGRESSOR)] if single else [
+            {**values, "model_name": f"(iris|{REGRESSOR})"}]
         for var in dash["templating"]["list"][1:]:
             selector, label = variable_query(var)
-            result, error = run_query(promurl, f"group by ({label}) ({substitute(selector, values)})")
+            found = set()
+            for chosen in choices:
+                result, error = run_query(promurl, f"group by ({label}) ({substitute(selector, chosen)})")
+                found |= {r["metric"].get(label) for r in result}
+                if error:
+                    failures.append(f"{dash['uid']} variable {var['name']}: {error}")
             checked += 1
-            found = {r["metric"].get(label) for r in result}
-            if error or not expected[var["name"]] <= found:
-                failures.append(f"{dash['uid']} variable {var['name']}: {error or found}")
+            if not expected[var["name"]] <= found:
+                failures.append(f"{dash['uid']} variable {var['name']}: {found}")
         for p, t in exprs(dash):
-            result, error = run_query(promurl, substitute(t["expr"], values))
             checked += 1
+            results = []
+            for chosen in choices:
+                result, error = run_query(promurl, substitute(t["expr"], chosen))
+                if error:
+                    failures.append(f"{dash['uid']} / {p['title']} / {t['refId']}: {error}")
+                results += result
             empty_ok = (dash["uid"], p["title"]) in ALLOWED_EMPTY
-            if error or (not result and not empty_ok):
-                failures.append(f"{dash['uid']} / {p['title']} / {t['refId']}: {error or 'no data'}"
-                                f"\n    {substitute(t['expr'], values)}")
+            if not results and not empty_ok:
+                failures.append(f"{dash['uid']} / {p['title']} / {t['refId']}: no data for any model"
+                                f"\n    {t['expr']}")
     return failures, checked
 
 

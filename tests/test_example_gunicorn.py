@@ -128,3 +128,33 @@ def test_every_prediction_logs_one_json_line_on_stdout(server):
     lines = predict_lines()[before:]
     assert len(lines) == 120
     assert {line["model_version"] for line in lines} <= {"v1", "v2"}
+
+
+def test_diabetes_loadgen_summary_matches_the_scraped_counters_exactly(server):
+    """The regressor behind /v1/models/diabetes:predict: predictions per version, output bins,
+    feedback as absolute errors, and renamed columns as missing + unknown features, exactly."""
+    delta = Delta(server.url)
+    summary = run_loadgen(
+        server.url, "--model", "diabetes", "--requests", "200", "--concurrency", "8",
+        "--invalid-fraction", "0.1", "--error-fraction", "0.05", "--mismatch-fraction", "0.1",
+        "--drift", "bmi:2", "--feedback-accuracy", "0.5", "--seed", "4")
+    assert summary["transport_errors"] == 0
+    assert summary["by_status"] == {"200": 170, "400": 20, "500": 10}
+    assert summary["by_kind"] == {"error": 10, "invalid": 20, "mismatch": 20, "ok": 150}
+
+    delta.take()
+    route = "/v1/models/<name>:predict"
+    assert delta("mlmonitor_http_requests_total", "status", route=route) == summary["by_status"]
+    predictions = delta("mlmonitor_predictions_total", "model_version", model_name="diabetes")
+    assert predictions == {v: s["requests"] for v, s in summary["by_version"].items()}
+    assert set(predictions) == {"v1", "v2"}
+    binned = delta("mlmonitor_prediction_bin_total", "model_version", model_name="diabetes")
+    assert binned == {v: s["predictions"] for v, s in summary["by_version"].items()}
+    feedback = delta("mlmonitor_feedback_absolute_error_count", "model_version", model_name="diabetes")
+    assert feedback == {v: c["correct"] + c["incorrect"] for v, c in summary["feedback"].items()}
+    assert summary["feedback_status"] == {"200": 170}
+    assert delta("mlmonitor_feature_unknown_total", "model_version", model_name="diabetes") and \
+        sum(delta("mlmonitor_feature_unknown_total", "model_version", model_name="diabetes").values()) == 20
+    # each renamed column is missing once under its own name
+    assert sum(delta("mlmonitor_feature_missing_total", "feature", model_name="diabetes").values()) == 20
+    assert delta("mlmonitor_predictions_total", "model_version", model_name="iris") == {}

@@ -74,3 +74,57 @@ def test_bad_options_are_refused(kw, message):
 def test_cli_refuses_a_remote_url_with_exit_code_2(capsys):
     assert loadgen.main(["--url", "http://192.0.2.1:8000", "--requests", "1"]) == 2
     assert "pass --allow-remote" in capsys.readouterr().err
+
+
+# -- the regression model (--model diabetes) ---------------------------------------------------------
+
+def test_diabetes_plan_draws_diabetes_rows_with_their_true_values():
+    rows, targets = model.regression_rows()
+    items = loadgen.plan(opts(requests=30, model="diabetes", seed=3))
+    for p in items:
+        index = rows.index(p.body["features"])
+        assert p.target == targets[index]
+
+
+def test_diabetes_drift_shifts_by_the_reference_std():
+    stats = model.feature_stats("diabetes")
+    plain = loadgen.plan(opts(requests=20, seed=1, model="diabetes"))
+    shifted = loadgen.plan(opts(requests=20, seed=1, model="diabetes", drift={"bmi": 2.0}))
+    for a, b in zip(plain, shifted):
+        assert b.body["features"]["bmi"] - a.body["features"]["bmi"] == pytest.approx(2.0 * stats["bmi"][1], abs=1e-3)
+        assert b.body["features"]["age"] == a.body["features"]["age"]
+    with pytest.raises(ValueError, match="unknown feature"):
+        loadgen.plan(opts(requests=5, model="diabetes", drift={"petal_length_cm": 1.0}))
+
+
+def test_mismatch_requests_rename_exactly_one_feature():
+    features = set(model.diabetes_dataset().features)
+    items = loadgen.plan(opts(requests=100, model="diabetes", mismatch_fraction=0.1, invalid_fraction=0.1))
+    mismatched = [p for p in items if p.kind == "mismatch"]
+    assert len(mismatched) == 10
+    for p in mismatched:
+        sent = set(p.body["features"])
+        assert len(features - sent) == 1 and sent - features == {(features - sent).pop().upper()}
+    # diabetes accepts missing and unknown features: its invalid bodies are the ones it refuses
+    for p in items:
+        if p.kind == "invalid" and isinstance(p.body, dict) and isinstance(p.body.get("features"), dict):
+            assert set(p.body["features"]) == features
+
+
+def test_mismatch_is_refused_for_iris():
+    with pytest.raises(ValueError, match="--mismatch-fraction needs --model diabetes"):
+        loadgen.plan(opts(requests=5, mismatch_fraction=0.1))
+
+
+def test_regression_feedback_labels_are_the_truth_or_far_from_it():
+    items = loadgen.plan(opts(requests=40, model="diabetes", feedback_accuracy=0.5, seed=2))
+    assert sum(p.feedback_correct for p in items) == 20
+    rng = __import__("random").Random(0)
+    for p in items:
+        label = loadgen._label(p, 100.0, rng, (), miss=231.0)
+        assert label == (p.target if p.feedback_correct else pytest.approx(p.target + 231.0, abs=1e-3))
+
+
+def test_iris_keeps_its_routes_and_diabetes_gets_the_multi_model_ones():
+    assert loadgen._paths("iris") == ("/predict", "/feedback")
+    assert loadgen._paths("diabetes") == ("/v1/models/diabetes:predict", "/v1/models/diabetes:feedback")
