@@ -218,5 +218,6 @@ def test_cli_help_lists_the_render_options():
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0
     for option in ("--error-ratio", "--latency-p99", "--availability-slo", "--latency-slo",
-                   "--psi-threshold", "--accuracy-drop", "--time-scale", "--prometheus-operator"):
+                   "--psi-threshold", "--accuracy-drop", "--mae-factor", "--mae-min-feedback", "--time-scale",
+                   "--prometheus-operator"):
         assert option in proc.stdout
