@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Awaitable, Callable, Optional, TextIO
 
 from opentelemetry import context as otel_context
@@ -29,6 +30,7 @@ __all__ = ["MonitorASGIMiddleware", "environ_of"]
 
 #: the environ key holding the ASGI scope (the framework layers read the matched route there)
 SCOPE_KEY = "asgi.scope"
+_perf = time.perf_counter
 
 
 def environ_of(scope: dict) -> dict:
@@ -122,6 +124,9 @@ class MonitorASGIMiddleware:
                             *headers, (header_name, rec.request_id.encode("latin-1"))]}
                 except Exception as exc:
                     guard.report_fault("middleware", exc, core)
+            elif kind == "http.response.body" and message.get("more_body") \
+                    and rec.first_chunk is None and message.get("body"):
+                rec.first_chunk = _perf() - rec.start  # streamed: more chunks follow
             elif _is_last(kind, message, trailers):
                 await send(message)
                 core.finish(rec)  # the last byte is handed to the server

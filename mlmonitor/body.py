@@ -7,6 +7,7 @@ so each chunk and the close run in the request's context: ``observe`` / ``stage`
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable
 
 from opentelemetry import context as otel_context
@@ -45,6 +46,7 @@ class MonitoredBody:
 
 
 _END = object()
+_perf = time.perf_counter
 
 
 class StreamedBody(MonitoredBody):
@@ -87,6 +89,8 @@ class StreamedBody(MonitoredBody):
                     otel_context.detach(otel_token)  # logs, never raises, on a foreign token
             if chunk is _END:
                 return
+            if chunk and rec.first_chunk is None:
+                rec.first_chunk = _perf() - rec.start
             yield chunk
 
     def close(self) -> None:

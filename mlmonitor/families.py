@@ -108,6 +108,9 @@ class Families:
         self.stage_duration = Histogram(
             c.STAGE_DURATION, "Time spent in a named stage of a prediction.", MODEL + (c.STAGE,),
             buckets=buckets, registry=r)
+        self.time_to_first_chunk = Histogram(
+            c.TIME_TO_FIRST_CHUNK, "Streamed predictions: request start to the first non-empty "
+            "body chunk.", MODEL, buckets=buckets, registry=r)
         self.model_info = Gauge(
             c.MODEL_INFO, "Model versions this process serves (value 1).", MODEL,
             multiprocess_mode="livemax", registry=r)

@@ -238,6 +238,8 @@ class MetricsSink:
                 self.child(self.f.prediction_errors, *labels, self.cap_error(rec.error_type)).inc()
             seconds = rec.prediction_seconds if rec.prediction_seconds is not None else rec.duration
             model[2].observe(seconds, exemplar)
+            if rec.first_chunk is not None:
+                self.child(self.f.time_to_first_chunk, *labels).observe(rec.first_chunk)
             for stage, stage_seconds in rec.stages:
                 self.child(self.f.stage_duration, *labels,
                            self.cap_stage(stage)).observe(stage_seconds)
