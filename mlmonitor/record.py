@@ -3,17 +3,19 @@
 The record lives in ``environ["mlmonitor.request"]`` and in a context variable
 while the app runs and while each chunk of its body is produced and the body
 closed (a streamed response), so helpers such as ``monitor.stage()`` find it
-without Flask.
+without Flask. The app reads it through :func:`current_record` (a read-only view),
+:func:`request_id` and :func:`trace_id`; only mlmonitor writes to it.
 """
 from __future__ import annotations
 
 import contextvars
+from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Tuple
 
 from .contract import HTTP_5XX, INVALID_INPUT, OTHER, UNMATCHED_ROUTE
 
 __all__ = ["ENVIRON_KEY", "KNOWN_METHODS", "MAX_TAGS", "OTHER", "UNMATCHED_ROUTE", "RequestRecord",
-           "current_record", "error_type_of"]
+           "RecordView", "current_record", "request_id", "trace_id", "error_type_of"]
 
 ENVIRON_KEY = "mlmonitor.request"
 
@@ -26,9 +28,32 @@ _current: contextvars.ContextVar[Optional["RequestRecord"]] = contextvars.Contex
     "mlmonitor_request", default=None)
 
 
-def current_record() -> Optional["RequestRecord"]:
-    """The record of the request being served in this context, or None outside one."""
-    return _current.get()
+def current_record() -> Optional["RecordView"]:
+    """A read-only view of the request being served in this context, or None outside one.
+
+    The view reads the live record (a tag added later shows), but cannot change it: use
+    ``tag()``, ``set_model_version()`` and ``observe()`` for that.
+    """
+    rec = _current.get()
+    if rec is None:
+        return None
+    view = rec.view
+    if view is None:
+        view = rec.view = RecordView(rec)
+    return view
+
+
+def request_id() -> Optional[str]:
+    """The id of the request being served (its ``X-Request-ID``), or None outside one."""
+    rec = _current.get()
+    return rec.request_id or None if rec is not None else None
+
+
+def trace_id() -> Optional[str]:
+    """The trace id of the request being served (32 hex digits), or None outside one or when
+    it has no trace."""
+    rec = _current.get()
+    return rec.trace_id or None if rec is not None else None
 
 
 class RequestRecord:
@@ -39,7 +64,7 @@ class RequestRecord:
         "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
         "is_prediction", "model_name", "model_version", "prediction_seconds", "stages",
         "exc", "error_type", "tags", "observations", "environ", "middleware", "finished",
-        "in_progress", "error_detail",
+        "in_progress", "error_detail", "first_chunk", "view",
     )
 
     def __init__(self, environ: dict, method: str, start: float, start_ns: int) -> None:
@@ -71,6 +96,43 @@ class RequestRecord:
         self.finished = False
         self.in_progress: Any = None
         self.error_detail: Optional[Tuple[str, str]] = None
+        #: a streamed response: seconds from the start to its first non-empty chunk
+        self.first_chunk: Optional[float] = None
+        self.view: Optional["RecordView"] = None
+
+
+class RecordView:
+    """What the app may read of its request's record; setting an attribute raises AttributeError."""
+
+    __slots__ = ("_rec",)
+
+    def __init__(self, rec: RequestRecord) -> None:
+        object.__setattr__(self, "_rec", rec)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"the request record is read-only ({name!r}); use mlmonitor.tag(), "
+                             "set_model_version() or observe()")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    request_id = property(lambda self: self._rec.request_id)
+    trace_id = property(lambda self: self._rec.trace_id)
+    span_id = property(lambda self: self._rec.span_id)
+    method = property(lambda self: self._rec.method)
+    path = property(lambda self: self._rec.path)
+    route = property(lambda self: self._rec.route)
+    status_code = property(lambda self: self._rec.status_code)
+    is_prediction = property(lambda self: self._rec.is_prediction)
+    model_name = property(lambda self: self._rec.model_name)
+    model_version = property(lambda self: self._rec.model_version)
+    #: the tags so far, as a read-only mapping
+    tags = property(lambda self: MappingProxyType(self._rec.tags))
+    #: the stages timed so far, as ``((name, seconds), ...)``
+    stages = property(lambda self: tuple(self._rec.stages))
+
+    def __repr__(self) -> str:
+        return f"<RecordView {self.method} {self.path} request_id={self.request_id!r}>"
 
 
 def error_type_of(rec: RequestRecord) -> Optional[str]:
