@@ -8,6 +8,13 @@ JSON line per request, the three together) and a hand-written prometheus_client
 floor. Spans go through a ``BatchSpanProcessor`` to an exporter that drops
 them; log lines go to ``os.devnull``. Shared by the in-process, gunicorn and
 memory benchmarks.
+
+``EXTRA_CONFIGS`` run only when named (``--configs``): stages as span events, and a real
+OTLP/HTTP export, which needs a receiver at ``OTEL_EXPORTER_OTLP_ENDPOINT``
+(``bench_gunicorn.py`` starts one, ``otlp_receiver.py``). With ``BENCH_STAGE=1`` in the
+environment the view runs its model call inside one stage named ``inference``, as a
+model server does: ``monitor.stage`` under mlmonitor (any configuration), a span of
+the same provider (``start_as_current_span``) under the peers' OpenTelemetry, nothing otherwise.
 """
 from __future__ import annotations
 
@@ -34,6 +41,14 @@ CONFIGS: Dict[str, str] = {
     "structlog": "a structlog JSON line per request (before/after_request hooks)",
     "peer_stack": "prometheus-flask-exporter + OTel Flask + structlog line",
     "prometheus_floor": "hand-written prometheus_client counter + histogram in the view",
+}
+#: run only when named: they change the stage's form or need an OTLP receiver
+EXTRA_CONFIGS: Dict[str, str] = {
+    "mlmonitor_full_events": "mlmonitor full, stage_spans='events' (drop exporter)",
+    "mlmonitor_full_otlp": "mlmonitor full, its own provider from OTEL_EXPORTER_OTLP_ENDPOINT "
+                           "(real OTLP/HTTP export, mlmonitor's encoder)",
+    "mlmonitor_full_otlp_events": "mlmonitor full, real OTLP/HTTP export, stage_spans='events'",
+    "peer_stack_otlp": "peer stack, its batch processor to the SDK's OTLPSpanExporter (OTLP/HTTP)",
 }
 
 
@@ -75,6 +90,30 @@ def tracer_provider(sampler: str = "always_on") -> Tuple[Any, DropExporter]:
     return provider, exporter
 
 
+def otlp_tracer_provider() -> Tuple[Any, Any]:
+    """The peers' provider with the SDK's OTLP/HTTP exporter (endpoint from OTEL_EXPORTER_OTLP_*)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = OTLPSpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider, exporter
+
+
+def _peer_stage(view: Callable, tracer: Any) -> Callable:
+    """The peers' stage: a child span of the same provider around the model call."""
+    import functools
+
+    @functools.wraps(view)
+    def staged(*args: Any, **kwargs: Any) -> Any:
+        with tracer.start_as_current_span("inference", attributes={"ml.stage": "inference"}):
+            return view(*args, **kwargs)
+
+    return staged
+
+
 def _devnull() -> Any:
     return open(os.devnull, "w")
 
@@ -102,8 +141,9 @@ def make_app(config: str, *, multiprocess: bool = False,
     ``multiprocess`` (gunicorn): metrics use prometheus-client's shared files
     (``PROMETHEUS_MULTIPROC_DIR``) instead of a private registry.
     """
-    if config not in CONFIGS:
-        raise SystemExit(f"unknown configuration {config!r}; choose from {', '.join(CONFIGS)}")
+    if config not in CONFIGS and config not in EXTRA_CONFIGS:
+        raise SystemExit(f"unknown configuration {config!r}; choose from "
+                         f"{', '.join(list(CONFIGS) + list(EXTRA_CONFIGS))}")
     from prometheus_client import CollectorRegistry
 
     app = _plain_app()
@@ -112,25 +152,32 @@ def make_app(config: str, *, multiprocess: bool = False,
     registry = None if multiprocess else CollectorRegistry()
     handles["registry"] = registry
     decorate: Callable[[Callable], Callable] = lambda view: view
+    staged = os.environ.get("BENCH_STAGE") == "1"
+    stage: Optional[Callable[[str], Any]] = None  # mlmonitor's stage, when the view has one
 
     if config.startswith("mlmonitor_"):
         from mlmonitor import Monitor
         options: Dict[str, Any] = dict(model_name="iris", model_version="v1",
                                        registry=registry, log_stream=stream)
         sampler = {"mlmonitor_full": "always_on", "mlmonitor_full_10pct": "ratio_0.1",
-                   "mlmonitor_unsampled": "always_off"}.get(config)
+                   "mlmonitor_unsampled": "always_off",
+                   "mlmonitor_full_events": "always_on"}.get(config)
         options["metrics"] = True
         options["logs"] = config != "mlmonitor_metrics"
-        options["traces"] = sampler is not None
-        if sampler is not None:
+        options["traces"] = sampler is not None or "_otlp" in config
+        if config.endswith("_events"):
+            options["stage_spans"] = "events"
+        if sampler is not None:  # the _otlp ones: mlmonitor builds its provider from OTEL_*
             provider, exporter = tracer_provider(sampler)
             options["tracer_provider"] = provider
             handles["provider"], handles["exporter"] = provider, exporter
         monitor = Monitor(app, **options)
         handles["monitor"] = monitor
         decorate = monitor.prediction
+        if staged:  # the same view code whatever the configuration: stage timings in the log too
+            stage = monitor.stage
 
-    if config in ("prometheus_flask_exporter", "peer_stack"):
+    if config in ("prometheus_flask_exporter", "peer_stack", "peer_stack_otlp"):
         if multiprocess:
             from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
             handles["pfe"] = GunicornInternalPrometheusMetrics(app)
@@ -138,13 +185,19 @@ def make_app(config: str, *, multiprocess: bool = False,
             from prometheus_flask_exporter import PrometheusMetrics
             handles["pfe"] = PrometheusMetrics(app, registry=registry)
 
-    if config in ("otel_flask", "peer_stack"):
+    if config in ("otel_flask", "peer_stack", "peer_stack_otlp"):
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
-        provider, exporter = tracer_provider("always_on")
+        if config == "peer_stack_otlp":
+            provider, exporter = otlp_tracer_provider()
+        else:
+            provider, exporter = tracer_provider("always_on")
         FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
         handles["provider"], handles["exporter"] = provider, exporter
+        if staged:
+            peer_tracer = provider.get_tracer("bench")
+            decorate = lambda view: _peer_stage(view, peer_tracer)
 
-    if config in ("structlog", "peer_stack"):
+    if config in ("structlog", "peer_stack", "peer_stack_otlp"):
         _add_structlog_line(app, stream)
 
     floor = None
@@ -161,6 +214,9 @@ def make_app(config: str, *, multiprocess: bool = False,
     @app.post("/predict")
     @decorate
     def predict():
+        if stage is not None:
+            with stage("inference"):
+                return _predict(request.get_json(silent=True))
         if floor is None:
             return _predict(request.get_json(silent=True))
         started = time.perf_counter()

@@ -12,11 +12,21 @@ machine hits all of them; requests/s is compared to bare within each
 repetition and the medians are reported. gunicorn's stdout (the log lines)
 goes to /dev/null.
 
+Real export (issue 19): the ``_otlp`` configurations send their spans over OTLP/HTTP
+to a live receiver in its own process on 127.0.0.1 (``otlp_receiver.py``: it reads
+and discards, answering 200): mlmonitor building its own provider from
+``OTEL_EXPORTER_OTLP_ENDPOINT``, and the peer stack with the SDK's ``OTLPSpanExporter``.
+The requests and bytes the receiver got from each run are recorded, so an export
+that silently failed cannot pass as a cheap one. The view runs its model call in one
+stage (``BENCH_STAGE=1``, see bench_apps.py; ``--no-stage`` to leave it out), so a
+traced request makes two spans, or one with ``stage_spans="events"``.
+
 Run: python benchmarks/bench_gunicorn.py [--quick] [--duration S] [--reps N] [--out PATH]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -39,8 +49,11 @@ from bench_apps import BODY, configs_from  # noqa: E402
 from report import target, verdict, write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "gunicorn.json"
-CONFIGS = ["bare", "mlmonitor_full", "peer_stack"]
+CONFIGS = ["bare", "mlmonitor_no_traces", "mlmonitor_full", "mlmonitor_full_otlp",
+           "mlmonitor_full_otlp_events", "peer_stack", "peer_stack_otlp"]
 TARGET = 0.85
+#: p99 with real export at most this many times mlmonitor's metrics + log configuration's
+P99_TARGET = 2.0
 
 LUA = """wrk.method = "POST"
 wrk.body = '%s'
@@ -57,7 +70,7 @@ def free_port() -> int:
 class Gunicorn:
     """gunicorn in its own session; stopped by PID (SIGTERM, then SIGKILL to its group)."""
 
-    def __init__(self, config: str, workdir: str) -> None:
+    def __init__(self, config: str, workdir: str, extra_env: Dict[str, str]) -> None:
         self.port = free_port()
         self.metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=workdir)
         os.chmod(self.metrics_dir, 0o700)
@@ -67,8 +80,9 @@ class Gunicorn:
         if config.startswith("mlmonitor"):
             command += ["-c", "python:mlmonitor.gunicorn"]
         command.append("bench_apps:gunicorn_app()")
-        env = {**os.environ, "BENCH_CONFIG": config, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
-               "OTEL_SDK_DISABLED": "false"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_")}
+        env.update({"BENCH_CONFIG": config, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+                    "OTEL_SDK_DISABLED": "false", **extra_env})
         self.stderr = open(os.path.join(workdir, f"gunicorn-{config}-{self.port}.log"), "w+")
         self.proc = subprocess.Popen(command, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr, start_new_session=True)
@@ -126,17 +140,81 @@ def wrk(url: str, script: str, duration: float, connections: int) -> Dict[str, A
     return parse_wrk(proc.stdout)
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_and_parent(pid: str) -> Any:
+    """(parent pid, CPU seconds of all its threads) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def cpu_seconds(parent: int) -> float:
+    """CPU time so far of the children of ``parent`` (gunicorn's workers, export threads
+    included); on a loaded machine this counts work, not waiting for a core."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            row = _cpu_and_parent(pid)
+            if row is not None and row[0] == parent:
+                total += row[1]
+    return total
+
+
+def own_cpu_seconds(pid: int) -> float:
+    row = _cpu_and_parent(str(pid))
+    return row[1] if row is not None else 0.0
+
+
+class Receiver:
+    """otlp_receiver.py in its own process; stopped by PID."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "otlp_receiver.py")],
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+        port = int(self.proc.stdout.readline())
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def stats(self) -> Dict[str, int]:
+        with urllib.request.urlopen(self.endpoint + "/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+
+
 def measure(config: str, workdir: str, script: str, duration: float, warmup: float,
-            connections: int) -> Dict[str, Any]:
-    server = Gunicorn(config, workdir)
+            connections: int, receiver: Any, stage: bool) -> Dict[str, Any]:
+    extra_env = {"BENCH_STAGE": "1" if stage else "0"}
+    if "_otlp" in config:
+        extra_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+        before = receiver.stats()
+    server = Gunicorn(config, workdir, extra_env)
     try:
         server.wait_ready()
         if warmup > 0:
             wrk(server.url, script, warmup, connections)
+        cpu_before = cpu_seconds(server.proc.pid)
+        receiver_before = own_cpu_seconds(receiver.proc.pid) if receiver is not None else 0.0
         result = wrk(server.url, script, duration, connections)
+        served = max(result["requests"], 1)
+        result["worker_cpu_us_per_request"] = (cpu_seconds(server.proc.pid) - cpu_before) / served * 1e6
+        if "_otlp" in config:
+            result["receiver_cpu_us_per_request"] = (
+                own_cpu_seconds(receiver.proc.pid) - receiver_before) / served * 1e6
     finally:
-        server.stop()
+        server.stop()  # the workers flush their spans as they exit
     result["config"] = config
+    if "_otlp" in config:
+        after = receiver.stats()
+        result["exported_requests"] = after["requests"] - before["requests"]
+        result["exported_bytes"] = after["bytes"] - before["bytes"]
     return result
 
 
@@ -149,6 +227,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help="comma-separated, from bench_apps.CONFIGS (bare is always run)")
+    parser.add_argument("--no-stage", action="store_true",
+                        help="the view without its stage (BENCH_STAGE=0)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
     configs = configs_from(args.configs)
@@ -163,15 +243,16 @@ def main(argv: List[str] | None = None) -> int:
     Path(script).write_text(LUA)
     runs: List[Dict[str, Any]] = []
     ratios: Dict[str, List[float]] = {c: [] for c in configs}
+    receiver = Receiver() if any("_otlp" in c for c in configs) else None
     try:
-        print(f"{'rep':>3} {'configuration':16} {'req/s':>8} {'x bare':>7} {'p50 ms':>7} "
-              f"{'p99 ms':>7} {'errors':>6}")
+        print(f"{'rep':>3} {'configuration':26} {'req/s':>8} {'x bare':>7} {'p50 ms':>7} "
+              f"{'p99 ms':>7} {'errors':>6} {'exported':>9} {'CPU us':>8} {'bare/CPU':>6}")
         for rep in range(args.reps):
             order = configs if rep % 2 == 0 else configs[::-1]
             rep_runs = {}
             for config in order:
                 result = measure(config, workdir, script, args.duration, args.warmup,
-                                 args.connections)
+                                 args.connections, receiver, not args.no_stage)
                 result["rep"] = rep
                 rep_runs[config] = result
                 runs.append(result)
@@ -180,10 +261,19 @@ def main(argv: List[str] | None = None) -> int:
                 ratio = result["requests_per_s"] / rep_runs["bare"]["requests_per_s"]
                 result["ratio_to_bare"] = ratio
                 ratios[config].append(ratio)
-                print(f"{rep:3d} {config:16} {result['requests_per_s']:8.0f} {ratio:7.2f} "
+                # load-robust: bare's worker CPU per request over this one's
+                result["cpu_ratio_to_bare"] = (rep_runs["bare"]["worker_cpu_us_per_request"]
+                                               / result["worker_cpu_us_per_request"])
+                exported = result.get("exported_bytes")
+                print(f"{rep:3d} {config:26} {result['requests_per_s']:8.0f} {ratio:7.2f} "
                       f"{result.get('p50_ms', 0):7.2f} {result.get('p99_ms', 0):7.2f} "
-                      f"{result['non_2xx'] + result['socket_errors']:6d}", flush=True)
+                      f"{result['non_2xx'] + result['socket_errors']:6d} "
+                      f"{'-' if exported is None else f'{exported / 1e6:.1f} MB':>9} "
+                      f"{result['worker_cpu_us_per_request']:8.0f} {result['cpu_ratio_to_bare']:6.2f}",
+                      flush=True)
     finally:
+        if receiver is not None:
+            receiver.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     summary = {}
     for config in configs:
@@ -194,20 +284,44 @@ def main(argv: List[str] | None = None) -> int:
             **{k: statistics.median(r.get(k, 0.0) for r in mine)
                for k in ("p50_ms", "p75_ms", "p90_ms", "p99_ms")},
             "errors": sum(r["non_2xx"] + r["socket_errors"] for r in mine),
+            "worker_cpu_us_per_request": statistics.median(r["worker_cpu_us_per_request"] for r in mine),
+            "cpu_ratio_to_bare": statistics.median(r["cpu_ratio_to_bare"] for r in mine),
         }
-    report = {"benchmark": "gunicorn", "quick": args.quick, "workers": 2,
+        if "_otlp" in config:
+            summary[config]["exported_bytes_per_request"] = statistics.median(
+                r["exported_bytes"] / max(r["requests"], 1) for r in mine)
+            summary[config]["receiver_cpu_us_per_request"] = statistics.median(
+                r["receiver_cpu_us_per_request"] for r in mine)
+    # p99 over mlmonitor's own metrics + log configuration, per repetition, then the median
+    if "mlmonitor_no_traces" in configs:
+        for config in configs:
+            p99s = [r.get("p99_ms", 0.0) / base.get("p99_ms", 1.0) for r in runs
+                    if r["config"] == config
+                    for base in runs if base["config"] == "mlmonitor_no_traces"
+                    and base["rep"] == r["rep"]]
+            summary[config]["p99_x_metrics_log"] = statistics.median(p99s)
+    report = {"benchmark": "gunicorn", "quick": args.quick, "workers": 2, "stage": not args.no_stage,
               "duration_s": args.duration, "warmup_s": args.warmup, "reps": args.reps,
               "connections": args.connections, "results": summary, "runs": runs, "targets": {}}
     value = summary.get("mlmonitor_full", {}).get("ratio_to_bare")
     if value is not None:
         report["targets"]["gunicorn_full_vs_bare"] = target(value, TARGET, ">=")
+    real = summary.get("mlmonitor_full_otlp", {})
+    if "ratio_to_bare" in real:
+        report["targets"]["gunicorn_real_export_vs_bare"] = target(real["ratio_to_bare"], TARGET, ">=")
+    if "p99_x_metrics_log" in real:
+        report["targets"]["gunicorn_real_export_p99_x_metrics_log"] = target(
+            real["p99_x_metrics_log"], P99_TARGET, "<=")
     print()
     for config, row in summary.items():
-        print(f"{config:16} median {row['requests_per_s']:8.0f} req/s, {row['ratio_to_bare']:.2f}x "
-              f"bare, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
-    if value is not None:
-        print(f"mlmonitor full throughput {value:.2f}x bare (target >= {TARGET}) "
-              f"{verdict(report['targets']['gunicorn_full_vs_bare'])}")
+        print(f"{config:26} median {row['requests_per_s']:8.0f} req/s, {row['ratio_to_bare']:.2f}x "
+              f"bare, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, worker CPU "
+              f"{row['worker_cpu_us_per_request']:.0f} us/request ({row['cpu_ratio_to_bare']:.2f} bare/this)"
+              + (f" ({row['p99_x_metrics_log']:.2f}x metrics+log)" if "p99_x_metrics_log" in row else "")
+              + (f", {row['exported_bytes_per_request']:.0f} B/request exported"
+                 if "exported_bytes_per_request" in row else ""))
+    for name, row in report["targets"].items():
+        print(f"{name}: {row['value']:.2f} (target {row['op']} {row['target']}) {verdict(row)}")
     write_report(report, args.out, started)
     return 0
 

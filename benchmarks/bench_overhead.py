@@ -35,7 +35,7 @@ from typing import Any, Dict, List
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_apps import CONFIGS, configs_from  # noqa: E402
+from bench_apps import CONFIGS, EXTRA_CONFIGS, configs_from  # noqa: E402
 from report import target, verdict, write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "overhead.json"
@@ -236,7 +236,7 @@ def summarize(per_round: List[Dict[str, float]], checks: Dict[str, Any]) -> Dict
         us = [r[name] for r in per_round]
         added = [r[name] - r["bare"] for r in per_round]
         ratio = [r[name] / r["bare"] for r in per_round]
-        results[name] = {"description": CONFIGS[name], "us_per_request": _median(us),
+        results[name] = {"description": CONFIGS.get(name) or EXTRA_CONFIGS[name], "us_per_request": _median(us),
                          "added_us": _median(added), "ratio_to_bare": _median(ratio),
                          "rounds_us": us, "checks": checks.get(name, {})}
 

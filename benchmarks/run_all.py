@@ -1,4 +1,5 @@
-"""Run every overhead benchmark in turn: in-process, gunicorn, scrape, memory, instructions.
+"""Run every overhead benchmark in turn: in-process, gunicorn, scrape, memory, instructions,
+stage spans against stage events.
 
 Run: python benchmarks/run_all.py [--quick] [--out-dir DIR]
 Each script prints its table and writes ``<out-dir>/<name>.json``
@@ -15,7 +16,7 @@ from typing import List
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {"overhead": "bench_overhead.py", "gunicorn": "bench_gunicorn.py",
            "scrape": "bench_scrape.py", "memory": "bench_memory.py",
-           "instructions": "bench_instructions.py"}
+           "instructions": "bench_instructions.py", "stage_events": "bench_stage_events.py"}
 
 
 def main(argv: List[str] | None = None) -> int:

@@ -14,36 +14,42 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from . import guard
-from .record import MAX_TAGS, RequestRecord, current_record
+from .record import MAX_TAGS, RequestRecord, _current
 
 __all__ = ["Stage", "stage", "tag", "set_model_version", "model_name_of", "observe", "observe_batch",
            "prediction_id", "prediction_ids", "record_feedback", "annotate_borrowed",
            "MAX_OBSERVATIONS"]
 
 _perf = time.perf_counter
+_UNSET: Any = object()
 
 
 class Stage:
-    """``with stage("inference"):`` times a block and opens a child span."""
+    """``with stage("inference"):`` times a block and opens a child span (or, with
+    ``stage_spans="events"``, adds an event to the server span when the block ends)."""
 
-    __slots__ = ("name", "rec", "span", "token", "started")
+    __slots__ = ("name", "rec", "span", "token", "started", "event")
 
     def __init__(self, name: str) -> None:
         self.name = str(name)[:64]
         self.rec: Optional[RequestRecord] = None
         self.span: Any = None
         self.token: Any = None
+        self.event = False
 
     def __enter__(self) -> "Stage":
-        rec = self.rec = current_record()
+        rec = self.rec = _current.get()
         if rec is not None:
             traces = rec.middleware.traces
             if traces is not None and rec.span is not None:
-                try:  # every stage: a try, not guarded()
-                    self.span = traces.stage_span(self.name)
-                    self.token = otel_context.attach(trace.set_span_in_context(self.span))
-                except Exception as exc:
-                    guard.report_fault("traces", exc, rec.middleware)
+                if traces.stage_events:
+                    self.event = True  # no span, no context: the event is added in __exit__
+                else:
+                    try:  # every stage: a try, not guarded()
+                        self.span = traces.stage_span(self.name)
+                        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+                    except Exception as exc:
+                        guard.report_fault("traces", exc, rec.middleware)
         self.started = _perf()
         return self
 
@@ -52,9 +58,17 @@ class Stage:
         rec = self.rec
         if rec is not None:
             rec.stages.append((self.name, seconds))
+            if self.event:
+                try:  # stamped from the span's start: one clock for the span and its events
+                    start_ns = rec.start_ns + int((self.started - rec.start) * 1e9)
+                    rec.middleware.traces.stage_event(rec.span, self.name, start_ns, seconds, exc)
+                except Exception as fault:
+                    guard.report_fault("traces", fault, rec.middleware)
         if self.span is not None:
             try:
-                if self.token is not None:
+                # not where it was attached (a generator's stage across a yield, resumed by a
+                # thread pool in a fresh copy of the context): nothing to undo there
+                if self.token is not None and trace.get_current_span() is self.span:
                     otel_context.detach(self.token)
                 if exc is not None:
                     self.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -81,7 +95,7 @@ def annotate_borrowed(rec: RequestRecord) -> None:
 
 def tag(**tags: Any) -> None:
     """Add searchable context to this request's log line and span (never a metric label)."""
-    rec = current_record()
+    rec = _current.get()
     if rec is None:
         return
     with guard.guarded("tag", rec.middleware):
@@ -91,15 +105,25 @@ def tag(**tags: Any) -> None:
     annotate_borrowed(rec)
 
 
-def set_model_version(version: Any, model_name: Optional[str] = None) -> None:
+def set_model_version(model_version: Any = _UNSET, *, model_name: Optional[str] = None,
+                      version: Any = _UNSET) -> None:
     """Say which model (and version) answers this request: canary, A/B, shadow, or a server of
     several models, e.g. ``set_model_version("v3", model_name=name)`` in a view serving
-    ``/v1/models/<name>:predict``. Call it before ``observe`` so the right reference is used."""
-    rec = current_record()
+    ``/v1/models/<name>:predict``. Call it before ``observe`` so the right reference is used.
+
+    ``model_name`` is keyword-only, as in ``@monitor.prediction``; ``version=`` is the older
+    name of ``model_version`` and still works."""
+    if version is not _UNSET:
+        if model_version is not _UNSET:
+            raise TypeError("set_model_version() got both model_version and version")
+        model_version = version
+    elif model_version is _UNSET:
+        raise TypeError("set_model_version() missing the model_version argument")
+    rec = _current.get()
     if rec is None:
         return
     with guard.guarded("model_version", rec.middleware):
-        rec.middleware.begin_prediction(rec, model_name or rec.model_name or None, version)
+        rec.middleware.begin_prediction(rec, model_name or rec.model_name or None, model_version)
 
 
 def model_name_of(model_name: Any, middleware: Any) -> Any:
@@ -182,7 +206,7 @@ def observe(features: Any = None, prediction: Any = None, score: Any = None,
     bins), ``score`` (0..1) the score histogram; ``tokens_in``/``tokens_out``/``cost`` the LLM
     counters.
     """
-    rec = current_record()
+    rec = _current.get()
     if rec is None or len(rec.observations) >= MAX_OBSERVATIONS:
         return
     if features is not None and type(features) is not dict:
@@ -208,7 +232,7 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
     columns). ``predictions`` and ``scores``: lists, 1-D arrays or Series. Each part is read
     on its own: one that cannot be read is left out, the others still count.
     """
-    rec = current_record()
+    rec = _current.get()
     if rec is None:
         return
     parts: list = []
@@ -237,10 +261,13 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
 
 
 def prediction_ids(predictions: Any) -> list:
-    """Signed ids, one per prediction, that carry model, version and class (see record_feedback)."""
-    rec = current_record()
+    """Signed ids, one per prediction, that carry model, version and class (see record_feedback).
+
+    Called inside a request that mlmonitor serves (a ``Monitor`` or a ``MonitorMiddleware``);
+    RuntimeError outside one."""
+    rec = _current.get()
     if rec is None:
-        raise RuntimeError("prediction_ids() is called inside a prediction request")
+        raise RuntimeError("prediction_ids() is called inside a request mlmonitor serves")
     feedback = rec.middleware.feedback
     return [feedback.sign(rec.model_name or rec.middleware.settings.model_name,
                           rec.model_version or rec.middleware.settings.model_version, p)
@@ -248,10 +275,11 @@ def prediction_ids(predictions: Any) -> list:
 
 
 def prediction_id(prediction: Any) -> str:
+    """The signed id of one prediction (see :func:`prediction_ids`)."""
     return prediction_ids([prediction])[0]
 
 
-def record_feedback(prediction_id: str, label: Any, middleware: Any = None) -> str:
+def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -> str:
     """Count ground truth for a signed prediction id; returns "correct" or "incorrect", or for
     a model whose reference is a regression the absolute error (a float; a label that is not
     a number raises ValueError).
@@ -261,7 +289,7 @@ def record_feedback(prediction_id: str, label: Any, middleware: Any = None) -> s
     duplicate id, after counting it in ``mlmonitor_feedback_rejected_total``.
     """
     if middleware is None:
-        rec = current_record()
+        rec = _current.get()
         if rec is None:
             raise RuntimeError("record_feedback() outside a request needs middleware=")
         middleware = rec.middleware

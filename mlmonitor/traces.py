@@ -9,7 +9,10 @@ annotates. If the app has no TracerProvider, one is built from the standard
 ``OTEL_*`` variables (:mod:`mlmonitor.trace_provider`).
 
 Attributes mlmonitor adds: ``ml.model.name``, ``ml.model.version``,
-``ml.stage`` (stage spans) and ``ml.tag.<key>`` for ``monitor.tag(key=value)``.
+``ml.stage`` (stage spans) and ``ml.tag.<key>`` for ``monitor.tag(key=value)``. With
+``stage_spans="events"`` a stage is an event on the server span instead of a child span
+(one span per request): named after the stage, at the stage's start, with ``ml.stage`` and
+``ml.stage.duration_ms``.
 """
 from __future__ import annotations
 
@@ -69,6 +72,8 @@ class TraceSink:
         self.own_provider = (tracer_provider is None and is_built(self.provider)
                              and hasattr(trace, "_TRACER_PROVIDER"))  # the API's global, None until set
         self.route_paths: Dict[str, str] = {}
+        #: stages as events on the server span (stage_event) instead of child spans (stage_span)
+        self.stage_events = settings.stage_spans == "events"
         self.static_attributes = {
             "ml.tag." + k: self.redactor.text(str(v)[:MAX_ATTRIBUTE_LENGTH])
             for k, v in settings.tags.items() if not self.redactor.is_secret_key(k)}
@@ -192,6 +197,17 @@ class TraceSink:
     def stage_span(self, name: str) -> Any:
         name = _utf8(name)
         return self.tracer.start_span(name, attributes={"ml.stage": name})
+
+    @staticmethod
+    def stage_event(span: Any, name: str, start_ns: int, seconds: float, exc: Any) -> None:
+        """A finished stage as an event on ``span``, stamped at the stage's start: the span's
+        own clock plus the stage's offset, so a trace UI puts it where the stage began."""
+        if span.is_recording():  # unsampled, or already ended (a stage after the response)
+            name = _utf8(name)
+            attributes = {"ml.stage": name, "ml.stage.duration_ms": seconds * 1000.0}
+            if exc is not None:
+                attributes["error.type"] = type(exc).__qualname__
+            span.add_event(name, attributes, start_ns)
 
 
 def _utf8(text: str) -> str:
