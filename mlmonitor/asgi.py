@@ -129,7 +129,7 @@ class MonitorASGIMiddleware:
                 rec.first_chunk = _perf() - rec.start  # streamed: more chunks follow
             elif _is_last(kind, message, trailers):
                 await send(message)
-                core.finish(rec)  # the last byte is handed to the server
+                self._finish(rec, scope)  # the last byte is handed to the server
                 return
             await send(message)
 
@@ -138,7 +138,7 @@ class MonitorASGIMiddleware:
         except BaseException as exc:
             if not rec.finished:  # before the status went out it stays 0: the server answers 500
                 rec.exc = exc
-                core.finish(rec)
+                self._finish(rec, scope)
             raise
         finally:
             if context_token is not None:
@@ -148,7 +148,7 @@ class MonitorASGIMiddleware:
                     guard.report_fault("traces", exc, core)
             _current.reset(record_token)
         if not rec.finished:  # returned without the last chunk: the client went away
-            core.finish(rec)
+            self._finish(rec, scope)
 
     def _route(self, scope: dict) -> str:
         try:
@@ -157,6 +157,16 @@ class MonitorASGIMiddleware:
             guard.report_fault("asgi", exc, self.core)
             route = None
         return route or UNMATCHED_ROUTE
+
+    def _finish(self, rec: Any, scope: dict) -> None:
+        """Hand the record to the sinks; a route the walk before routing could not name (a
+        router kind it does not know) is read from what Starlette and FastAPI leave in the
+        scope after routing."""
+        if rec.route == UNMATCHED_ROUTE and self.route_of is not None:
+            path = getattr(scope.get("route"), "path", None)
+            if type(path) is str and path.startswith("/") and len(path) <= 256:
+                rec.route = path
+        self.core.finish(rec)
 
     async def _scrape(self, environ: dict, send: Callable[[dict], Awaitable[None]]) -> None:
         """``/metrics`` off the event loop: a multiprocess merge reads files."""

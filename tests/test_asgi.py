@@ -286,3 +286,36 @@ def test_the_one_line_from_mlmonitor_recognises_a_fastapi_app():
     assert isinstance(monitor, asgi_monitor.Monitor)
     assert monitored.logs()[0]["model_name"] == "churn"
     assert monitored.value("mlmonitor_model_info", model_name="churn", model_version="c9") == 1
+
+
+def test_routes_of_included_routers_and_mounted_apps_are_templates():
+    from fastapi import APIRouter, FastAPI
+
+    from mlmonitor.fastapi import Monitor
+    with capture() as monitored:
+        app = FastAPI()
+        monitor = Monitor(app, model_name="anomaly")
+        router = APIRouter(prefix="/api/v2")
+
+        @router.post("/score/{tenant}")
+        @monitor.prediction
+        async def score(tenant: str):
+            if tenant == "boom":
+                raise RuntimeError("failed")
+            return {"tenant": tenant}
+
+        app.include_router(router)
+        sub = FastAPI()
+
+        @sub.get("/items/{item_id}")
+        def item(item_id: int):
+            return {"id": item_id}
+
+        app.mount("/sub", sub)
+        with client(app) as c:
+            assert c.post("/api/v2/score/acme").status_code == 200
+            assert c.post("/api/v2/score/boom").status_code == 500
+            assert c.get("/sub/items/7").status_code == 200
+            assert c.get("/sub/nothing").status_code == 404
+    assert [line["route"] for line in monitored.logs()] == [
+        "/api/v2/score/{tenant}", "/api/v2/score/{tenant}", "/sub/items/{item_id}", "<unmatched>"]
