@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?=
+LOWEST ?= .venv-lowest
+MLFLOW_VENV ?= .venv-mlflow
 
-.PHONY: demo demo-prometheus test test-fast venv clean
+.PHONY: demo demo-prometheus test test-fast test-lowest venv venv-mlflow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +35,31 @@ demo-prometheus: $(VENV)/.installed-demo
 	$(BIN)/python -m example_app.demo --with-prometheus $(if $(PORT),--port $(PORT))
 
 ## the whole test suite (real gunicorn, Prometheus, Alertmanager, OTLP receiver on 127.0.0.1)
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(MLFLOW_VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
+## the fast tests on the lowest versions setup.cfg allows, in a second venv (CI runs it after `test`):
+## every `name>=version` pinned to `name==version`, wheels only, so a wrong lower bound fails here
+$(LOWEST)/.installed: setup.cfg pyproject.toml tests/test_good_guest_bounds.py | $(VENV)/.installed-test
+	$(PYTHON) -m venv $(LOWEST)
+	$(BIN)/python tests/test_good_guest_bounds.py > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/pip install -q --only-binary=:all: -c $(LOWEST)/constraints.txt -e '.[test,otlp,gunicorn]'
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+## MLflow (its server, and apps that import it) in its own venv: mlflow pins gunicorn<27;
+## the tests in tests/test_mlflow_server.py run them from there and talk HTTP to them
+$(MLFLOW_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install -q -e '.[otlp,mlflow]' 'mlflow>=3.1,<4' 'gunicorn<27'
+	touch $@
+
+venv-mlflow: $(MLFLOW_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST) $(MLFLOW_VENV) build *.egg-info .pytest_cache

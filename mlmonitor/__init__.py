@@ -16,9 +16,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
-    "Monitor", "MonitorMiddleware", "ConfigError", "Settings", "current_record",
-    "stage", "tag", "set_model_version", "observe", "observe_batch", "record_feedback",
-    "configure_logging", "configure_tracing", "__version__",
+    "Monitor", "MonitorMiddleware", "ConfigError", "Settings", "current_record", "request_id",
+    "trace_id", "stage", "tag", "set_model_version", "observe", "observe_batch", "prediction_id",
+    "prediction_ids", "record_feedback", "configure_logging", "configure_tracing", "__version__",
 ]
 
 _LOCATIONS = {
@@ -27,11 +27,15 @@ _LOCATIONS = {
     "ConfigError": "mlmonitor.config",
     "Settings": "mlmonitor.config",
     "current_record": "mlmonitor.record",
+    "request_id": "mlmonitor.record",
+    "trace_id": "mlmonitor.record",
     "stage": "mlmonitor.context",
     "tag": "mlmonitor.context",
     "set_model_version": "mlmonitor.context",
     "observe": "mlmonitor.context",
     "observe_batch": "mlmonitor.context",
+    "prediction_id": "mlmonitor.context",
+    "prediction_ids": "mlmonitor.context",
     "record_feedback": "mlmonitor.context",
     "configure_logging": "mlmonitor.logs",
     "configure_tracing": "mlmonitor.trace_provider",

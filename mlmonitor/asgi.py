@@ -129,7 +129,8 @@ class MonitorASGIMiddleware:
                 rec.first_chunk = _perf() - rec.start  # streamed: more chunks follow
             elif _is_last(kind, message, trailers):
                 await send(message)
-                self._finish(rec, scope)  # the last byte is handed to the server
+                if rec.status_code < 500:  # a 5xx: the app's exception may follow (Starlette's
+                    self._finish(rec, scope)  # error middleware re-raises): finished below
                 return
             await send(message)
 
@@ -137,7 +138,7 @@ class MonitorASGIMiddleware:
             await self.app(scope, receive, monitored_send)
         except BaseException as exc:
             if not rec.finished:  # before the status went out it stays 0: the server answers 500
-                rec.exc = exc
+                rec.exc = _leaf(exc)
                 self._finish(rec, scope)
             raise
         finally:
@@ -186,6 +187,13 @@ def _is_last(kind: Any, message: dict, trailers: bool) -> bool:
         return not message.get("more_trailers", False)
     return kind in ("http.response.pathsend", "http.response.zerocopy") and not message.get(
         "more_body", False)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside task-group wrappers (Starlette streams in an anyio task group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _call_wsgi(app: Callable, environ: dict) -> tuple:

@@ -1,8 +1,8 @@
 """Monitor for FastAPI and Starlette apps: the ASGI middleware plus the router's route templates.
 
-``Monitor(app)`` adds :class:`~mlmonitor.asgi.MonitorASGIMiddleware` with ``add_middleware``
-(inside Starlette's ``ServerErrorMiddleware``, so an unhandled exception is seen with its
-stack before the 500 goes out) and labels each request with the path template of the route
+``Monitor(app)`` puts :class:`~mlmonitor.asgi.MonitorASGIMiddleware` around the app's whole
+middleware stack (outside Starlette's ``ServerErrorMiddleware``, so its 500 carries the
+request id, and the exception it re-raises is recorded with its stack) and labels each request with the path template of the route
 that matches it (``/v1/models/{name}:predict``), found the way Starlette's router finds it.
 ``@monitor.prediction`` works on ``async def`` and plain ``def`` endpoints: FastAPI runs the
 latter in a thread pool that copies the request's context, so the record follows it.
@@ -40,11 +40,13 @@ class Monitor(MonitorBase):
     """Observability for a FastAPI or Starlette model server in one line."""
 
     def init_app(self, app: Any, **options: Any) -> None:
-        """Add the middleware to ``app`` (before it starts); options override ``Monitor()``'s."""
+        """Wrap ``app`` (before it starts); options override those given to ``Monitor()``."""
         state = getattr(app, "state", None)
         if state is not None and getattr(state, "mlmonitor", None) is not None:
             raise RuntimeError("mlmonitor is already registered on this app; "
                                "call Monitor(app) or monitor.init_app(app) once per app")
+        if getattr(app, "middleware_stack", None) is not None:
+            raise RuntimeError("mlmonitor: call Monitor(app) before the app starts serving")
         merged = {**self.options, **options}
         registry = merged.pop("registry", None)
         tracer_provider = merged.pop("tracer_provider", None)
@@ -53,7 +55,13 @@ class Monitor(MonitorBase):
                                  tracer_provider=tracer_provider, log_stream=log_stream,
                                  route_from_app=True)
         self._attach(core)
-        app.add_middleware(MonitorASGIMiddleware, core=core, route_of=RouteTemplates(app))
+        route_of = RouteTemplates(app)
+        build = app.build_middleware_stack
+
+        def build_middleware_stack() -> Any:  # outermost, as OTel's FastAPI instrumentation is
+            return MonitorASGIMiddleware(build(), core=core, route_of=route_of)
+
+        app.build_middleware_stack = build_middleware_stack
         if state is not None:
             state.mlmonitor = core
 

@@ -20,13 +20,13 @@ Why each part is here:
 The internals used (MmapedDict's fields, MultiProcessValue's closure, the collector's
 accumulation) are probed first; when they differ the features that need them are off.
 prometheus-client is imported lazily: gunicorn imports this module before the
-directory is set.
+directory is set. ``fcntl`` is imported where a lock is taken: multiprocess mode is POSIX-only,
+but ``import mlmonitor`` and a single-process monitor also work where there is no ``fcntl``.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import math
@@ -131,6 +131,7 @@ def remove_created_dir() -> bool:
     path = _created[0]
     fd = _users.get(path)
     if fd is not None:
+        import fcntl  # POSIX only: see the module docstring
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -142,6 +143,7 @@ def remove_created_dir() -> bool:
 def _first_user(path: str, dir_fd: int) -> bool:
     """True unless another live master uses the directory (a USR2 upgrade, a second start):
     its workers' files are live counts and must not be cleaned away."""
+    import fcntl  # POSIX only: see the module docstring
     if path in _users:
         return True
     fd = os.open(".users", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
@@ -158,6 +160,7 @@ def _first_user(path: str, dir_fd: int) -> bool:
 @contextlib.contextmanager
 def directory_lock(path: str, exclusive: bool):
     """flock on ``<dir>/.lock``: merges take it exclusively, scrapes shared."""
+    import fcntl  # POSIX only: see the module docstring
     fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -686,6 +689,7 @@ class AdmittedValues:
         Values this process knows but the file lacks (the directory was deleted) are
         written back first, so the file heals.
         """
+        import fcntl  # POSIX only: see the module docstring
         try:
             fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         except FileNotFoundError:

@@ -90,7 +90,10 @@ def _make_exporter(name: str) -> Any:
                               "pip install 'mlmonitor[otlp]'") from None
         for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
             _check_headers(variable)
-        return FastOTLPSpanExporter()
+        try:
+            return FastOTLPSpanExporter()
+        except ValueError as exc:  # exporters before ~1.35 refuse e.g. OTEL_EXPORTER_OTLP_TIMEOUT=abc
+            raise ConfigError(f"OTLP exporter settings (OTEL_EXPORTER_OTLP_*): {exc}") from None
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
         return ConsoleSpanExporter()

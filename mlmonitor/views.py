@@ -52,7 +52,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
                 context.annotate_borrowed(rec)
 
         monitored_async_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
-        return monitored_async_view
+        return _with_signature(monitored_async_view, view)
 
     @functools.wraps(view)
     def monitored_view(*args: Any, **kwargs: Any) -> Any:
@@ -71,7 +71,33 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
             context.annotate_borrowed(rec)
 
     monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
-    return monitored_view
+    return _with_signature(monitored_view, view)
+
+
+def _with_signature(wrapper: Callable, view: Callable) -> Callable:
+    """The view's signature with its annotations evaluated where the view was written: a
+    framework that reads string annotations (``from __future__ import annotations``) in the
+    wrapper's module would not find them (FastAPI before 0.116 answered 422)."""
+    try:
+        wrapper.__signature__ = inspect.signature(view, eval_str=True)  # type: ignore[attr-defined]
+    except Exception:  # a name only known to type checkers: leave the signature as it is
+        pass
+    return wrapper
+
+
+def _from_model_uri(uri: str, model_name: Any, model_version: Any) -> Any:
+    """Name and version of ``@monitor.prediction(model_uri=...)``; its lineage registered."""
+    from .config import ConfigError
+    from .mlflow import register_lineage, resolve_model_uri
+    parts = resolve_model_uri(uri)
+    model_name = model_name or parts["name"]
+    model_version = model_version or parts["version"]
+    if not isinstance(model_name, str):
+        raise ConfigError(f"@monitor.prediction(model_uri={uri!r}): the URI names no registered "
+                          "model; give model_name= too")
+    register_lineage(model_name, "" if model_version is None or callable(model_version)
+                     else str(model_version)[:128], parts["run_id"], parts["model_id"])
+    return model_name, model_version
 
 
 class MonitorBase:
@@ -102,16 +128,21 @@ class MonitorBase:
         self._middlewares.append(middleware)
 
     def prediction(self, view: Optional[Callable] = None, *, model_name: Any = None,
-                   model_version: Any = None, reference: Any = None) -> Any:
+                   model_version: Any = None, reference: Any = None,
+                   model_uri: Optional[str] = None) -> Any:
         """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
 
         ``model_name`` and ``model_version`` may be callables evaluated per request; ``def``
         and ``async def`` views alike. The view is called as it is: its exceptions reach the
         framework's error handling untouched. A fixed model gets its series at start-up.
+        ``model_uri`` (an MLflow model URI) gives the name, version and lineage, resolved now.
         """
         if view is None:
             return functools.partial(self.prediction, model_name=model_name,
-                                     model_version=model_version, reference=reference)
+                                     model_version=model_version, reference=reference,
+                                     model_uri=model_uri)
+        if model_uri is not None:
+            model_name, model_version = _from_model_uri(model_uri, model_name, model_version)
         if reference is not None:
             if model_name is None or callable(model_name):
                 raise ValueError("@monitor.prediction(reference=...) needs a fixed model_name=; "

@@ -167,20 +167,32 @@ def test_oversized_header_is_not_logged_and_the_line_stays_capped():
 def test_a_thousand_unknown_models_and_versions_add_a_bounded_number_of_series():
     h = Monitored(max_label_values=5)
     h.post(json={"a": 1})
-    before = h.series()
     rng = random.Random(3)
-    for i in range(1000):
-        h.post(json={"version": f"v{rng.random()}", "model": f"m{i % 997}", "stage": f"s{i}",
-                     "class": f"c{rng.random()}"})
+    sent = [{"version": f"v{rng.random()}", "model": f"m{i % 997}", "stage": f"s{i}",
+             "class": f"c{rng.random()}"} for i in range(1000)]
+    for body in sent:
+        h.post(json=body)
     after = h.series()
-    grown = {name for name, _ in after - before}
-    # the cap admits 4 more names x 4 more versions plus "other"; never one series per request
-    assert len(after) - len(before) < 700, len(after) - len(before)
-    families = {}
+    # each label admits 5 values, the rest are "other": model_name iris + m0..m3, model_version v1 +
+    # the versions of requests 0..3, stage inference + s0..s3. m0..m2 come back (requests 997-999)
+    # with versions past the cap; m4..m996 are "other" with any version.
+    first = {sent[i]["model"]: sent[i]["version"] for i in range(4)}
+    pairs = {("iris", "v1"), ("other", "other"), *first.items(), *((m, "other") for m in ("m0", "m1", "m2"))}
+    assert len(pairs) == 9
     for name, labels in after:
-        families[name] = families.get(name, 0) + 1
-    assert max(families.values()) < 200, grown
-    assert h.value("mlmonitor_predictions_total", {"model_name": "other", "model_version": "other"}) > 900
+        labels = dict(labels)
+        if "model_name" in labels:
+            assert (labels["model_name"], labels["model_version"]) in pairs, (name, labels)
+    predicted = {(dict(labels)["model_name"], dict(labels)["model_version"])
+                 for name, labels in after if name == "mlmonitor_predictions_total"}
+    assert predicted == pairs
+    stages = {dict(labels)["stage"] for name, labels in after if name == "mlmonitor_stage_duration_seconds_count"}
+    assert stages == {"inference", "s0", "s1", "s2", "s3", "other"}
+    classes = {dict(labels)["class"] for name, labels in after if name == "mlmonitor_predicted_class_total"}
+    assert len(classes) == 50 + 1 and "other" in classes  # the class cap is max(limit, 50)
+    assert h.value("mlmonitor_predictions_total", {"model_name": "other", "model_version": "other"}) == 1000 - 7
+    for model, version in first.items():
+        assert h.value("mlmonitor_predictions_total", {"model_name": model, "model_version": version}) == 1
 
 
 def test_random_paths_leave_memory_steady():
@@ -239,8 +251,20 @@ def test_hostile_exception_class_name_becomes_a_safe_error_type():
     def raising():
         raise hostile("no")
 
+    long_name = type("E" * 200, (Exception,), {})
+
+    @h.app.post("/long")
+    @h.monitor.prediction
+    def raising_long():
+        raise long_name("no")
+
     assert h.post("/hostile").status_code == 500
-    list(text_string_to_metric_families(h.exposition()))
+    assert h.post("/long").status_code == 500
+    errors = {s.labels["error_type"]: s.value for f in text_string_to_metric_families(h.exposition())
+              for s in f.samples if s.name == "mlmonitor_prediction_errors_total"}
+    # the name round-trips through the exposition's escaping; a long one is cut to 64 characters
+    assert errors == {'Bad\n"}{x': 1.0, "E" * 64: 1.0}
+    assert [line["error_type"] for line in h.lines()] == ['Bad\n"}{x', "E" * 64]
 
 
 # -- 8. render_json and the log sink under fuzz --------------------------------------------------
@@ -604,10 +628,15 @@ BAD_OTEL = {
     "OTEL_TRACES_EXPORTER": "zipkin",
     "OTEL_EXPORTER_OTLP_HEADERS": "bad header value",
 }
-#: values the OpenTelemetry SDK itself replaces by its default with one warning (documented fallback)
+#: values the OpenTelemetry SDK itself replaces by its default with one warning (documented fallback),
+#: and what that warning names (the SDK's words: the variable or the value)
 FALLBACK_OTEL = {
     "OTEL_BSP_MAX_QUEUE_SIZE": "abc", "OTEL_EXPORTER_OTLP_TIMEOUT": "abc",
     "OTEL_TRACES_SAMPLER": "bogus", "OTEL_TRACES_SAMPLER_ARG": "abc",
+}
+FALLBACK_NAMED = {
+    "OTEL_BSP_MAX_QUEUE_SIZE": "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_EXPORTER_OTLP_TIMEOUT": "'abc'",
+    "OTEL_TRACES_SAMPLER": "bogus", "OTEL_TRACES_SAMPLER_ARG": "TRACES_SAMPLER_ARG",
 }
 
 
@@ -617,14 +646,13 @@ def _build_with_env(monkeypatch, variable, value):
     if variable == "OTEL_TRACES_SAMPLER_ARG":  # only ratio samplers read the argument
         monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv(variable, value)
-    provider = traces.build_tracer_provider("test")
-    provider.shutdown()
+    return traces.build_tracer_provider("test")
 
 
 @pytest.mark.parametrize("variable", sorted(BAD_OTEL))
 def test_bad_otel_variable_is_a_config_error_naming_it(variable, monkeypatch):
     with pytest.raises(ConfigError) as info:
-        _build_with_env(monkeypatch, variable, BAD_OTEL[variable])
+        _build_with_env(monkeypatch, variable, BAD_OTEL[variable]).shutdown()
     assert variable in str(info.value) and "\n" not in str(info.value)
     assert BAD_OTEL[variable] not in str(info.value) or variable != "OTEL_EXPORTER_OTLP_HEADERS"
 
@@ -632,8 +660,21 @@ def test_bad_otel_variable_is_a_config_error_naming_it(variable, monkeypatch):
 @pytest.mark.parametrize("variable", sorted(FALLBACK_OTEL))
 def test_unparsable_otel_value_falls_back_with_a_warning_not_a_request_error(variable, monkeypatch, caplog):
     caplog.set_level(logging.WARNING)
-    _build_with_env(monkeypatch, variable, FALLBACK_OTEL[variable])
-    assert any(r.levelno >= logging.WARNING for r in caplog.records), "no warning for the fallback"
+    try:
+        provider = _build_with_env(monkeypatch, variable, FALLBACK_OTEL[variable])
+    except ConfigError as exc:  # an OTLP exporter before ~1.35 refuses the value: at start, named
+        assert variable == "OTEL_EXPORTER_OTLP_TIMEOUT" and "OTEL_EXPORTER_OTLP_" in str(exc)
+        return
+    try:
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any(FALLBACK_NAMED[variable] in w for w in warnings), warnings
+        # the fallback is the default: every new trace is sampled
+        rng = random.Random(7)
+        decisions = [provider.sampler.should_sample(None, rng.getrandbits(128), "POST /predict")
+                     for _ in range(50)]
+        assert all(d.decision.is_sampled() for d in decisions)
+    finally:
+        provider.shutdown()
 
 
 def test_no_configuration_error_ever_surfaces_at_request_time(monkeypatch):
