@@ -4,13 +4,15 @@ behind a canary split.
 Endpoints: ``POST /predict`` (iris: one instance or a batch of named features), ``POST /feedback``
 (the true label for an iris prediction id), ``POST /v1/models/<name>:predict`` and
 ``POST /v1/models/<name>:feedback`` (the same for ``iris`` or ``diabetes``; any other name is a
-404), ``GET /healthz``; ``/metrics`` is served by mlmonitor.
+404), ``POST /generate`` (a streamed text generation, model ``textgen``: :mod:`example_app.textgen`),
+``GET /healthz``; ``/metrics`` is served by mlmonitor.
 
 The diabetes model imputes a missing feature with its training mean and ignores fields it does
 not know, as many services do; mlmonitor still counts both (``mlmonitor_feature_missing_total``,
 ``mlmonitor_feature_unknown_total``), so a renamed or dropped input column shows on the quality
 dashboard. Its feedback ``label`` is the true value (a number); mlmonitor records the absolute error.
-Run it with ``gunicorn -c example_app/gunicorn.conf.py example_app.app:app``.
+Run it with ``gunicorn -c example_app/gunicorn.conf.py example_app.app:app``. What the endpoints do
+is :class:`Service`, framework-neutral: ``example_app.asgi`` serves the same with FastAPI.
 
 Request headers the demo uses to make the dashboards move:
 ``X-Model-Version: v1|v2`` forces a version, ``X-Fail: 1`` raises on purpose (a 500),
@@ -24,18 +26,19 @@ with ``random()``; tests pass a seeded ``random.Random``), ``MAX_SLOW_SECONDS`` 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from flask import Flask, g, jsonify, request
 
 from mlmonitor import Monitor
 
-from example_app import model
+from example_app import model, textgen
 
 PRIMARY, CANARY = "v1", "v2"
 
@@ -140,14 +143,16 @@ def parse_body(body: Any, features: Tuple[str, ...], max_batch: int,
     return rows, True
 
 
-def _read_json() -> Any:
+def json_of(data: bytes) -> Any:
+    """A request body parsed as JSON, whatever the framework that read it; a 400 if it is not JSON."""
     try:
-        body = request.get_json(force=True, silent=True)
-    except RecursionError:  # absurdly nested arrays: not a body anyone meant to send
+        return json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
         raise InvalidRequest("request body must be valid JSON") from None
-    if body is None and request.get_data(cache=True).strip() != b"null":
-        raise InvalidRequest("request body must be valid JSON")
-    return body
+
+
+def _read_json() -> Any:
+    return json_of(request.get_data(cache=True))
 
 
 def _slow_seconds(header: Optional[str], cap: float) -> float:
@@ -183,10 +188,9 @@ class CanaryRouter:
         return CANARY if draw < self.fraction else PRIMARY
 
 
-def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
-    """Build the app; ``config`` overrides Flask config keys (see the module docstring)."""
-    app = Flask(__name__)
-    app.config.update(
+def default_config() -> Dict[str, Any]:
+    """The config keys of the module docstring with their defaults (the environment's first)."""
+    return dict(
         CANARY_FRACTION=float(os.environ.get("CANARY_FRACTION", "0.2")),
         MAX_BATCH=int(os.environ.get("MAX_BATCH", "64")),
         MAX_SLOW_SECONDS=2.0,
@@ -194,26 +198,140 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
         MONITOR_OPTIONS={},
         MAX_CONTENT_LENGTH=1 << 20,  # 64 instances of a few numbers fit many times over
     )
-    app.config.update(config or {})
-    models = model.load_models()
-    router = CanaryRouter(float(app.config["CANARY_FRACTION"]), app.config["CANARY_RNG"])
-    max_batch = int(app.config["MAX_BATCH"])
-    slow_cap = float(app.config["MAX_SLOW_SECONDS"])
-    features = models[PRIMARY].features
-    classes = models[PRIMARY].classes
-    regressors = model.load_regressors()
-    means = model.feature_means(model.REGRESSOR_NAME)
 
-    monitor = Monitor(app, model_name=model.MODEL_NAME, model_version=PRIMARY,
-                      reference=model.reference_profile(), **app.config["MONITOR_OPTIONS"])
-    # the second model's reference: its output bins and MAE make the regression panels
-    monitor.set_reference(model.REGRESSOR_NAME, model.regression_reference_profile())
+
+class Service:
+    """The models and what each endpoint does with a request, framework-neutral: the Flask app
+    below and the FastAPI app (``example_app.asgi``) pass the request's headers and a body
+    reader and answer with the dict returned. Errors are raised: InvalidRequest (400),
+    UnknownModel (404), InjectedFailure (500)."""
+
     served = (model.MODEL_NAME, model.REGRESSOR_NAME)
+
+    def __init__(self, app: Any, config: Mapping[str, Any], **monitor_options: Any) -> None:
+        self.models = model.load_models()
+        self.router = CanaryRouter(float(config["CANARY_FRACTION"]), config["CANARY_RNG"])
+        self.max_batch = int(config["MAX_BATCH"])
+        self.slow_cap = float(config["MAX_SLOW_SECONDS"])
+        self.features = self.models[PRIMARY].features
+        self.classes = self.models[PRIMARY].classes
+        self.regressors = model.load_regressors()
+        self.means = model.feature_means(model.REGRESSOR_NAME)
+        # mlmonitor.Monitor recognises a Flask or a FastAPI app: the one line for both
+        self.monitor = Monitor(app, model_name=model.MODEL_NAME, model_version=PRIMARY,
+                               reference=model.reference_profile(), **monitor_options)
+        # the second model's reference: its output bins and MAE make the regression panels
+        self.monitor.set_reference(model.REGRESSOR_NAME, model.regression_reference_profile())
+
+    def check_served(self, name: str) -> None:
+        if name not in self.served:
+            raise UnknownModel(f"no model {name[:64]!r}; served: {', '.join(self.served)}")
+
+    def predict(self, name: str, headers: Mapping[str, str], read_json: Callable[[], Any],
+                chosen: Callable[[str], None]) -> Dict[str, Any]:
+        """A served model's prediction; ``chosen(version)`` as soon as the version is known
+        (the response's X-Model-Version, a 400 or 500 included)."""
+        if name == model.MODEL_NAME:
+            return self._predict_iris(headers, read_json, chosen)
+        return self._predict_diabetes(headers, read_json, chosen)
+
+    def _predict_diabetes(self, headers: Mapping[str, str], read_json: Callable[[], Any],
+                          chosen: Callable[[str], None]) -> Dict[str, Any]:
+        monitor, regressors = self.monitor, self.regressors
+        version = self.router.choose(headers.get("X-Model-Version"), regressors)
+        chosen(version)
+        monitor.set_model_version(version, model_name=model.REGRESSOR_NAME)
+        with monitor.stage("preprocess"):
+            rows, batch = parse_body(read_json(), regressors[version].features, self.max_batch, lenient=True)
+        with monitor.stage("inference"):
+            if headers.get("X-Fail", "").strip() not in ("", "0"):
+                raise InjectedFailure("failure requested by the X-Fail header")
+            values = [float(v) for v in regressors[version].predict([{**self.means, **row} for row in rows])]
+        with monitor.stage("postprocess"):
+            monitor.observe_batch(features=rows, predictions=values)
+            ids = monitor.prediction_ids(predictions=values)
+            results = [{"prediction": value, "prediction_id": pid} for value, pid in zip(values, ids)]
+        head = {"model_name": model.REGRESSOR_NAME, "model_version": version}
+        return {**head, "predictions": results} if batch else {**head, **results[0]}
+
+    def _predict_iris(self, headers: Mapping[str, str], read_json: Callable[[], Any],
+                      chosen: Callable[[str], None]) -> Dict[str, Any]:
+        monitor, classes = self.monitor, self.classes
+        version = self.router.choose(headers.get("X-Model-Version"), self.models)
+        chosen(version)
+        monitor.set_model_version(version)
+        picked = self.models[version]
+        with monitor.stage("preprocess"):
+            rows, batch = parse_body(read_json(), self.features, self.max_batch)
+            slow = _slow_seconds(headers.get("X-Slow"), self.slow_cap)
+        with monitor.stage("inference"):
+            if headers.get("X-Fail", "").strip() not in ("", "0"):
+                raise InjectedFailure("failure requested by the X-Fail header")
+            if slow:
+                time.sleep(slow)
+            probabilities = picked.predict_proba(rows)
+        with monitor.stage("postprocess"):
+            winners = probabilities.argmax(axis=1)
+            labels = [classes[int(i)] for i in winners]
+            scores = [float(p[i]) for p, i in zip(probabilities, winners)]
+            monitor.observe_batch(features=rows, predictions=labels, scores=scores)
+            ids = monitor.prediction_ids(predictions=labels)
+            results = [
+                {"prediction": label, "prediction_id": pid,
+                 "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)}}
+                for label, pid, probs in zip(labels, ids, probabilities)
+            ]
+        head = {"model_name": model.MODEL_NAME, "model_version": version}
+        return {**head, "predictions": results} if batch else {**head, **results[0]}
+
+    def feedback(self, name: str, read_json: Callable[[], Any]) -> Dict[str, Any]:
+        """The true label (or value) for a served model's prediction id."""
+        body = json_object(read_json(), ("prediction_id", "label"), "unknown field",
+                           "expected 'prediction_id' and 'label'")
+        pid, label = body.get("prediction_id"), body.get("label")
+        if not isinstance(pid, str) or not pid:
+            got = "an empty string" if pid == "" else _type_name(pid)
+            raise InvalidRequest(f"'prediction_id' must be a non-empty string, got {got}")
+        if name == model.REGRESSOR_NAME:
+            try:
+                number = not isinstance(label, bool) and isinstance(label, (int, float)) and math.isfinite(label)
+            except OverflowError:  # an integer beyond any float
+                number = False
+            if not number:
+                raise InvalidRequest(f"'label' must be a finite number (the true value), got {_type_name(label)}")
+        elif not isinstance(label, str):
+            raise InvalidRequest(f"'label' must be a string, got {_type_name(label)}")
+        elif label not in self.classes:
+            raise InvalidRequest(f"'label' must be one of {', '.join(self.classes)}, got {label!r}")
+        try:
+            outcome = self.monitor.record_feedback(prediction_id=pid, label=label)
+        except ValueError as exc:  # mlmonitor.quality.InvalidFeedback: forged, expired, duplicate
+            raise InvalidRequest(f"'prediction_id' rejected: {exc}") from None
+        if name == model.REGRESSOR_NAME:
+            return {"status": "recorded", "absolute_error": outcome}
+        return {"status": "recorded", "outcome": outcome}
+
+    def health(self) -> Dict[str, Any]:
+        return {"status": "ok", "model_name": model.MODEL_NAME, "versions": list(self.models),
+                "models": {name: list(self.models) for name in self.served},
+                "canary_fraction": self.router.fraction}
+
+
+def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
+    """Build the app; ``config`` overrides Flask config keys (see the module docstring)."""
+    app = Flask(__name__)
+    app.config.update(default_config())
+    app.config.update(config or {})
+    service = Service(app, app.config, **app.config["MONITOR_OPTIONS"])
+    monitor, served = service.monitor, service.served
 
     def served_model() -> Optional[str]:
         """The model of a /v1/models/<name> request; None (not yet a model's request) if unknown."""
         name = (request.view_args or {}).get("name")
         return name if name in served else None
+
+    def chosen(version: str) -> None:
+        g.model_version = version
 
     @app.errorhandler(InvalidRequest)
     def invalid(exc: InvalidRequest):
@@ -233,100 +351,38 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
     @app.post("/predict")
     @monitor.prediction
     def predict():
-        return predict_iris()
+        return jsonify(service.predict(model.MODEL_NAME, request.headers, _read_json, chosen))
 
     @app.post("/v1/models/<name>:predict")
     @monitor.prediction(model_name=served_model)
     def predict_model(name: str):
-        if name not in served:
-            raise UnknownModel(f"no model {name[:64]!r}; served: {', '.join(served)}")
-        return predict_iris() if name == model.MODEL_NAME else predict_diabetes()
-
-    def predict_diabetes():
-        version = router.choose(request.headers.get("X-Model-Version"), regressors)
-        g.model_version = version
-        monitor.set_model_version(version, model_name=model.REGRESSOR_NAME)
-        with monitor.stage("preprocess"):
-            rows, batch = parse_body(_read_json(), regressors[version].features, max_batch, lenient=True)
-        with monitor.stage("inference"):
-            if request.headers.get("X-Fail", "").strip() not in ("", "0"):
-                raise InjectedFailure("failure requested by the X-Fail header")
-            values = [float(v) for v in regressors[version].predict([{**means, **row} for row in rows])]
-        with monitor.stage("postprocess"):
-            monitor.observe_batch(features=rows, predictions=values)
-            ids = monitor.prediction_ids(predictions=values)
-            results = [{"prediction": value, "prediction_id": pid} for value, pid in zip(values, ids)]
-        head = {"model_name": model.REGRESSOR_NAME, "model_version": version}
-        return jsonify({**head, "predictions": results} if batch else {**head, **results[0]})
-
-    def predict_iris():
-        version = router.choose(request.headers.get("X-Model-Version"), models)
-        g.model_version = version
-        monitor.set_model_version(version)
-        chosen = models[version]
-        with monitor.stage("preprocess"):
-            rows, batch = parse_body(_read_json(), features, max_batch)
-            slow = _slow_seconds(request.headers.get("X-Slow"), slow_cap)
-        with monitor.stage("inference"):
-            if request.headers.get("X-Fail", "").strip() not in ("", "0"):
-                raise InjectedFailure("failure requested by the X-Fail header")
-            if slow:
-                time.sleep(slow)
-            probabilities = chosen.predict_proba(rows)
-        with monitor.stage("postprocess"):
-            winners = probabilities.argmax(axis=1)
-            labels = [classes[int(i)] for i in winners]
-            scores = [float(p[i]) for p, i in zip(probabilities, winners)]
-            monitor.observe_batch(features=rows, predictions=labels, scores=scores)
-            ids = monitor.prediction_ids(predictions=labels)
-            results = [
-                {"prediction": label, "prediction_id": pid,
-                 "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)}}
-                for label, pid, probs in zip(labels, ids, probabilities)
-            ]
-        head = {"model_name": model.MODEL_NAME, "model_version": version}
-        return jsonify({**head, "predictions": results} if batch else {**head, **results[0]})
+        service.check_served(name)
+        return jsonify(service.predict(name, request.headers, _read_json, chosen))
 
     @app.post("/feedback")
     def feedback():
-        return feedback_for(model.MODEL_NAME)
+        return jsonify(service.feedback(model.MODEL_NAME, _read_json))
 
     @app.post("/v1/models/<name>:feedback")
     def feedback_model(name: str):
-        if name not in served:
-            raise UnknownModel(f"no model {name[:64]!r}; served: {', '.join(served)}")
-        return feedback_for(name)
-
-    def feedback_for(name: str):
-        body = json_object(_read_json(), ("prediction_id", "label"), "unknown field",
-                           "expected 'prediction_id' and 'label'")
-        pid, label = body.get("prediction_id"), body.get("label")
-        if not isinstance(pid, str) or not pid:
-            got = "an empty string" if pid == "" else _type_name(pid)
-            raise InvalidRequest(f"'prediction_id' must be a non-empty string, got {got}")
-        if name == model.REGRESSOR_NAME:
-            try:
-                number = not isinstance(label, bool) and isinstance(label, (int, float)) and math.isfinite(label)
-            except OverflowError:  # an integer beyond any float
-                number = False
-            if not number:
-                raise InvalidRequest(f"'label' must be a finite number (the true value), got {_type_name(label)}")
-        elif not isinstance(label, str):
-            raise InvalidRequest(f"'label' must be a string, got {_type_name(label)}")
-        elif label not in classes:
-            raise InvalidRequest(f"'label' must be one of {', '.join(classes)}, got {label!r}")
-        try:
-            outcome = monitor.record_feedback(prediction_id=pid, label=label)
-        except ValueError as exc:  # mlmonitor.quality.InvalidFeedback: forged, expired, duplicate
-            raise InvalidRequest(f"'prediction_id' rejected: {exc}") from None
-        if name == model.REGRESSOR_NAME:
-            return jsonify(status="recorded", absolute_error=outcome)
-        return jsonify(status="recorded", outcome=outcome)
+        service.check_served(name)
+        return jsonify(service.feedback(name, _read_json))
 
     @app.get("/healthz")
     def healthz():
-        return jsonify(status="ok", model_name=model.MODEL_NAME, versions=list(models),
-                       models={name: list(models) for name in served}, canary_fraction=router.fraction)
+        return jsonify(service.health())
+
+    writer = textgen.TextGen()  # trained now, at start-up, from text scikit-learn ships
+
+    @app.post("/generate")
+    @monitor.prediction(model_name=textgen.MODEL_NAME, model_version=textgen.MODEL_VERSION)
+    def generate():
+        """A streamed generation (server-sent events): see example_app.textgen."""
+        try:
+            prompt, max_tokens = textgen.parse(_read_json())
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return app.response_class(writer.stream(monitor, prompt, max_tokens), mimetype="text/event-stream")
 
     return app
 

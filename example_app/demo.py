@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 from mlmonitor.contract import DEFAULT_JOB
 from mlmonitor.quality import psi
 
-from example_app import loadgen
+from example_app import loadgen, model, textgen
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -157,8 +158,12 @@ def histogram_quantile(q: float, buckets: Dict[float, float]) -> float:
 def key_numbers(metrics_url: str) -> Dict[str, Any]:
     """The numbers the demo prints: predictions and errors per version, statuses, p95, feedback."""
     samples = scrape(metrics_url)
-    predictions = total_by(samples, "mlmonitor_predictions_total", "model_version")
-    errors = total_by(samples, "mlmonitor_prediction_errors_total", "model_version", "error_type")
+    iris = model.MODEL_NAME  # the burst's model (the streamed generations are textgen's, read apart)
+    predictions = total_by(samples, "mlmonitor_predictions_total", "model_version", model_name=iris)
+    errors = total_by(samples, "mlmonitor_prediction_errors_total", "model_version", "error_type", model_name=iris)
+    llm = {"model_name": textgen.MODEL_NAME}
+    tokens = total_by(samples, "mlmonitor_tokens_total", "direction", **llm)
+    first = total_by(samples, "mlmonitor_time_to_first_chunk_seconds_bucket", "le", **llm)
     statuses = total_by(samples, "mlmonitor_http_requests_total", "status", route="/predict")
     feedback = total_by(samples, "mlmonitor_feedback_total", "model_version", "outcome")
     buckets = total_by(samples, "mlmonitor_http_request_duration_seconds_bucket", "le", route="/predict")
@@ -180,6 +185,9 @@ def key_numbers(metrics_url: str) -> Dict[str, Any]:
         "feedback": {f"{k[0]}/{k[1]}": int(v) for k, v in sorted(feedback.items())},
         "p95_latency_s": p95,
         "psi": drift,
+        "generations": int(sum(total_by(samples, "mlmonitor_predictions_total", **llm).values())),
+        "tokens": {k[0]: int(v) for k, v in sorted(tokens.items())},
+        "ttfc_p95_s": histogram_quantile(0.95, {float(k[0]): v for k, v in first.items()}),
     }
 
 
@@ -284,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--background-rate", type=float, default=2.0,
                         help="requests/s sent while serving after the burst (0 = none)")
     parser.add_argument("--follow-logs", action="store_true", help="echo every server log line")
+    parser.add_argument("--asgi", action="store_true",
+                        help="serve the FastAPI example (example_app.asgi) on uvicorn workers instead")
     return parser
 
 
@@ -293,6 +303,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         missing = [b for b in ("prometheus", "prometheus-alertmanager") if shutil.which(b) is None]
         if missing:
             print(f"demo: {', '.join(missing)} not on PATH; install with: {APT_HINT}", file=sys.stderr)
+            return 2
+    if args.asgi:  # not in the example extra: the FastAPI example is optional
+        missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+        if missing:
+            print(f"demo: --asgi needs {', '.join(missing)}; pip install fastapi uvicorn", file=sys.stderr)
             return 2
     port = args.port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="mlmonitor-demo-"))
@@ -304,10 +319,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     children: List[Child] = []
     stop = threading.Event()
     try:
-        app = Child("gunicorn", [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
-                                 "example_app.app:app"], env=env, echo=args.follow_logs)
+        served = ["-k", "uvicorn.workers.UvicornWorker", "example_app.asgi:app"] if args.asgi else ["example_app.app:app"]
+        app = Child("gunicorn", [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), *served],
+                    env=env, echo=args.follow_logs)
         children.append(app)
-        print(f"Starting the example app under gunicorn ({args.workers} workers) on {base} ...", flush=True)
+        print(f"Starting the {'FastAPI' if args.asgi else 'Flask'} example app under gunicorn"
+              f" ({args.workers} workers) on {base} ...", flush=True)
         if not wait_http(base + "/healthz", 60, app.proc):
             print("demo: the app did not become ready; its output:", file=sys.stderr)
             print("\n".join(list(app.lines)[-40:]), file=sys.stderr)
@@ -328,6 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  feedback outcomes:         {json.dumps(numbers['feedback'])}")
         print(f"  p95 /predict latency:      {numbers['p95_latency_s'] * 1000:.1f} ms (from the histogram)")
         print(f"  feature drift (PSI, run):  {json.dumps(numbers['psi'])}  (> 0.2 = drifted)")
+        print(f"  streamed generations:      {numbers['generations']} ({textgen.MODEL_NAME}), tokens"
+              f" {json.dumps(numbers['tokens'])}, time to first chunk p95 {numbers['ttfc_p95_s'] * 1000:.1f} ms")
         line = example_log_line(app.lines)
         print("Example JSON log line (stdout of the app):")
         print(f"  {line}" if line else "  (no JSON log line seen)")
@@ -343,6 +362,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  curl -s -XPOST {base}/v1/models/diabetes:predict -H 'Content-Type: application/json' -d "
               "'{\"features\": {\"age\": 50, \"sex\": 1, \"bmi\": 26.5, \"bp\": 94, \"s1\": 189, "
               "\"s2\": 115, \"s3\": 50, \"s4\": 4, \"s5\": 4.6, \"s6\": 91}}'")
+        print(f"  curl -N -XPOST {base}/generate -H 'Content-Type: application/json' -d "
+              "'{\"prompt\": \"Tell me about the iris flowers\", \"max_tokens\": 16}'")
         print(f"  curl -s {base}/metrics | grep mlmonitor_predictions_total")
         print("Serving; press Ctrl-C to stop.", flush=True)
         while all(c.proc.poll() is None for c in children):

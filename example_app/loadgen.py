@@ -12,6 +12,12 @@ Bounded (at most ``MAX_REQUESTS`` requests, a timeout on each) and loopback only
 (``--feedback-accuracy P``: exactly ``round(P * n)`` labels are the true value, the others are off
 by ``FEEDBACK_MISS`` target standard deviations, which raises the live MAE) and
 ``--mismatch-fraction``: requests with one feature renamed (one missing, one unknown feature).
+
+``--generate-fraction F`` (default ``GENERATE_FRACTION``) adds ``round(F * n)`` streamed generations
+(``POST /generate``, the ``textgen`` model) spread among the n predict requests, none with
+``--version`` (that forces the predict model's version). They are counted apart, under
+``generation`` in the summary (requests, statuses, and the tokens of each stream's usage event),
+so every other field still counts the predict requests alone.
 """
 from __future__ import annotations
 
@@ -38,6 +44,12 @@ SLOW_SECONDS = 0.25
 MODELS = (model.MODEL_NAME, model.REGRESSOR_NAME)
 #: how far (in target standard deviations) a wrong regression feedback label is from the truth
 FEEDBACK_MISS = 3.0
+#: streamed generations per predict request, by default: few, so every LLM and streaming panel has data
+GENERATE_FRACTION = 0.05
+#: the prompts of the generations, taken in turn, and their max_tokens
+PROMPTS = ("Tell me about the iris flowers", "What does the diabetes dataset measure",
+           "Describe the wine recognition data", "The breast cancer features are")
+MAX_TOKENS = (8, 16, 24, 32)
 
 #: bodies that the app must refuse with a 400, one per kind of mistake
 def _invalid_bodies(good: Dict[str, float], lenient: bool = False) -> List[Any]:
@@ -77,6 +89,7 @@ class Options:
     timeout: float = 10.0
     allow_remote: bool = False
     model: str = model.MODEL_NAME
+    generate_fraction: float = GENERATE_FRACTION
 
 
 @dataclass
@@ -103,6 +116,8 @@ class Summary:
         self.feedback: Dict[str, Dict[str, int]] = {}
         self.feedback_status: Dict[str, int] = {}
         self.transport_errors = 0
+        self.generation: Dict[str, Any] = {"requests": 0, "by_status": {}, "tokens_in": 0, "tokens_out": 0,
+                                           "transport_errors": 0}
 
     def response(self, kind: str, status: int, version: str, predicted: int) -> None:
         with self._lock:
@@ -126,6 +141,18 @@ class Summary:
         with self._lock:
             self.transport_errors += 1
 
+    def generated(self, status: Optional[int], usage: Dict[str, Any]) -> None:
+        """One generation: its status (None: a transport error) and its stream's usage event."""
+        with self._lock:
+            entry = self.generation
+            entry["requests"] += 1
+            if status is None:
+                entry["transport_errors"] += 1
+                return
+            entry["by_status"][str(status)] = entry["by_status"].get(str(status), 0) + 1
+            entry["tokens_in"] += int(usage.get("tokens_in", 0))
+            entry["tokens_out"] += int(usage.get("tokens_out", 0))
+
     def as_dict(self, elapsed: float) -> Dict[str, Any]:
         return {
             "requests": sum(self.by_status.values()) + self.transport_errors,
@@ -136,6 +163,7 @@ class Summary:
             "feedback": dict(sorted(self.feedback.items())),
             "feedback_status": dict(sorted(self.feedback_status.items())),
             "transport_errors": self.transport_errors,
+            "generation": {**self.generation, "by_status": dict(sorted(self.generation["by_status"].items()))},
             "elapsed_s": round(elapsed, 3),
         }
 
@@ -156,7 +184,7 @@ def check_url(url: str, allow_remote: bool) -> str:
 
 
 def _fractions_ok(opts: Options) -> None:
-    for name in ("invalid_fraction", "error_fraction", "slow_fraction", "mismatch_fraction"):
+    for name in ("invalid_fraction", "error_fraction", "slow_fraction", "mismatch_fraction", "generate_fraction"):
         value = getattr(opts, name)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
@@ -227,14 +255,16 @@ def plan(opts: Options) -> List[Planned]:
     return planned
 
 
-def _post(url: str, body: Any, headers: Dict[str, str], timeout: float) -> Tuple[int, Dict[str, str], Any]:
+def _post(url: str, body: Any, headers: Dict[str, str], timeout: float) -> Tuple[int, Any, Any]:
+    """(status, response headers, JSON body or None); the headers are looked up case-insensitively
+    (HTTP/1.1 servers such as uvicorn send them in lower case)."""
     data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, resp_headers, raw = resp.status, dict(resp.headers), resp.read()
+            status, resp_headers, raw = resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as err:
-        status, resp_headers, raw = err.code, dict(err.headers), err.read()
+        status, resp_headers, raw = err.code, err.headers, err.read()
     try:
         payload = json.loads(raw)
     except ValueError:
@@ -284,6 +314,33 @@ def _send(opts: Options, base: str, item: Planned, summary: Summary, classes: Se
         summary.feedback_sent(fb_status, version, item.feedback_correct)
 
 
+def generations(opts: Options) -> int:
+    """How many streamed generations go with the predict requests (none with a forced version)."""
+    return 0 if opts.version else round(opts.generate_fraction * opts.requests)
+
+
+def _generate(opts: Options, base: str, j: int, summary: Summary) -> None:
+    """One streamed generation, read to its end; its last server-sent event is the usage."""
+    body = {"prompt": PROMPTS[j % len(PROMPTS)], "max_tokens": MAX_TOKENS[j % len(MAX_TOKENS)]}
+    req = urllib.request.Request(base + "/generate", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        try:
+            with urllib.request.urlopen(req, timeout=opts.timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+    except (OSError, urllib.error.URLError):
+        summary.generated(None, {})
+        return
+    events = [block[len(b"data: "):] for block in raw.split(b"\n\n") if block.startswith(b"data: ")]
+    try:
+        usage = json.loads(events[-1]) if status == 200 and events else {}
+    except ValueError:
+        usage = {}
+    summary.generated(status, usage if isinstance(usage, dict) else {})
+
+
 def run(opts: Options) -> Dict[str, Any]:
     """Send the planned traffic and return the summary dict (what ``--json`` prints)."""
     base = check_url(opts.url, opts.allow_remote)
@@ -292,8 +349,19 @@ def run(opts: Options) -> Dict[str, Any]:
     targets = model.regression_rows()[1] if opts.model == model.REGRESSOR_NAME else [0.0]
     miss = FEEDBACK_MISS * statistics.pstdev(targets)
     summary = Summary()
+    # generations spread evenly among the predict requests: ("generate", j) or ("predict", i)
+    n, g = len(items), generations(opts)
+    spots = {(j + 1) * (n + g) // (g + 1) for j in range(g)}
+    schedule, i, j = [], 0, 0
+    for position in range(n + g):
+        if position in spots:
+            schedule.append(("generate", j))
+            j += 1
+        else:
+            schedule.append(("predict", i))
+            i += 1
     start = time.monotonic()
-    counter = iter(range(len(items)))
+    counter = iter(range(len(schedule)))
     lock = threading.Lock()
 
     def worker() -> None:
@@ -306,7 +374,11 @@ def run(opts: Options) -> Dict[str, Any]:
                 delay = start + index / opts.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            _send(opts, base, items[index], summary, classes, miss)
+            kind, k = schedule[index]
+            if kind == "generate":
+                _generate(opts, base, k, summary)
+            else:
+                _send(opts, base, items[k], summary, classes, miss)
 
     with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
         for future in [pool.submit(worker) for _ in range(opts.concurrency)]:
@@ -343,7 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feedback-accuracy", type=float, default=None, metavar="P",
                         help="send ground truth for every prediction; exactly round(P*n) are correct"
                              " (diabetes: the true value, the others off by 3 target std)")
-    parser.add_argument("--version", choices=list(model.VERSIONS), help="force one model version")
+    parser.add_argument("--version", choices=list(model.VERSIONS),
+                        help="force one model version (no generations then)")
+    parser.add_argument("--generate-fraction", type=float, default=GENERATE_FRACTION, metavar="F",
+                        help="also send round(F*n) streamed generations (POST /generate), counted apart"
+                             " under 'generation'")
     parser.add_argument("--seed", type=int, default=0, help="fixes the whole plan")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
@@ -358,6 +434,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         slow_fraction=args.slow_fraction, slow_seconds=args.slow_seconds, drift=dict(args.drift),
         mismatch_fraction=args.mismatch_fraction, model=args.model,
         feedback_accuracy=args.feedback_accuracy, version=args.version, seed=args.seed,
+        generate_fraction=args.generate_fraction,
         timeout=args.timeout, allow_remote=args.allow_remote)
 
 
@@ -373,7 +450,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:>16}: {json.dumps(value, sort_keys=True)}")
-    return 1 if summary["transport_errors"] else 0
+    return 1 if summary["transport_errors"] or summary["generation"]["transport_errors"] else 0
 
 
 if __name__ == "__main__":

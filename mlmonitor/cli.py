@@ -89,6 +89,8 @@ _THRESHOLD_HELP = {
     "availability_slo": "availability SLO target (share of predictions without server error)",
     "latency_slo": "latency SLO target (share of predictions faster than --latency-slo-threshold)",
     "latency_slo_threshold": "latency SLO bound in seconds; a bucket bound (default: the value of --latency-p99)",
+    "ttfc_p95": "time-to-first-chunk p95 of streamed predictions in seconds that fires"
+                " MLModelTimeToFirstChunkHigh; a bucket bound (see --buckets)",
     "psi_threshold": "population stability index above which a feature or the classes drifted",
     "drift_min_count": "live values needed in the drift window before PSI is judged (small samples are noisy)",
     "accuracy_drop": "accuracy drop below the reference (0.05 = 5 points) that fires MLModelAccuracyDrop",

@@ -87,6 +87,19 @@ class Settings:
     exemplars: bool = True
     #: stages as child spans of the server span, or as events on it (one span per request)
     stage_spans: str = "children"
+    #: an MLflow model URI (``models:/name/version``, ``models:/name@alias``, ``runs:/id/model``):
+    #: model name, version and lineage from it, resolved once at start-up (mlmonitor.mlflow)
+    model_uri: Optional[str] = None
+    #: lineage of the default model: a label of mlmonitor_model_info, a span attribute, a log field
+    model_run_id: Optional[str] = None
+    model_id: Optional[str] = None
+    #: spans shaped for MLflow (trace name, tags, span type); on by itself when the OTLP headers
+    #: carry x-mlflow-experiment-id
+    mlflow: bool = False
+    #: request/response previews on the server span (redacted, capped); never by default
+    capture_io: bool = False
+    #: MLflow backend: a request with an incoming traceparent starts a new root linked to it
+    mlflow_new_root: bool = False
 
     def __post_init__(self) -> None:
         """Check every value now: one that passed here must never fail inside a request."""
@@ -138,6 +151,16 @@ class Settings:
             0 < len(k) <= 64 and k not in LOG_FIELDS and len(v) <= 1024 for k, v in tags.items()),
             "tags", "at most 64; keys of 1..64 characters that are not log line fields "
             "(status, level, ...); values of at most 1024 characters")
+        for name in ("model_run_id", "model_id"):
+            value = getattr(self, name)
+            _check(value, value is None or _LINEAGE_OK(value), name,
+                   "must be 1..64 characters of letters, digits, '-', '_' or '.'")
+        if self.model_uri is not None:
+            from .mlflow import apply_model_uri
+            apply_model_uri(self)  # ConfigError when it does not parse or cannot be resolved
+        if self.model_run_id or self.model_id:
+            from .mlflow import register_lineage
+            register_lineage(self.model_name, self.model_version, self.model_run_id, self.model_id)
         redact = self.redact
         _check(redact, len(redact) <= 100 and all(0 < len(n) <= 64 for n in redact), "redact",
                "at most 100 names of 1..64 characters")
@@ -156,8 +179,9 @@ _SECRETS = frozenset({"metrics_token", "metrics_basic_auth", "feedback_secret"})
 #: fields of mlmonitor's log line: a static tag of the same name would overwrite them
 LOG_FIELDS = ("timestamp", "level", "event", "method", "route", "status", "duration_ms",
               "request_id", "trace_id", "span_id", "model_name", "model_version", "stages_ms",
-              "tags", "error_type", "error", "stack", "truncated")
+              "tags", "error_type", "error", "stack", "truncated", "model_run_id", "model_id")
 _PATH_OK = re.compile(r"/[!-~]{0,1023}").fullmatch  # PATH_INFO is latin-1 of raw bytes: ASCII only
+_LINEAGE_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
 _TOKEN_OK = re.compile(r"[!-~]{1,4096}").fullmatch
 _HEADER_OK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}").fullmatch  # RFC 9110 token
 

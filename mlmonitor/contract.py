@@ -38,7 +38,8 @@ __all__ = [
     "FEEDBACK_ABSOLUTE_ERROR_COUNT", "REFERENCE_ABSOLUTE_ERROR", "FEATURE_UNKNOWN",
     "FEATURE_UNKNOWN_TOTAL", "ABSOLUTE_ERROR_BUCKETS", "REGRESSION", "CLASSIFICATION",
     # labels and label values
-    "JOB", "MODEL_NAME", "MODEL_VERSION", "MODEL_LABELS", "VERSION_LABELS", "METHOD", "ROUTE",
+    "JOB", "MODEL_NAME", "MODEL_VERSION", "MODEL_LABELS", "VERSION_LABELS", "RUN_ID", "MODEL_ID",
+    "MODEL_INFO_LABELS", "METHOD", "ROUTE",
     "STATUS", "HTTP_LABELS", "IN_PROGRESS_LABELS", "ERROR_TYPE", "STAGE", "CLASS", "FEATURE", "BIN",
     "OUTCOME", "DIRECTION", "COMPONENT", "SIGNAL", "WORKER", "GPU", "REASON", "INVALID_INPUT",
     "HTTP_5XX", "CORRECT", "INCORRECT",
@@ -154,6 +155,11 @@ JOB = "job"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 MODEL_LABELS: Tuple[str, ...] = (MODEL_NAME, MODEL_VERSION)
+#: lineage (MLflow run and logged model), on mlmonitor_model_info only: join on model_name,
+#: model_version to see it beside any other family; one value per served version
+RUN_ID = "run_id"
+MODEL_ID = "model_id"
+MODEL_INFO_LABELS: Tuple[str, ...] = MODEL_LABELS + (RUN_ID, MODEL_ID)
 #: what every per-version aggregation keeps, so an alert names the version that fails
 VERSION_LABELS: Tuple[str, ...] = (JOB, MODEL_NAME, MODEL_VERSION)
 METHOD = "method"

@@ -34,7 +34,8 @@ from .contract import (
     INTERNAL_ERRORS_TOTAL, INVALID_INPUT, JOB, MODEL_INFO, MODEL_NAME, MODEL_VERSION, PREDICTED_CLASS_TOTAL,
     PREDICTION_DURATION_BUCKET, PREDICTION_ERRORS_TOTAL, PREDICTION_SCORE_BUCKET, PREDICTIONS_TOTAL,
     PROCESS_CPU_TOTAL, PROCESS_MEMORY, REFERENCE_ACCURACY_MAX, STAGE_DURATION_BUCKET,
-    STAGE_DURATION_COUNT, STAGE_DURATION_SUM, TELEMETRY_DROPPED_TOTAL, TOKENS_TOTAL, VERSION_LABELS)
+    STAGE_DURATION_COUNT, STAGE_DURATION_SUM, TELEMETRY_DROPPED_TOTAL, TIME_TO_FIRST_CHUNK_BUCKET, TOKENS_TOTAL,
+    VERSION_LABELS)
 from .contract import (ABSOLUTE_ERROR_MEAN, FEATURE_UNKNOWN_TOTAL, FEEDBACK_ABSOLUTE_ERROR_BUCKET,
                        OUTPUT_DRIFT, PREDICTION_BIN_TOTAL, REFERENCE_ABSOLUTE_ERROR_MAX)
 
@@ -383,8 +384,10 @@ def overview() -> Dict[str, Any]:
                    [target(f"max by (job, instance, worker) ({PROCESS_MEMORY}{JOB_SEL})",
                            "{{instance}} worker {{worker}}")], w=8),
         table("Model versions served", "Which model versions each scrape target serves now"
-              f" ({MODEL_INFO} = 1).", "none",
-              f"max by (job, instance, model_name, model_version) ({MODEL_INFO}{SEL})", w=8),
+              f" ({MODEL_INFO} = 1), with their lineage: the MLflow run id and model id (empty when"
+              " unknown; set by model_uri=).", "none",
+              f"max by (job, instance, model_name, model_version, run_id, model_id) ({MODEL_INFO}{SEL})",
+              w=8),
         table("Firing alerts", "Alerts firing in Prometheus now for the selected jobs, from the ALERTS series"
               " (the rules in alerts/).", "none", f'ALERTS{{alertstate="firing", {JOB_MATCH}}}', w=16,
               rename_value="Firing"),
@@ -499,19 +502,26 @@ def quality() -> Dict[str, Any]:
                    f" feedback ({FEEDBACK_ABSOLUTE_ERROR_BUCKET}, 1-2-5 buckets) per version." + FOR_REGRESSORS,
                    "short", [target(quantile(q, FEEDBACK_ABSOLUTE_ERROR_BUCKET, SEL), f"{by_version} p{int(q * 100)}")
                              for q in (0.5, 0.9)]),
-        row("LLM usage"),
-        timeseries("LLM tokens", "Tokens per second by direction (input / output), from monitor.observe(tokens_in=,"
-                   " tokens_out=). Empty for models that report no tokens.", "short",
+        row("LLM usage and streaming"),
+        timeseries("Time to first chunk p50 / p95", "Streamed predictions (GenAI answers sent chunk by chunk):"
+                   " time from the request's start to its first non-empty body chunk, per version, from"
+                   f" {TIME_TO_FIRST_CHUNK_BUCKET} summed by le; the full duration is the prediction latency."
+                   " Empty for models that do not stream.", "s",
+                   [target(quantile(q, TIME_TO_FIRST_CHUNK_BUCKET, SEL), f"{by_version} p{int(q * 100)}")
+                    for q in (0.5, 0.95)], w=8),
+        timeseries("LLM tokens / s", "Tokens per second per version by direction (input / output), from"
+                   " monitor.observe(tokens_in=, tokens_out=), inside a stream too. Empty for models that report"
+                   " no tokens.", "short",
                    [target(f"sum by ({BY}, direction) ({rate(TOKENS_TOTAL, SEL)})",
-                           by_version + " {{direction}}")]),
+                           by_version + " {{direction}}")], w=8),
         timeseries("LLM cost per hour", "Cost per hour in the currency the app reports (monitor.observe(cost=))."
                    " Empty for models that report no cost.", "short",
-                   [target(f"sum by ({BY}) ({rate(COST_TOTAL, SEL)}) * 3600", by_version)]),
+                   [target(f"sum by ({BY}) ({rate(COST_TOTAL, SEL)}) * 3600", by_version)], w=8),
     ]
     return dashboard("mlmonitor-quality", "mlmonitor / Model quality and drift",
                      "Feature and prediction drift (PSI), class shares or the output distribution (regression),"
                      " scores, accuracy or mean absolute error from feedback, missing and unknown features, LLM"
-                     " tokens and cost.", panels)
+                     " tokens and cost, time to first chunk of streamed answers.", panels)
 
 
 def canary() -> Dict[str, Any]:

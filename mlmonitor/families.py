@@ -112,7 +112,8 @@ class Families:
             c.TIME_TO_FIRST_CHUNK, "Streamed predictions: request start to the first non-empty "
             "body chunk.", MODEL, buckets=buckets, registry=r)
         self.model_info = Gauge(
-            c.MODEL_INFO, "Model versions this process serves (value 1).", MODEL,
+            c.MODEL_INFO, "Model versions this process serves (value 1), with their lineage "
+            "(MLflow run id and model id, empty when unknown).", c.MODEL_INFO_LABELS,
             multiprocess_mode="livemax", registry=r)
         self.prediction_score = Histogram(
             c.PREDICTION_SCORE, "Confidence score of each prediction.", MODEL,

@@ -81,6 +81,8 @@ class Monitor(MonitorBase):
             log_stream=log_stream, route_from_app=True,
             borrow_span=lambda: _borrows(app, middleware))
         self._attach(middleware)
+        if middleware.traces is not None and middleware.traces.mlflow:  # named from the start
+            middleware.traces.route_at_start = lambda environ: _route_at_start(app, environ)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         # first of the app's hooks (an auth hook may answer before the others run), and the
         # after-request hook last (it sees the response the app really sends)
@@ -131,6 +133,23 @@ def _borrows(app: Flask, middleware: MonitorMiddleware) -> bool:
     return not traces.own_provider or trace._TRACER_PROVIDER is not None  # type: ignore[union-attr]
 
 
+def _route_at_start(app: Flask, environ: dict) -> Any:
+    """The URL rule before Flask routes (spans for MLflow only: it reads the name at start)."""
+    rule, _ = app.url_map.bind_to_environ(environ).match(return_rule=True)
+    return rule.rule
+
+
+def _capture_io(rec: Any, response: Any) -> None:
+    """``capture_io=True``: the JSON request (when small) and the JSON the view returned."""
+    from .traces import IO_KEY
+    req = _current_request()
+    inputs = req.get_json(silent=True) if req.is_json and (req.content_length or 0) <= 65536 \
+        else None
+    outputs = response.get_json(silent=True) if response.is_json and response.is_sequence \
+        else None
+    rec.environ[IO_KEY] = (inputs, outputs)
+
+
 def _current_request() -> Any:
     """The request without the LocalProxy indirection (~1 us), where Flask allows it."""
     ctx = _cv_request.get(None) if _cv_request is not None else None
@@ -179,6 +198,8 @@ def _after_request_last(response: Any) -> Any:
             response.make_sequence()  # an HTTPException's page (abort, 404, 500): a few bytes
         if response.is_sequence:
             rec.environ[MATERIALISED] = True
+        if rec.middleware.settings.capture_io and rec.is_prediction:
+            _capture_io(rec, response)
     except Exception as exc:
         guard.report_fault("flask", exc, rec.middleware)
     return response

@@ -20,6 +20,7 @@ import weakref
 from typing import Callable, Optional, TextIO
 
 from .config import Settings
+from .mlflow import lineage
 from .guard import report_fault
 from .record import RequestRecord
 from .redact import REDACTED, describe_exception, redact_mapping, redact_text, redactor
@@ -154,6 +155,9 @@ class LogSink:
         if rec.is_prediction:
             text = '%s,"model_name":%s,"model_version":%s' % (
                 text, _json_string(rec.model_name), _json_string(rec.model_version))
+            run_id, model_id = lineage(rec.model_name, rec.model_version)
+            if run_id or model_id:  # ids checked at start-up: [A-Za-z0-9_.-], no escaping
+                text = '%s,"model_run_id":"%s","model_id":"%s"' % (text, run_id, model_id)
             if rec.stages:
                 stages = dict(rec.stages)  # a repeated stage keeps its last time, as in line()
                 text = '%s,"stages_ms":{%s}' % (text, ",".join(
@@ -181,6 +185,9 @@ class LogSink:
         if rec.is_prediction:
             line["model_name"] = rec.model_name
             line["model_version"] = rec.model_version
+            run_id, model_id = lineage(rec.model_name, rec.model_version)
+            if run_id or model_id:
+                line["model_run_id"], line["model_id"] = run_id, model_id
             if rec.stages:
                 line["stages_ms"] = {name: round(s * 1000.0, 3) for name, s in rec.stages}
         if self.static_tags:

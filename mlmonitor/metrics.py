@@ -21,6 +21,7 @@ from . import guard
 from .config import Settings
 from .contract import (CLASS, CORRECT, ERROR_TYPE, HTTP_5XX, INCORRECT, INVALID_INPUT, MODEL_NAME,
                        MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
+from .mlflow import lineage
 from .families import Families, LabelCap, clean_label, families_for, gpu_collector
 from .multiprocess import (AdmittedValues, CheckedCollector, directory_lock, multiprocess_dir,
                            restore_deleted_files)
@@ -105,7 +106,7 @@ class MetricsSink:
     def mark_model(self, name: str, version: str) -> Tuple[str, str]:
         labels = self.model_labels(name, version)
         if labels not in self._seen_models:
-            self.child(self.f.model_info, *labels).set(1)
+            self.child(self.f.model_info, *labels, *lineage(name, version)).set(1)
             self._seen_models.add(labels)  # after the write: a full disk retries next time
             self.child(self.f.predictions, *labels)  # exported at 0 before the first request
             self.export_reference(labels, name)

@@ -49,7 +49,8 @@ from .contract import (
     PREDICTION_DURATION_BUCKET, PREDICTION_DURATION_COUNT, PREDICTION_ERRORS_RATE,
     PREDICTION_ERRORS_TOTAL, PREDICTIONS_RATE, PREDICTIONS_TOTAL, PROCESS_MEMORY, PSI_FLOOR,
     RATE_WINDOW, REFERENCE_ACCURACY, REFERENCE_ACCURACY_MAX, SIGNAL, SLO_WINDOWS,
-    TELEMETRY_DROPPED_TOTAL, VERSION_LABELS, Distribution, error_ratio, latency_quantile, slow_ratio)
+    TELEMETRY_DROPPED_TOTAL, TIME_TO_FIRST_CHUNK_BUCKET, VERSION_LABELS, Distribution, error_ratio,
+    latency_quantile, slow_ratio)
 from .contract import (ABSOLUTE_ERROR_MEAN, FEEDBACK_ABSOLUTE_ERROR_COUNT, FEEDBACK_ABSOLUTE_ERROR_SUM,
                        OUTPUT_DRIFT, REFERENCE_ABSOLUTE_ERROR, REFERENCE_ABSOLUTE_ERROR_MAX)
 
@@ -90,6 +91,7 @@ class Thresholds:
     availability_slo: float = 0.999
     latency_slo: float = 0.99
     latency_slo_threshold: float = 0.0  # 0: same as latency_p99; must be a histogram bucket bound
+    ttfc_p95: float = 1.0  # streamed predictions: time to first chunk p95 (seconds), a bucket bound
     psi_threshold: float = 0.2
     drift_min_count: int = 100
     accuracy_drop: float = 0.05
@@ -113,8 +115,9 @@ class Thresholds:
             value = getattr(self, name)
             if not 0 < value < 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.time_scale <= 0 or self.latency_p99 <= 0 or self.psi_threshold <= 0 or self.mae_factor <= 0:
-            raise ValueError("time_scale, latency_p99, psi_threshold and mae_factor must be positive")
+        if (self.time_scale <= 0 or self.latency_p99 <= 0 or self.psi_threshold <= 0 or self.mae_factor <= 0
+                or self.ttfc_p95 <= 0):
+            raise ValueError("time_scale, latency_p99, ttfc_p95, psi_threshold and mae_factor must be positive")
         self.selector = self.selector.strip()
         if self.selector.startswith("{") and self.selector.endswith("}"):
             self.selector = self.selector[1:-1].strip()
@@ -123,7 +126,7 @@ class Thresholds:
         if not re.match(r"https?://\S+$", self.runbook_base_url):
             raise ValueError(f"--runbook-base-url {self.runbook_base_url!r}: not an http(s) URL")
         self.buckets = tuple(sorted({float(b) for b in self.buckets}))
-        for name in ("latency_p99", "latency_slo_threshold"):
+        for name in ("latency_p99", "latency_slo_threshold", "ttfc_p95"):
             setattr(self, name, bucket_bound(name, getattr(self, name), self.buckets))
 
 
@@ -342,6 +345,15 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                "p99 prediction latency of " + _WHO
                + f" is {{{{ $value | humanizeDuration }}}} over the last {rate}"
                + f" (threshold {num(t.latency_p99)}s)."),
+        # streamed predictions (GenAI): the wait before the first chunk, which a user watches
+        _alert("MLModelTimeToFirstChunkHigh",
+               (f"histogram_quantile(0.95, sum by ({VERSION}, le) "
+                f"(rate({b.m(TIME_TO_FIRST_CHUNK_BUCKET)}[{b.w(rate)}])))\n> {num(t.ttfc_p95)}"),
+               "warning", "latency", b.w("5m"),
+               f"Time to first chunk p95 above {num(t.ttfc_p95)}s for {_WHO}",
+               "p95 time from request start to the first streamed chunk of " + _WHO
+               + f" is {{{{ $value | humanizeDuration }}}} over the last {rate}"
+               + f" (threshold {num(t.ttfc_p95)}s)."),
         _alert("MLModelPredictionsStopped",
                (f"{PREDICTIONS_RATE} == 0\n"
                 f"and on ({VERSION})\n"

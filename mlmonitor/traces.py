@@ -12,7 +12,18 @@ Attributes mlmonitor adds: ``ml.model.name``, ``ml.model.version``,
 ``ml.stage`` (stage spans) and ``ml.tag.<key>`` for ``monitor.tag(key=value)``. With
 ``stage_spans="events"`` a stage is an event on the server span instead of a child span
 (one span per request): named after the stage, at the stage's start, with ``ml.stage`` and
-``ml.stage.duration_ms``.
+``ml.stage.duration_ms``. A prediction that observed tokens also carries the OpenTelemetry GenAI
+attributes ``gen_ai.request.model`` and ``gen_ai.usage.input_tokens``/``output_tokens``.
+
+For MLflow (``mlflow=True``, or OTLP headers naming ``x-mlflow-experiment-id``) the server
+span also carries what MLflow reads: the trace name ``{method} {route}`` as its span name
+from the start and as ``mlflow.traceTag.mlflow.traceName``, the model's name, version, run
+id and model id as trace tags (``mlflow.traceTag.ml.model.*``), ``mlflow.spanType`` and,
+only with ``capture_io=True``, redacted and capped request/response previews
+(``mlflow.spanInputs`` / ``mlflow.spanOutputs``). MLflow json-decodes these string
+attributes, so their values are sent JSON-encoded (a version ``"1.10"`` stays ``1.10``).
+With ``mlflow_new_root=True`` a request with an incoming ``traceparent`` starts a new
+trace linked to the caller's span: MLflow keeps a trace without its root ``IN_PROGRESS``.
 """
 from __future__ import annotations
 
@@ -21,9 +32,11 @@ from typing import Any, Callable, Dict, Optional
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from .config import Settings
+from .mlflow import headers_name_mlflow, json_text, lineage
+from .metrics import _finite_in
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord
 from .redact import REDACTED, _safe_text, describe_exception, redactor
 # start-up code, kept importable here (gunicorn hooks and users call traces.shutdown())
@@ -65,6 +78,9 @@ class TraceSink:
         self.redactor = redactor(self.redact)
         self.version = __version__
         self.tracer_provider = tracer_provider
+        if settings.mlflow and tracer_provider is None:  # connected mode, set up before any span
+            from .mlflow import enable
+            enable(required=False)
         self.provider = provider_for(settings, tracer_provider)  # validates OTEL_* at start-up
         self.tracer = self.provider.get_tracer("mlmonitor", __version__)
         self.generation = _fork_generation[0]
@@ -81,6 +97,13 @@ class TraceSink:
         self.on_dropped = on_dropped
         if on_dropped is not None and is_built(self.provider):
             add_drop_counter(self)
+        #: spans shaped for MLflow (see the module's docstring)
+        self.mlflow = settings.mlflow or headers_name_mlflow()
+        self.new_root = self.mlflow and settings.mlflow_new_root
+        self.capture_io = settings.capture_io
+        #: ``environ -> route or None``: a framework layer's route before the app routes
+        #: (MLflow reads the trace name when the span starts)
+        self.route_at_start: Optional[Callable[[dict], Optional[str]]] = None
 
     def start(self, rec: RequestRecord) -> Any:
         """Open the server span and make it current; returns the context token."""
@@ -92,11 +115,70 @@ class TraceSink:
             self.use_global_provider()
         environ = rec.environ
         parent = extract(environ, getter=_GETTER) if "HTTP_TRACEPARENT" in environ else None
-        span = self.tracer.start_span(rec.method, context=parent, kind=SpanKind.SERVER,
-                                      start_time=rec.start_ns)
+        if self.mlflow:
+            span = self.start_for_mlflow(rec, parent)
+        else:
+            span = self.tracer.start_span(rec.method, context=parent, kind=SpanKind.SERVER,
+                                          start_time=rec.start_ns)
         rec.own_span = True
         self.adopt(rec, span)
         return otel_context.attach(trace.set_span_in_context(span))
+
+    def start_for_mlflow(self, rec: RequestRecord, parent: Any) -> Any:
+        """The server span named ``{method} {route}`` from its start, typed for MLflow; with
+        ``mlflow_new_root`` a caller's trace is linked to, not continued."""
+        route = rec.route
+        if route is None and self.route_at_start is not None:
+            try:
+                route = self.route_at_start(rec.environ)
+            except Exception:
+                route = None
+        name = rec.method if not route or route == UNMATCHED_ROUTE else f"{rec.method} {route}"
+        attributes = {"mlflow.spanType": '"CHAIN"',
+                      "mlflow.traceTag.mlflow.traceName": json_text(_utf8(name))}
+        links = None
+        if parent is not None and self.new_root:
+            remote = trace.get_current_span(parent).get_span_context()
+            links = [Link(remote)] if remote.is_valid else None
+            parent = otel_context.Context()  # an empty context: a root span
+        return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
+                                      attributes=attributes, links=links, start_time=rec.start_ns)
+
+    def mlflow_attributes(self, rec: RequestRecord) -> Dict[str, Any]:
+        """What MLflow shows of the finished request: name, model tags, previews."""
+        attributes: Dict[str, Any] = {}
+        if rec.route is not None and rec.route != UNMATCHED_ROUTE:
+            attributes["mlflow.traceTag.mlflow.traceName"] = json_text(
+                _utf8(f"{rec.method} {rec.route}"))
+        if rec.is_prediction:
+            attributes["mlflow.traceTag.ml.model.name"] = json_text(_utf8(rec.model_name))
+            attributes["mlflow.traceTag.ml.model.version"] = json_text(_utf8(rec.model_version))
+            run_id, model_id = lineage(rec.model_name, rec.model_version)
+            if run_id:
+                attributes["mlflow.traceTag.ml.model.run_id"] = json_text(run_id)
+            if model_id:
+                attributes["mlflow.traceTag.ml.model.id"] = json_text(model_id)
+        if self.capture_io:
+            previews = rec.environ.get(IO_KEY) if rec.environ is not None else None
+            if previews:
+                inputs, outputs = previews
+                if inputs is not None:
+                    attributes["mlflow.spanInputs"] = self.preview(inputs)
+                if outputs is not None:
+                    attributes["mlflow.spanOutputs"] = self.preview(outputs)
+        return attributes
+
+    def preview(self, value: Any) -> str:
+        """``value`` as JSON, secret fields redacted as in logs, capped: a cut one becomes a
+        JSON string of its head, so MLflow still parses it."""
+        import json
+        try:
+            text = json.dumps(self.redactor.value(value), ensure_ascii=False, default=str)
+        except Exception:
+            text = json.dumps(_safe_text(value))
+        if len(text) > PREVIEW_CHARS:
+            text = json.dumps(text[:PREVIEW_CHARS - 64] + "...", ensure_ascii=False)
+        return _utf8(text)
 
     def use_global_provider(self) -> None:
         """The app set a global provider after Monitor(app): use it, as if set before."""
@@ -145,6 +227,13 @@ class TraceSink:
         if rec.is_prediction:
             attributes["ml.model.name"] = _utf8(rec.model_name)
             attributes["ml.model.version"] = _utf8(rec.model_version)
+            run_id, model_id = lineage(rec.model_name, rec.model_version)
+            if run_id:
+                attributes["ml.model.run_id"] = run_id
+            if model_id:
+                attributes["ml.model.id"] = model_id
+            if rec.observations:
+                attributes.update(_genai_usage(rec))
         for key, value in list(rec.tags.items())[:MAX_TAGS]:
             if self.redactor.is_secret_key(key):
                 value = REDACTED
@@ -177,6 +266,8 @@ class TraceSink:
             if rec.route is not None and rec.route != UNMATCHED_ROUTE:
                 attributes["http.route"] = rec.route
                 span.update_name(f"{rec.method} {rec.route}")
+            if self.mlflow or self.capture_io:
+                attributes.update(self.mlflow_attributes(rec))
             if code >= 500:
                 attributes["error.type"] = rec.error_type or str(code)
                 exc = rec.exc
@@ -208,6 +299,29 @@ class TraceSink:
             if exc is not None:
                 attributes["error.type"] = type(exc).__qualname__
             span.add_event(name, attributes, start_ns)
+
+
+def _genai_usage(rec: RequestRecord) -> Dict[str, Any]:
+    """OpenTelemetry GenAI attributes of a request that observed tokens: the sums over its
+    ``observe(tokens_in=, tokens_out=)`` calls (values the token counter ignores are ignored
+    here too), so a trace UI shows usage beside the metrics."""
+    totals = [0, 0]
+    seen = False
+    for observation in rec.observations:
+        for i, value in enumerate(observation[3:5]):
+            if _finite_in(value, 0.0, 1e9):
+                totals[i] += int(float(value))
+                seen = True
+    if not seen:
+        return {}
+    return {"gen_ai.request.model": _utf8(rec.model_name),
+            "gen_ai.usage.input_tokens": totals[0], "gen_ai.usage.output_tokens": totals[1]}
+
+
+#: the environ key where a framework layer leaves ``(inputs, outputs)`` with ``capture_io``
+IO_KEY = "mlmonitor.io"
+#: a preview's cap, under the provider's attribute length limit
+PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
 
 
 def _utf8(text: str) -> str:

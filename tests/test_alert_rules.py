@@ -221,3 +221,13 @@ def test_cli_help_lists_the_render_options():
                    "--psi-threshold", "--accuracy-drop", "--mae-factor", "--mae-min-feedback", "--time-scale",
                    "--prometheus-operator"):
         assert option in proc.stdout
+
+
+def test_ttfc_threshold_reaches_its_alert_and_must_be_a_bucket_bound(tmp_path):
+    assert cli.main(["alerts", "render", "--out-dir", str(tmp_path), "--ttfc-p95", "2.5"]) == 0
+    (expr,) = [r["expr"] for g in load(tmp_path / alerting.ALERTS_FILE)["groups"] for r in g["rules"]
+               if r["alert"] == "MLModelTimeToFirstChunkHigh"]
+    assert expr.startswith("histogram_quantile(0.95, ") and "mlmonitor_time_to_first_chunk_seconds_bucket" in expr
+    assert expr.endswith("> 2.5")
+    with pytest.raises(ValueError, match="nearest bounds: 1 and 2.5"):
+        alerting.Thresholds(ttfc_p95=2.0)

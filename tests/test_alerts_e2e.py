@@ -4,7 +4,9 @@ A real Prometheus (1 s scrape and evaluation) loads the rules rendered with ``--
 (5m windows become 5 s, ``for: 5m`` becomes 5 s, the 1h drift window 60 s) and this test's job as
 ``--selector``; a real Alertmanager runs the ``alertmanager.yml`` rendered with them (group_wait 1 s,
 group_interval 5 s) with only its webhook URLs pointed at a receiver in this test. The example
-app's loadgen sends the traffic.
+app's loadgen sends the traffic. The FastAPI example (uvicorn workers under gunicorn) runs beside
+the Flask one as a second job of the same Prometheus, and the page for server errors is proven
+for it too: the same rules, unchanged.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from mlmonitor.rules import ALERTMANAGER_FILE, Thresholds, render_files
 pytestmark = pytest.mark.slow
 
 JOB = "mlmonitor-e2e"
+ASGI_JOB = "mlmonitor-e2e-asgi"
 TIME_SCALE = 60
 DRIFTED = "petal_length_cm"
 ALERT_TIMEOUT = 120.0
@@ -69,17 +72,25 @@ def stack(tmp_path_factory) -> Iterator[SimpleNamespace]:
     require_binary("prometheus")
     require_binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("alerts-e2e")
-    rules = render_files(Thresholds(time_scale=TIME_SCALE, selector=f'{{job="{JOB}"}}'), str(tmp / "rules"))
+    rules = render_files(Thresholds(time_scale=TIME_SCALE, selector=f'{{job=~"{JOB}|{ASGI_JOB}"}}'),
+                         str(tmp / "rules"))
     rule_files = [r for r in rules if r.endswith(".rules.yml")]
     (tmp / "prom-multiproc").mkdir()
+    (tmp / "asgi-multiproc").mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom-multiproc"), "MLMONITOR_TRACES": "false",
            "MLMONITOR_FEEDBACK_SECRET": "alerts-e2e-secret-0123456789abcdef", "CANARY_FRACTION": "0.5"}
+    asgi_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp / "asgi-multiproc")}
     with WebhookReceiver() as hook, GunicornProcess(workers=2, env=env) as app, \
+            GunicornProcess("example_app.asgi:app", workers=2, env=asgi_env,
+                            args=("-k", "uvicorn.workers.UvicornWorker")) as asgi_app, \
             Alertmanager(tmp, routing_to(tmp / "rules" / ALERTMANAGER_FILE, hook.url)) as am, \
-            Prometheus(tmp, {JOB: [f"127.0.0.1:{app.port}"]}, rule_files, am.url) as prom:
+            Prometheus(tmp, {JOB: [f"127.0.0.1:{app.port}"], ASGI_JOB: [f"127.0.0.1:{asgi_app.port}"]},
+                       rule_files, am.url) as prom:
         # Prometheus scrapes its first targets ~6 s after start: wait on a query, not on readiness
-        wait_for(lambda: query(prom.url, f'up{{job="{JOB}"}} == 1'), 60, what="first scrape")
-        yield SimpleNamespace(app=app, prom=prom, am=am, hook=hook)
+        for job in (JOB, ASGI_JOB):
+            wait_for(lambda: query(prom.url, f'up{{job="{job}"}} == 1'), 60, what=f"first scrape of {job}")
+        yield SimpleNamespace(app=app, prom=prom, am=am, hook=hook,
+                              examples={"flask": (app, JOB), "asgi": (asgi_app, ASGI_JOB)})
 
 
 def received(stack: SimpleNamespace, alertname: str, **labels: str):
@@ -93,22 +104,24 @@ def received(stack: SimpleNamespace, alertname: str, **labels: str):
             f" webhook got: {stack.hook.alerts()}; alertmanager log: {stack.am.log[-1500:]}") from None
 
 
-def test_injected_server_errors_page_with_the_failing_version(stack):
-    with Traffic(stack.app.url, version="v1"), Traffic(stack.app.url, version="v2", error_fraction=0.5):
-        alerts = received(stack, "MLModelServerErrorRatioHigh")
+@pytest.mark.parametrize("example", ["flask", "asgi"])
+def test_injected_server_errors_page_with_the_failing_version(stack, example):
+    app, job = stack.examples[example]
+    with Traffic(app.url, version="v1"), Traffic(app.url, version="v2", error_fraction=0.5):
+        alerts = received(stack, "MLModelServerErrorRatioHigh", job=job)
     for alert in alerts:  # v1 served without errors all along: only v2 may be named
         assert alert["labels"]["model_version"] == "v2"
         assert alert["labels"]["model_name"] == model.MODEL_NAME
-        assert alert["labels"]["job"] == JOB
+        assert alert["labels"]["job"] == job
         assert alert["labels"]["severity"] == "critical"
         assert alert["receiver"] == "critical"
-        assert f"{model.MODEL_NAME} v2 (job {JOB})" in alert["annotations"]["description"]
+        assert f"{model.MODEL_NAME} v2 (job {job})" in alert["annotations"]["description"]
         assert alert["annotations"]["runbook_url"].endswith("#mlmodelservererrorratiohigh")
 
 
 def test_injected_feature_drift_reaches_the_warning_receiver(stack):
     with Traffic(stack.app.url, version="v1", drift={DRIFTED: 3.0}):
-        alerts = received(stack, "MLModelFeatureDrift", model_version="v1")
+        alerts = received(stack, "MLModelFeatureDrift", model_version="v1", job=JOB)
         psi = query(stack.prom.url, f'model_version_feature:mlmonitor_feature_bin:psi1h{{job="{JOB}", '
                                     f'model_version="v1"}}')
     assert {a["labels"]["feature"] for a in alerts} == {DRIFTED}

@@ -101,7 +101,7 @@ def test_prediction_counted_per_model_version():
     assert h.value("mlmonitor_http_requests_total",
                    {"method": "POST", "route": "/predict", "status": "200"}) == 3
     assert h.value("mlmonitor_stage_duration_seconds_count", {**IRIS_V1, "stage": "inference"}) == 3
-    assert h.value("mlmonitor_model_info", IRIS_V1) == 1
+    assert h.value("mlmonitor_model_info", {**IRIS_V1, "run_id": "", "model_id": ""}) == 1
 
 
 def test_route_label_is_the_url_rule_template():
@@ -122,7 +122,8 @@ def test_version_set_per_request():
     h = make()
     h.request("POST", "/canary")
     assert h.value("mlmonitor_predictions_total", {"model_name": "iris", "model_version": "v2"}) == 1
-    assert h.value("mlmonitor_model_info", {"model_name": "iris", "model_version": "v2"}) == 1
+    assert h.value("mlmonitor_model_info", {"model_name": "iris", "model_version": "v2",
+                                            "run_id": "", "model_id": ""}) == 1
 
 
 def test_view_exception_gives_the_apps_500_counted_logged_and_traced_once():

@@ -213,13 +213,15 @@ def test_a_view_of_the_default_model_declares_it_at_start_up():
         return "ok"
 
     assert registry.get_sample_value("mlmonitor_model_info",
-                                     {"model_name": "model", "model_version": "unknown"}) == 1
+                                     {"model_name": "model", "model_version": "unknown",
+                                      "run_id": "", "model_id": ""}) == 1
     assert registry.get_sample_value("mlmonitor_predictions_total",
                                      {"model_name": "wine", "model_version": "v3"}) == 0
 
     _, registry, _ = wrapped(prediction_paths=["/v1/models/<name>:predict"])
     assert registry.get_sample_value("mlmonitor_model_info",
-                                     {"model_name": "reg", "model_version": "v1"}) == 1
+                                     {"model_name": "reg", "model_version": "v1",
+                                      "run_id": "", "model_id": ""}) == 1
 
 
 def test_model_names_beyond_the_cap_become_other():
