@@ -15,6 +15,8 @@ import pytest
 
 from conftest import require_binary
 
+pytestmark = pytest.mark.slow  # each runs a benchmark script: `make test` keeps them, test-fast not
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -64,21 +66,24 @@ def test_scrape_quick_keeps_every_count(tmp_path):
     assert merged["db_files"] < alone["db_files"]
 
 
-@pytest.mark.slow
-def test_gunicorn_quick_alternates_three_configurations(tmp_path):
+def test_gunicorn_quick_alternates_the_configurations_and_really_exports(tmp_path):
     if shutil.which("wrk") is None:
         message = "wrk is not installed (Debian: apt-get install wrk)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
     report = run_quick("bench_gunicorn.py", tmp_path / "gunicorn.json", timeout=180)
-    assert set(report["results"]) == {"bare", "mlmonitor_full", "peer_stack"}
+    configs = ["bare", "mlmonitor_no_traces", "mlmonitor_full", "mlmonitor_full_otlp",
+               "mlmonitor_full_otlp_events", "peer_stack", "peer_stack_otlp"]
+    assert set(report["results"]) == set(configs)
     assert report["reps"] >= 2
-    assert [r["config"] for r in report["runs"]][:3] == ["bare", "mlmonitor_full", "peer_stack"]
+    assert [r["config"] for r in report["runs"]][:len(configs)] == configs
     assert all(r["requests"] > 0 and r["non_2xx"] == 0 for r in report["runs"])
+    # the real-export runs reached the live receiver (issue 19)
+    assert all(r["exported_requests"] > 0 and r["exported_bytes"] > 0
+               for r in report["runs"] if "_otlp" in r["config"])
 
 
-@pytest.mark.slow
 def test_instructions_quick_counts_bare_and_metrics(tmp_path):
     require_binary("valgrind")
     report = run_quick("bench_instructions.py", tmp_path / "instructions.json", timeout=600)
@@ -87,3 +92,24 @@ def test_instructions_quick_counts_bare_and_metrics(tmp_path):
     # mlmonitor adds work to the same app: a count that says otherwise is a broken run
     assert results["mlmonitor_metrics"]["added"] > 0
     assert results["bare"]["instructions_per_request"] > 10_000
+
+
+def test_asgi_quick_runs_every_configuration_in_process_and_under_uvicorn(tmp_path):
+    require_binary("wrk")
+    report = run_quick("bench_asgi.py", tmp_path / "asgi.json", timeout=240)
+    configs = {"bare", "mlmonitor_metrics", "mlmonitor_full", "instrumentator", "peer_stack",
+               "asgi_floor"}
+    results = report["in_process"]["results"]
+    assert set(results) == configs
+    assert set(report["targets"]) == {"full_vs_peer_stack_added",
+                                      "metrics_vs_instrumentator_added"}
+    served = report["in_process"]["rounds"] * report["in_process"]["requests_per_round"] \
+        + report["in_process"]["warmup"]
+    assert all(results[c]["checks"]["requests_counted"] == served
+               for c in configs - {"bare"})
+    assert results["mlmonitor_full"]["checks"]["spans_exported"] >= served
+    assert results["peer_stack"]["checks"]["spans_exported"] >= served
+    assert all(r["checks"]["mlmonitor_internal_errors"] == 0 for r in results.values())
+    uvicorn = report["uvicorn"]
+    assert set(uvicorn["results"]) == configs and uvicorn["reps"] >= 2
+    assert all(r["requests"] > 0 and r["non_2xx"] == 0 for r in uvicorn["runs"])
