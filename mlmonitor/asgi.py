@@ -33,11 +33,16 @@ SCOPE_KEY = "asgi.scope"
 _perf = time.perf_counter
 
 
-def environ_of(scope: dict) -> dict:
+#: the request headers the record and the sinks read (the request id header is added per app)
+READ_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage", b"user-agent"))
+
+
+def environ_of(scope: dict, only: Optional[frozenset] = None) -> dict:
     """The WSGI-style view of an ASGI ``http`` scope that the record and the sinks read.
 
     Header names become ``HTTP_*`` keys and repeated headers are joined with ``,`` (as
-    WSGI servers do); bytes are read as latin-1, as PEP 3333 says.
+    WSGI servers do); bytes are read as latin-1, as PEP 3333 says. ``only``: the lower-case
+    header names to keep (None: all).
     """
     environ = {
         "REQUEST_METHOD": scope.get("method", "GET"),
@@ -50,6 +55,8 @@ def environ_of(scope: dict) -> dict:
     if client:
         environ["REMOTE_ADDR"] = client[0]
     for name, value in scope.get("headers", ()):
+        if only is not None and name.lower() not in only:
+            continue
         key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
         text = value.decode("latin-1")
         environ[key] = environ[key] + "," + text if key in environ else text
@@ -78,6 +85,7 @@ class MonitorASGIMiddleware:
         #: the WSGI core: settings, sinks, references and feedback live there
         self.core = core
         self.header_name = core.request_id_header.lower().encode("latin-1")
+        self.read_headers = READ_HEADERS | {self.header_name}
 
     def __getattr__(self, name: str) -> Any:  # settings, metrics, set_reference, feedback ...
         if name == "core":
@@ -89,9 +97,9 @@ class MonitorASGIMiddleware:
             return await self.app(scope, receive, send)
         core = self.core
         try:
-            environ = environ_of(scope)
-            if core.metrics_path is not None and environ["PATH_INFO"] == core.metrics_path:
-                return await self._scrape(environ, send)
+            if core.metrics_path is not None and scope.get("path") == core.metrics_path:
+                return await self._scrape(environ_of(scope), send)
+            environ = environ_of(scope, self.read_headers)
             rec = core._begin(environ)
             if self.route_of is not None:
                 core.route_known(rec, self._route(scope))
