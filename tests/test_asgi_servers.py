@@ -3,16 +3,17 @@ hooks (exact counts per version across workers, a killed worker included; spans 
 correlated through a real OTLP receiver), and uvicorn alone (a streamed response with tokens)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -102,9 +103,9 @@ def test_gunicorn_uvicorn_workers_count_exactly_across_workers_and_a_killed_one(
         assert span["attributes"]["ml.model.version"] == line["model_version"]
 
 
-def test_uvicorn_alone_streams_a_generation_counted_once_with_its_tokens(tmp_path):
+def test_uvicorn_alone_streams_once_with_tokens_and_keeps_1000_concurrent_requests_apart(tmp_path):
     port = free_port()
-    env = {**os.environ, "MLMONITOR_TRACES": "false", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", APP, "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"], cwd=REPO, env=env,
@@ -116,20 +117,37 @@ def test_uvicorn_alone_streams_a_generation_counted_once_with_its_tokens(tmp_pat
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _ready(url), timeout=30)
-        started = time.monotonic()
         status, body, _ = post(url + "/v1/generate", {"prompt": "a b c", "tokens": 6})
-        assert status == 200 and body.count("data:") == 6 and time.monotonic() > started
+        assert status == 200 and body.count("data:") == 6
         tokens = wait_for(lambda: samples(url, "mlmonitor_tokens_total") or None, timeout=10)
+        answers = asyncio.run(_concurrent(url, 1000))  # one process: one event loop
     finally:
         proc.terminate()
         proc.wait(15)
         reader.join(5)
+    assert [a["tag"] for a in answers] == [f"c{i}" for i in range(1000)]
+    lines = [json.loads(line) for line in out if line.startswith("{")]
+    tagged = [line for line in lines if line.get("tags", {}).get("client")]
+    assert len(tagged) == 1000
+    for line in tagged:  # each request carried only its own tag and version
+        assert line["model_version"] == f"v{int(line['tags']['client'][1:]) % 7}"
+    assert len({line["trace_id"] for line in tagged}) == 1000
     assert tokens[(("direction", "input"), ("model_name", "writer"), ("model_version", "w1"))] == 3
     assert tokens[(("direction", "output"), ("model_name", "writer"), ("model_version", "w1"))] == 6
-    lines = [json.loads(line) for line in out if line.startswith("{")]
     generated = [line for line in lines if line.get("route") == "/v1/generate"]
     assert len(generated) == 1 and generated[0]["status"] == 200
     assert generated[0]["stages_ms"]["decode"] >= 0
+
+
+async def _concurrent(url: str, count: int) -> list:
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async def one(i: int) -> dict:
+            response = await client.post(
+                "/v1/models/sentiment:predict", json={"text": "good"},
+                headers={"X-Tag": f"c{i}", "X-Model-Version": f"v{i % 7}", "X-Sleep": "0.05"})
+            return response.json()
+        return await asyncio.gather(*(one(i) for i in range(count)))
 
 
 def _ready(url: str):
