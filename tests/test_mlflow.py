@@ -1,0 +1,200 @@
+"""Spans shaped for MLflow and model lineage, with in-memory doubles (no MLflow needed)."""
+import io
+import json
+
+import pytest
+from flask import Flask, jsonify, request
+from opentelemetry.trace import SpanKind
+
+from mlmonitor import Monitor
+from mlmonitor import mlflow as mlm
+from mlmonitor.config import ConfigError, resolve
+from mlmonitor.testing import capture
+
+
+@pytest.fixture(autouse=True)
+def _no_lineage_leaks():
+    yield
+    mlm._LINEAGE.clear()
+
+
+def make(**options):
+    app = Flask(__name__)
+    monitor = Monitor(app, model_name="iris", model_version="1.10", **options)
+
+    @app.post("/predict")
+    @monitor.prediction
+    def predict():
+        with monitor.stage("inference"):
+            body = request.get_json()
+        return jsonify(label="setosa", echo=body)
+
+    @app.post("/plain")
+    def plain():
+        return jsonify(ok=True)
+
+    return app, monitor
+
+
+def server_span(monitored):
+    return [s for s in monitored.spans() if s.kind == SpanKind.SERVER][0]
+
+
+def test_mlflow_shape_named_from_the_start_with_tags_and_type():
+    names_at_start = []
+    with capture() as monitored:
+        from opentelemetry.sdk.trace.export import SpanProcessor
+
+        class AtStart(SpanProcessor):  # what MLflow's processor reads: the name at on_start
+            def on_start(self, span, parent_context=None):
+                names_at_start.append((span.name, dict(span.attributes)))
+
+        monitored.provider.add_span_processor(AtStart())
+        app, _ = make(mlflow=True)
+        assert app.test_client().post("/predict", json={"x": [1, 2]}).status_code == 200
+    span = server_span(monitored)
+    assert span.name == "POST /predict"
+    name, attributes = [n for n in names_at_start if n[0].startswith("POST")][0]
+    assert name == "POST /predict"
+    assert json.loads(attributes["mlflow.traceTag.mlflow.traceName"]) == "POST /predict"
+    assert span.attributes["mlflow.spanType"] == '"CHAIN"'
+    # JSON-encoded: MLflow json-decodes string attributes ("1.10" would show as 1.1)
+    assert json.loads(span.attributes["mlflow.traceTag.ml.model.version"]) == "1.10"
+    assert json.loads(span.attributes["mlflow.traceTag.ml.model.name"]) == "iris"
+    assert span.attributes["ml.model.version"] == "1.10"
+    # never previews by default
+    assert "mlflow.spanInputs" not in span.attributes
+    assert "mlflow.spanOutputs" not in span.attributes
+
+
+def test_no_mlflow_attributes_by_default(monkeypatch):
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_HEADERS", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", raising=False)
+    with capture() as monitored:
+        app, _ = make()
+        app.test_client().post("/predict", json={})
+    assert not [k for k in server_span(monitored).attributes if k.startswith("mlflow.")]
+
+
+def test_the_otlp_header_turns_the_mlflow_shape_on(monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-mlflow-experiment-id=7")
+    with capture() as monitored:
+        app, _ = make()
+        app.test_client().post("/plain", json={})
+    span = server_span(monitored)
+    assert span.name == "POST /plain"
+    assert json.loads(span.attributes["mlflow.traceTag.mlflow.traceName"]) == "POST /plain"
+    assert "mlflow.traceTag.ml.model.name" not in span.attributes  # not a prediction
+
+
+def test_capture_io_previews_are_redacted_and_capped():
+    with capture() as monitored:
+        app, _ = make(mlflow=True, capture_io=True)
+        client = app.test_client()
+        client.post("/predict", json={"x": [1, 2], "api_key": "s3cr3t-value"})
+        client.post("/predict", json={"x": list(range(2000))})
+    first, second = [s for s in monitored.spans() if s.kind == SpanKind.SERVER]
+    inputs = json.loads(first.attributes["mlflow.spanInputs"])
+    assert inputs["x"] == [1, 2] and inputs["api_key"] != "s3cr3t-value"
+    assert "s3cr3t-value" not in first.attributes["mlflow.spanOutputs"]
+    assert json.loads(first.attributes["mlflow.spanOutputs"])["label"] == "setosa"
+    cut = second.attributes["mlflow.spanInputs"]
+    assert len(cut) <= 1024 and isinstance(json.loads(cut), str)  # still JSON: a string head
+
+
+def test_incoming_traceparent_new_root_links_the_caller():
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    header = {"traceparent": f"00-{trace_id}-{parent}-01"}
+    with capture() as monitored:
+        app, _ = make(mlflow=True, mlflow_new_root=True)
+        app.test_client().post("/predict", json={}, headers=header)
+        logs = monitored.logs()
+    span = server_span(monitored)
+    assert span.parent is None
+    assert format(span.context.trace_id, "032x") != trace_id
+    assert [format(link.context.span_id, "016x") for link in span.links] == [parent]
+    assert logs[0]["trace_id"] == format(span.context.trace_id, "032x")
+    with capture() as monitored:  # the default: the caller's trace is continued
+        app, _ = make(mlflow=True)
+        app.test_client().post("/predict", json={}, headers=header)
+    assert format(server_span(monitored).context.trace_id, "032x") == trace_id
+
+
+@pytest.mark.parametrize("uri,parts", [
+    ("models:/iris-clf/1", dict(name="iris-clf", version="1")),
+    ("models:/iris-clf@champion", dict(name="iris-clf", alias="champion")),
+    ("runs:/0123abcd/model", dict(run_id="0123abcd")),
+    ("models:/m-0123abcd", dict(model_id="m-0123abcd")),
+])
+def test_model_uri_forms(uri, parts):
+    found = {k: v for k, v in mlm.parse_model_uri(uri).items() if v is not None}
+    assert found == parts
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/model", "models:/", "models:/x/latest", "runs:/"])
+def test_bad_model_uri_is_a_config_error(uri):
+    with pytest.raises(ConfigError, match="model_uri"):
+        resolve({"model_uri": uri})
+
+
+def test_alias_without_a_registry_is_a_clear_config_error(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ConfigError, match="alias|MLflow"):
+        resolve({"model_uri": "models:/iris-clf@champion"})
+
+
+def test_lineage_reaches_model_info_spans_and_logs():
+    with capture() as monitored:
+        app = Flask(__name__)
+        monitor = Monitor(app, model_uri="models:/iris-clf/3", model_run_id="0a1b2c3d",
+                          model_id="m-77ab")
+
+        @app.post("/predict")
+        @monitor.prediction
+        def predict():
+            return jsonify(ok=True)
+
+        @app.post("/other")
+        @monitor.prediction(model_uri="runs:/feedbeef/model", model_name="wine",
+                            model_version="v2")
+        def other():
+            return jsonify(ok=True)
+
+        client = app.test_client()
+        client.post("/predict", json={})
+        client.post("/other", json={})
+        logs = monitored.logs()
+    assert monitored.value("mlmonitor_model_info", model_name="iris-clf", model_version="3",
+                           run_id="0a1b2c3d", model_id="m-77ab") == 1
+    assert monitored.value("mlmonitor_model_info", model_name="wine", model_version="v2",
+                           run_id="feedbeef", model_id="") == 1
+    # the other families keep their two model labels
+    assert monitored.value("mlmonitor_predictions_total", model_name="iris-clf",
+                           model_version="3") == 1
+    spans = {s.name: s for s in monitored.spans() if s.kind == SpanKind.SERVER}
+    assert spans["POST /predict"].attributes["ml.model.run_id"] == "0a1b2c3d"
+    assert spans["POST /predict"].attributes["ml.model.id"] == "m-77ab"
+    assert spans["POST /other"].attributes["ml.model.run_id"] == "feedbeef"
+    assert (logs[0]["model_run_id"], logs[0]["model_id"]) == ("0a1b2c3d", "m-77ab")
+    assert (logs[1]["model_run_id"], logs[1]["model_id"]) == ("feedbeef", "")
+
+
+def test_lineage_ids_are_checked_at_start_up():
+    with pytest.raises(ConfigError, match="model_run_id"):
+        resolve({"model_run_id": "a b"})
+    with pytest.raises(ConfigError, match="model_id"):
+        Monitor(Flask(__name__), model_id="x" * 65, log_stream=io.StringIO())
+
+
+def test_connected_mode_without_mlflow(monkeypatch):
+    """``enable()`` says what to install; ``mlflow=True`` without MLflow only shapes the spans."""
+    import importlib.util
+    import os
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "mlflow" else real(name, *args))
+    monkeypatch.delenv("MLFLOW_USE_DEFAULT_TRACER_PROVIDER", raising=False)
+    with pytest.raises(ConfigError, match=r"mlmonitor\[mlflow\]"):
+        mlm.enable()
+    assert mlm.enable(required=False) is None
+    assert "MLFLOW_USE_DEFAULT_TRACER_PROVIDER" not in os.environ  # nothing changed

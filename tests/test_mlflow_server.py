@@ -1,0 +1,234 @@
+"""MLflow as the trace backend, with a real ``mlflow server`` on 127.0.0.1 (sqlite store in tmp).
+
+MLflow pins gunicorn<27 and our venv has 27: the server, and every app process that imports
+mlflow, run from .venv-mlflow (``make venv-mlflow``; ``make test`` builds it). This process
+talks HTTP to them. In CI a missing .venv-mlflow fails these tests; elsewhere they skip.
+"""
+import io
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from flask import Flask, jsonify, request
+
+from mlmonitor import Monitor
+from mlmonitor.trace_provider import build_tracer_provider
+
+from tests.helpers.gunicorn_proc import GunicornProcess, free_port
+from tests.helpers.promstack import wait_for
+
+pytestmark = pytest.mark.slow
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+REPO = Path(__file__).resolve().parents[1]
+MLFLOW_VENV = REPO / ".venv-mlflow"
+
+
+def mlflow_tool(name):
+    path = MLFLOW_VENV / "bin" / name
+    if not (MLFLOW_VENV / ".installed").exists() or not path.exists():
+        message = f"{MLFLOW_VENV} is missing: run `make venv-mlflow` (mlflow pins gunicorn<27)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(path)
+
+
+def call(url, body=None, timeout=10.0):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+class Server:
+    def __init__(self, url, experiment_id):
+        self.url, self.experiment_id = url, experiment_id
+
+    def trace(self, trace_id, spans=0):
+        """The finished trace of our log line's trace id, once it has ``spans`` spans."""
+        def found():
+            traces = call(f"{self.url}/api/3.0/mlflow/traces/batchGet?trace_ids=tr-{trace_id}")
+            traces = traces.get("traces") or []
+            if traces and traces[0]["trace_info"].get("state") == "OK" \
+                    and len(traces[0].get("spans", [])) >= spans:
+                return traces[0]
+            return None
+        return wait_for(found, 60, what=f"trace tr-{trace_id} in MLflow")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    exe = mlflow_tool("mlflow")
+    tmp = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(
+        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+         "--default-artifact-root", str(tmp / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            assert proc.poll() is None, (tmp / "server.log").read_text()[-2000:]
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                return resp.status == 200
+        wait_for(up, 240, what="mlflow server /health")
+        experiment = call(url + "/api/2.0/mlflow/experiments/create", {"name": "mlmonitor"})
+        yield Server(url, experiment["experiment_id"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_otlp_traces_are_named_with_model_tags(mlflow_server, monkeypatch):
+    """The OTLP path needs no MLflow code: env vars alone, our own process and venv."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", mlflow_server.url + "/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                       f"x-mlflow-experiment-id={mlflow_server.experiment_id}")
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    provider = build_tracer_provider("mlflow-test")
+    logs = io.StringIO()
+    app = Flask(__name__)
+    monitor = Monitor(app, model_name="iris", model_version="1.10", tracer_provider=provider,
+                      log_stream=logs, model_run_id="0a1b2c3d4e")
+
+    @app.post("/predict")
+    @monitor.prediction
+    def predict():
+        with monitor.stage("inference"):
+            body = request.get_json()
+        return jsonify(y=body["x"])
+
+    client = app.test_client()
+    assert client.post("/predict", json={"x": [1]}).status_code == 200
+    caller = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert client.post("/predict", json={"x": [2]}, headers={
+        "traceparent": f"00-{caller}-00f067aa0ba902b7-01"}).status_code == 200
+    provider.force_flush()
+    provider.shutdown()
+    first, remote = [json.loads(line)["trace_id"] for line in logs.getvalue().splitlines()]
+    trace = mlflow_server.trace(first, spans=2)  # the log line's trace id finds it
+    info = trace["trace_info"]
+    assert info["tags"]["mlflow.traceName"] == "POST /predict"
+    assert info["tags"]["ml.model.name"] == "iris"
+    assert info["tags"]["ml.model.version"] == "1.10"  # not 1.1
+    assert info["tags"]["ml.model.run_id"] == "0a1b2c3d4e"
+    assert info["trace_location"]["mlflow_experiment"]["experiment_id"] == \
+        mlflow_server.experiment_id
+    assert not info.get("request_preview") and not info.get("response_preview")  # not by default
+    names = sorted(span["name"] for span in trace["spans"])
+    assert names == ["POST /predict", "inference"]
+    # a caller's trace: our server span is not its root; MLflow keeps it IN_PROGRESS (documented;
+    # mlflow_new_root=True makes a root of its own, tested with doubles in test_mlflow.py)
+    assert remote == caller
+
+
+def run_connected(server_url, experiment_id, count, flush=True):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server_url, "MLFLOW_EXPERIMENT_ID": experiment_id,
+           "FLUSH": "1" if flush else "0", "PYTHONPATH": str(REPO)}
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_TRACES_EXPORTER"):
+        env.pop(name, None)
+    out = subprocess.run([mlflow_tool("python"), str(REPO / "tests/helpers/mlflow_app.py"),
+                          str(count)], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+def test_connected_mode_one_trace_with_mlflow_spans(mlflow_server):
+    result, _ = run_connected(mlflow_server.url, mlflow_server.experiment_id, 3)
+    assert len(result["trace_ids"]) == 3
+    for trace_id in result["trace_ids"]:  # every request, the first of the process included
+        trace = mlflow_server.trace(trace_id, spans=3)
+        assert trace["trace_info"]["tags"]["mlflow.traceName"] == "POST /predict"
+        spans = trace["spans"]
+        names = sorted(span["name"] for span in spans)
+        assert names == ["POST /predict", "inference", "model"]  # each exported once
+        by_id = {span["span_id"]: span for span in spans}
+        parents = {span["name"]: by_id.get(span.get("parent_span_id"), {}).get("name")
+                   for span in spans}
+        assert parents == {"POST /predict": None, "inference": "POST /predict",
+                           "model": "inference"}
+
+
+def test_connected_mode_in_each_gunicorn_worker(mlflow_server, tmp_path):
+    """Set up at import in each worker (no --preload): every worker's first request is whole."""
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_ID":
+           mlflow_server.experiment_id, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+           "PYTHONPATH": str(REPO)}
+    server = GunicornProcess(app="tests.helpers.mlflow_app:app", workers=2, env=env)
+    server.command[0] = mlflow_tool("python")  # gunicorn<27 with mlflow, from .venv-mlflow
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_TRACES_EXPORTER"):
+        server.env.pop(name, None)
+    server.start(timeout=120)
+    try:
+        for i in range(6):  # a new connection each: both workers serve some
+            assert call(server.url + "/predict", {"x": [i]})["y"] == [2 * i]
+    finally:
+        server.stop()
+    trace_ids = [line["trace_id"] for line in server.json_lines() if line.get("route") == "/predict"]
+    assert len(trace_ids) == 6
+    for trace_id in trace_ids:
+        trace = mlflow_server.trace(trace_id, spans=3)
+        assert sorted(span["name"] for span in trace["spans"]) == \
+            ["POST /predict", "inference", "model"]
+
+
+LINEAGE_APP = """
+import json, os
+from flask import Flask
+from prometheus_client import CollectorRegistry, generate_latest
+from mlmonitor import Monitor
+registry = CollectorRegistry()
+app = Flask("lineage")
+monitor = Monitor(app, model_uri=os.environ["URI"], registry=registry, traces=False)
+app.post("/predict")(monitor.prediction(lambda: "ok"))
+print(json.dumps([line for line in generate_latest(registry).decode().splitlines()
+                  if line.startswith("mlmonitor_model_info")]))
+"""
+
+
+def test_registered_model_alias_gives_version_and_run_id(mlflow_server):
+    url, api = mlflow_server.url, mlflow_server.url + "/api/2.0/mlflow"
+    run = call(api + "/runs/create", {"experiment_id": mlflow_server.experiment_id})["run"]
+    run_id = run["info"]["run_id"]
+    call(api + "/registered-models/create", {"name": "iris-clf"})
+    version = call(api + "/model-versions/create", {
+        "name": "iris-clf", "source": f"runs:/{run_id}/model", "run_id": run_id})
+    number = version["model_version"]["version"]
+    call(api + "/registered-models/alias", {"name": "iris-clf", "alias": "champion",
+                                             "version": number})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": str(REPO)}
+    for uri in ("models:/iris-clf@champion", f"models:/iris-clf/{number}"):
+        out = subprocess.run([mlflow_tool("python"), "-c", LINEAGE_APP], env={**env, "URI": uri},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        (line,) = json.loads(out.stdout.strip().splitlines()[-1])
+        assert 'model_name="iris-clf"' in line and f'model_version="{number}"' in line
+        assert f'run_id="{run_id}"' in line
+    env["URI"] = "models:/iris-clf@champion"
+    # unreachable registry: a clear error at start-up, not a request-time failure
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
+    out = subprocess.run([mlflow_tool("python"), "-c", LINEAGE_APP], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "ConfigError" in out.stderr and "champion" in out.stderr
+
+
+def test_a_down_tracking_server_never_fails_a_request(mlflow_server):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result, _ = run_connected(dead, mlflow_server.experiment_id, 20, flush=False)
+    assert len(result["trace_ids"]) == 20  # each answered 200 and logged
+    # how much slower: measured and reported by the benchmark note in the README, not asserted
+    print("server down, ms per request:", sorted(result["ms"]))
