@@ -7,7 +7,7 @@ PORT ?=
 LOWEST ?= .venv-lowest
 MLFLOW_VENV ?= .venv-mlflow
 
-.PHONY: demo demo-prometheus test test-fast test-lowest venv venv-mlflow clean
+.PHONY: demo demo-prometheus test test-fast test-lowest venv venv-mlflow venv-lowest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,9 @@ demo-prometheus: $(VENV)/.installed-demo
 	$(BIN)/python -m example_app.demo --with-prometheus $(if $(PORT),--port $(PORT))
 
 ## the whole test suite (real gunicorn, Prometheus, Alertmanager, OTLP receiver on 127.0.0.1)
+## (two pytest workers, one test file each at a time: most tests wait on real servers)
 test: $(VENV)/.installed-test $(MLFLOW_VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -48,6 +49,8 @@ $(LOWEST)/.installed: setup.cfg pyproject.toml tests/test_good_guest_bounds.py |
 	$(BIN)/python tests/test_good_guest_bounds.py > $(LOWEST)/constraints.txt
 	$(LOWEST)/bin/pip install -q --only-binary=:all: -c $(LOWEST)/constraints.txt -e '.[test,otlp,gunicorn]'
 	touch $@
+
+venv-lowest: $(LOWEST)/.installed
 
 test-lowest: $(LOWEST)/.installed
 	$(LOWEST)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider

@@ -84,7 +84,7 @@ class GunicornProcess:
             sink.append(line.rstrip("\n"))
         stream.close()
 
-    def start(self, timeout: float = 30.0) -> "GunicornProcess":
+    def start(self, timeout: float = 90.0) -> "GunicornProcess":
         """Start and wait until ``ready_path`` answers 200; raises with gunicorn's stderr if not."""
         self.proc = subprocess.Popen(
             self.command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
