@@ -19,12 +19,11 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable, Optional, TextIO
 
-from opentelemetry import context as otel_context
 
 from . import guard
 from .config import Settings
 from .middleware import MonitorMiddleware
-from .record import UNMATCHED_ROUTE, _current
+from .record import UNMATCHED_ROUTE
 
 __all__ = ["MonitorASGIMiddleware", "environ_of"]
 
@@ -106,13 +105,7 @@ class MonitorASGIMiddleware:
         except Exception as exc:
             guard.report_fault("middleware", exc, core)
             return await self.app(scope, receive, send)
-        record_token = _current.set(rec)
-        context_token = None
-        if core.traces is not None:
-            try:
-                context_token = core.traces.start(rec)
-            except Exception as exc:
-                guard.report_fault("traces", exc, core)
+        tokens = core.enter(rec)
         header_name = self.header_name
         trailers = False
 
@@ -150,12 +143,7 @@ class MonitorASGIMiddleware:
                 self._finish(rec, scope)
             raise
         finally:
-            if context_token is not None:
-                try:
-                    otel_context.detach(context_token)
-                except Exception as exc:
-                    guard.report_fault("traces", exc, core)
-            _current.reset(record_token)
+            core.leave(tokens)
         if not rec.finished:  # returned without the last chunk: the client went away
             self._finish(rec, scope)
 

@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional
 from . import context, guard
 from .config import resolve
 from .middleware import MonitorMiddleware
-from .record import ENVIRON_KEY, UNMATCHED_ROUTE, _current
+from .record import ENVIRON_KEY, UNMATCHED_ROUTE
 
 __all__ = ["MonitorDjangoMiddleware", "prediction", "set_reference"]
 
@@ -134,13 +134,7 @@ class MonitorDjangoMiddleware:
         except Exception as exc:
             guard.report_fault("middleware", exc, core)
             return self.get_response(request)
-        record_token = _current.set(rec)
-        context_token = None
-        if core.traces is not None:
-            try:
-                context_token = core.traces.start(rec)
-            except Exception as exc:
-                guard.report_fault("traces", exc, core)
+        tokens = core.enter(rec)
         try:
             response = self.get_response(request)
         except BaseException as exc:  # Django answers most exceptions itself; not this one
@@ -150,13 +144,7 @@ class MonitorDjangoMiddleware:
             core.finish(rec)
             raise
         finally:
-            if context_token is not None:
-                try:
-                    from opentelemetry import context as otel_context
-                    otel_context.detach(context_token)
-                except Exception as exc:
-                    guard.report_fault("traces", exc, core)
-            _current.reset(record_token)
+            core.leave(tokens)
         try:
             rec.status_code = response.status_code
             if rec.route is None:

@@ -232,13 +232,7 @@ class MonitorMiddleware:
         except Exception as exc:
             guard.report_fault("middleware", exc, self)
             return self.app(environ, start_response)
-        record_token = _current.set(rec)
-        context_token = None
-        if self.traces is not None and not (self.borrow_span is not None and self._borrowing()):
-            try:
-                context_token = self.traces.start(rec)
-            except Exception as exc:
-                guard.report_fault("traces", exc, self)
+        tokens = self.enter(rec)
 
         def monitored_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
             try:
@@ -262,18 +256,35 @@ class MonitorMiddleware:
             self.finish(rec)
             raise
         finally:
-            if context_token is not None:
-                try:
-                    otel_context.detach(context_token)
-                except Exception as exc:
-                    guard.report_fault("traces", exc, self)
-            _current.reset(record_token)
+            self.leave(tokens)
         if type(body) is list or type(body) is tuple:  # buffered: no app code runs in iteration
             return MonitoredBody(body, rec, self)
         if MATERIALISED in environ:  # the Flask layer saw a materialised body: record it now
             self.finish(rec)
             return body
         return StreamedBody(body, rec, self)
+
+    def enter(self, rec: RequestRecord) -> tuple:
+        """Make ``rec`` the current request and, when traced (and no other instrumentation
+        owns the server span), open its span as the current one; :meth:`leave` undoes both."""
+        record_token = _current.set(rec)
+        context_token = None
+        if self.traces is not None and not (self.borrow_span is not None and self._borrowing()):
+            try:
+                context_token = self.traces.start(rec)
+            except Exception as exc:
+                guard.report_fault("traces", exc, self)
+        return record_token, context_token
+
+    def leave(self, tokens: tuple) -> None:
+        """Undo :meth:`enter` in the context it ran in; never raises."""
+        record_token, context_token = tokens
+        if context_token is not None:
+            try:
+                otel_context.detach(context_token)
+            except Exception as exc:
+                guard.report_fault("traces", exc, self)
+        _current.reset(record_token)
 
     def _borrowing(self) -> bool:
         try:
