@@ -47,6 +47,7 @@ from asgi_apps import CONFIGS  # noqa: E402
 from bench_gunicorn import LUA, free_port, wrk  # noqa: E402
 from bench_overhead import machine  # noqa: E402
 from report import target, verdict, write_report  # noqa: E402
+from rounds import run_rounds  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "asgi.json"
 
@@ -111,57 +112,9 @@ def _checks(config: str, handles: Dict[str, Any]) -> Dict[str, Any]:
     return checks
 
 
-class Worker:
-    def __init__(self, config: str, warmup: int) -> None:
-        self.config = config
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", config, "--warmup", str(warmup)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            env=_child_env())
-
-    def read(self) -> Dict[str, Any]:
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            raise RuntimeError(f"{self.config}: child exited ({self.proc.wait()})")
-        return json.loads(line)
-
-    def send(self, text: str) -> None:
-        self.proc.stdin.write(text + "\n")  # type: ignore[union-attr]
-        self.proc.stdin.flush()  # type: ignore[union-attr]
-
-    def stop(self) -> Dict[str, Any]:
-        self.send("quit")
-        checks = self.read()
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        self.proc.wait(30)
-        return checks
-
-
 def in_process(configs: List[str], rounds: int, requests: int, warmup: int,
                clock: str) -> Dict[str, Any]:
-    workers = {name: Worker(name, warmup) for name in configs}
-    try:
-        for worker in workers.values():
-            worker.read()  # ready
-        per_round: Dict[str, List[Dict[str, float]]] = {"cpu": [], "wall": []}
-        for index in range(rounds):
-            order = configs[index % len(configs):] + configs[:index % len(configs)]
-            times: Dict[str, Dict[str, float]] = {"cpu": {}, "wall": {}}
-            for name in order:
-                workers[name].send(str(requests))
-                reply = workers[name].read()
-                if reply["status"] != 200:
-                    raise RuntimeError(f"{name}: status {reply['status']}")
-                for kind in ("cpu", "wall"):
-                    times[kind][name] = reply[kind]
-            for kind in ("cpu", "wall"):
-                per_round[kind].append(times[kind])
-        checks = {name: worker.stop() for name, worker in workers.items()}
-    finally:
-        for worker in workers.values():
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-                worker.proc.wait()
+    per_round, checks = run_rounds(__file__, configs, rounds, requests, warmup)
     report = summarize(per_round[clock], checks)
     other = "wall" if clock == "cpu" else "cpu"
     report["other_clock"] = {"clock": other, **summarize(per_round[other], {})}

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_apps import CONFIGS, EXTRA_CONFIGS, configs_from  # noqa: E402
 from report import target, verdict, write_report  # noqa: E402
+from rounds import run_rounds  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "overhead.json"
 
@@ -166,57 +166,9 @@ def print_encoder(row: Dict[str, Any]) -> None:
 
 # -- the parent: rounds, interleaved -----------------------------------------------------
 
-class Worker:
-    def __init__(self, config: str, warmup: int) -> None:
-        self.config = config
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", config, "--warmup", str(warmup)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
-
-    def read(self) -> Dict[str, Any]:
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            raise RuntimeError(f"{self.config}: child exited ({self.proc.wait()})")
-        return json.loads(line)
-
-    def send(self, text: str) -> None:
-        self.proc.stdin.write(text + "\n")  # type: ignore[union-attr]
-        self.proc.stdin.flush()  # type: ignore[union-attr]
-
-    def stop(self) -> Dict[str, Any]:
-        self.send("quit")
-        checks = self.read()
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        self.proc.wait(30)
-        return checks
-
-
 def run(configs: List[str], rounds: int, requests: int, warmup: int,
         clock: str) -> Dict[str, Any]:
-    workers = {name: Worker(name, warmup) for name in configs}
-    try:
-        for worker in workers.values():
-            worker.read()  # ready
-        per_round: Dict[str, List[Dict[str, float]]] = {"cpu": [], "wall": []}
-        for index in range(rounds):
-            order = configs[index % len(configs):] + configs[:index % len(configs)]
-            times: Dict[str, Dict[str, float]] = {"cpu": {}, "wall": {}}
-            for name in order:
-                workers[name].send(str(requests))
-                reply = workers[name].read()
-                if reply["status"] != 200:
-                    raise RuntimeError(f"{name}: status {reply['status']}")
-                for kind in ("cpu", "wall"):
-                    times[kind][name] = reply[kind]
-            for kind in ("cpu", "wall"):
-                per_round[kind].append(times[kind])
-        checks = {name: worker.stop() for name, worker in workers.items()}
-    finally:
-        for worker in workers.values():
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-                worker.proc.wait()
+    per_round, checks = run_rounds(__file__, configs, rounds, requests, warmup)
     report = summarize(per_round[clock], checks)
     other = "wall" if clock == "cpu" else "cpu"
     report["other_clock"] = {"clock": other, **summarize(per_round[other], checks)}

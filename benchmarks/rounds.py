@@ -1,0 +1,72 @@
+"""Driving in-process benchmark children: one fresh process per configuration, rounds rotated.
+
+Shared by ``bench_overhead.py`` (WSGI) and ``bench_asgi.py`` (ASGI). Each child is the
+benchmark script itself run with ``--child CONFIG --warmup N``: it prints one JSON line when
+ready, then for each number read from stdin runs that many requests and prints
+``{"status", "cpu", "wall"}``; on ``quit`` it prints its checks and exits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List, Tuple
+
+
+class Worker:
+    """One configuration's child process, talked to line by line."""
+
+    def __init__(self, script: str, config: str, warmup: int) -> None:
+        self.config = config
+        self.proc = subprocess.Popen(
+            [sys.executable, script, "--child", config, "--warmup", str(warmup)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+
+    def read(self) -> Dict[str, Any]:
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError(f"{self.config}: child exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+
+    def stop(self) -> Dict[str, Any]:
+        self.send("quit")
+        checks = self.read()
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(30)
+        return checks
+
+
+def run_rounds(script: str, configs: List[str], rounds: int, requests: int,
+               warmup: int) -> Tuple[Dict[str, List[Dict[str, float]]], Dict[str, Any]]:
+    """Per clock (``cpu``, ``wall``), one ``{config: us per request}`` per round, and each
+    child's checks. The order of the configurations rotates round by round."""
+    workers = {name: Worker(script, name, warmup) for name in configs}
+    try:
+        for worker in workers.values():
+            worker.read()  # ready
+        per_round: Dict[str, List[Dict[str, float]]] = {"cpu": [], "wall": []}
+        for index in range(rounds):
+            order = configs[index % len(configs):] + configs[:index % len(configs)]
+            times: Dict[str, Dict[str, float]] = {"cpu": {}, "wall": {}}
+            for name in order:
+                workers[name].send(str(requests))
+                reply = workers[name].read()
+                if reply["status"] != 200:
+                    raise RuntimeError(f"{name}: status {reply['status']}")
+                for kind in ("cpu", "wall"):
+                    times[kind][name] = reply[kind]
+            for kind in ("cpu", "wall"):
+                per_round[kind].append(times[kind])
+        checks = {name: worker.stop() for name, worker in workers.items()}
+    finally:
+        for worker in workers.values():
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()
+    return per_round, checks
