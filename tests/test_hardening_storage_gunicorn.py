@@ -247,13 +247,17 @@ def test_deleting_the_directory_never_loses_merged_counts(tmp_path):
         def recovered() -> bool:
             nonlocal answered
             answered += post(g.url) == 200
-            status, text = http_get(g.url + "/metrics", timeout=10)
-            if status != 200:
-                return False
-            value = sum(s.value for f in text_string_to_metric_families(text)
-                        for s in f.samples if s.name == "mlmonitor_predictions_total")
-            counted.append(value)
-            return value == answered
+            for _ in range(20):  # scrapes alone: the last request is recorded just after its answer
+                status, text = http_get(g.url + "/metrics", timeout=10)
+                if status != 200:
+                    return False
+                value = sum(s.value for f in text_string_to_metric_families(text)
+                            for s in f.samples if s.name == "mlmonitor_predictions_total")
+                counted.append(value)
+                if value == answered:
+                    return True
+                time.sleep(0.05)
+            return False
 
         wait_for("every prediction counted again", recovered, timeout=30)
     print(f"\nbefore rm -rf: {total(before, 'mlmonitor_predictions_total')}; scrapes after: {counted}")
