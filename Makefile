@@ -7,7 +7,7 @@ PORT ?=
 LOWEST ?= .venv-lowest
 MLFLOW_VENV ?= .venv-mlflow
 
-.PHONY: demo demo-prometheus test test-fast test-lowest venv venv-mlflow venv-lowest clean
+.PHONY: demo demo-prometheus demo-mlflow test test-fast test-lowest venv venv-mlflow venv-lowest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: $(VENV)/.installed-demo
 ## (needs: apt-get install prometheus prometheus-alertmanager)
 demo-prometheus: $(VENV)/.installed-demo
 	$(BIN)/python -m example_app.demo --with-prometheus $(if $(PORT),--port $(PORT))
+
+## the same, plus a local MLflow tracking server receiving the traces (its own venv: make venv-mlflow)
+demo-mlflow: $(VENV)/.installed-demo $(MLFLOW_VENV)/.installed
+	$(BIN)/python -m example_app.demo --with-mlflow $(if $(PORT),--port $(PORT))
 
 ## the whole test suite (real gunicorn, Prometheus, Alertmanager, OTLP receiver on 127.0.0.1)
 ## (two pytest workers, one test file each at a time: most tests wait on real servers)

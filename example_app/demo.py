@@ -245,6 +245,49 @@ def start_prometheus(app_port: int, workdir: Path, echo: bool) -> List[Child]:
     return children
 
 
+# -- MLflow ------------------------------------------------------------------------------------
+
+#: MLflow pins gunicorn<27, so its server runs from its own venv (``make venv-mlflow``)
+MLFLOW_BIN = REPO / ".venv-mlflow" / "bin" / "mlflow"
+
+
+def start_mlflow(workdir: Path, env: Dict[str, str], echo: bool) -> Child:
+    """A local MLflow tracking server (sqlite store) taking the app's spans over OTLP/HTTP: the
+    environment it gets makes mlmonitor export there, into the Default experiment (id 0)."""
+    port = free_port()
+    child = Child("mlflow", [str(MLFLOW_BIN), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+                             "--workers", "1"], echo=echo)
+    child.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    if not wait_http(child.url + "/health", 120, child.proc):  # type: ignore[attr-defined]
+        raise RuntimeError("mlflow did not start:\n" + "\n".join(list(child.lines)[-20:]))
+    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"{child.url}/v1/traces"  # type: ignore[attr-defined]
+    env["OTEL_EXPORTER_OTLP_TRACES_HEADERS"] = "x-mlflow-experiment-id=0"
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "500"
+    print(f"MLflow:       {child.url}/#/experiments/0 (traces of the Default experiment)")  # type: ignore[attr-defined]
+    return child
+
+
+def wait_http_count(read: Any, timeout: float) -> int:
+    """``read()`` once it has stopped growing for three reads (MLflow ingests OTLP slowly:
+    about a second a batch on this machine)."""
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        seen.append(read())
+        if len(seen) >= 3 and seen[-1] == seen[-3] > 0:
+            break
+        time.sleep(2)
+    return seen[-1] if seen else 0
+
+
+def mlflow_traces(url: str) -> int:
+    """How many traces MLflow holds in the Default experiment (its REST API)."""
+    request = urllib.request.Request(
+        url + "/api/2.0/mlflow/traces?experiment_ids=0&max_results=500", method="GET")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return len(json.loads(response.read()).get("traces", []))
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 def burst(url: str, requests: int, seed: int) -> List[Dict[str, Any]]:
@@ -289,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit after the burst (also MLMONITOR_DEMO_ONCE=1)")
     parser.add_argument("--with-prometheus", action="store_true",
                         help="also start prometheus and prometheus-alertmanager on 127.0.0.1")
+    parser.add_argument("--with-mlflow", action="store_true",
+                        help="also start an MLflow tracking server (make venv-mlflow) and send it the traces")
     parser.add_argument("--background-rate", type=float, default=2.0,
                         help="requests/s sent while serving after the burst (0 = none)")
     parser.add_argument("--follow-logs", action="store_true", help="echo every server log line")
@@ -304,6 +349,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if missing:
             print(f"demo: {', '.join(missing)} not on PATH; install with: {APT_HINT}", file=sys.stderr)
             return 2
+    if args.with_mlflow and not MLFLOW_BIN.exists():
+        print(f"demo: --with-mlflow needs {MLFLOW_BIN}; build it with: make venv-mlflow", file=sys.stderr)
+        return 2
     if args.asgi:  # not in the example extra: the FastAPI example is optional
         missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
         if missing:
@@ -319,6 +367,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     children: List[Child] = []
     stop = threading.Event()
     try:
+        if args.with_mlflow:
+            children.append(start_mlflow(workdir, env, args.follow_logs))
         served = ["-k", "uvicorn.workers.UvicornWorker", "example_app.asgi:app"] if args.asgi else ["example_app.app:app"]
         app = Child("gunicorn", [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), *served],
                     env=env, echo=args.follow_logs)
@@ -347,6 +397,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  feature drift (PSI, run):  {json.dumps(numbers['psi'])}  (> 0.2 = drifted)")
         print(f"  streamed generations:      {numbers['generations']} ({textgen.MODEL_NAME}), tokens"
               f" {json.dumps(numbers['tokens'])}, time to first chunk p95 {numbers['ttfc_p95_s'] * 1000:.1f} ms")
+        if args.with_mlflow:
+            mlflow_url = children[0].url  # type: ignore[attr-defined]
+            try:
+                traced = wait_http_count(lambda: mlflow_traces(mlflow_url), 60)
+            except OSError as exc:
+                traced = f"not readable ({exc})"
+            print(f"  traces in MLflow so far:   {traced}  ({mlflow_url}/#/experiments/0; more may still arrive)")
         line = example_log_line(app.lines)
         print("Example JSON log line (stdout of the app):")
         print(f"  {line}" if line else "  (no JSON log line seen)")

@@ -20,10 +20,10 @@ from .config import ConfigError
 __all__ = ["parse_model_uri", "resolve_model_uri", "apply_model_uri", "lineage", "register_lineage",
            "headers_name_mlflow", "json_text", "enable"]
 
-#: (model name, version) -> (run id, model id): labels of mlmonitor_model_info, span
-#: attributes and log fields; bounded by the models this process declares
 log = logging.getLogger("mlmonitor")
 
+#: (model name, version) -> (run id, model id): labels of mlmonitor_model_info, span
+#: attributes and log fields; bounded by the models this process declares
 _LINEAGE: Dict[Tuple[str, str], Tuple[str, str]] = {}
 _lock = threading.Lock()
 _NAME = r"[^/@]{1,128}"

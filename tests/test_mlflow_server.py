@@ -232,3 +232,18 @@ def test_a_down_tracking_server_never_fails_a_request(mlflow_server):
     assert len(result["trace_ids"]) == 20  # each answered 200 and logged
     # how much slower: measured and reported by the benchmark note in the README, not asserted
     print("server down, ms per request:", sorted(result["ms"]))
+
+
+def test_the_mlflow_demo_sends_its_traces_to_a_local_mlflow_server():
+    """``make demo-mlflow``'s run: the demo starts MLflow from .venv-mlflow, the example app's
+    spans land in its Default experiment, and the demo reads the count back."""
+    import sys
+    mlflow_tool("mlflow")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "PROMETHEUS_MULTIPROC_DIR", "MLMONITOR_"))}
+    run = subprocess.run([sys.executable, "-m", "example_app.demo", "--with-mlflow", "--once",
+                          "--requests", "40", "--workers", "2"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [line] = [line for line in run.stdout.splitlines() if "traces in MLflow so far:" in line]
+    assert int(line.split(":")[1].split()[0]) >= 40  # the predict requests alone
