@@ -247,3 +247,52 @@ def test_the_mlflow_demo_sends_its_traces_to_a_local_mlflow_server():
     assert run.returncode == 0, run.stderr[-3000:]
     [line] = [line for line in run.stdout.splitlines() if "traces in MLflow so far:" in line]
     assert int(line.split(":")[1].split()[0]) >= 40  # the predict requests alone
+
+
+SKLEARN_LINEAGE = """
+import json, os
+import mlflow
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from prometheus_client import CollectorRegistry, generate_latest
+
+X, y = load_iris(return_X_y=True)
+mlflow.set_experiment(experiment_id=os.environ["EXPERIMENT"])
+with mlflow.start_run() as run:  # trained, logged and registered as a user would
+    mlflow.sklearn.log_model(LogisticRegression(max_iter=500).fit(X, y), name="model",
+                             registered_model_name="iris-sk")
+
+from flask import Flask, jsonify, request
+from mlmonitor import Monitor
+registry = CollectorRegistry()
+app = Flask("served")
+monitor = Monitor(app, model_uri="models:/iris-sk/1", registry=registry, traces=False)
+model = mlflow.pyfunc.load_model("models:/iris-sk/1")
+
+@app.post("/predict")
+@monitor.prediction
+def predict():
+    return jsonify(y=[int(v) for v in model.predict(request.get_json()["x"])])
+
+answer = app.test_client().post("/predict", json={"x": [list(X[0]), list(X[100])]}).get_json()
+print(json.dumps({"run_id": run.info.run_id, "answer": answer,
+                  "info": [line for line in generate_latest(registry).decode().splitlines()
+                           if line.startswith("mlmonitor_model_info")],
+                  "predictions": [line for line in generate_latest(registry).decode().splitlines()
+                                  if line.startswith("mlmonitor_predictions_total")]}))
+"""
+
+
+def test_a_registered_scikit_learn_model_served_by_model_uri_shows_its_run_id(mlflow_server):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "PYTHONPATH": str(REPO),
+           "EXPERIMENT": mlflow_server.experiment_id}
+    out = subprocess.run([mlflow_tool("python"), "-c", SKLEARN_LINEAGE], env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["answer"] == {"y": [0, 2]}
+    (info,) = result["info"]
+    assert 'model_name="iris-sk"' in info and 'model_version="1"' in info
+    assert f'run_id="{result["run_id"]}"' in info
+    assert any('model_name="iris-sk"' in line and line.endswith(" 1.0")
+               for line in result["predictions"])
