@@ -43,7 +43,10 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
             begin(rec, model_name, model_version)
             started = _perf()
             try:
-                return await view(*args, **kwargs)
+                result = await view(*args, **kwargs)
+                if rec.middleware.settings.capture_io:
+                    keep_io(rec, kwargs, result)
+                return result
             except BaseException as exc:
                 rec.exc = exc
                 raise
@@ -62,7 +65,10 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
         begin(rec, model_name, model_version)
         started = _perf()
         try:
-            return view(*args, **kwargs)
+            result = view(*args, **kwargs)
+            if rec.middleware.settings.capture_io:
+                keep_io(rec, kwargs, result)
+            return result
         except BaseException as exc:
             rec.exc = exc
             raise
@@ -72,6 +78,27 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
 
     monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
     return _with_signature(monitored_view, view)
+
+
+def keep_io(rec: RequestRecord, kwargs: dict, result: Any) -> None:
+    """``capture_io=True`` (MLflow previews): the view's parsed arguments (FastAPI hands the
+    JSON body to the view, as a dict or a pydantic model) and the JSON-like value it returned.
+    A framework layer that sees the wire (Flask) overwrites this with the request's JSON."""
+    from .traces import IO_KEY
+    try:
+        inputs = {k: _plain_json(v) for k, v in kwargs.items()}
+        rec.environ[IO_KEY] = ({k: v for k, v in inputs.items() if v is not None} or None,
+                               _plain_json(result))
+    except Exception as exc:
+        guard.report_fault("traces", exc, rec.middleware)
+
+
+def _plain_json(value: Any) -> Any:
+    """A JSON-like value as it is, a pydantic model as its dict; anything else None."""
+    if isinstance(value, (dict, list, str, int, float, bool)):
+        return value
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else None
 
 
 def _with_signature(wrapper: Callable, view: Callable) -> Callable:

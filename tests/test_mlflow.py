@@ -198,3 +198,31 @@ def test_connected_mode_without_mlflow(monkeypatch):
         mlm.enable()
     assert mlm.enable(required=False) is None
     assert "MLFLOW_USE_DEFAULT_TRACER_PROVIDER" not in os.environ  # nothing changed
+
+
+def test_capture_io_previews_for_a_fastapi_view_are_its_body_and_result_redacted():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from pydantic import BaseModel
+
+    from mlmonitor.fastapi import Monitor as AsgiMonitor
+
+    class Query(BaseModel):
+        x: list
+        api_key: str = ""
+
+    with capture() as monitored:
+        app = FastAPI()
+        monitor = AsgiMonitor(app, model_name="iris", mlflow=True, capture_io=True)
+
+        @app.post("/predict")
+        @monitor.prediction
+        async def predict(query: Query):
+            return {"label": "setosa", "n": len(query.x)}
+
+        with TestClient(app) as client:
+            client.post("/predict", json={"x": [1, 2], "api_key": "s3cr3t-value"})
+    span = server_span(monitored)
+    inputs = json.loads(span.attributes["mlflow.spanInputs"])
+    assert inputs["query"]["x"] == [1, 2] and "s3cr3t-value" not in span.attributes["mlflow.spanInputs"]
+    assert json.loads(span.attributes["mlflow.spanOutputs"]) == {"label": "setosa", "n": 2}
