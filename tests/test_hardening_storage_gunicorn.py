@@ -241,7 +241,7 @@ def test_deleting_the_directory_never_loses_merged_counts(tmp_path):
             p for p in prom.glob("counter_[0-9]*.db") if int(p.stem.split("_")[1]) in old])
         answered += sum(post(g.url) == 200 for _ in range(10))
         before = settled(g.url, 60)
-        shutil.rmtree(prom)
+        shutil.rmtree(prom, ignore_errors=True)  # rm -rf racing the master, which writes its merged files again
         counted: List[float] = []
 
         def recovered() -> bool:
