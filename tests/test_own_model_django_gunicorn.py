@@ -12,6 +12,7 @@ from typing import Dict, Tuple
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers.promstack import wait_for
 from helpers.gunicorn_proc import GunicornProcess
 
 pytestmark = pytest.mark.slow
@@ -67,9 +68,23 @@ def test_django_project_under_gunicorn_with_two_workers(tmp_path, app):
                              config="python:mlmonitor.gunicorn", workers=2, env=env)
     jobs = [key for key, times in PLAN.items() for _ in range(times)]
     with server:
+        def both_workers_answer():  # the second worker may still be loading Django
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda _: call(server.port, "GET", "/healthz", True), range(8)))
+            return len({line["tags"]["pid"] for line in server.json_lines()
+                        if line.get("route") == "/healthz"}) == 2
+
+        wait_for(both_workers_answer, 60, what="both workers answering")
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda key: (key, call(server.port, *key)), jobs))
-        samples = scrape(server.port)
+        # a request is counted just after its answer: scrape until the last one is in
+        samples = wait_for(lambda: (lambda s: s if value(s, "mlmonitor_predictions_total",
+                                                          model_name="glucose", model_version="v1")
+                                    + value(s, "mlmonitor_predictions_total", model_name="pressure",
+                                            model_version="v1") == 100
+                                    and sum(v for (n, _), v in s.items()
+                                            if n == "mlmonitor_http_requests_total") >= len(jobs)
+                                    else None)(scrape(server.port)), 30, what="every request counted")
     expected = {("POST", "/v1/models/glucose:predict", True): 200,
                 ("POST", "/v1/models/pressure:predict", True): 200,
                 ("POST", "/v1/models/bogus:predict", True): 404,

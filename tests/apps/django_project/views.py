@@ -26,6 +26,7 @@ class ApiKeyMiddleware:
 
 
 def healthz(request):
+    mlmonitor.tag(pid=os.getpid())
     return JsonResponse({"ok": True})
 
 
