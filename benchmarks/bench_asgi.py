@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -44,10 +41,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from asgi_apps import CONFIGS  # noqa: E402
-from bench_gunicorn import LUA, free_port, wrk  # noqa: E402
+from bench_gunicorn import LUA, ServerProcess, free_port, wrk  # noqa: E402
 from bench_overhead import machine  # noqa: E402
 from report import target, verdict, write_report  # noqa: E402
-from rounds import run_rounds  # noqa: E402
+from rounds import run_rounds, serve_rounds  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "asgi.json"
 
@@ -71,23 +68,8 @@ def child(config: str, warmup: int) -> None:
 
     app, handles = make_app(config)
     loop = asyncio.new_event_loop()
-    _, _, status = request_loop(loop, app, max(warmup, 1))
-    if status != 200:
-        raise SystemExit(f"{config}: POST /predict answered {status}")
-    out = sys.stdout
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "quit":
-            break
-        count = int(command)
-        wall, cpu, status = request_loop(loop, app, count)
-        out.write(json.dumps({"wall": wall / count * 1e6, "cpu": cpu / count * 1e6,
-                              "status": status}) + "\n")
-        out.flush()
-    out.write(json.dumps(_checks(config, handles)) + "\n")
-    out.flush()
+    serve_rounds(config, lambda count: request_loop(loop, app, count), warmup,
+                 lambda: _checks(config, handles))
 
 
 def _checks(config: str, handles: Dict[str, Any]) -> Dict[str, Any]:
@@ -178,8 +160,8 @@ def uvicorn_flavour() -> Dict[str, str]:
             "http": "httptools" if found("httptools") else "h11"}
 
 
-class Uvicorn:
-    """One uvicorn process in its own session; stopped by PID (SIGTERM, then SIGKILL)."""
+class Uvicorn(ServerProcess):
+    """One uvicorn process serving one configuration."""
 
     def __init__(self, config: str, workdir: str) -> None:
         self.port = free_port()
@@ -193,30 +175,6 @@ class Uvicorn:
                                      stderr=self.stderr, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        self.stderr.seek(0)
-        raise RuntimeError(f"uvicorn did not start:\n{self.stderr.read()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.stderr.close()
 
 
 def under_uvicorn(configs: List[str], duration: float, warmup: float, reps: int,

@@ -67,8 +67,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Gunicorn:
-    """gunicorn in its own session; stopped by PID (SIGTERM, then SIGKILL to its group)."""
+class ServerProcess:
+    """A benchmarked server in its own session (``proc``, ``url``, ``stderr`` log file, set by
+    the subclass); ready when ``/healthz`` answers, stopped by PID (SIGTERM, then SIGKILL to
+    its group)."""
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        self.stderr.seek(0)
+        raise RuntimeError(f"{type(self).__name__.lower()} did not start:\n{self.stderr.read()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.stderr.close()
+
+
+class Gunicorn(ServerProcess):
+    """gunicorn, two sync workers, with mlmonitor's hooks for mlmonitor's configurations."""
 
     def __init__(self, config: str, workdir: str, extra_env: Dict[str, str]) -> None:
         self.port = free_port()
@@ -88,30 +119,6 @@ class Gunicorn:
                                      stderr=self.stderr, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        self.stderr.seek(0)
-        raise RuntimeError(f"gunicorn did not start:\n{self.stderr.read()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.stderr.close()
 
 
 def parse_wrk(text: str) -> Dict[str, Any]:

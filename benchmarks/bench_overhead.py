@@ -22,7 +22,6 @@ Run: python benchmarks/bench_overhead.py [--quick] [--rounds N] [--requests N] [
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_apps import CONFIGS, EXTRA_CONFIGS, configs_from  # noqa: E402
 from report import target, verdict, write_report  # noqa: E402
-from rounds import run_rounds  # noqa: E402
+from rounds import run_rounds, serve_rounds  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "overhead.json"
 
@@ -49,23 +48,8 @@ def child(config: str, warmup: int) -> None:
     from bench_apps import make_app, request_loop
 
     app, handles = make_app(config)
-    _, _, status = request_loop(app, max(warmup, 1))
-    if status != 200:
-        raise SystemExit(f"{config}: POST /predict answered {status}")
-    out = sys.stdout
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "quit":
-            break
-        count = int(command)
-        wall, cpu, status = request_loop(app, count)
-        out.write(json.dumps({"wall": wall / count * 1e6, "cpu": cpu / count * 1e6,
-                              "status": status}) + "\n")
-        out.flush()
-    out.write(json.dumps(_checks(config, app, handles)) + "\n")
-    out.flush()
+    serve_rounds(config, lambda count: request_loop(app, count), warmup,
+                 lambda: _checks(config, app, handles))
 
 
 def _checks(config: str, app: Any, handles: Dict[str, Any]) -> Dict[str, Any]:

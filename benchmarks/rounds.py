@@ -11,7 +11,31 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
+
+
+def serve_rounds(config: str, run: Callable[[int], Tuple[float, float, int]], warmup: int,
+                 checks: Callable[[], Dict[str, Any]]) -> None:
+    """The child's side: warm up, say ready, then for each number read from stdin run that
+    many requests (``run(count) -> (wall s, cpu s, last status)``) and print the time per
+    request; on ``quit`` print ``checks()``."""
+    _, _, status = run(max(warmup, 1))
+    if status != 200:
+        raise SystemExit(f"{config}: POST /predict answered {status}")
+    out = sys.stdout
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            break
+        count = int(command)
+        wall, cpu, status = run(count)
+        out.write(json.dumps({"wall": wall / count * 1e6, "cpu": cpu / count * 1e6,
+                              "status": status}) + "\n")
+        out.flush()
+    out.write(json.dumps(checks()) + "\n")
+    out.flush()
 
 
 class Worker:
