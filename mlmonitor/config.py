@@ -211,6 +211,22 @@ def _error(value: Any, name: str, why: str) -> ConfigError:
     return ConfigError(f"mlmonitor setting {name}={shown}: {why}")
 
 
+#: the largest token count or cost one observation may add (larger ones are ignored, not counted)
+MAX_OBSERVED = 1e9
+
+
+def number_in(value: Any, low: float, high: float) -> bool:
+    """Whether ``value`` (a number or numeric text, not a bool) lies in ``[low, high]``;
+    NaN does not."""
+    if value is None or isinstance(value, bool):
+        return False
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return low <= number <= high  # NaN compares false
+
+
 def finite_float(value: Any) -> Optional[float]:
     """``value`` as a finite float, or None (bools, text, NaN, infinities, ints too large)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import guard
-from .config import Settings
+from .config import MAX_OBSERVED, Settings, number_in
 from .contract import (CLASS, CORRECT, ERROR_TYPE, HTTP_5XX, INCORRECT, INVALID_INPUT, MODEL_NAME,
                        MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
 from .mlflow import lineage
@@ -183,13 +183,13 @@ class MetricsSink:
                 cls = (profile.class_of(prediction) if profile is not None
                        else self.cap_class(str(prediction)[:64]))
                 self.child(self.f.predicted_class, *labels, cls).inc()
-        if _finite_in(score, 0.0, 1.0):
+        if number_in(score, 0.0, 1.0):
             self.child(self.f.prediction_score, *labels).observe(float(score))
-        if _finite_in(tokens_in, 0.0, 1e9):
+        if number_in(tokens_in, 0.0, MAX_OBSERVED):
             self.child(self.f.tokens, *labels, "input").inc(float(tokens_in))
-        if _finite_in(tokens_out, 0.0, 1e9):
+        if number_in(tokens_out, 0.0, MAX_OBSERVED):
             self.child(self.f.tokens, *labels, "output").inc(float(tokens_out))
-        if _finite_in(cost, 0.0, 1e9):
+        if number_in(cost, 0.0, MAX_OBSERVED):
             self.child(self.f.cost, *labels).inc(float(cost))
 
     def count_feedback(self, model_name: str, model_version: str, outcome: str) -> None:
@@ -328,16 +328,6 @@ def _warn_unknown(feature: Any, labels: Tuple[str, str]) -> None:
     logging.getLogger("mlmonitor").warning(
         "mlmonitor: feature %r is not in the reference of model %r (a renamed column?); "
         "counted in the unknown-feature counter, not binned", key[1], key[0])
-
-
-def _finite_in(value: Any, low: float, high: float) -> bool:
-    if value is None or isinstance(value, bool):
-        return False
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return False
-    return low <= number <= high  # NaN compares false
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -34,9 +34,8 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from .config import Settings
+from .config import MAX_OBSERVED, Settings, number_in
 from .mlflow import headers_name_mlflow, json_text, lineage
-from .metrics import _finite_in
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord
 from .redact import REDACTED, _safe_text, describe_exception, redactor
 # start-up code, kept importable here (gunicorn hooks and users call traces.shutdown())
@@ -309,7 +308,7 @@ def _genai_usage(rec: RequestRecord) -> Dict[str, Any]:
     seen = False
     for observation in rec.observations:
         for i, value in enumerate(observation[3:5]):
-            if _finite_in(value, 0.0, 1e9):
+            if number_in(value, 0.0, MAX_OBSERVED):
                 totals[i] += int(float(value))
                 seen = True
     if not seen:
