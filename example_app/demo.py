@@ -268,13 +268,13 @@ def start_mlflow(workdir: Path, env: Dict[str, str], echo: bool) -> Child:
     return child
 
 
-def wait_http_count(read: Any, timeout: float) -> int:
-    """``read()`` once it has stopped growing for three reads (MLflow ingests OTLP slowly:
-    about a second a batch on this machine)."""
+def wait_http_count(read: Any, timeout: float, want: int) -> int:
+    """``read()`` once it reaches ``want``, or once it has stopped growing for 12 s (MLflow
+    ingests OTLP slowly, about a second a batch here, and each worker exports on its own)."""
     deadline, seen = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         seen.append(read())
-        if len(seen) >= 3 and seen[-1] == seen[-3] > 0:
+        if seen[-1] >= want or (len(seen) >= 7 and seen[-1] == seen[-7] > 0):
             break
         time.sleep(2)
     return seen[-1] if seen else 0
@@ -400,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.with_mlflow:
             mlflow_url = children[0].url  # type: ignore[attr-defined]
             try:
-                traced = wait_http_count(lambda: mlflow_traces(mlflow_url), 60)
+                traced = wait_http_count(lambda: mlflow_traces(mlflow_url), 120, sent)
             except OSError as exc:
                 traced = f"not readable ({exc})"
             print(f"  traces in MLflow so far:   {traced}  ({mlflow_url}/#/experiments/0; more may still arrive)")
