@@ -64,11 +64,18 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """In the worker: its slot, and tracing that starts afresh in this process."""
+    """In the worker: its slot, tracing that starts afresh in this process, and MLflow's
+    connected mode again when the master enabled it before forking (``--preload``)."""
     os.environ["MLMONITOR_WORKER_SLOT"] = str(getattr(worker, "mlmonitor_slot", 0))
     traces = sys.modules.get("mlmonitor.traces")
     if traces is not None:
         traces.reset_after_fork()
+    connected = sys.modules.get("mlmonitor.mlflow")
+    if connected is not None and connected.enabled_before_fork():
+        try:
+            connected.enable()
+        except Exception as exc:  # the worker serves untraced rather than not at all
+            server.log.warning("mlmonitor: MLflow's connected mode failed in the worker: %s", exc)
 
 
 def child_exit(server: Any, worker: Any) -> None:

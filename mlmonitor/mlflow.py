@@ -152,6 +152,11 @@ def json_text(value: Any) -> str:
 _enabled: list = []
 
 
+def enabled_before_fork() -> bool:
+    """True in a forked worker whose parent enabled the connected mode (gunicorn ``--preload``)."""
+    return bool(_enabled) and os.getpid() not in _enabled
+
+
 def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
     """Connected mode: ``@mlflow.trace`` spans join mlmonitor's server span, one trace.
 

@@ -34,6 +34,7 @@ MAX_ATTRIBUTE_LENGTH = 1024
 _provider_lock = threading.Lock()
 _built_provider: Any = None
 _built_pid = 0
+_configured: Any = None  # the global provider configure_tracing() set
 #: bumped in a forked child; cheaper per request than os.getpid()
 _fork_generation = [0]
 if hasattr(os, "register_at_fork"):
@@ -199,8 +200,9 @@ def provider_for(settings: Settings, tracer_provider: Any = None) -> Any:
     if tracer_provider is not None:
         return tracer_provider
     current = trace.get_tracer_provider()
-    if not isinstance(current, trace.ProxyTracerProvider) and not is_built(current):
-        return current
+    if current is _configured or (not isinstance(current, trace.ProxyTracerProvider)
+                                  and not is_built(current)):
+        return current  # in a forked worker too: the SDK restarts its batch thread there
     with _provider_lock:
         if _built_provider is None or _built_pid != os.getpid():
             _built_provider = build_tracer_provider(
@@ -215,11 +217,12 @@ def configure_tracing(service_name: Optional[str] = None) -> Any:
     """Opt-in: build a provider from ``OTEL_*`` and set it as the global one (mlmonitor never
     does that on its own), for apps that want OpenTelemetry set up by mlmonitor. Call it once,
     before ``Monitor(app)`` and other instrumentation; returns the provider."""
-    global _built_provider, _built_pid
+    global _built_provider, _built_pid, _configured
     provider = build_tracer_provider(service_name or os.environ.get("OTEL_SERVICE_NAME")
                                      or "mlmonitor")
     with _provider_lock:
         _built_provider, _built_pid = provider, os.getpid()  # flushed by shutdown()
+        _configured = provider
         _built_ever.append(provider)  # its dropped spans are counted
     trace.set_tracer_provider(provider)
     return provider
@@ -234,6 +237,12 @@ def shutdown(timeout_s: float = 5.0) -> None:
 
 
 def reset_after_fork() -> None:
-    """Forget the provider built before a fork; the worker builds its own on first use."""
-    global _built_provider
-    _built_provider = None
+    """Forget the provider built before a fork; the worker builds its own on first use.
+    The global one ``configure_tracing()`` set stays (OpenTelemetry sets it once per process,
+    and the app's other instrumentation and MLflow's connected mode use it): the worker keeps
+    it, with the master's ``process.pid`` in its resource, and flushes it on exit."""
+    global _built_provider, _built_pid
+    if _built_provider is not None and _built_provider is _configured:
+        _built_pid = os.getpid()
+    else:
+        _built_provider = None

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from flask import Flask, Response, abort, jsonify, request
@@ -283,6 +284,44 @@ def test_configure_tracing_sets_the_global_provider_only_when_asked():
     result = subprocess.run([sys.executable, "-c", _CONFIGURE_TRACING],
                             capture_output=True, text=True, timeout=60,
                             env={"PATH": "", "OTEL_TRACES_EXPORTER": "console"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"kind": "SpanKind.SERVER"') == 1, result.stdout
+    assert '"service.name": "iris-server"' in result.stdout
+
+
+_CONFIGURED_THEN_FORKED = """
+import io, os
+from flask import Flask
+from opentelemetry import trace
+import mlmonitor
+from mlmonitor import gunicorn as hooks  # noqa: F401  (what a gunicorn config imports)
+from mlmonitor.trace_provider import configure_tracing
+provider = configure_tracing("iris-server")
+app = Flask(__name__)
+Monitor = mlmonitor.Monitor
+Monitor(app, model_name="iris", model_version="v1", log_stream=io.StringIO())
+app.get("/")(lambda: "ok")
+pid = os.fork()
+if pid == 0:  # a --preload worker: the post_fork hook, then a request
+    class Worker: mlmonitor_slot = 0
+    class Server: log = None
+    hooks.post_fork(Server(), Worker())
+    app.test_client().get("/")
+    hooks.worker_exit(Server(), Worker())  # flushes the global provider's batch
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+"""
+
+
+def test_a_forked_worker_keeps_the_global_provider_configure_tracing_set():
+    """gunicorn --preload: OpenTelemetry sets the global provider once per process, so the
+    worker's mlmonitor spans go through it (with the app's other instrumentation and MLflow's
+    connected mode), and the worker flushes it on exit."""
+    result = subprocess.run([sys.executable, "-c", _CONFIGURED_THEN_FORKED],
+                            capture_output=True, text=True, timeout=60,
+                            env={"PATH": "", "OTEL_TRACES_EXPORTER": "console",
+                                 "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp()})
     assert result.returncode == 0, result.stderr
     assert result.stdout.count('"kind": "SpanKind.SERVER"') == 1, result.stdout
     assert '"service.name": "iris-server"' in result.stdout

@@ -162,12 +162,15 @@ def test_connected_mode_one_trace_with_mlflow_spans(mlflow_server):
                            "model": "inference"}
 
 
-def test_connected_mode_in_each_gunicorn_worker(mlflow_server, tmp_path):
-    """Set up at import in each worker (no --preload): every worker's first request is whole."""
+@pytest.mark.parametrize("preload", [False, True])
+def test_connected_mode_in_each_gunicorn_worker(mlflow_server, tmp_path, preload):
+    """Set up at import in each worker, or (--preload) once in the master and again by the
+    post_fork hook: every worker's first request is whole."""
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_ID":
            mlflow_server.experiment_id, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
            "PYTHONPATH": str(REPO)}
-    server = GunicornProcess(app="tests.helpers.mlflow_app:app", workers=2, env=env)
+    server = GunicornProcess(app="tests.helpers.mlflow_app:app", workers=2, env=env,
+                             args=["--preload"] if preload else [])
     server.command[0] = mlflow_tool("python")  # gunicorn<27 with mlflow, from .venv-mlflow
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT",
                  "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_TRACES_EXPORTER"):
