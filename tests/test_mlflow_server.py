@@ -61,25 +61,43 @@ class Server:
         return wait_for(found, 60, what=f"trace tr-{trace_id} in MLflow")
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    exe = mlflow_tool("mlflow")
-    tmp = tmp_path_factory.mktemp("mlflow")
+def start_mlflow_server(tmp):
+    """``mlflow server`` on a free port, up and answering; None when it exited first (another
+    process took the port between free_port() and its bind)."""
     port = free_port()
-    log = open(tmp / "server.log", "wb")
+    log = open(tmp / f"server-{port}.log", "wb")
     proc = subprocess.Popen(
-        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+        [mlflow_tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
          "--default-artifact-root", str(tmp / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+    log.close()
     url = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            return "exited"
+        with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+            return resp.status == 200 and "up"
+    if wait_for(up, 240, what="mlflow server /health") == "exited":
+        print((tmp / f"server-{port}.log").read_text()[-2000:])
+        return None, None
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mlflow")
+    proc = url = None
+    for _ in range(3):
+        proc, url = start_mlflow_server(tmp)
+        if proc is not None:
+            break
+    assert proc is not None, "mlflow server exited three times before answering (see stdout)"
     try:
-        def up():
-            assert proc.poll() is None, (tmp / "server.log").read_text()[-2000:]
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                return resp.status == 200
-        wait_for(up, 240, what="mlflow server /health")
-        experiment = call(url + "/api/2.0/mlflow/experiments/create", {"name": "mlmonitor"})
+        experiment = wait_for(lambda: call(url + "/api/2.0/mlflow/experiments/create",
+                                           {"name": "mlmonitor"}, timeout=30), 120,
+                              what="the experiment created")
         yield Server(url, experiment["experiment_id"])
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -88,7 +106,6 @@ def mlflow_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
 
 
 def test_otlp_traces_are_named_with_model_tags(mlflow_server, monkeypatch):
