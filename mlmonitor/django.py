@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 import weakref
@@ -42,7 +43,6 @@ from . import context, guard
 from .config import resolve
 from .middleware import MonitorMiddleware
 from .record import ENVIRON_KEY, UNMATCHED_ROUTE
-
 __all__ = ["MonitorDjangoMiddleware", "prediction", "set_reference"]
 
 _perf = time.perf_counter
@@ -53,6 +53,7 @@ _declared_references: list = []
 _cores: "weakref.WeakSet[MonitorMiddleware]" = weakref.WeakSet()
 _lock = threading.Lock()
 MAX_ROUTE = 256
+MAX_IO_BYTES = 65536  # capture_io: larger bodies are not parsed for the previews
 
 
 def _adopt(core: MonitorMiddleware) -> None:
@@ -252,15 +253,44 @@ def prediction(view: Optional[Callable] = None, *, model_name: Any = None,
             guard.report_fault("django", exc, core)
         started = _perf()
         try:
-            return view(request, *args, **kwargs)
+            response = view(request, *args, **kwargs)
         except BaseException as exc:
             rec.exc = exc
             raise
         finally:
             rec.prediction_seconds = _perf() - started
+        if core.settings.capture_io and rec.environ is not None:
+            _capture_io(rec, request, response)
+        return response
 
     monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
     return monitored_view
+
+
+def _capture_io(rec: Any, request: Any, response: Any) -> None:
+    """``capture_io=True`` (MLflow previews): the JSON request body and the JSON response,
+    each when at most 64 KiB and already in memory (a streamed response is not read)."""
+    from django.http.request import RawPostDataException
+
+    from .traces import IO_KEY
+    try:
+        inputs = outputs = None
+        if request.content_type == "application/json" and \
+                int(request.META.get("CONTENT_LENGTH") or 0) <= MAX_IO_BYTES:
+            try:
+                inputs = json.loads(request.body)
+            except (ValueError, RawPostDataException):  # not JSON, or read as a stream
+                pass
+        if not getattr(response, "streaming", True) and \
+                response.get("Content-Type", "").startswith("application/json") and \
+                len(response.content) <= MAX_IO_BYTES:
+            try:
+                outputs = json.loads(response.content)
+            except ValueError:
+                pass
+        rec.environ[IO_KEY] = (inputs, outputs)
+    except Exception as exc:
+        guard.report_fault("traces", exc, rec.middleware)
 
 
 def _per_request(value: Any, core: Any, component: str, request: Any, args: Any,

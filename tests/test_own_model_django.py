@@ -176,3 +176,24 @@ def test_set_reference_and_flat_settings_reach_the_django_monitor():
     bins = sum(s.value for f in monitored.registry.collect() for s in f.samples
                if s.name == "mlmonitor_feature_bin_total" and s.labels["model_name"] == "glucose")
     assert bins == 4  # two rows of two features, each in a reference bin
+
+
+def test_capture_io_previews_for_a_django_view_are_its_json_body_and_answer_redacted():
+    secret = json.dumps({"instances": [[1.0, 2.0]], "api_key": "s3cr3t-value"})
+    with override_settings(MLMONITOR={"model_version": "v1", "mlflow": True, "capture_io": True}), \
+            capture() as monitored:
+        client = Client(raise_request_exception=False)
+        client.post("/v1/models/glucose:predict", data=secret, content_type="application/json",
+                    **AUTH)
+        client.post("/v1/models/glucose:predict", data="not json", content_type="text/plain",
+                    **AUTH)
+    first, second = [span for span in monitored.spans() if span.parent is None]
+    inputs = json.loads(first.attributes["mlflow.spanInputs"])
+    assert inputs["instances"] == [[1.0, 2.0]]
+    assert "s3cr3t-value" not in first.attributes["mlflow.spanInputs"]
+    assert json.loads(first.attributes["mlflow.spanOutputs"]) == {"predictions": [6.0]}
+    assert "mlflow.spanInputs" not in second.attributes  # a 500 on a body that is not JSON
+    assert second.status.status_code.name == "ERROR"
+    lines = monitored.logs()
+    assert [line["status"] for line in lines] == [200, 500]
+    assert "s3cr3t-value" not in json.dumps(lines)
