@@ -279,14 +279,14 @@ def _capture_io(rec: Any, request: Any, response: Any) -> None:
                 int(request.META.get("CONTENT_LENGTH") or 0) <= MAX_IO_BYTES:
             try:
                 inputs = json.loads(request.body)
-            except (ValueError, RawPostDataException):  # not JSON, or read as a stream
-                pass
+            except (ValueError, RecursionError, RawPostDataException):  # not JSON (or
+                pass  # nested too deep for the parser), or read by the view as a stream
         if not getattr(response, "streaming", True) and \
                 response.get("Content-Type", "").startswith("application/json") and \
                 len(response.content) <= MAX_IO_BYTES:
             try:
                 outputs = json.loads(response.content)
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         rec.environ[IO_KEY] = (inputs, outputs)
     except Exception as exc:

@@ -143,10 +143,16 @@ def _capture_io(rec: Any, response: Any) -> None:
     """``capture_io=True``: the JSON request (when small) and the JSON the view returned."""
     from .traces import IO_KEY
     req = _current_request()
-    inputs = req.get_json(silent=True) if req.is_json and (req.content_length or 0) <= 65536 \
-        else None
-    outputs = response.get_json(silent=True) if response.is_json and response.is_sequence \
-        else None
+    try:
+        inputs = req.get_json(silent=True) if req.is_json and (req.content_length or 0) <= 65536 \
+            else None
+    except RecursionError:  # JSON nested too deep for the parser: no preview, not a fault
+        inputs = None
+    try:
+        outputs = response.get_json(silent=True) if response.is_json and response.is_sequence \
+            else None
+    except RecursionError:
+        outputs = None
     rec.environ[IO_KEY] = (inputs, outputs)
 
 

@@ -226,3 +226,13 @@ def test_capture_io_previews_for_a_fastapi_view_are_its_body_and_result_redacted
     inputs = json.loads(span.attributes["mlflow.spanInputs"])
     assert inputs["query"]["x"] == [1, 2] and "s3cr3t-value" not in span.attributes["mlflow.spanInputs"]
     assert json.loads(span.attributes["mlflow.spanOutputs"]) == {"label": "setosa", "n": 2}
+
+
+def test_capture_io_on_json_nested_too_deep_is_no_preview_and_no_fault():
+    with capture() as monitored:
+        app, _ = make(mlflow=True, capture_io=True)
+        response = app.test_client().post("/predict", data="[" * 30000 + "]" * 30000,
+                                          content_type="application/json")
+        assert response.status_code in (400, 500)  # the app's own answer
+        assert monitored.value("mlmonitor_internal_errors_total", component="flask") == 0
+    assert "mlflow.spanInputs" not in server_span(monitored).attributes

@@ -192,8 +192,20 @@ def test_capture_io_previews_for_a_django_view_are_its_json_body_and_answer_reda
     assert inputs["instances"] == [[1.0, 2.0]]
     assert "s3cr3t-value" not in first.attributes["mlflow.spanInputs"]
     assert json.loads(first.attributes["mlflow.spanOutputs"]) == {"predictions": [6.0]}
-    assert "mlflow.spanInputs" not in second.attributes  # a 500 on a body that is not JSON
-    assert second.status.status_code.name == "ERROR"
+    assert "mlflow.spanInputs" not in second.attributes  # a body that is not JSON
+    assert json.loads(second.attributes["mlflow.spanOutputs"])["error"].startswith("expected")
     lines = monitored.logs()
-    assert [line["status"] for line in lines] == [200, 500]
+    assert [line["status"] for line in lines] == [200, 400]
     assert "s3cr3t-value" not in json.dumps(lines)
+
+
+def test_capture_io_on_json_nested_too_deep_is_no_preview_and_no_fault():
+    nested = "[" * 30000 + "]" * 30000  # 60 KB: under the size cap, over the parser's depth
+    with override_settings(MLMONITOR={"model_version": "v1", "mlflow": True, "capture_io": True}), \
+            capture() as monitored:
+        client = Client(raise_request_exception=False)
+        assert client.post("/v1/models/glucose:predict", data=nested,
+                           content_type="application/json", **AUTH).status_code == 400
+        assert monitored.value("mlmonitor_internal_errors_total", component="traces") == 0
+    (span,) = [span for span in monitored.spans() if span.parent is None]
+    assert "mlflow.spanInputs" not in span.attributes

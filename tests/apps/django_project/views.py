@@ -36,7 +36,10 @@ def predict(request, name):
     if name not in MODELS:
         raise Http404(f"no model {name}")
     mlmonitor.tag(pid=os.getpid())  # which worker served it, in the log line
-    rows = json.loads(request.body)["instances"]
+    try:
+        rows = json.loads(request.body)["instances"]
+    except (ValueError, RecursionError, KeyError, TypeError):
+        return JsonResponse({"error": "expected {\"instances\": [[...], ...]}"}, status=400)
     with mlmonitor.stage("inference"):
         y = [MODELS[name] * sum(row) for row in rows]
     mlmonitor.observe_batch(features=rows, predictions=y, feature_names=["a", "b"])
