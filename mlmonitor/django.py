@@ -43,6 +43,7 @@ from . import context, guard
 from .config import resolve
 from .middleware import MonitorMiddleware
 from .record import ENVIRON_KEY, UNMATCHED_ROUTE
+
 __all__ = ["MonitorDjangoMiddleware", "prediction", "set_reference"]
 
 _perf = time.perf_counter

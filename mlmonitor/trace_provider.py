@@ -222,9 +222,10 @@ def configure_tracing(service_name: Optional[str] = None) -> Any:
                                      or "mlmonitor")
     with _provider_lock:
         _built_provider, _built_pid = provider, os.getpid()  # flushed by shutdown()
-        _configured = provider
         _built_ever.append(provider)  # its dropped spans are counted
-    trace.set_tracer_provider(provider)
+    trace.set_tracer_provider(provider)  # refused (with OTel's warning) when one is set
+    if trace.get_tracer_provider() is provider:
+        _configured = provider
     return provider
 
 
