@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 PORT ?=
 LOWEST ?= .venv-lowest
 MLFLOW_VENV ?= .venv-mlflow
+MLFLOW_LOWEST ?= .venv-mlflow-lowest
 
 .PHONY: demo demo-prometheus demo-mlflow test test-fast test-lowest venv venv-mlflow venv-lowest clean
 
@@ -40,7 +41,7 @@ demo-mlflow: $(VENV)/.installed-demo $(MLFLOW_VENV)/.installed
 
 ## the whole test suite (real gunicorn, Prometheus, Alertmanager, OTLP receiver on 127.0.0.1)
 ## (two pytest workers, one test file each at a time: most tests wait on real servers)
-test: $(VENV)/.installed-test $(MLFLOW_VENV)/.installed
+test: $(VENV)/.installed-test $(MLFLOW_VENV)/.installed $(MLFLOW_LOWEST)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(VENV)/.installed-test
@@ -63,10 +64,18 @@ test-lowest: $(LOWEST)/.installed
 ## the tests in tests/test_mlflow_server.py run them from there and talk HTTP to them
 $(MLFLOW_VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(MLFLOW_VENV)
-	$(MLFLOW_VENV)/bin/pip install -q -e '.[otlp,mlflow]' 'mlflow>=3.1,<4' 'gunicorn<27'
+	$(MLFLOW_VENV)/bin/pip install -q -e '.[otlp,mlflow]' 'mlflow>=3.7,<4' 'gunicorn<27'
 	touch $@
 
-venv-mlflow: $(MLFLOW_VENV)/.installed
+## an MLflow app's side at the lowest versions allowed (mlflow-skinny, OpenTelemetry, Flask):
+## tests/test_mlflow_server.py runs the connected mode from it against the server above
+$(MLFLOW_LOWEST)/.installed: setup.cfg pyproject.toml tests/test_good_guest_bounds.py | $(VENV)/.installed-test
+	$(PYTHON) -m venv $(MLFLOW_LOWEST)
+	$(BIN)/python tests/test_good_guest_bounds.py otlp,mlflow > $(MLFLOW_LOWEST)/constraints.txt
+	$(MLFLOW_LOWEST)/bin/pip install -q --only-binary=:all: -c $(MLFLOW_LOWEST)/constraints.txt -e '.[otlp,mlflow]'
+	touch $@
+
+venv-mlflow: $(MLFLOW_VENV)/.installed $(MLFLOW_LOWEST)/.installed
 
 clean:
-	rm -rf $(VENV) $(LOWEST) $(MLFLOW_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST) $(MLFLOW_VENV) $(MLFLOW_LOWEST) build *.egg-info .pytest_cache

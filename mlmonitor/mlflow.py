@@ -157,6 +157,31 @@ def enabled_before_fork() -> bool:
     return bool(_enabled) and os.getpid() not in _enabled
 
 
+#: the first MLflow whose tracing joins a shared provider and finishes a trace whose root is
+#: an OpenTelemetry span: 3.1-3.4 refuse the experiment destination, 3.5 keeps its own provider
+#: (no trace arrives), 3.6 leaves such traces STATE_UNSPECIFIED
+MIN_CONNECTED = (3, 7)
+
+
+def _installed_version() -> Optional[str]:
+    """MLflow's version from its distribution (full, skinny or tracing-only), not importing it."""
+    from importlib import metadata
+    for dist in ("mlflow-skinny", "mlflow", "mlflow-tracing"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _check_version(version: Optional[str]) -> None:
+    """ConfigError naming the installed MLflow when it is older than the connected mode needs."""
+    parts = tuple(int(p) for p in re.findall(r"\d+", version or "")[:2])
+    if version is not None and parts < MIN_CONNECTED:
+        raise ConfigError(f"mlmonitor.mlflow.enable(): the connected mode needs MLflow >= 3.7 "
+                          f"(installed: {version}): pip install 'mlmonitor[mlflow]'")
+
+
 def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
     """Connected mode: ``@mlflow.trace`` spans join mlmonitor's server span, one trace.
 
@@ -183,6 +208,7 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
             return None
         raise ConfigError("mlmonitor.mlflow.enable(): the connected mode needs MLflow: "
                           "pip install 'mlmonitor[mlflow]'")
+    _check_version(_installed_version())
     # MLflow reads these when its tracing starts (after this), not at import
     os.environ["MLFLOW_USE_DEFAULT_TRACER_PROVIDER"] = "false"
     if "otlp" in _exporter_names():

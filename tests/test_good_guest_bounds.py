@@ -105,8 +105,9 @@ print(Sink.dropped)
     assert int(out) >= 7  # a queue of 2, at most one batch taken by the worker meanwhile
 
 
-if __name__ == "__main__":  # the lowest allowed versions, as pip constraints
-    for package, version in sorted(lower_bounds(("test", "otlp", "gunicorn")).items()):
+if __name__ == "__main__":  # the lowest allowed versions, as pip constraints [extras,...]
+    chosen = tuple(sys.argv[1].split(",")) if len(sys.argv) > 1 else ("test", "otlp", "gunicorn")
+    for package, version in sorted(lower_bounds(chosen).items()):
         print(f"{package}=={version}")
 
 

@@ -1,6 +1,7 @@
 """Spans shaped for MLflow and model lineage, with in-memory doubles (no MLflow needed)."""
 import io
 import json
+import os
 
 import pytest
 from flask import Flask, jsonify, request
@@ -236,3 +237,24 @@ def test_capture_io_on_json_nested_too_deep_is_no_preview_and_no_fault():
         assert response.status_code in (400, 500)  # the app's own answer
         assert monitored.value("mlmonitor_internal_errors_total", component="flask") == 0
     assert "mlflow.spanInputs" not in server_span(monitored).attributes
+
+
+@pytest.mark.parametrize("version", ["3.1.0", "3.5.1", "3.6.0"])
+def test_enable_refuses_an_mlflow_older_than_the_connected_mode_needs(monkeypatch, version):
+    """Found on the real wheels: 3.1-3.4 refuse the destination, 3.5 keeps its own provider (no
+    trace arrives), 3.6 leaves the trace unfinished. The error names the version, before any
+    MLFLOW_* variable is set."""
+    import importlib.util
+    from importlib import metadata
+    real_spec, real_version = importlib.util.find_spec, metadata.version
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "mlflow" else real_spec(name, *a))
+    monkeypatch.setattr(metadata, "version",
+                        lambda dist: version if dist == "mlflow-skinny" else real_version(dist))
+    monkeypatch.delenv("MLFLOW_USE_DEFAULT_TRACER_PROVIDER", raising=False)
+    with pytest.raises(ConfigError, match=rf"MLflow >= 3.7 \(installed: {version}\)"):
+        mlm.enable()
+    assert "MLFLOW_USE_DEFAULT_TRACER_PROVIDER" not in os.environ
+    for ok in ("3.7.0", "3.17.2", "4.0.0rc1"):
+        mlm._check_version(ok)  # no error
+    mlm._check_version(None)  # a source checkout without metadata: not refused
