@@ -143,10 +143,9 @@ def _capture_io(rec: Any, response: Any) -> None:
     """``capture_io=True``: the JSON request (when small) and the JSON the view returned."""
     from .traces import IO_KEY
     req = _current_request()
-    try:
-        inputs = req.get_json(silent=True) if req.is_json and (req.content_length or 0) <= 65536 \
-            else None
-    except RecursionError:  # JSON nested too deep for the parser: no preview, not a fault
+    try:  # not silent: Flask caches per flag, and the view's get_json() or .json parsed it
+        inputs = req.get_json() if req.is_json and (req.content_length or 0) <= 65536 else None
+    except Exception:  # not JSON (BadRequest), or nested too deep for the parser: no preview
         inputs = None
     try:
         outputs = response.get_json(silent=True) if response.is_json and response.is_sequence \

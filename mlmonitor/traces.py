@@ -27,6 +27,7 @@ trace linked to the caller's span: MLflow keeps a trace without its root ``IN_PR
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
 from opentelemetry import context as otel_context
@@ -171,12 +172,20 @@ class TraceSink:
         """``value`` as JSON, secret fields redacted as in logs, capped: a cut one becomes a
         JSON string of its head, so MLflow still parses it."""
         import json
-        try:
-            text = json.dumps(self.redactor.value(value), ensure_ascii=False, default=str)
+        budget = [PREVIEW_CHARS]
+        try:  # only the head is redacted and encoded: a 60 KB body costs what a small one does
+            head = _head(value, budget)
+            text = json.dumps(self.redactor.value(head), ensure_ascii=False, default=str)
         except Exception:
-            text = json.dumps(_safe_text(value))
-        if len(text) > PREVIEW_CHARS:
-            text = json.dumps(text[:PREVIEW_CHARS - 64] + "...", ensure_ascii=False)
+            text = json.dumps(_safe_text(value)[:PREVIEW_CHARS])
+        if len(text) > PREVIEW_CHARS or budget[0] < 0:
+            keep = PREVIEW_CHARS - 8
+            while True:  # escaping lengthens the text: cut until the JSON string fits whole
+                cut = json.dumps(text[:keep] + "...", ensure_ascii=False)
+                if len(cut) <= PREVIEW_CHARS:
+                    break
+                keep = max(0, min(keep - 1, keep * (PREVIEW_CHARS - 8) // len(cut)))
+            text = cut
         return _utf8(text)
 
     def use_global_provider(self) -> None:
@@ -321,6 +330,31 @@ def _genai_usage(rec: RequestRecord) -> Dict[str, Any]:
 IO_KEY = "mlmonitor.io"
 #: a preview's cap, under the provider's attribute length limit
 PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
+def _head(value: Any, budget: list) -> Any:
+    """The head of a JSON-like value, in document order, about as much as its JSON can show in
+    ``budget[0]`` characters (each text cut at its head, so a name is never separated from its
+    value): a large body is read no further than its preview. The budget goes below zero when
+    something was left out."""
+    if isinstance(value, str):
+        budget[0] -= len(value) + 2
+        return value[:PREVIEW_CHARS]
+    if isinstance(value, (Mapping, list, tuple)):
+        budget[0] -= 2
+        mapping = isinstance(value, Mapping)
+        out: Any = {} if mapping else []
+        for item in (value.items() if mapping else value):
+            if budget[0] <= 0:
+                budget[0] = -1
+                break
+            if mapping:
+                key, item = item
+                budget[0] -= len(str(key)) + 4
+                out[key] = _head(item, budget)
+            else:
+                out.append(_head(item, budget))
+        return out
+    budget[0] -= 8  # a number, a bool, null or something the redactor renders
+    return value
 
 
 def _utf8(text: str) -> str:
