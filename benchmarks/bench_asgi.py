@@ -28,13 +28,12 @@ import argparse
 import importlib.util
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -44,13 +43,16 @@ from asgi_apps import CONFIGS  # noqa: E402
 from bench_gunicorn import LUA, ServerProcess, free_port, wrk  # noqa: E402
 from bench_overhead import machine  # noqa: E402
 from report import target, verdict, write_report  # noqa: E402
-from rounds import run_rounds, serve_rounds  # noqa: E402
+from rounds import (child_checks, median, per_config, ratio_of_added, run_rounds,  # noqa: E402
+                    serve_rounds)
 
 DEFAULT_OUT = HERE / "results" / "asgi.json"
 
 
-def _median(values: List[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+#: request counters of mlmonitor, prometheus-fastapi-instrumentator and the hand-written app
+COUNTERS = (("mlmonitor_http_requests_total", {"method": "POST", "route": "/predict", "status": "200"}),
+            ("http_requests_total", {"handler": "/predict", "method": "POST", "status": "2xx"}),
+            ("app_requests_total", {"method": "POST", "route": "/predict", "status": "200"}))
 
 
 def _child_env() -> Dict[str, str]:
@@ -69,29 +71,7 @@ def child(config: str, warmup: int) -> None:
     app, handles = make_app(config)
     loop = asyncio.new_event_loop()
     serve_rounds(config, lambda count: request_loop(loop, app, count), warmup,
-                 lambda: _checks(config, handles))
-
-
-def _checks(config: str, handles: Dict[str, Any]) -> Dict[str, Any]:
-    """What the configuration really did (so a broken setup cannot pass as a fast one)."""
-    checks: Dict[str, Any] = {"config": config}
-    provider = handles.get("provider")
-    if provider is not None:
-        provider.force_flush(10_000)
-        checks["spans_exported"] = handles["exporter"].exported
-    registry = handles["registry"]
-    for name, labels in (("mlmonitor_http_requests_total",
-                          {"method": "POST", "route": "/predict", "status": "200"}),
-                         ("http_requests_total",
-                          {"handler": "/predict", "method": "POST", "status": "2xx"}),
-                         ("app_requests_total",
-                          {"method": "POST", "route": "/predict", "status": "200"})):
-        value = registry.get_sample_value(name, labels)
-        if value is not None:
-            checks["requests_counted"] = value
-    from mlmonitor import guard
-    checks["mlmonitor_internal_errors"] = guard.total_faults()
-    return checks
+                 lambda: child_checks(config, handles, COUNTERS))
 
 
 def in_process(configs: List[str], rounds: int, requests: int, warmup: int,
@@ -105,30 +85,13 @@ def in_process(configs: List[str], rounds: int, requests: int, warmup: int,
 
 
 def summarize(per_round: List[Dict[str, float]], checks: Dict[str, Any]) -> Dict[str, Any]:
-    results: Dict[str, Any] = {}
-    for name in per_round[0]:
-        us = [r[name] for r in per_round]
-        results[name] = {"description": CONFIGS[name], "us_per_request": _median(us),
-                         "added_us": _median([r[name] - r["bare"] for r in per_round]),
-                         "ratio_to_bare": _median([r[name] / r["bare"] for r in per_round]),
-                         "rounds_us": us}
-        if name in checks:
-            results[name]["checks"] = checks[name]
-
-    def ratio_of_added(a: str, b: str) -> Optional[float]:
-        if a not in per_round[0] or b not in per_round[0]:
-            return None
-        values = [(r[a] - r["bare"]) / (r[b] - r["bare"]) for r in per_round
-                  if r[b] - r["bare"] > 0]
-        return _median(values) if values else None
-
     targets = {
         "full_vs_peer_stack_added":
-            target(ratio_of_added("mlmonitor_full", "peer_stack"), 0.30, "<="),
+            target(ratio_of_added(per_round, "mlmonitor_full", "peer_stack"), 0.30, "<="),
         "metrics_vs_instrumentator_added":
-            target(ratio_of_added("mlmonitor_metrics", "instrumentator"), 0.6, "<="),
+            target(ratio_of_added(per_round, "mlmonitor_metrics", "instrumentator"), 0.6, "<="),
     }
-    return {"results": results, "targets": targets}
+    return {"results": per_config(per_round, checks, CONFIGS.__getitem__), "targets": targets}
 
 
 def print_in_process(report: Dict[str, Any]) -> None:
@@ -217,11 +180,11 @@ def under_uvicorn(configs: List[str], duration: float, warmup: float, reps: int,
     for config in configs:
         mine = [r for r in runs if r["config"] == config]
         summary[config] = {
-            "requests_per_s": _median([r["requests_per_s"] for r in mine]),
-            "ratio_to_bare": _median([r["ratio_to_bare"] for r in mine]),
+            "requests_per_s": median([r["requests_per_s"] for r in mine]),
+            "ratio_to_bare": median([r["ratio_to_bare"] for r in mine]),
             "ratio_range": [min(r["ratio_to_bare"] for r in mine),
                             max(r["ratio_to_bare"] for r in mine)],
-            **{k: _median([r.get(k, 0.0) for r in mine])
+            **{k: median([r.get(k, 0.0) for r in mine])
                for k in ("p50_ms", "p99_ms", "p99_x_bare")},
             "errors": sum(r["non_2xx"] + r["socket_errors"] for r in mine),
         }

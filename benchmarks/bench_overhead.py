@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,8 @@ sys.path.insert(0, str(HERE))
 
 from bench_apps import CONFIGS, EXTRA_CONFIGS, configs_from  # noqa: E402
 from report import target, verdict, write_report  # noqa: E402
-from rounds import run_rounds, serve_rounds  # noqa: E402
+from rounds import (child_checks, median, per_config, ratio_of_added, run_rounds,  # noqa: E402
+                    serve_rounds)
 
 DEFAULT_OUT = HERE / "results" / "overhead.json"
 
@@ -49,29 +49,13 @@ def child(config: str, warmup: int) -> None:
 
     app, handles = make_app(config)
     serve_rounds(config, lambda count: request_loop(app, count), warmup,
-                 lambda: _checks(config, app, handles))
+                 lambda: child_checks(config, handles, COUNTERS))
 
 
-def _checks(config: str, app: Any, handles: Dict[str, Any]) -> Dict[str, Any]:
-    """What the configuration really did (so a broken setup cannot pass as a fast one)."""
-    checks: Dict[str, Any] = {"config": config}
-    provider = handles.get("provider")
-    if provider is not None:
-        provider.force_flush(10_000)
-        checks["spans_exported"] = handles["exporter"].exported
-    registry = handles.get("registry")
-    if registry is not None:
-        for name, labels in (("mlmonitor_http_requests_total",
-                              {"method": "POST", "route": "/predict", "status": "200"}),
-                             ("flask_http_request_total", {"method": "POST", "status": "200"}),
-                             ("app_requests_total",
-                              {"method": "POST", "route": "/predict", "status": "200"})):
-            value = registry.get_sample_value(name, labels)
-            if value is not None:
-                checks["requests_counted"] = value
-    from mlmonitor import guard
-    checks["mlmonitor_internal_errors"] = guard.total_faults()
-    return checks
+#: request counters of mlmonitor, prometheus-flask-exporter and the hand-written app
+COUNTERS = (("mlmonitor_http_requests_total", {"method": "POST", "route": "/predict", "status": "200"}),
+            ("flask_http_request_total", {"method": "POST", "status": "200"}),
+            ("app_requests_total", {"method": "POST", "route": "/predict", "status": "200"}))
 
 
 # -- the OTLP encoder micro-benchmark ------------------------------------------------------
@@ -133,11 +117,11 @@ def encoder_benchmark(spans_count: int, repeats: int) -> Dict[str, Any]:
         encode_spans(spans)
         sdk_s.append(middle - start)
         ours_s.append(time.perf_counter() - middle)
-    ratio = _median([o / s for o, s in zip(ours_s, sdk_s)])
+    ratio = median([o / s for o, s in zip(ours_s, sdk_s)])
     return {"spans": len(spans), "repeats": repeats, "bytes": len(ours),
             "identical_bytes": ours == sdk_bytes,
-            "sdk_us_per_span": _median(sdk_s) / len(spans) * 1e6,
-            "mlmonitor_us_per_span": _median(ours_s) / len(spans) * 1e6,
+            "sdk_us_per_span": median(sdk_s) / len(spans) * 1e6,
+            "mlmonitor_us_per_span": median(ours_s) / len(spans) * 1e6,
             "ratio": ratio, "target": target(ratio, 0.2, "<=")}
 
 
@@ -162,40 +146,22 @@ def run(configs: List[str], rounds: int, requests: int, warmup: int,
     return report
 
 
-def _median(values: List[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def summarize(per_round: List[Dict[str, float]], checks: Dict[str, Any]) -> Dict[str, Any]:
-    results: Dict[str, Any] = {}
-    for name in per_round[0]:
-        us = [r[name] for r in per_round]
-        added = [r[name] - r["bare"] for r in per_round]
-        ratio = [r[name] / r["bare"] for r in per_round]
-        results[name] = {"description": CONFIGS.get(name) or EXTRA_CONFIGS[name], "us_per_request": _median(us),
-                         "added_us": _median(added), "ratio_to_bare": _median(ratio),
-                         "rounds_us": us, "checks": checks.get(name, {})}
-
-    def ratio_of_added(a: str, b: str) -> Any:
-        if a not in per_round[0] or b not in per_round[0]:
-            return None
-        values = [(r[a] - r["bare"]) / (r[b] - r["bare"]) for r in per_round
-                  if r[b] - r["bare"] > 0]
-        return _median(values) if values else None
-
     def difference(a: str, b: str) -> Any:
         if a not in per_round[0] or b not in per_round[0]:
             return None
-        return _median([r[a] - r[b] for r in per_round])
+        return median([r[a] - r[b] for r in per_round])
 
     targets = {
         "full_vs_peer_stack_added":
-            target(ratio_of_added("mlmonitor_full", "peer_stack"), 0.30, "<="),
+            target(ratio_of_added(per_round, "mlmonitor_full", "peer_stack"), 0.30, "<="),
         "metrics_vs_prometheus_flask_exporter_added":
-            target(ratio_of_added("mlmonitor_metrics", "prometheus_flask_exporter"), 0.6, "<="),
+            target(ratio_of_added(per_round, "mlmonitor_metrics", "prometheus_flask_exporter"),
+                   0.6, "<="),
         "unsampled_tracing_us":
             target(difference("mlmonitor_unsampled", "mlmonitor_no_traces"), 5.0, "<="),
     }
+    results = per_config(per_round, checks, lambda name: CONFIGS.get(name) or EXTRA_CONFIGS[name])
     return {"results": results, "targets": targets}
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 def serve_rounds(config: str, run: Callable[[int], Tuple[float, float, int]], warmup: int,
@@ -94,3 +95,50 @@ def run_rounds(script: str, configs: List[str], rounds: int, requests: int,
                 worker.proc.kill()
                 worker.proc.wait()
     return per_round, checks
+
+
+def median(values: List[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def child_checks(config: str, handles: Dict[str, Any],
+                 counters: Sequence[Tuple[str, Dict[str, str]]]) -> Dict[str, Any]:
+    """What a child's configuration really did (so a broken set-up cannot pass as a fast one):
+    spans exported, requests counted by whichever of ``counters`` its registry has, and
+    mlmonitor's internal errors."""
+    checks: Dict[str, Any] = {"config": config}
+    provider = handles.get("provider")
+    if provider is not None:
+        provider.force_flush(10_000)
+        checks["spans_exported"] = handles["exporter"].exported
+    registry = handles.get("registry")
+    if registry is not None:
+        for name, labels in counters:
+            value = registry.get_sample_value(name, labels)
+            if value is not None:
+                checks["requests_counted"] = value
+    from mlmonitor import guard
+    checks["mlmonitor_internal_errors"] = guard.total_faults()
+    return checks
+
+
+def per_config(per_round: List[Dict[str, float]], checks: Dict[str, Any],
+               describe: Callable[[str], str]) -> Dict[str, Any]:
+    """Each configuration's medians over rounds: time per request, added time and ratio to
+    bare Flask within each round."""
+    results: Dict[str, Any] = {}
+    for name in per_round[0]:
+        us = [r[name] for r in per_round]
+        results[name] = {"description": describe(name), "us_per_request": median(us),
+                         "added_us": median([r[name] - r["bare"] for r in per_round]),
+                         "ratio_to_bare": median([r[name] / r["bare"] for r in per_round]),
+                         "rounds_us": us, "checks": checks.get(name, {})}
+    return results
+
+
+def ratio_of_added(per_round: List[Dict[str, float]], a: str, b: str) -> Optional[float]:
+    """Median over rounds of what ``a`` adds to bare over what ``b`` adds."""
+    if a not in per_round[0] or b not in per_round[0]:
+        return None
+    values = [(r[a] - r["bare"]) / (r[b] - r["bare"]) for r in per_round if r[b] - r["bare"] > 0]
+    return median(values) if values else None
