@@ -3,27 +3,15 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 
 import pytest
 
 from mlmonitor import guard
 from mlmonitor.testing import mlmonitor_capture  # noqa: F401  (the fixture, for every test)
 
+from helpers.promstack import require_binary  # noqa: F401  (tests import it from here too)
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def require_binary(name: str) -> str:
-    """The path of a real tool; in CI a missing one fails the test, elsewhere it skips."""
-    path = shutil.which(name)
-    if path is None:
-        package = {"promtool": "prometheus", "amtool": "prometheus-alertmanager",
-                   "prometheus-alertmanager": "prometheus-alertmanager"}.get(name, name)
-        message = f"{name} is not installed (Debian: apt-get install {package})"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 #: a hypothesis test of more examples than this is a long fuzzer, marked ``slow`` (``make test``

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from helpers.promql_lint import instant_raw_selectors, unguarded_divisions
-from helpers.promstack import require_binary
+from helpers.promstack import promtool_test, require_binary
 from mlmonitor import cli, contract, rules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ tests:
 
 
 def test_custom_buckets_render_latency_rules_that_fire_in_promtool(tmp_path):
-    promtool = require_binary("promtool")
+    require_binary("promtool")
     out = tmp_path / "rules"
     assert cli.main(["alerts", "render", "--buckets", "0.1,0.3,0.5,1", "--latency-p99", "0.3",
                      "--out-dir", str(out)]) == 0
@@ -98,8 +98,7 @@ def test_custom_buckets_render_latency_rules_that_fire_in_promtool(tmp_path):
     test = tmp_path / "latency.yml"
     test.write_text(CUSTOM_BUCKETS_TEST.format(recording=out / rules.RECORDING_FILE,
                                                alerts=out / rules.ALERTS_FILE, series="\n".join(lines)))
-    proc = subprocess.run([promtool, "test", "rules", str(test)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    promtool_test(test)
 
 
 # -- selectors and runbooks -----------------------------------------------------------------------

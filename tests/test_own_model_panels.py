@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Dict
 
 import pytest
 
-from helpers.promstack import require_binary
+from helpers.promstack import promtool_test, require_binary
 from mlmonitor import contract
 from test_dashboards import ALLOWED_EMPTY, DASHBOARD_DIR, panels, substitute
 
@@ -136,7 +135,7 @@ EXPECTED = {
 
 
 def test_new_panel_queries_give_exact_values_on_known_series(tmp_path):
-    promtool = require_binary("promtool")
+    require_binary("promtool")
     found = by_title()
     cases = []
     for (key, ref), samples in EXPECTED.items():
@@ -147,9 +146,7 @@ def test_new_panel_queries_give_exact_values_on_known_series(tmp_path):
     path = tmp_path / "panels.yml"
     path.write_text(f"rule_files: [{RULES}]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n"
                     f"    input_series:{SERIES}\n    promql_expr_test:\n" + "\n".join(cases) + "\n")
-    proc = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    promtool_test(path)
 
 
 @pytest.mark.parametrize("key", sorted(REGRESSION_PANELS))

@@ -2,13 +2,12 @@
 checked with ``promtool test rules`` on the shipped recording rules."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers.promstack import require_binary
+from helpers.promstack import promtool_test, require_binary
 from mlmonitor import cli, rules
 
 RULES = Path(__file__).resolve().parents[1] / "alerts" / "mlmonitor-recording.rules.yml"
@@ -72,12 +71,9 @@ tests:
 
 
 def test_output_drift_and_live_mae_rules_give_exact_values(tmp_path):
-    promtool = require_binary("promtool")
     path = tmp_path / "regression.yml"
     path.write_text(CASES)
-    proc = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    promtool_test(path)
 
 
 MAE_CASE = """
@@ -112,7 +108,7 @@ def _mae_case(recording: Path, alerts: Path, firing: list) -> str:
 @pytest.mark.parametrize("factor, firing", [(None, ["v1"]), ("1.1", ["v1", "v2"]), ("2.5", [])])
 def test_mae_factor_option_decides_which_versions_fire(tmp_path, factor, firing):
     """``alerts render --mae-factor``: live MAE 3 against references 1.5 and 2.5 (default factor 1.5)."""
-    promtool = require_binary("promtool")
+    require_binary("promtool")
     args = ["alerts", "render", "--out-dir", str(tmp_path)] + (["--mae-factor", factor] if factor else [])
     assert cli.main(args) == 0
     alerts = tmp_path / rules.ALERTS_FILE
@@ -121,9 +117,7 @@ def test_mae_factor_option_decides_which_versions_fire(tmp_path, factor, firing)
         assert f"--mae-factor {factor}" in alerts.read_text().splitlines()[0]
     case = tmp_path / "mae.yml"
     case.write_text(_mae_case(tmp_path / rules.RECORDING_FILE, alerts, firing))
-    proc = subprocess.run([promtool, "test", "rules", str(case)], capture_output=True, text=True, check=False,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr + case.read_text()
+    promtool_test(case, case.read_text())
 
 
 def test_mae_factor_must_be_positive():
@@ -134,11 +128,8 @@ def test_mae_factor_must_be_positive():
 def test_shipped_regression_alert_tests_cover_firing_and_silence():
     """alerts/tests/regression.yml: each regression alert fires for one version and stays silent for
     the others (no drift, too few values, MAE within the factor, no reference MAE)."""
-    promtool = require_binary("promtool")
     path = RULES.parent / "tests" / "regression.yml"
-    proc = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    promtool_test(path)
     fired = {}
     for case in yaml.safe_load(path.read_text())["tests"]:
         for check in case.get("alert_rule_test", []):

@@ -28,7 +28,7 @@ import pytest
 
 from .gunicorn_proc import free_port
 
-__all__ = ["require_binary", "wait_for", "query", "Prometheus", "Alertmanager", "WebhookReceiver"]
+__all__ = ["require_binary", "promtool_test", "wait_for", "query", "Prometheus", "Alertmanager", "WebhookReceiver"]
 
 T = TypeVar("T")
 
@@ -38,11 +38,19 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = (f"{name} is not installed (Debian: apt-get install prometheus"
-               f" prometheus-alertmanager)")
+    package = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}.get(name, name)
+    message = f"{name} is not installed (Debian: apt-get install {package})"
     if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         pytest.fail(message + "; CI must have it", pytrace=False)
     pytest.skip(message)
+
+
+def promtool_test(path: Path, context: str = "") -> subprocess.CompletedProcess:
+    """``promtool test rules path``, which must pass (its output, and ``context``, shown if not)."""
+    proc = subprocess.run([require_binary("promtool"), "test", "rules", str(path)],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + context
+    return proc
     raise AssertionError("unreachable")
 
 
