@@ -199,7 +199,9 @@ def test_connected_mode_one_trace_with_mlflow_spans(mlflow_server, venv):
 @pytest.mark.parametrize("preload", [False, True])
 def test_connected_mode_in_each_gunicorn_worker(mlflow_server, tmp_path, preload):
     """Set up at import in each worker, or (--preload) once in the master and again by the
-    post_fork hook: every worker's first request is whole."""
+    post_fork hook: every worker's first request is whole, and so is every request of the
+    worker that replaces one killed with SIGKILL. (The killed worker's spans still in memory
+    are lost with it; a graceful exit flushes them.)"""
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_ID":
            mlflow_server.experiment_id, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
            "PYTHONPATH": str(REPO)}
@@ -209,18 +211,35 @@ def test_connected_mode_in_each_gunicorn_worker(mlflow_server, tmp_path, preload
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT",
                  "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_TRACES_EXPORTER"):
         server.env.pop(name, None)
+
+    def whole(trace_ids):
+        for trace_id in trace_ids:
+            trace = mlflow_server.trace(trace_id, spans=3)
+            assert sorted(span["name"] for span in trace["spans"]) == \
+                ["POST /predict", "inference", "model"]
+
+    def served():
+        return [line for line in server.json_lines() if line.get("route") == "/predict"]
+
     server.start(timeout=120)
     try:
         for i in range(6):  # a new connection each: both workers serve some
             assert call(server.url + "/predict", {"x": [i]})["y"] == [2 * i]
+        wait_for(lambda: len(served()) == 6, 30, what="six log lines")
+        whole([line["trace_id"] for line in served()])  # exported while the workers live
+        workers = set(subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True,
+                                     text=True).stdout.split())
+        os.kill(int(sorted(workers)[0]), signal.SIGKILL)
+        wait_for(lambda: len(set(subprocess.run(["pgrep", "-P", str(server.pid)],
+                                                capture_output=True, text=True).stdout.split())
+                             - workers) == 1, 60, what="a replacement worker")
+        for i in range(6):
+            assert call(server.url + "/predict", {"x": [i]})["y"] == [2 * i]
     finally:
         server.stop()
-    trace_ids = [line["trace_id"] for line in server.json_lines() if line.get("route") == "/predict"]
-    assert len(trace_ids) == 6
-    for trace_id in trace_ids:
-        trace = mlflow_server.trace(trace_id, spans=3)
-        assert sorted(span["name"] for span in trace["spans"]) == \
-            ["POST /predict", "inference", "model"]
+    after = served()[6:]
+    assert len(after) == 6
+    whole([line["trace_id"] for line in after])
 
 
 LINEAGE_APP = """
