@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional, TextIO
 import structlog
 
 from .config import DEFAULT_REDACT
-from .record import current_record
+from .record import _current
 from .redact import redactor
 from .rendering import PIPE_BUF, SafeJSONRenderer, pipe_fd
 
@@ -23,7 +23,7 @@ __all__ = ["add_request_context", "RedactSecrets", "configure_logging"]
 
 def add_request_context(logger: Any, method_name: str, event_dict: dict) -> dict:
     """structlog processor: adds request_id, trace_id, span_id, model_name, model_version."""
-    rec = current_record()
+    rec = _current.get()  # the record itself: no read-only view to build per log call
     if rec is not None:
         event_dict.setdefault("request_id", rec.request_id)
         if rec.trace_id:

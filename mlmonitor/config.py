@@ -158,7 +158,7 @@ class Settings:
         if self.model_uri is not None:
             from .mlflow import apply_model_uri
             apply_model_uri(self)  # ConfigError when it does not parse or cannot be resolved
-        if self.model_run_id or self.model_id:
+        if self.model_run_id or self.model_id:  # given, or found from model_uri above
             from .mlflow import register_lineage
             register_lineage(self.model_name, self.model_version, self.model_run_id, self.model_id)
         redact = self.redact

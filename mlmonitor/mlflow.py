@@ -15,7 +15,7 @@ import re
 import threading
 from typing import Any, Dict, Optional, Tuple
 
-from .config import ConfigError
+from .config import _LINEAGE_OK, ConfigError
 
 __all__ = ["parse_model_uri", "resolve_model_uri", "apply_model_uri", "lineage", "register_lineage",
            "headers_name_mlflow", "json_text", "enable"]
@@ -30,7 +30,6 @@ _NAME = r"[^/@]{1,128}"
 _MODELS = re.compile(rf"models:/({_NAME})(?:/([^/@]{{1,128}})|@([A-Za-z0-9_-]{{1,64}}))/?")
 _LOGGED = re.compile(r"models:/(m-[0-9a-f]{1,64})/?")
 _RUNS = re.compile(r"runs:/([0-9a-zA-Z_-]{1,64})(?:/.*)?")
-_ID_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
 
 
 def register_lineage(name: str, version: str, run_id: Optional[str], model_id: Optional[str]) -> None:
@@ -50,7 +49,7 @@ def lineage(name: str, version: str) -> Tuple[str, str]:
 
 def _clean(value: Any) -> str:
     text = str(value) if value else ""
-    return text if _ID_OK(text) else ""
+    return text if _LINEAGE_OK(text) else ""
 
 
 def parse_model_uri(uri: str) -> Dict[str, Optional[str]]:
@@ -115,15 +114,14 @@ def resolve_model_uri(uri: str) -> Dict[str, Optional[str]]:
 
 
 def apply_model_uri(settings: Any) -> None:
-    """Fill a Settings' model name, version and lineage from its ``model_uri`` (start-up)."""
+    """Fill a Settings' model name, version and lineage fields from its ``model_uri``
+    (start-up; Settings registers the lineage once they are final)."""
     parts = resolve_model_uri(settings.model_uri)
     for field, value in (("model_name", parts["name"]), ("model_version", parts["version"]),
                          ("model_run_id", parts["run_id"]), ("model_id", parts["model_id"])):
         default = {"model_name": "model", "model_version": "unknown"}.get(field)
         if value and getattr(settings, field) in (None, default):
             object.__setattr__(settings, field, str(value)[:128])
-    register_lineage(settings.model_name, settings.model_version, settings.model_run_id,
-                     settings.model_id)
 
 
 def headers_name_mlflow() -> bool:
