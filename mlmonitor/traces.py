@@ -144,29 +144,24 @@ class TraceSink:
         return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
                                       attributes=attributes, links=links, start_time=rec.start_ns)
 
-    def mlflow_attributes(self, rec: RequestRecord) -> Dict[str, Any]:
-        """What MLflow shows of the finished request: name, model tags, previews."""
-        attributes: Dict[str, Any] = {}
-        if rec.route is not None and rec.route != UNMATCHED_ROUTE:
-            attributes["mlflow.traceTag.mlflow.traceName"] = json_text(
-                _utf8(f"{rec.method} {rec.route}"))
-        if rec.is_prediction:
-            attributes["mlflow.traceTag.ml.model.name"] = json_text(_utf8(rec.model_name))
-            attributes["mlflow.traceTag.ml.model.version"] = json_text(_utf8(rec.model_version))
-            run_id, model_id = lineage(rec.model_name, rec.model_version)
-            if run_id:
-                attributes["mlflow.traceTag.ml.model.run_id"] = json_text(run_id)
-            if model_id:
-                attributes["mlflow.traceTag.ml.model.id"] = json_text(model_id)
+    def mlflow_attributes(self, rec: RequestRecord, attributes: Dict[str, Any]) -> Dict[str, Any]:
+        """What MLflow shows of the finished request, from the span's own ``attributes``: its
+        name and model as trace tags (JSON text), and the previews."""
+        shown: Dict[str, Any] = {}
+        if "http.route" in attributes:
+            shown["mlflow.traceTag.mlflow.traceName"] = json_text(_utf8(f"{rec.method} {rec.route}"))
+        for key in _MLFLOW_TAGGED:
+            if key in attributes:
+                shown["mlflow.traceTag." + key] = json_text(attributes[key])
         if self.capture_io:
             previews = rec.environ.get(IO_KEY) if rec.environ is not None else None
             if previews:
                 inputs, outputs = previews
                 if inputs is not None:
-                    attributes["mlflow.spanInputs"] = self.preview(inputs)
+                    shown["mlflow.spanInputs"] = self.preview(inputs)
                 if outputs is not None:
-                    attributes["mlflow.spanOutputs"] = self.preview(outputs)
-        return attributes
+                    shown["mlflow.spanOutputs"] = self.preview(outputs)
+        return shown
 
     def preview(self, value: Any) -> str:
         """``value`` as JSON, secret fields redacted as in logs, capped: a cut one becomes a
@@ -275,7 +270,7 @@ class TraceSink:
                 attributes["http.route"] = rec.route
                 span.update_name(f"{rec.method} {rec.route}")
             if self.mlflow or self.capture_io:
-                attributes.update(self.mlflow_attributes(rec))
+                attributes.update(self.mlflow_attributes(rec, attributes))
             if code >= 500:
                 attributes["error.type"] = rec.error_type or str(code)
                 exc = rec.exc
@@ -330,6 +325,8 @@ def _genai_usage(rec: RequestRecord) -> Dict[str, Any]:
 IO_KEY = "mlmonitor.io"
 #: a preview's cap, under the provider's attribute length limit
 PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
+#: the span attributes MLflow also gets as trace tags
+_MLFLOW_TAGGED = ("ml.model.name", "ml.model.version", "ml.model.run_id", "ml.model.id")
 def _head(value: Any, budget: list) -> Any:
     """The head of a JSON-like value, in document order, about as much as its JSON can show in
     ``budget[0]`` characters (each text cut at its head, so a name is never separated from its
