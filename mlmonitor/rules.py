@@ -414,25 +414,25 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                 {"slo": family}))
 
     feature, classes, output, acc = FEATURE_DRIFT, CLASS_DRIFT, OUTPUT_DRIFT, ACCURACY_WINDOW
+
+    def drift_alert(name: str, d: Distribution, summary: str, what: str) -> Dict[str, Any]:
+        """PSI of one distribution over its threshold, with enough counts in its window."""
+        group = f", {d.group}" if d.group else ""
+        return _alert(name,
+                      (f"{d.psi} > {num(t.psi_threshold)}\n"
+                       f"and on ({VERSION}{group})\n"
+                       f"{d.total} * {b.seconds(d.window)} >= {num(t.drift_min_count)}"),
+                      "warning", "drift", b.w("15m"), summary,
+                      f"The population stability index of {what} of " + _WHO
+                      + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {d.window}"
+                      f" (threshold {num(t.psi_threshold)}).")
+
     quality = [
-        _alert("MLModelFeatureDrift",
-               (f"{feature.psi} > {num(t.psi_threshold)}\n"
-                f"and on ({VERSION}, {feature.group})\n"
-                f"{feature.total} * {b.seconds(feature.window)} >= {num(t.drift_min_count)}"),
-               "warning", "drift", b.w("15m"),
-               "Feature {{ $labels.feature }} drifted for " + _WHO,
-               "The population stability index of feature {{ $labels.feature }} of " + _WHO
-               + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {feature.window}"
-               f" (threshold {num(t.psi_threshold)})."),
-        _alert("MLModelPredictionDrift",
-               (f"{classes.psi} > {num(t.psi_threshold)}\n"
-                f"and on ({VERSION})\n"
-                f"{classes.total} * {b.seconds(classes.window)} >= {num(t.drift_min_count)}"),
-               "warning", "drift", b.w("15m"),
-               "Predicted-class distribution drifted for " + _WHO,
-               "The population stability index of the predicted classes of " + _WHO
-               + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {classes.window}"
-               f" (threshold {num(t.psi_threshold)})."),
+        drift_alert("MLModelFeatureDrift", feature,
+                    "Feature {{ $labels.feature }} drifted for " + _WHO,
+                    "feature {{ $labels.feature }}"),
+        drift_alert("MLModelPredictionDrift", classes,
+                    "Predicted-class distribution drifted for " + _WHO, "the predicted classes"),
         _alert("MLModelAccuracyDrop",
                (f"{ACCURACY}\n"
                 f"  < on ({VERSION}) ({REFERENCE_ACCURACY_MAX} - {num(t.accuracy_drop)})\n"
@@ -443,15 +443,8 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                "Accuracy from feedback of " + _WHO + " is {{ $value | humanizePercentage }} over the last"
                f" {acc}, more than {num(t.accuracy_drop * 100)} points below the reference accuracy."),
         # regression models: drift of the numeric outputs, and live MAE against the reference's
-        _alert("MLModelOutputDrift",
-               (f"{output.psi} > {num(t.psi_threshold)}\n"
-                f"and on ({VERSION})\n"
-                f"{output.total} * {b.seconds(output.window)} >= {num(t.drift_min_count)}"),
-               "warning", "drift", b.w("15m"),
-               "Output distribution drifted for " + _WHO,
-               "The population stability index of the predicted values (regression output bins) of " + _WHO
-               + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {output.window}"
-               f" (threshold {num(t.psi_threshold)})."),
+        drift_alert("MLModelOutputDrift", output, "Output distribution drifted for " + _WHO,
+                    "the predicted values (regression output bins)"),
         _alert("MLModelAbsoluteErrorHigh",
                (f"{ABSOLUTE_ERROR_MEAN}\n"
                 f"  > on ({VERSION}) ({num(t.mae_factor)} * {REFERENCE_ABSOLUTE_ERROR_MAX})\n"
