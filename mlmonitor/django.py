@@ -54,7 +54,6 @@ _declared_references: list = []
 _cores: "weakref.WeakSet[MonitorMiddleware]" = weakref.WeakSet()
 _lock = threading.Lock()
 MAX_ROUTE = 256
-MAX_IO_BYTES = 65536  # capture_io: larger bodies are not parsed for the previews
 
 
 def _adopt(core: MonitorMiddleware) -> None:
@@ -273,7 +272,7 @@ def _capture_io(rec: Any, request: Any, response: Any) -> None:
     each when at most 64 KiB and already in memory (a streamed response is not read)."""
     from django.http.request import RawPostDataException
 
-    from .traces import IO_KEY
+    from .traces import IO_KEY, MAX_IO_BYTES
     try:
         inputs = outputs = None
         if request.content_type == "application/json" and \

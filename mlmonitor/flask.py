@@ -97,6 +97,8 @@ class Monitor(MonitorBase):
             return current_app.extensions[EXTENSION_KEY]
         return super()._middleware()
 
+    _previews_from_view = False  # capture_io: the request's and the response's JSON (_capture_io)
+
     @staticmethod
     def _begin_view(rec: Any, model_name: Any, model_version: Any) -> None:
         """A prediction view starts: its model and version, and FlaskInstrumentor's span."""
@@ -141,10 +143,11 @@ def _route_at_start(app: Flask, environ: dict) -> Any:
 
 def _capture_io(rec: Any, response: Any) -> None:
     """``capture_io=True``: the JSON request (when small) and the JSON the view returned."""
-    from .traces import IO_KEY
+    from .traces import IO_KEY, MAX_IO_BYTES
     req = _current_request()
     try:  # not silent: Flask caches per flag, and the view's get_json() or .json parsed it
-        inputs = req.get_json() if req.is_json and (req.content_length or 0) <= 65536 else None
+        inputs = req.get_json() if req.is_json and (req.content_length or 0) <= MAX_IO_BYTES \
+            else None
     except Exception:  # not JSON (BadRequest), or nested too deep for the parser: no preview
         inputs = None
     try:

@@ -323,6 +323,8 @@ def _genai_usage(rec: RequestRecord) -> Dict[str, Any]:
 
 #: the environ key where a framework layer leaves ``(inputs, outputs)`` with ``capture_io``
 IO_KEY = "mlmonitor.io"
+#: capture_io: a request or response body larger than this is not parsed for its preview
+MAX_IO_BYTES = 65536
 #: a preview's cap, under the provider's attribute length limit
 PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
 #: the span attributes MLflow also gets as trace tags

@@ -31,7 +31,8 @@ def begin_view(rec: RequestRecord, model_name: Any, model_version: Any) -> None:
 
 
 def prediction_view(view: Callable, model_name: Any, model_version: Any,
-                    begin: Callable[[RequestRecord, Any, Any], None] = begin_view) -> Callable:
+                    begin: Callable[[RequestRecord, Any, Any], None] = begin_view,
+                    previews_from_view: bool = True) -> Callable:
     """``view`` wrapped so that each call is a prediction of the model; sync or async alike.
     Its exceptions pass through untouched (the framework's error handling answers them)."""
     if inspect.iscoroutinefunction(view):
@@ -44,7 +45,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
             started = _perf()
             try:
                 result = await view(*args, **kwargs)
-                if rec.middleware.settings.capture_io:
+                if previews_from_view and rec.middleware.settings.capture_io:
                     keep_io(rec, kwargs, result)
                 return result
             except BaseException as exc:
@@ -66,7 +67,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
         started = _perf()
         try:
             result = view(*args, **kwargs)
-            if rec.middleware.settings.capture_io:
+            if previews_from_view and rec.middleware.settings.capture_io:
                 keep_io(rec, kwargs, result)
             return result
         except BaseException as exc:
@@ -83,7 +84,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
 def keep_io(rec: RequestRecord, kwargs: dict, result: Any) -> None:
     """``capture_io=True`` (MLflow previews): the view's parsed arguments (FastAPI hands the
     JSON body to the view, as a dict or a pydantic model) and the JSON-like value it returned.
-    A framework layer that sees the wire (Flask) overwrites this with the request's JSON."""
+    Not for Flask, whose layer reads the request's and the response's JSON instead."""
     from .traces import IO_KEY
     try:
         inputs = {k: _plain_json(v) for k, v in kwargs.items()}
@@ -178,9 +179,13 @@ class MonitorBase:
         self._view_models.append((model_name, model_version))
         for middleware in self._middlewares:  # views declared after init_app
             middleware.declare_model(model_name, model_version)
-        return prediction_view(view, model_name, model_version, self._begin_view)
+        return prediction_view(view, model_name, model_version, self._begin_view,
+                               self._previews_from_view)
 
     _begin_view = staticmethod(begin_view)
+    #: capture_io previews from the view's arguments and result (False: the framework layer
+    #: reads them from the request and response, as Flask does)
+    _previews_from_view = True
 
     def set_reference(self, model_name: str, reference: Any) -> None:
         """Use a reference profile (a ``ReferenceProfile`` or a JSON path) for one model's
