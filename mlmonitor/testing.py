@@ -3,18 +3,36 @@
 Every ``Monitor`` / ``MonitorMiddleware`` created inside :func:`capture` uses its fresh
 ``CollectorRegistry``, an in-memory span exporter and a log buffer (unless given its own),
 so an app factory needs no test-only arguments. Like structlog's ``capture_logs``.
+The examples below run as doctests in mlmonitor's own test suite.
 
-Example::
-
-    from mlmonitor.testing import capture
-
-    def test_predict_is_counted():
-        with capture() as monitored:
-            app = create_app()                      # calls Monitor(app, ...) as in production
-            app.test_client().post("/predict", json={"x": [1, 2]})
-        assert monitored.value("mlmonitor_predictions_total", model_name="iris") == 1
-        assert monitored.logs()[0]["route"] == "/predict"
-        assert [s.name for s in monitored.spans()] == ["POST /predict"]
+>>> from flask import Flask
+>>> from mlmonitor import Monitor
+>>> from mlmonitor.testing import capture
+>>> def create_app():                       # the app's own factory, as in production
+...     app = Flask("iris_service")
+...     monitor = Monitor(app, model_name="iris", model_version="v1")
+...     @app.post("/predict")
+...     @monitor.prediction
+...     def predict():
+...         return {"label": "setosa"}
+...     return app
+>>> with capture() as monitored:
+...     client = create_app().test_client()
+...     for _ in range(2):
+...         _ = client.post("/predict", json={"x": [1, 2]})
+>>> monitored.value("mlmonitor_predictions_total", model_name="iris", model_version="v1")
+2.0
+>>> monitored.value("mlmonitor_predictions_total", model_name="iris")   # a subset sums
+2.0
+>>> monitored.value("mlmonitor_prediction_errors_total", model_name="iris")  # no such child yet
+0.0
+>>> monitored.value("mlmonitor_predictions_total", modelname="iris")
+Traceback (most recent call last):
+KeyError: "mlmonitor_predictions_total has no label 'modelname' (its labels: model_name, model_version)"
+>>> monitored.logs()[0]["route"]
+'/predict'
+>>> [s.name for s in monitored.spans()]
+['POST /predict', 'POST /predict']
 
 With pytest, ``from mlmonitor.testing import mlmonitor_capture`` in ``conftest.py`` (or
 ``pytest_plugins = ["mlmonitor.testing"]`` in the root one) gives the ``mlmonitor_capture``
@@ -25,8 +43,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -37,7 +54,14 @@ from . import middleware
 
 __all__ = ["Captured", "capture", "mlmonitor_capture"]
 
-_SUFFIX = re.compile(r"(_total|_count|_sum|_bucket|_created)$")
+#: the samples each family type exposes, after prometheus-client's own table (CollectorRegistry)
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+    "info": ("_info",),
+}
 
 
 class Captured:
@@ -51,15 +75,45 @@ class Captured:
         self.log_stream = io.StringIO()
 
     def value(self, name: str, **labels: str) -> float:
-        """A sample's value by name and labels (a subset is not enough); 0.0 for a family
-        with no such child yet; KeyError for a name no family has (a typo)."""
-        found = self.registry.get_sample_value(name, labels)
-        if found is not None:
-            return found
-        known = {family.name for family in self.registry.collect()}
-        if name not in known and _SUFFIX.sub("", name) not in known:
-            raise KeyError(f"no metric family {name!r} in this registry")
-        return 0.0
+        """The sum of the samples ``name`` whose labels include ``labels``, as PromQL's
+        ``sum(name{...})``: 0.0 only for a family with no such child yet. KeyError for a sample
+        name no family exposes or a label name its family does not have (a typo), so that an
+        ``== 0`` assertion cannot pass by mistake; a ``_bucket`` needs its ``le``."""
+        family, suffix = self._family(name)
+        allowed = self._label_names(family)
+        if suffix == "_bucket":
+            allowed += ("le",)
+            if "le" not in labels:
+                raise KeyError(f"{name} needs le= (buckets do not add up across bounds)")
+        elif family.type == "summary" and not suffix:
+            allowed += ("quantile",)
+        for label in labels:
+            if label not in allowed:
+                raise KeyError(f"{name} has no label {label!r} "
+                               f"(its labels: {', '.join(allowed) or 'none'})")
+        wanted = labels.items()
+        return float(sum(s.value for s in family.samples
+                         if s.name == name and wanted <= s.labels.items()))
+
+    def _family(self, name: str) -> Tuple[Any, str]:
+        """The family that exposes the sample ``name``, and the suffix it adds (``_total``...)."""
+        for family in self.registry.collect():
+            for suffix in _SAMPLE_SUFFIXES.get(family.type, ("",)):
+                if family.name + suffix == name:
+                    return family, suffix
+        raise KeyError(f"no metric family exposes {name!r} in this registry")
+
+    def _label_names(self, family: Any) -> Tuple[str, ...]:
+        """The family's label names: as defined (prometheus-client's collector), else as its
+        samples show them; a family without children has no samples to show them."""
+        collector = getattr(self.registry, "_names_to_collectors", {}).get(family.name)
+        defined = getattr(collector, "_labelnames", None)
+        if defined is not None:
+            return tuple(defined)
+        seen: Dict[str, None] = {}
+        for sample in family.samples:
+            seen.update(dict.fromkeys(k for k in sample.labels if k not in ("le", "quantile")))
+        return tuple(seen)
 
     def logs(self) -> List[Dict[str, Any]]:
         """The JSON log lines written so far, parsed."""

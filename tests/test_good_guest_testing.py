@@ -1,9 +1,12 @@
 """mlmonitor.testing as a user's own test suite would use it (issue 15)."""
 from __future__ import annotations
 
+import doctest
+
 import pytest
 from flask import Flask, jsonify
 
+import mlmonitor.testing
 from mlmonitor import Monitor
 from mlmonitor.testing import capture, mlmonitor_capture  # noqa: F401  (the fixture)
 
@@ -49,6 +52,69 @@ def test_a_misspelt_metric_name_is_an_error_not_zero():
         create_app()
     with pytest.raises(KeyError):
         monitored.value("mlmonitor_prediction_total", model_name="iris")
+
+
+def two_routes_app():
+    app = Flask(__name__)
+    monitor = Monitor(app, model_name="iris", model_version="v1")
+
+    @app.post("/predict")
+    @monitor.prediction
+    def predict():
+        return jsonify(label="setosa")
+
+    @app.post("/explain")
+    @monitor.prediction
+    def explain():
+        return jsonify(why="petals")
+
+    return app
+
+
+def test_a_label_subset_sums_the_matching_samples():
+    with capture() as monitored:
+        client = two_routes_app().test_client()
+        for path in ("/predict", "/predict", "/explain"):
+            client.post(path, json={})
+    value = monitored.value
+    assert value("mlmonitor_http_requests_total", method="POST", route="/predict", status="200") == 2
+    assert value("mlmonitor_http_requests_total", route="/predict") == 2
+    assert value("mlmonitor_http_requests_total", method="POST") == 3
+    assert value("mlmonitor_http_requests_total") == 3
+    assert value("mlmonitor_predictions_total", model_name="iris") == 3
+    assert value("mlmonitor_http_request_duration_seconds_count", status="200") == 3
+    assert value("mlmonitor_http_request_duration_seconds_bucket", route="/explain", le="+Inf") == 1
+    assert value("mlmonitor_http_requests_total", route="/nowhere") == 0.0
+
+
+def test_a_misspelt_label_name_is_an_error_not_zero():
+    with capture() as monitored:
+        create_app().test_client().post("/predict", json={})
+    with pytest.raises(KeyError, match="model_nmae"):   # a family with children
+        monitored.value("mlmonitor_predictions_total", model_nmae="iris")
+    with pytest.raises(KeyError, match="errortype"):    # a family with no child yet
+        monitored.value("mlmonitor_prediction_errors_total", model_name="iris", errortype="x")
+    with pytest.raises(KeyError, match="le"):           # a label of buckets only
+        monitored.value("mlmonitor_stage_duration_seconds_count", stage="inference", le="0.1")
+    assert monitored.value("mlmonitor_prediction_errors_total", model_name="iris",
+                           error_type="ValueError") == 0.0
+
+
+def test_a_name_that_exposes_no_sample_is_an_error_not_zero():
+    with capture() as monitored:
+        create_app().test_client().post("/predict", json={})
+    for name in ("mlmonitor_predictions",                    # a counter's samples end in _total
+                 "mlmonitor_stage_duration_seconds",         # a histogram's in _count, _sum, _bucket
+                 "mlmonitor_predictions_total_total"):
+        with pytest.raises(KeyError, match="no metric family"):
+            monitored.value(name, model_name="iris")
+    with pytest.raises(KeyError, match="le="):               # buckets do not add up across bounds
+        monitored.value("mlmonitor_stage_duration_seconds_bucket", stage="inference")
+
+
+def test_the_module_docstring_examples_run_as_doctests():
+    result = doctest.testmod(mlmonitor.testing, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 10 and result.failed == 0
 
 
 def test_the_fixture(mlmonitor_capture):  # noqa: F811
