@@ -354,9 +354,9 @@ class MonitorMiddleware:
         rec.finished = True
         rec.duration = _perf() - rec.start
         try:
-            rec.error_type = error_type_of(rec)
             if rec.is_prediction and rec.status_code in NOT_CHARGED:
                 rec.is_prediction = False  # the model was never reached: HTTP-only
+            rec.error_type = error_type_of(rec)
         except Exception as exc:
             guard.report_fault("middleware", exc, self)
         for name, sink in self._sinks:  # try, not guarded(): no object and no calls per sink

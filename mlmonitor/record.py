@@ -136,8 +136,10 @@ class RecordView:
 
 
 def error_type_of(rec: RequestRecord) -> Optional[str]:
-    """The ``error_type`` of a finished request: the exception class, ``http_5xx`` or
-    ``invalid_input`` (4xx); None for a success."""
+    """The ``error_type`` of a finished request: the exception class, ``http_5xx``, or
+    ``invalid_input`` for a 4xx charged to a model (as ``prediction_errors_total`` counts it);
+    None for a success and for a 4xx no model answered (a 401, a 404, a route that is no
+    prediction): its status says it all. Read once the request is charged or not."""
     code = rec.status_code
     if code == 0 or code >= 500:
         exc = rec.exc
@@ -145,7 +147,7 @@ def error_type_of(rec: RequestRecord) -> Optional[str]:
             return type(exc).__name__[:64]
         return HTTP_5XX
     if code >= 400:
-        return INVALID_INPUT
+        return INVALID_INPUT if rec.is_prediction else None
     if rec.exc is not None and not isinstance(rec.exc, GeneratorExit):
         return type(rec.exc).__name__[:64]  # the body failed after a 2xx status was sent
     return None
