@@ -179,7 +179,8 @@ _SECRETS = frozenset({"metrics_token", "metrics_basic_auth", "feedback_secret"})
 #: fields of mlmonitor's log line: a static tag of the same name would overwrite them
 LOG_FIELDS = ("timestamp", "level", "event", "method", "route", "status", "duration_ms",
               "request_id", "trace_id", "span_id", "model_name", "model_version", "stages_ms",
-              "tags", "error_type", "error", "stack", "truncated", "model_run_id", "model_id")
+              "stage_counts", "tags", "error_type", "error", "stack", "truncated", "model_run_id",
+              "model_id")
 _PATH_OK = re.compile(r"/[!-~]{0,1023}").fullmatch  # PATH_INFO is latin-1 of raw bytes: ASCII only
 _LINEAGE_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
 _TOKEN_OK = re.compile(r"[!-~]{1,4096}").fullmatch

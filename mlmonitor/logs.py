@@ -22,7 +22,7 @@ from typing import Callable, Optional, TextIO
 from .config import Settings
 from .mlflow import lineage
 from .guard import report_fault
-from .record import RequestRecord
+from .record import RequestRecord, stage_totals
 from .redact import REDACTED, describe_exception, redact_mapping, redact_text, redactor
 from .rendering import PIPE_BUF, SafeJSONRenderer, _fit, pipe_fd, render_json, valid_utf8
 
@@ -159,10 +159,13 @@ class LogSink:
             if run_id or model_id:  # ids checked at start-up: [A-Za-z0-9_.-], no escaping
                 text = '%s,"model_run_id":"%s","model_id":"%s"' % (text, run_id, model_id)
             if rec.stages:
-                stages = dict(rec.stages)  # a repeated stage keeps its last time, as in line()
+                totals, counts = stage_totals(rec.stages)
                 text = '%s,"stages_ms":{%s}' % (text, ",".join(
                     '%s:%.3f' % (_json_string(name), seconds * 1000.0)
-                    for name, seconds in stages.items()))
+                    for name, seconds in totals.items()))
+                if counts:
+                    text = '%s,"stage_counts":{%s}' % (text, ",".join(
+                        '%s:%d' % (_json_string(name), count) for name, count in counts.items()))
         text += "}"
         return valid_utf8(text) if "\\ud" in text else text
 
@@ -188,8 +191,11 @@ class LogSink:
             run_id, model_id = lineage(rec.model_name, rec.model_version)
             if run_id or model_id:
                 line["model_run_id"], line["model_id"] = run_id, model_id
-            if rec.stages:
-                line["stages_ms"] = {name: round(s * 1000.0, 3) for name, s in rec.stages}
+            if rec.stages:  # a stage entered several times: its sum, and its count
+                totals, counts = stage_totals(rec.stages)
+                line["stages_ms"] = {name: round(s * 1000.0, 3) for name, s in totals.items()}
+                if counts:
+                    line["stage_counts"] = counts
         if self.static_tags:
             line.update(self.static_tags)
         if rec.tags:

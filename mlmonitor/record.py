@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .contract import HTTP_5XX, INVALID_INPUT, OTHER, UNMATCHED_ROUTE
 
 __all__ = ["ENVIRON_KEY", "KNOWN_METHODS", "MAX_TAGS", "OTHER", "UNMATCHED_ROUTE", "RequestRecord",
-           "RecordView", "current_record", "request_id", "trace_id", "error_type_of"]
+           "RecordView", "current_record", "request_id", "trace_id", "error_type_of", "stage_totals"]
 
 ENVIRON_KEY = "mlmonitor.request"
 
@@ -133,6 +133,20 @@ class RecordView:
 
     def __repr__(self) -> str:
         return f"<RecordView {self.method} {self.path} request_id={self.request_id!r}>"
+
+
+def stage_totals(stages: List[Tuple[str, float]]) -> Tuple[Dict[str, float], Dict[str, int]]:
+    """Each stage's seconds summed over its blocks (in first-entered order), and how many blocks
+    the repeated ones had: what the stage histogram holds, for the log line and the span."""
+    totals: Dict[str, float] = {}
+    counts: Dict[str, int] = {}
+    for name, seconds in stages:
+        if name in totals:
+            totals[name] += seconds
+            counts[name] = counts.get(name, 1) + 1
+        else:
+            totals[name] = seconds
+    return totals, counts
 
 
 def error_type_of(rec: RequestRecord) -> Optional[str]:

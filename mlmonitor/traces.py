@@ -9,7 +9,9 @@ annotates. If the app has no TracerProvider, one is built from the standard
 ``OTEL_*`` variables (:mod:`mlmonitor.trace_provider`).
 
 Attributes mlmonitor adds: ``ml.model.name``, ``ml.model.version``,
-``ml.stage`` (stage spans) and ``ml.tag.<key>`` for ``monitor.tag(key=value)``. With
+``ml.stage`` (stage spans), ``ml.tag.<key>`` for ``monitor.tag(key=value)``, and on a
+prediction's span, as in its log line, ``ml.stages_ms.<stage>`` (the sum of the stage's
+blocks) and ``ml.stage_counts.<stage>`` (for a stage entered more than once). With
 ``stage_spans="events"`` a stage is an event on the server span instead of a child span
 (one span per request): named after the stage, at the stage's start, with ``ml.stage`` and
 ``ml.stage.duration_ms``. A prediction that observed tokens also carries the OpenTelemetry GenAI
@@ -37,7 +39,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from .config import MAX_OBSERVED, Settings, number_in
 from .mlflow import headers_name_mlflow, json_text, lineage
-from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord
+from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord, stage_totals
 from .redact import REDACTED, _safe_text, describe_exception, redactor
 # start-up code, kept importable here (gunicorn hooks and users call traces.shutdown())
 from .trace_provider import (MAX_ATTRIBUTE_LENGTH, _fork_generation, add_drop_counter,  # noqa: F401
@@ -237,6 +239,12 @@ class TraceSink:
                 attributes["ml.model.id"] = model_id
             if rec.observations:
                 attributes.update(_genai_usage(rec))
+            if rec.stages:  # as the log line: each stage's sum, and the count of repeated ones
+                totals, counts = stage_totals(rec.stages)
+                for name, seconds in list(totals.items())[:MAX_TAGS]:
+                    attributes["ml.stages_ms." + _utf8(name)] = seconds * 1000.0
+                    if name in counts:
+                        attributes["ml.stage_counts." + _utf8(name)] = counts[name]
         for key, value in list(rec.tags.items())[:MAX_TAGS]:
             if self.redactor.is_secret_key(key):
                 value = REDACTED

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from flask import Flask
@@ -192,3 +193,71 @@ def test_with_flask_instrumentor_the_events_go_on_its_server_span():
     [server] = exporter.get_finished_spans()
     assert server.kind == SpanKind.SERVER
     assert [(e.name, e.attributes["ml.stage"]) for e in server.events] == [("inference", "inference")]
+
+
+# -- issue 25, item 5: a stage entered several times -------------------------------------------
+
+def decoding_app(tagged, **options):
+    """A text generator's view as the README's LLM example: one ``decode`` stage per token."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stream, registry = io.StringIO(), CollectorRegistry()
+    app = Flask(__name__)
+    monitor = Monitor(app, model_name="gen", model_version="v1", registry=registry, tracer_provider=provider,
+                      log_stream=stream, **options)
+
+    @app.post("/generate")
+    @monitor.prediction
+    def generate():
+        if tagged:
+            monitor.tag(tenant="a")  # a line with tags takes the general render path
+        with monitor.stage("prefill"):
+            time.sleep(0.002)
+        for token in range(5):
+            with monitor.stage("decode"):
+                time.sleep(0.002 * (token + 1))
+        return {"text": "hello"}
+
+    return app, exporter, stream, registry
+
+
+@pytest.mark.parametrize("tagged", [False, True], ids=["plain-line", "line-with-tags"])
+@pytest.mark.parametrize("stage_spans", ["children", "events"])
+def test_a_repeated_stage_logs_and_spans_its_sum_and_count_as_the_histogram_holds(tagged, stage_spans):
+    app, exporter, stream, registry = decoding_app(tagged, stage_spans=stage_spans)
+    assert app.test_client().post("/generate", json={}).status_code == 200
+
+    def histogram(stage, suffix):
+        return registry.get_sample_value(f"mlmonitor_stage_duration_seconds_{suffix}",
+                                         {"model_name": "gen", "model_version": "v1",
+                                          "stage": stage})
+    assert histogram("decode", "count") == 5 and histogram("prefill", "count") == 1
+    decode_ms, prefill_ms = histogram("decode", "sum") * 1000, histogram("prefill", "sum") * 1000
+
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert ("tags" in line) is tagged
+    assert list(line["stages_ms"]) == ["prefill", "decode"]
+    assert line["stages_ms"]["decode"] == pytest.approx(decode_ms, abs=0.0006)  # 3 decimals
+    assert line["stages_ms"]["prefill"] == pytest.approx(prefill_ms, abs=0.0006)
+    assert line["stage_counts"] == {"decode": 5}  # only the stage that repeated
+
+    spans = exporter.get_finished_spans()
+    [server] = [s for s in spans if s.name == "POST /generate"]
+    assert server.attributes["ml.stages_ms.decode"] == pytest.approx(decode_ms, rel=1e-12)
+    assert server.attributes["ml.stages_ms.prefill"] == pytest.approx(prefill_ms, rel=1e-12)
+    assert server.attributes["ml.stage_counts.decode"] == 5
+    assert "ml.stage_counts.prefill" not in server.attributes
+    if stage_spans == "events":  # one event per block, as the histogram has one observation each
+        blocks = [e.attributes["ml.stage.duration_ms"] for e in server.events if e.name == "decode"]
+    else:
+        blocks = [(s.end_time - s.start_time) / 1e6 for s in spans if s.name == "decode"]
+    assert len(blocks) == 5
+
+
+def test_a_stage_entered_once_logs_no_counts():
+    app, _, stream = make_app()
+    app.test_client().post("/predict", json={})
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert set(line["stages_ms"]) == {"preprocess", "inference", "postprocess"}
+    assert "stage_counts" not in line
