@@ -15,7 +15,8 @@ import re
 import threading
 from typing import Any, Dict, Optional, Tuple
 
-from .config import _LINEAGE_OK, ConfigError
+from .config import _LINEAGE_OK, DEFAULT_REDACT, ConfigError
+from .redact import redactor
 
 __all__ = ["parse_model_uri", "resolve_model_uri", "apply_model_uri", "lineage", "register_lineage",
            "headers_name_mlflow", "json_text", "enable"]
@@ -100,7 +101,7 @@ def resolve_model_uri(uri: str) -> Dict[str, Optional[str]]:
         if parts["alias"] is None:
             return parts
         raise ConfigError(f"mlmonitor setting model_uri={uri!r}: resolving an alias needs MLflow's "
-                          "client: pip install 'mlmonitor[mlflow]'") from None
+                          "client: pip install 'mlmonitor-serving[mlflow]'") from None
     except Exception as exc:
         if parts["alias"] is None:
             return parts  # the URI's name and version stand; the lineage stays unknown
@@ -177,7 +178,7 @@ def _check_version(version: Optional[str]) -> None:
     parts = tuple(int(p) for p in re.findall(r"\d+", version or "")[:2])
     if version is not None and parts < MIN_CONNECTED:
         raise ConfigError(f"mlmonitor.mlflow.enable(): the connected mode needs MLflow >= 3.7 "
-                          f"(installed: {version}): pip install 'mlmonitor[mlflow]'")
+                          f"(installed: {version}): pip install 'mlmonitor-serving[mlflow]'")
 
 
 def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
@@ -202,10 +203,10 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
     if importlib.util.find_spec("mlflow") is None:
         if not required:
             log.info("mlmonitor: mlflow=True without MLflow installed: spans are shaped for "
-                     "MLflow, @mlflow.trace is not connected (pip install 'mlmonitor[mlflow]')")
+                     "MLflow, @mlflow.trace is not connected (pip install 'mlmonitor-serving[mlflow]')")
             return None
         raise ConfigError("mlmonitor.mlflow.enable(): the connected mode needs MLflow: "
-                          "pip install 'mlmonitor[mlflow]'")
+                          "pip install 'mlmonitor-serving[mlflow]'")
     _check_version(_installed_version())
     # MLflow reads these when its tracing starts (after this), not at import
     os.environ["MLFLOW_USE_DEFAULT_TRACER_PROVIDER"] = "false"
@@ -214,8 +215,6 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
-    import mlflow
-    from mlflow.entities.trace_location import MlflowExperimentLocation
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider):
         provider = configure_tracing()
@@ -230,8 +229,25 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
         if found is None:
             raise ConfigError("MLFLOW_EXPERIMENT_NAME: no such experiment")
         experiment = found.experiment_id
-    if experiment is not None:
-        mlflow.tracing.set_destination(MlflowExperimentLocation(experiment_id=str(experiment)))
-    mlflow.tracing.enable()
+    try:
+        import mlflow
+        from mlflow.entities.trace_location import MlflowExperimentLocation
+        if experiment is not None:
+            mlflow.tracing.set_destination(MlflowExperimentLocation(experiment_id=str(experiment)))
+        mlflow.tracing.enable()
+    except Exception as exc:  # e.g. mlflow-skinny >= 3.18 whose default store (sqlite) it cannot open
+        raise ConfigError(_not_started(exc)) from None
     _enabled.append(pid)
     return provider
+
+
+def _not_started(exc: Exception) -> str:
+    """One line saying why MLflow's tracing did not start and what to set (secrets hidden)."""
+    where = (f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']!r}"
+             if os.environ.get("MLFLOW_TRACKING_URI") else
+             "MLFLOW_TRACKING_URI is not set, so MLflow uses its default store")
+    detail = " ".join(str(exc).split())[:300]
+    return redactor(DEFAULT_REDACT).text(
+        f"mlmonitor.mlflow.enable(): MLflow's tracing did not start ({where}): "
+        f"{type(exc).__name__}: {detail}; set MLFLOW_TRACKING_URI to your tracking server "
+        "(e.g. http://mlflow:5000) or leave mlflow=True out")

@@ -265,7 +265,7 @@ def test_enable_refuses_an_mlflow_older_than_the_connected_mode_needs(monkeypatc
 def test_a_large_body_is_read_no_further_than_its_preview():
     """A 60 KB JSON body: only about the 1 KiB its preview can show is copied and redacted
     (before, the whole body was, ~10 ms a request), secrets in that head still hidden."""
-    from mlmonitor.traces import PREVIEW_CHARS, _head
+    from mlmonitor.previews import PREVIEW_CHARS, _head
     budget = [PREVIEW_CHARS]
     head = _head(list(range(1_000_000)), budget)
     assert budget[0] < 0 and 50 < len(head) <= PREVIEW_CHARS // 8
@@ -288,10 +288,72 @@ def test_a_large_body_is_read_no_further_than_its_preview():
 def test_every_preview_is_whole_json_within_the_attribute_limit(value):
     """Cut or not, escaped or not: what MLflow gets parses as JSON and is never cut again by
     the SDK's attribute limit."""
-    from mlmonitor.traces import PREVIEW_CHARS, TraceSink
+    from mlmonitor.previews import PREVIEW_CHARS
+    from mlmonitor.traces import TraceSink
     sink = TraceSink.__new__(TraceSink)
     from mlmonitor.redact import redactor
     sink.redactor = redactor(())
     preview = sink.preview(value)
     assert len(preview) <= PREVIEW_CHARS
     json.loads(preview)
+
+
+def test_mlflow_tracing_that_cannot_start_is_one_config_error(monkeypatch):
+    """mlflow-skinny 3.18 without MLFLOW_TRACKING_URI picks a sqlite store it cannot open and
+    raises from ``mlflow.tracing.enable()``: start-up stops with one ConfigError that says what
+    to set, no MLflow traceback chained to it, a URI's password hidden."""
+    import importlib.util
+    import sys
+    import types
+    from opentelemetry import trace
+
+    def refuse():
+        raise RuntimeError("Model registry functionality is unavailable; got unsupported URI\n"
+                           "'sqlite:///mlflow.db' (was https://user:pa55word@mlflow.example)")
+
+    fake = types.ModuleType("mlflow")
+    fake.tracing = types.SimpleNamespace(enable=refuse, set_destination=lambda where: None)
+    location = types.ModuleType("mlflow.entities.trace_location")
+    location.MlflowExperimentLocation = lambda experiment_id: experiment_id
+    for name, module in {"mlflow": fake, "mlflow.entities": types.ModuleType("mlflow.entities"),
+                         "mlflow.entities.trace_location": location}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "mlflow" else real(name, *a))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: "the app's provider")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_USE_DEFAULT_TRACER_PROVIDER", "MLFLOW_ENABLE_OTLP_EXPORTER",
+                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                 "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.setenv(name, "restored after the test")
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError) as raised:
+        Monitor(Flask(__name__), mlflow=True, log_stream=io.StringIO())
+    message = str(raised.value)
+    assert message.startswith("mlmonitor.mlflow.enable(): MLflow's tracing did not start "
+                              "(MLFLOW_TRACKING_URI is not set")
+    assert "unsupported URI 'sqlite:///mlflow.db'" in message and "set MLFLOW_TRACKING_URI" in message
+    assert "\n" not in message and "pa55word" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert mlm._enabled == []  # not marked enabled: a later call tries again
+
+
+@pytest.mark.slow
+def test_real_mlflow_refusing_its_tracking_uri_stops_start_up_with_one_config_error(tmp_path):
+    """The same with the real MLflow of .venv-mlflow: a store it cannot use (mlflow-skinny 3.18's
+    default sqlite store without SQLAlchemy fails the same way) gives one ConfigError line."""
+    import subprocess
+
+    from tests.test_mlflow_server import REPO, mlflow_tool
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OTEL_"))}
+    env.update(MLFLOW_TRACKING_URI="nosuchstore://user:pa55word@host", PYTHONPATH=str(REPO))
+    code = ("from flask import Flask\nfrom mlmonitor import Monitor\n"
+            "Monitor(Flask(__name__), mlflow=True)\nprint('started')\n")
+    out = subprocess.run([mlflow_tool("python"), "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1 and "started" not in out.stdout
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlmonitor.config.ConfigError: mlmonitor.mlflow.enable(): MLflow's tracing "
+                           "did not start (MLFLOW_TRACKING_URI='nosuchstore://user:[REDACTED]@host')"), last
+    assert "MlflowTracingException" in last and "pa55word" not in out.stderr
+    assert "The above exception was the direct cause" not in out.stderr
