@@ -197,7 +197,7 @@ def test_connected_mode_without_mlflow(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "mlflow" else real(name, *args))
     monkeypatch.delenv("MLFLOW_USE_DEFAULT_TRACER_PROVIDER", raising=False)
-    with pytest.raises(ConfigError, match=r"mlmonitor\[mlflow\]"):
+    with pytest.raises(ConfigError, match=r"mlmonitor-serving\[mlflow\]"):
         mlm.enable()
     assert mlm.enable(required=False) is None
     assert "MLFLOW_USE_DEFAULT_TRACER_PROVIDER" not in os.environ  # nothing changed
