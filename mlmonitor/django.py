@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import json
 import threading
 import time
 import weakref
@@ -268,27 +267,31 @@ def prediction(view: Optional[Callable] = None, *, model_name: Any = None,
 
 
 def _capture_io(rec: Any, request: Any, response: Any) -> None:
-    """``capture_io=True`` (MLflow previews): the JSON request body and the JSON response,
-    each when at most 64 KiB and already in memory (a streamed response is not read)."""
+    """``capture_io=True`` (MLflow previews): the JSON request body and the JSON response, each
+    at most :data:`~mlmonitor.previews.MAX_IO_BYTES`. The body is the one the view read, or one
+    whose Content-Length is within the cap (read through Django, so it stays readable); a body
+    of unknown length the view did not read is not read. A streamed response is not read, and a
+    larger buffered one is not copied."""
+    from django.core.exceptions import RequestDataTooBig
     from django.http.request import RawPostDataException
 
-    from .traces import IO_KEY, MAX_IO_BYTES
+    from .previews import MAX_IO_BYTES, json_within, keep
     try:
         inputs = outputs = None
-        if request.content_type == "application/json" and \
-                int(request.META.get("CONTENT_LENGTH") or 0) <= MAX_IO_BYTES:
-            try:
-                inputs = json.loads(request.body)
-            except (ValueError, RecursionError, RawPostDataException):  # not JSON (or
-                pass  # nested too deep for the parser), or read by the view as a stream
-        if not getattr(response, "streaming", True) and \
+        if request.content_type == "application/json":
+            length = request.META.get("CONTENT_LENGTH") or ""
+            known = length.isascii() and length.isdigit() and int(length) <= MAX_IO_BYTES
+            if known or "_body" in request.__dict__:  # within the cap, or read by the view
+                try:
+                    inputs = json_within(request.body)
+                except (RawPostDataException, RequestDataTooBig, OSError):  # the view read the
+                    pass  # stream itself, a smaller upload limit, or the client went away
+        container = getattr(response, "_container", None)
+        if not getattr(response, "streaming", True) and isinstance(container, list) and \
                 response.get("Content-Type", "").startswith("application/json") and \
-                len(response.content) <= MAX_IO_BYTES:
-            try:
-                outputs = json.loads(response.content)
-            except (ValueError, RecursionError):
-                pass
-        rec.environ[IO_KEY] = (inputs, outputs)
+                sum(len(chunk) for chunk in container) <= MAX_IO_BYTES:
+            outputs = json_within(response.content)
+        keep(rec, inputs, outputs)
     except Exception as exc:
         guard.report_fault("traces", exc, rec.middleware)
 

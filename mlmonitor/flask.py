@@ -40,11 +40,13 @@ try:  # Flask >= 2.3 keeps the request context in a context variable
 except ImportError:  # pragma: no cover - older Flask
     _cv_request = None
 from opentelemetry import trace
+from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from . import context, guard
+from . import context, guard, previews
 from .config import resolve
 from .middleware import MATERIALISED, MonitorMiddleware
+from .previews import MAX_IO_BYTES, json_within
 from .record import UNMATCHED_ROUTE, _current
 from .views import MonitorBase, begin_view
 
@@ -142,20 +144,32 @@ def _route_at_start(app: Flask, environ: dict) -> Any:
 
 
 def _capture_io(rec: Any, response: Any) -> None:
-    """``capture_io=True``: the JSON request (when small) and the JSON the view returned."""
-    from .traces import IO_KEY, MAX_IO_BYTES
+    """``capture_io=True``, after the view: the request's JSON and the JSON the view returned.
+
+    The request's is what the view already parsed or read (Werkzeug caches both); if it read
+    nothing, at most :data:`~mlmonitor.previews.MAX_IO_BYTES` + 1 bytes are read now, and only
+    for a buffered response (a streamed one may still read the request). A response is copied
+    only when its buffered body is within the cap. A chunked upload of any size costs no more.
+    """
     req = _current_request()
-    try:  # not silent: Flask caches per flag, and the view's get_json() or .json parsed it
-        inputs = req.get_json() if req.is_json and (req.content_length or 0) <= MAX_IO_BYTES \
-            else None
-    except Exception:  # not JSON (BadRequest), or nested too deep for the parser: no preview
-        inputs = None
-    try:
-        outputs = response.get_json(silent=True) if response.is_json and response.is_sequence \
-            else None
-    except RecursionError:
-        outputs = None
-    rec.environ[IO_KEY] = (inputs, outputs)
+    inputs = None
+    if req.is_json:
+        parsed = [v for v in getattr(req, "_cached_json", ()) if v is not Ellipsis]
+        if parsed:  # the view's get_json() / .json
+            inputs = parsed[0]
+        else:
+            data = getattr(req, "_cached_data", None)  # the view's get_data() / .data
+            if data is None and response.is_sequence:
+                try:
+                    data = req.stream.read(MAX_IO_BYTES + 1)
+                except (OSError, ValueError, HTTPException):  # the client went away, 413...
+                    data = None
+            inputs = json_within(data)
+    outputs = None
+    if response.is_json and response.is_sequence \
+            and response.calculate_content_length() <= MAX_IO_BYTES:
+        outputs = json_within(response.get_data())
+    previews.keep(rec, inputs, outputs)
 
 
 def _current_request() -> Any:

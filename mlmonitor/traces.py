@@ -29,7 +29,6 @@ trace linked to the caller's span: MLflow keeps a trace without its root ``IN_PR
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
 from opentelemetry import context as otel_context
@@ -39,6 +38,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from .config import MAX_OBSERVED, Settings, number_in
 from .mlflow import headers_name_mlflow, json_text, lineage
+from .previews import IO_KEY, preview
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord, stage_totals
 from .redact import REDACTED, _safe_text, describe_exception, redactor
 # start-up code, kept importable here (gunicorn hooks and users call traces.shutdown())
@@ -158,32 +158,16 @@ class TraceSink:
         if self.capture_io:
             previews = rec.environ.get(IO_KEY) if rec.environ is not None else None
             if previews:
-                inputs, outputs = previews
-                if inputs is not None:
-                    shown["mlflow.spanInputs"] = self.preview(inputs)
-                if outputs is not None:
-                    shown["mlflow.spanOutputs"] = self.preview(outputs)
+                for key, value in zip(("mlflow.spanInputs", "mlflow.spanOutputs"), previews):
+                    text = self.preview(value) if value is not None else None
+                    if text is not None:
+                        shown[key] = text
         return shown
 
-    def preview(self, value: Any) -> str:
-        """``value`` as JSON, secret fields redacted as in logs, capped: a cut one becomes a
-        JSON string of its head, so MLflow still parses it."""
-        import json
-        budget = [PREVIEW_CHARS]
-        try:  # only the head is redacted and encoded: a 60 KB body costs what a small one does
-            head = _head(value, budget)
-            text = json.dumps(self.redactor.value(head), ensure_ascii=False, default=str)
-        except Exception:
-            text = json.dumps(_safe_text(value)[:PREVIEW_CHARS])
-        if len(text) > PREVIEW_CHARS or budget[0] < 0:
-            keep = PREVIEW_CHARS - 8
-            while True:  # escaping lengthens the text: cut until the JSON string fits whole
-                cut = json.dumps(text[:keep] + "...", ensure_ascii=False)
-                if len(cut) <= PREVIEW_CHARS:
-                    break
-                keep = max(0, min(keep - 1, keep * (PREVIEW_CHARS - 8) // len(cut)))
-            text = cut
-        return _utf8(text)
+    def preview(self, value: Any) -> Optional[str]:
+        """``value``'s capture_io preview (see :mod:`mlmonitor.previews`), safe for OTLP."""
+        text = preview(self.redactor, value)
+        return None if text is None else _utf8(text)
 
     def use_global_provider(self) -> None:
         """The app set a global provider after Monitor(app): use it, as if set before."""
@@ -329,39 +313,8 @@ def _genai_usage(rec: RequestRecord) -> Dict[str, Any]:
             "gen_ai.usage.input_tokens": totals[0], "gen_ai.usage.output_tokens": totals[1]}
 
 
-#: the environ key where a framework layer leaves ``(inputs, outputs)`` with ``capture_io``
-IO_KEY = "mlmonitor.io"
-#: capture_io: a request or response body larger than this is not parsed for its preview
-MAX_IO_BYTES = 65536
-#: a preview's cap, under the provider's attribute length limit
-PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
 #: the span attributes MLflow also gets as trace tags
 _MLFLOW_TAGGED = ("ml.model.name", "ml.model.version", "ml.model.run_id", "ml.model.id")
-def _head(value: Any, budget: list) -> Any:
-    """The head of a JSON-like value, in document order, about as much as its JSON can show in
-    ``budget[0]`` characters (each text cut at its head, so a name is never separated from its
-    value): a large body is read no further than its preview. The budget goes below zero when
-    something was left out."""
-    if isinstance(value, str):
-        budget[0] -= len(value) + 2
-        return value[:PREVIEW_CHARS]
-    if isinstance(value, (Mapping, list, tuple)):
-        budget[0] -= 2
-        mapping = isinstance(value, Mapping)
-        out: Any = {} if mapping else []
-        for item in (value.items() if mapping else value):
-            if budget[0] <= 0:
-                budget[0] = -1
-                break
-            if mapping:
-                key, item = item
-                budget[0] -= len(str(key)) + 4
-                out[key] = _head(item, budget)
-            else:
-                out.append(_head(item, budget))
-        return out
-    budget[0] -= 8  # a number, a bool, null or something the redactor renders
-    return value
 
 
 def _utf8(text: str) -> str:

@@ -12,7 +12,7 @@ import inspect
 import time
 from typing import Any, Callable, Optional
 
-from . import context, guard
+from . import context, guard, previews
 from .record import RequestRecord, _current
 
 __all__ = ["MonitorBase", "prediction_view", "begin_view"]
@@ -83,23 +83,14 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
 
 def keep_io(rec: RequestRecord, kwargs: dict, result: Any) -> None:
     """``capture_io=True`` (MLflow previews): the view's parsed arguments (FastAPI hands the
-    JSON body to the view, as a dict or a pydantic model) and the JSON-like value it returned.
+    JSON body to the view, as a dict or a pydantic model) and the JSON-like value it returned,
+    kept as they are (the preview reads only their heads; no request stream is read here).
     Not for Flask, whose layer reads the request's and the response's JSON instead."""
-    from .traces import IO_KEY
     try:
-        inputs = {k: _plain_json(v) for k, v in kwargs.items()}
-        rec.environ[IO_KEY] = ({k: v for k, v in inputs.items() if v is not None} or None,
-                               _plain_json(result))
+        inputs = {k: v for k, v in kwargs.items() if previews.json_like(v) is not None}
+        previews.keep(rec, inputs or None, previews.json_like(result))
     except Exception as exc:
         guard.report_fault("traces", exc, rec.middleware)
-
-
-def _plain_json(value: Any) -> Any:
-    """A JSON-like value as it is, a pydantic model as its dict; anything else None."""
-    if isinstance(value, (dict, list, str, int, float, bool)):
-        return value
-    dump = getattr(value, "model_dump", None)
-    return dump() if callable(dump) else None
 
 
 def _with_signature(wrapper: Callable, view: Callable) -> Callable:

@@ -1,0 +1,128 @@
+"""``capture_io`` previews (MLflow's ``mlflow.spanInputs`` / ``mlflow.spanOutputs``), one way for
+every framework.
+
+A framework layer hands over only what its view already holds: the parsed body or the value it
+returned (:func:`json_like`), or body bytes it knows to be at most :data:`MAX_IO_BYTES`
+(:func:`json_within`); it never reads a request stream past that cap, nor copies a larger
+response. :func:`preview` turns one value into the attribute's text: only the head it can show
+is read, every key is made text *before* redaction (a ``date`` or ``UUID`` key cannot make the
+encoder fail over to raw text), and a value it cannot show redacted gives no preview at all.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from .redact import MAX_DEPTH, Redactor, _safe_text
+from .trace_provider import MAX_ATTRIBUTE_LENGTH
+
+__all__ = ["IO_KEY", "MAX_IO_BYTES", "PREVIEW_CHARS", "keep", "json_like", "json_within",
+           "preview"]
+
+#: the environ key where a framework layer leaves ``(inputs, outputs)`` with ``capture_io``
+IO_KEY = "mlmonitor.io"
+#: the most bytes of a request or response body read or copied for a preview
+MAX_IO_BYTES = 65536
+#: a preview's cap, under the provider's attribute length limit
+PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
+
+
+def keep(rec: Any, inputs: Any, outputs: Any) -> None:
+    """Leave a request's inputs and outputs for the trace sink (None: no preview)."""
+    if inputs is not None or outputs is not None:
+        rec.environ[IO_KEY] = (inputs, outputs)
+
+
+def json_like(value: Any) -> Any:
+    """A view's argument or result if it is JSON-like (a pydantic model too), else None. Kept
+    as it is, not copied: the preview reads only its head."""
+    if isinstance(value, (Mapping, list, tuple, str, int, float)) or _is_model(value):
+        return value
+    return None
+
+
+def json_within(data: Any) -> Any:
+    """Body bytes parsed as JSON when at most :data:`MAX_IO_BYTES`; else (or not JSON, or nested
+    deeper than the parser allows) None."""
+    if not isinstance(data, (bytes, bytearray, str)) or len(data) > MAX_IO_BYTES:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def preview(redactor: Redactor, value: Any) -> Optional[str]:
+    """``value`` as JSON text of at most :data:`PREVIEW_CHARS`, secret fields redacted as in
+    logs; a cut one becomes a JSON string of its head, so MLflow still parses it. None when the
+    value cannot be shown redacted: never the raw text of unredacted data. (The trace sink
+    makes the text UTF-8-safe.)"""
+    budget = [PREVIEW_CHARS]
+    try:  # only the head is redacted and encoded: a 60 KB body costs what a small one does
+        head = redactor.value(_head(value, budget, 0))
+        text = json.dumps(head, ensure_ascii=False,
+                          default=lambda item: redactor.text(_safe_text(item)))
+    except Exception:  # a mapping whose items() raise, a model that cannot be iterated...
+        return None
+    if len(text) > PREVIEW_CHARS or budget[0] < 0:
+        keep = PREVIEW_CHARS - 8
+        while True:  # escaping lengthens the text: cut until the JSON string fits whole
+            cut = json.dumps(text[:keep] + "...", ensure_ascii=False)
+            if len(cut) <= PREVIEW_CHARS:
+                break
+            keep = max(0, min(keep - 1, keep * (PREVIEW_CHARS - 8) // len(cut)))
+        text = cut
+    return text
+
+
+def _is_model(value: Any) -> bool:
+    """A pydantic model: iterating it gives its ``(field, value)`` pairs, no copy made."""
+    return callable(getattr(value, "model_dump", None)) and not isinstance(value, type)
+
+
+def _key(key: Any) -> str:
+    """A key as text, as JSON would show it: a ``date``, ``UUID``, tuple or bytes key is named
+    by its text, so the redactor sees ``b"api_key"`` as ``api_key``."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key[:256]).decode("utf-8", "backslashreplace")
+    return _safe_text(key)[:256]
+
+
+def _head(value: Any, budget: list, depth: int = 0) -> Any:
+    """The head of a JSON-like value, in document order, about as much as its JSON can show in
+    ``budget[0]`` characters (each text cut at its head, so a name is never separated from its
+    value), every key as text: a large body is read no further than its preview. The budget
+    goes below zero when something was left out."""
+    if isinstance(value, str):
+        budget[0] -= len(value) + 2
+        return value[:PREVIEW_CHARS]
+    if value is None or isinstance(value, (bool, int, float)):
+        budget[0] -= 8
+        return value
+    model = _is_model(value)
+    if model or isinstance(value, (Mapping, list, tuple)):
+        if depth >= MAX_DEPTH:  # a circular or very deep value: the redactor's own marker
+            budget[0] -= 12
+            return "<max depth>"
+        budget[0] -= 2
+        mapping = model or isinstance(value, Mapping)
+        out: Any = {} if mapping else []
+        for item in (iter(value) if model else value.items() if mapping else value):
+            if budget[0] <= 0:
+                budget[0] = -1
+                break
+            if mapping:
+                key, item = item
+                key = _key(key)
+                budget[0] -= len(key) + 4
+                out[key] = _head(item, budget, depth + 1)
+            else:
+                out.append(_head(item, budget, depth + 1))
+        return out
+    budget[0] -= 8  # something the redactor renders as text
+    return value
+
+
