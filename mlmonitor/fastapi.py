@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 from .asgi import MonitorASGIMiddleware
@@ -32,8 +33,14 @@ from .views import MonitorBase
 
 __all__ = ["Monitor", "route_template"]
 
-#: (method, path) -> template, for paths seen before; bounded: hostile paths stop adding
-_CACHE_SIZE = 4096
+#: the route cache holds (method, path) keys of at most this many bytes (``/items/123``, not an
+#: attacker's 60 KB path: that one is matched again each time, as the router itself does)
+_KEY_BYTES = 512
+#: ... and this many bytes in all, counting each entry's overhead; when full it starts afresh,
+#: so that paths a hostile client sent once cannot keep the app's own ones out
+_CACHE_BYTES = 1 << 20
+#: a cache entry beyond its two strings: the key's tuple and the dict's slot
+_ENTRY_BYTES = 160
 
 
 class Monitor(MonitorBase):
@@ -72,15 +79,24 @@ class RouteTemplates:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.cache: dict = {}
+        #: bytes the cache holds, as counted when adding (at most ``_CACHE_BYTES``)
+        self.size = 0
 
     def __call__(self, scope: dict) -> Optional[str]:
-        key = (scope.get("method"), scope.get("path"))
+        method, path = scope.get("method"), scope.get("path")
+        key = (method, path)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         template = route_template(getattr(self.app, "routes", ()), scope)
-        if template is not None and len(self.cache) < _CACHE_SIZE:
-            self.cache[key] = template
+        if template is not None and type(method) is str and type(path) is str:
+            size = sys.getsizeof(method) + sys.getsizeof(path)
+            if size <= _KEY_BYTES:
+                if self.size + size + _ENTRY_BYTES > _CACHE_BYTES:
+                    self.cache = {}
+                    self.size = 0
+                self.cache[key] = template
+                self.size += size + _ENTRY_BYTES
         return template
 
 
