@@ -69,7 +69,7 @@ class RouteTemplate:
 
     A segment holds at most one placeholder, with literal text around it (``<name>:predict``);
     a placeholder matches one non-empty segment part without ``/`` (``int`` converters:
-    digits only). The work is one comparison per segment: bounded, no backtracking.
+    ASCII digits only). The work is one comparison per segment: bounded, no backtracking.
     """
 
     __slots__ = ("template", "segments", "prediction")
@@ -108,8 +108,10 @@ class RouteTemplate:
             if len(got) <= len(prefix) + len(suffix) or not got.startswith(prefix) \
                     or not got.endswith(suffix):
                 return False
-            if digits and not got[len(prefix):len(got) - len(suffix)].isdigit():
-                return False
+            if digits:  # ASCII only, as Starlette's, Werkzeug's and Django's converters: not "²"
+                value = got[len(prefix):len(got) - len(suffix)]
+                if not (value.isascii() and value.isdigit()):
+                    return False
         return True
 
 
