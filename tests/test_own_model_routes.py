@@ -272,10 +272,21 @@ def test_references_setting_gives_each_model_its_reference(tmp_path):
 
 def test_references_from_the_environment_and_a_missing_file_fails_at_start_up(tmp_path,
                                                                                monkeypatch):
-    _profile(2.0, 1).save(tmp_path / "g.json")
+    profile = _profile(2.0, 1)
+    profile.save(tmp_path / "g.json")
     monkeypatch.setenv("MLMONITOR_REFERENCES", f"glucose={tmp_path / 'g.json'}")
-    _, registry, _ = wrapped(prediction_paths=["/v1/models/<name>:predict"])
-    assert registry is not None
+    app = flask_app(model_version="v1")  # no references= given: only the environment names it
+    for name in ("glucose", "pressure"):
+        app.test_client().post(f"/v1/models/{name}:predict",
+                               headers={"Authorization": f"Key {KEY}"})
+    exported = {(s.labels["feature"], s.labels["bin"]): s.value
+                for f in app.registry.collect() for s in f.samples
+                if s.name == "mlmonitor_feature_reference_ratio"
+                and s.labels["model_name"] == "glucose"}
+    assert exported == {(feature, bin_label): share
+                        for feature, bin_label, share in profile.reference_ratios()}
+    assert {feature for feature, _ in exported} == {"a", "b"}
+    assert _reference_models(app.registry) == {"glucose"}  # pressure has none
     monkeypatch.setenv("MLMONITOR_REFERENCES", f"glucose={tmp_path / 'missing.json'}")
     with pytest.raises(ConfigError) as err:
         wrapped()
