@@ -108,7 +108,7 @@ class RouteTemplate:
             if len(got) <= len(prefix) + len(suffix) or not got.startswith(prefix) \
                     or not got.endswith(suffix):
                 return False
-            if digits:  # ASCII only, as Starlette's, Werkzeug's and Django's converters: not "²"
+            if digits:  # ASCII only, as Starlette's and Django's converters: not "²", "٣"
                 value = got[len(prefix):len(got) - len(suffix)]
                 if not (value.isascii() and value.isdigit()):
                     return False

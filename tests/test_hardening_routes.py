@@ -1,6 +1,7 @@
 """Route templates under hostile paths (issue 24, defect 4 and item 7d): the FastAPI route cache
 holds a bounded number of bytes whatever the paths, and ``int`` placeholders take ASCII digits
-only, as Starlette's, Werkzeug's and Django's converters do."""
+only, as Starlette's and Django's converters do (Werkzeug 3.1's ``\\d+`` and ``int()`` refuse
+``²`` but take ``٣`` and ``３``)."""
 from __future__ import annotations
 
 import asyncio
