@@ -10,8 +10,12 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+#: the distribution's name on PyPI ("mlmonitor" there is an unrelated project); the import
+#: package and the command are ``mlmonitor``
+DISTRIBUTION = "mlmonitor-serving"
+
 try:
-    __version__ = version("mlmonitor")
+    __version__ = version(DISTRIBUTION)
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 

@@ -84,7 +84,7 @@ def make_gpu_collector() -> "GpuCollector | None":
     try:
         import pynvml
     except ImportError:
-        log.debug("mlmonitor: no GPU metrics: pynvml is not installed (pip install mlmonitor[gpu])")
+        log.debug("mlmonitor: no GPU metrics: pynvml is not installed (pip install 'mlmonitor-serving[gpu]')")
         return None
     try:
         pynvml.nvmlInit()

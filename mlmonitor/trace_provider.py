@@ -88,7 +88,7 @@ def _make_exporter(name: str) -> Any:
             from .otlp import FastOTLPSpanExporter
         except ImportError:
             raise ConfigError("OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
-                              "pip install 'mlmonitor[otlp]'") from None
+                              "pip install 'mlmonitor-serving[otlp]'") from None
         for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
             _check_headers(variable)
         try:
