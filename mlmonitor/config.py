@@ -223,7 +223,7 @@ def number_in(value: Any, low: float, high: float) -> bool:
         return False
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except Exception:  # any failed conversion: TypeError, ValueError, OverflowError (10**400), ...
         return False
     return low <= number <= high  # NaN compares false
 

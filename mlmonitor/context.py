@@ -281,12 +281,13 @@ def prediction_id(prediction: Any) -> str:
 
 def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -> str:
     """Count ground truth for a signed prediction id; returns "correct" or "incorrect", or for
-    a model whose reference is a regression the absolute error (a float; a label that is not
-    a number raises ValueError).
+    a model whose reference is a regression the absolute error (a float, at most ``MAX_OBSERVED``).
 
     Works on any worker or replica sharing the feedback secret. Raises
-    ``mlmonitor.tokens.InvalidFeedback`` (a ValueError) for a bad, expired or
-    duplicate id, after counting it in ``mlmonitor_feedback_rejected_total``.
+    ``mlmonitor.tokens.InvalidFeedback`` (a ValueError) for a bad, expired or duplicate id
+    and for a label that cannot be counted (``bad_label``: for a regression, anything but a
+    finite number within ``MAX_OBSERVED``), after counting it in
+    ``mlmonitor_feedback_rejected_total{reason}``.
     """
     if middleware is None:
         rec = _current.get()

@@ -133,7 +133,7 @@ class Families:
             c.FEEDBACK, "Ground truth received, by outcome.", MODEL + (c.OUTCOME,), registry=r)
         self.feedback_rejected = Counter(
             c.FEEDBACK_REJECTED, "Feedback refused: malformed, bad_signature, expired, "
-            "future or duplicate.", (c.REASON,), registry=r)
+            "future, duplicate or bad_label.", (c.REASON,), registry=r)
         self.reference_accuracy = Gauge(
             c.REFERENCE_ACCURACY, "Accuracy measured on the reference data.", MODEL,
             multiprocess_mode="max", registry=r)

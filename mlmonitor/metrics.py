@@ -201,7 +201,8 @@ class MetricsSink:
         self.child(self.f.feedback_absolute_error, *labels).observe(error)
 
     def count_feedback_rejected(self, reason: str) -> None:
-        self.child(self.f.feedback_rejected, reason).inc()
+        from .tokens import FEEDBACK_REASONS
+        self.child(self.f.feedback_rejected, reason if reason in FEEDBACK_REASONS else "malformed").inc()
 
     # -- per request ------------------------------------------------------------
     def start(self, rec: RequestRecord) -> None:

@@ -32,7 +32,9 @@ MAX_PREDICTED_BYTES = 128  # the predicted value, as UTF-8 text
 #: the longest id: three fields of 128 characters, each JSON-escaped to at most 6 bytes a character
 MAX_TOKEN_LEN = 4096
 MAX_CLOCK_SKEW_S = 300.0
-FEEDBACK_REASONS = ("malformed", "bad_signature", "expired", "future", "duplicate")
+#: why feedback is refused: the id's faults, then ``bad_label`` (a label that cannot be counted,
+#: see :mod:`mlmonitor.feedback`); the values of ``mlmonitor_feedback_rejected_total{reason}``
+FEEDBACK_REASONS = ("malformed", "bad_signature", "expired", "future", "duplicate", "bad_label")
 
 Secret = Union[str, bytes]
 
