@@ -61,10 +61,12 @@ class FeedbackRecorder:
         """
         from .tokens import fit_fields, sign_prediction
         if self.ephemeral and not self._warned:
+            from .multiprocess import multiprocess_dir
             self._warned = True
             log.warning("mlmonitor: prediction ids are only accepted by this process: set "
                         "MLMONITOR_FEEDBACK_SECRET (32 random bytes, the same for every worker and "
-                        "replica), or PROMETHEUS_MULTIPROC_DIR for the workers of one server")
+                        "replica)%s", "" if multiprocess_dir() else
+                        ", or PROMETHEUS_MULTIPROC_DIR for the workers of one server")
         try:  # once per id of a batch: a try, not guarded()
             if type(predicted).__module__ == "numpy" and getattr(predicted, "size", 0) == 1:
                 predicted = predicted.item()  # a numpy scalar signs as the number it holds
