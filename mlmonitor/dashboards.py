@@ -17,9 +17,10 @@ Every query selects through the ``datasource`` variable (no datasource uid and n
 placeholder, which file provisioning would leave unresolved), uses ``$__rate_interval`` in every
 range, and reads the recording rules of ``alerts/`` where one exists (PSI, class shares,
 accuracy from feedback) and raw metrics otherwise, so panels follow the dashboard's time range.
-Every ratio divides by a total filtered ``> 0`` ("No data", never NaN, without traffic); every
-panel's description ends with a sentence saying what filters it (:func:`scope`); the canary
-comparisons stay empty, with a hint, unless two different versions are chosen.
+Every ratio divides by a total filtered ``> 0`` and every quantile is filtered ``>= 0`` ("No data",
+never NaN, without traffic: :func:`positive`, :func:`quantile`); every panel's description ends
+with a sentence saying what filters it (:func:`scope`); the canary comparisons stay empty, with a
+hint, unless two different versions are chosen.
 """
 from __future__ import annotations
 
@@ -75,8 +76,14 @@ def with_label(sel: str, matcher: str) -> str:
 
 
 def quantile(q: float, bucket: str, sel: str, by: str = BY) -> str:
-    """The q-quantile of a histogram's ``bucket`` series: summed by ``le`` first, never averaged."""
-    return f"histogram_quantile({q}, sum by (le, {by}) ({rate(bucket, sel)}))"
+    """The q-quantile of a histogram's ``bucket`` series: summed by ``le`` first, never averaged.
+
+    A series without observations in the interval (an idle route, a version without feedback)
+    has a NaN quantile, which Grafana draws as a "NaN" series: ``>= 0`` drops it (NaN compares
+    false; every mlmonitor histogram holds values >= 0), so it shows nothing instead.
+    """
+    labels = f"le, {by}" if by else "le"
+    return f"(histogram_quantile({q}, sum by ({labels}) ({rate(bucket, sel)})) >= 0)"
 
 
 def positive(expr: str) -> str:
@@ -327,7 +334,7 @@ def overview() -> Dict[str, Any]:
              f" / {positive(f'sum({pred})')}", steps=[(None, "green"), (0.05, "orange")]),
         stat("p99 prediction latency", "99th percentile of the prediction handler's time over all selected"
              " versions, from the summed histogram buckets.", "s",
-             f"histogram_quantile(0.99, sum by (le) ({rate(latency, SEL)}))",
+             quantile(0.99, latency, SEL, by=""),
              steps=[(None, "green"), (0.5, "red")]),
         stat("Versions served", "Number of model versions that the selected processes serve now"
              f" ({MODEL_INFO}).", "none", f"count(max by ({BY}) ({MODEL_INFO}{SEL}))"),

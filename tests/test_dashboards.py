@@ -8,6 +8,7 @@ is the same expression at many instants).
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -215,6 +216,35 @@ def test_no_panel_divides_without_guarding_zero():
             assert found == [], f"{dash['uid']} / {p['title']}: {found}"
 
 
+def unfiltered_quantiles(expr: str) -> List[str]:
+    """Each ``histogram_quantile`` in ``expr`` not filtered by a comparison (NaN compares false)."""
+    filtered, every = set(), []
+
+    def visit(node) -> None:
+        if isinstance(node, promql_parser.Call) and node.func.name == "histogram_quantile":
+            every.append(str(node))
+        elif (isinstance(node, promql_parser.BinaryExpr) and str(node.op) in (">", ">=")
+              and not (node.modifier and node.modifier.return_bool)):
+            lhs = node.lhs
+            while isinstance(lhs, promql_parser.ParenExpr):
+                lhs = lhs.expr
+            filtered.add(str(lhs))  # the parser's nodes are fresh objects: compare their text
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return [node for node in every if node not in filtered]
+
+
+def test_every_quantile_is_filtered_so_an_idle_series_shows_nothing_not_nan():
+    """histogram_quantile of an interval without observations is NaN, which Grafana draws as a series."""
+    found = 0
+    for dash in map(load, FILES):
+        for p, t in exprs(dash):
+            expr = substitute(t["expr"], LINT_VALUES)
+            found += expr.count("histogram_quantile")
+            assert unfiltered_quantiles(expr) == [], f"{dash['uid']} / {p['title']}"
+    assert found >= 10
+
+
 def test_descriptions_say_what_filters_each_panel():
     """HTTP panels are per route and ignore the model selection; the description says so."""
     for dash in map(load, FILES):
@@ -392,6 +422,75 @@ def prove(promurl: str, values: Dict[str, str]) -> Tuple[List[str], int]:
                 failures.append(f"{dash['uid']} / {p['title']} / {t['refId']}: no data for any model"
                                 f"\n    {t['expr']}")
     return failures, checked
+
+
+def nan_samples(promurl: str, values: Dict[str, str]) -> Tuple[List[str], Dict[str, List[Dict[str, Any]]]]:
+    """Every panel target's NaN samples (with the models chosen as :func:`prove` does), and the
+    results by ``uid / title / refId``."""
+    nans: List[str] = []
+    results: Dict[str, List[Dict[str, Any]]] = {}
+    for dash in map(load, FILES):
+        single = not next(v for v in dash["templating"]["list"] if v["name"] == "model_name")["multi"]
+        choices = [{**values, "model_name": m} for m in ("iris", REGRESSOR, TEXTGEN)] if single else [
+            {**values, "model_name": f"(iris|{REGRESSOR}|{TEXTGEN})"}]
+        for p, t in exprs(dash):
+            key = f"{dash['uid']} / {p['title']} / {t['refId']}"
+            for chosen in choices:
+                result, error = run_query(promurl, substitute(t["expr"], chosen))
+                assert not error, f"{key}: {error}"
+                results.setdefault(key, []).extend(result)
+                nans += [f"{key}: {r['metric']}" for r in result if math.isnan(r["value"])]
+    return nans, results
+
+
+@pytest.mark.slow
+def test_idle_routes_and_versions_without_feedback_show_no_nan_in_any_panel(tmp_path):
+    """Issue 25, item 6c: after a burst on every model, route and version (with feedback), only
+    iris v1 keeps traffic and feedback; the idle ones show nothing in every panel, never NaN."""
+    require_binary("prometheus")
+    rules = render_files(Thresholds(time_scale=60, selector=f'job="{JOB}"'), str(tmp_path / "rules"))
+    rules = [r for r in rules if r.endswith(".rules.yml")]
+    (tmp_path / "multiproc").mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "MLMONITOR_TRACES": "false",
+           "MLMONITOR_FEEDBACK_SECRET": "dashboards-test-secret-0123456789abcdef", "CANARY_FRACTION": "0.5"}
+    window = "5s"
+    values = {**LINT_VALUES, "__rate_interval": window}
+    by_version = f"sum by (le, model_name, model_version) (rate({{0}}{{{{job=\"{JOB}\"}}}}[{window}]))"
+    with GunicornProcess(workers=1, env=env) as app, \
+            Prometheus(tmp_path, {JOB: [f"127.0.0.1:{app.port}"]}, rules) as prom:
+        wait_for(lambda: query(prom.url, f'up{{job="{JOB}"}} == 1'), 30, what="first scrape")
+        for command in (loadgen(app.url, "--requests", "40", "--rate", "40", "--generate-fraction", "0.25"),
+                        regression_loadgen(app.url, "--requests", "30", "--rate", "40")):
+            burst = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+            assert burst.returncode == 0, burst.stderr
+        steady = subprocess.Popen(loadgen(app.url, "--version", "v1", "--requests", "600", "--rate", "6"),
+                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def idle_but_not_v1() -> bool:
+                """The raw quantiles are NaN for what went idle, and a number for iris v1."""
+                latency = query(prom.url, "histogram_quantile(0.5, "
+                                + by_version.format("mlmonitor_prediction_duration_seconds_bucket") + ")")
+                errors = query(prom.url, "histogram_quantile(0.5, "
+                               + by_version.format("mlmonitor_feedback_absolute_error_bucket") + ")")
+                live = {(r["metric"]["model_name"], r["metric"]["model_version"]): math.isnan(r["value"])
+                        for r in latency}
+                return (live.get(("iris", "v1")) is False and live.get(("iris", "v2")) is True
+                        and live.get((TEXTGEN, "v1")) is True and any(math.isnan(r["value"]) for r in errors))
+            wait_for(idle_but_not_v1, 60, interval=1, what="v2, diabetes and textgen idle, iris v1 busy")
+            nans, results = nan_samples(prom.url, values)
+        finally:
+            steady.send_signal(signal.SIGTERM)
+            try:
+                steady.wait(10)
+            except subprocess.TimeoutExpired:
+                steady.kill()
+                steady.wait(5)
+    assert nans == [], "\n".join(nans)
+    # the busy version and route still show their quantiles; the idle ones show none
+    latency = results["mlmonitor-overview / Prediction latency p50 / p95 / p99 / A"]
+    assert {(r["metric"]["model_name"], r["metric"]["model_version"]) for r in latency} == {("iris", "v1")}
+    routes = {r["metric"]["route"] for r in results["mlmonitor-overview / HTTP latency p50 / p99 by route / A"]}
+    assert "/predict" in routes and "/generate" not in routes
 
 
 def test_provisioning_files():
