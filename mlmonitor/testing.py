@@ -49,6 +49,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from . import middleware
 
@@ -74,11 +75,12 @@ class Captured:
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.log_stream = io.StringIO()
 
-    def value(self, name: str, **labels: str) -> float:
+    def value(self, name: str, **labels: Any) -> float:
         """The sum of the samples ``name`` whose labels include ``labels``, as PromQL's
         ``sum(name{...})``: 0.0 only for a family with no such child yet. KeyError for a sample
         name no family exposes or a label name its family does not have (a typo), so that an
-        ``== 0`` assertion cannot pass by mistake; a ``_bucket`` needs its ``le``."""
+        ``== 0`` assertion cannot pass by mistake; a ``_bucket`` needs its ``le``. Values are
+        compared as the exposition writes them (``status=200`` is ``"200"``, ``le=1`` is ``"1.0"``)."""
         family, suffix = self._family(name)
         allowed = self._label_names(family)
         if suffix == "_bucket":
@@ -91,7 +93,9 @@ class Captured:
             if label not in allowed:
                 raise KeyError(f"{name} has no label {label!r} "
                                f"(its labels: {', '.join(allowed) or 'none'})")
-        wanted = labels.items()
+        wanted = {label: floatToGoString(value) if label in ("le", "quantile")
+                  and isinstance(value, (int, float)) else str(value)
+                  for label, value in labels.items()}.items()
         return float(sum(s.value for s in family.samples
                          if s.name == name and wanted <= s.labels.items()))
 

@@ -85,6 +85,11 @@ def test_a_label_subset_sums_the_matching_samples():
     assert value("mlmonitor_http_request_duration_seconds_count", status="200") == 3
     assert value("mlmonitor_http_request_duration_seconds_bucket", route="/explain", le="+Inf") == 1
     assert value("mlmonitor_http_requests_total", route="/nowhere") == 0.0
+    # values as the exposition writes them, not a silent 0.0 for an int or a float
+    assert value("mlmonitor_http_requests_total", route="/predict", status=200) == 2
+    assert value("mlmonitor_http_request_duration_seconds_bucket", route="/explain",
+                 le=float("inf")) == 1
+    assert value("mlmonitor_http_request_duration_seconds_bucket", route="/explain", le=30) == 1
 
 
 def test_a_misspelt_label_name_is_an_error_not_zero():
