@@ -82,17 +82,16 @@ class Captured:
         ``== 0`` assertion cannot pass by mistake; a ``_bucket`` needs its ``le``. Values are
         compared as the exposition writes them (``status=200`` is ``"200"``, ``le=1`` is ``"1.0"``)."""
         family, suffix = self._family(name)
-        allowed = self._label_names(family)
-        if suffix == "_bucket":
-            allowed += ("le",)
-            if "le" not in labels:
-                raise KeyError(f"{name} needs le= (buckets do not add up across bounds)")
-        elif family.type == "summary" and not suffix:
-            allowed += ("quantile",)
-        for label in labels:
-            if label not in allowed:
-                raise KeyError(f"{name} has no label {label!r} "
-                               f"(its labels: {', '.join(allowed) or 'none'})")
+        if suffix == "_bucket" and "le" not in labels:
+            raise KeyError(f"{name} needs le= (buckets do not add up across bounds)")
+        known = self._label_names(family)
+        if known is not None:
+            allowed = known + (("le",) if suffix == "_bucket" else ("quantile",)
+                               if family.type == "summary" and not suffix else ())
+            for label in labels:
+                if label not in allowed:
+                    raise KeyError(f"{name} has no label {label!r} "
+                                   f"(its labels: {', '.join(allowed) or 'none'})")
         wanted = {label: floatToGoString(value) if label in ("le", "quantile")
                   and isinstance(value, (int, float)) else str(value)
                   for label, value in labels.items()}.items()
@@ -107,9 +106,9 @@ class Captured:
                     return family, suffix
         raise KeyError(f"no metric family exposes {name!r} in this registry")
 
-    def _label_names(self, family: Any) -> Tuple[str, ...]:
+    def _label_names(self, family: Any) -> Optional[Tuple[str, ...]]:
         """The family's label names: as defined (prometheus-client's collector), else as its
-        samples show them; a family without children has no samples to show them."""
+        samples show them; None for a custom collector's family without samples (unknown)."""
         collector = getattr(self.registry, "_names_to_collectors", {}).get(family.name)
         defined = getattr(collector, "_labelnames", None)
         if defined is not None:
@@ -117,7 +116,7 @@ class Captured:
         seen: Dict[str, None] = {}
         for sample in family.samples:
             seen.update(dict.fromkeys(k for k in sample.labels if k not in ("le", "quantile")))
-        return tuple(seen)
+        return tuple(seen) if family.samples else None
 
     def logs(self) -> List[Dict[str, Any]]:
         """The JSON log lines written so far, parsed."""

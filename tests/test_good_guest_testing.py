@@ -5,6 +5,7 @@ import doctest
 
 import pytest
 from flask import Flask, jsonify
+from prometheus_client import Counter
 
 import mlmonitor.testing
 from mlmonitor import Monitor
@@ -103,6 +104,11 @@ def test_a_misspelt_label_name_is_an_error_not_zero():
         monitored.value("mlmonitor_stage_duration_seconds_count", stage="inference", le="0.1")
     assert monitored.value("mlmonitor_prediction_errors_total", model_name="iris",
                            error_type="ValueError") == 0.0
+    # the app's own family in the same registry, no child yet
+    Counter("app_cache_misses", "Cache misses.", ["cache"], registry=monitored.registry)
+    assert monitored.value("app_cache_misses_total", cache="features") == 0.0
+    with pytest.raises(KeyError, match="cahce"):
+        monitored.value("app_cache_misses_total", cahce="features")
 
 
 def test_a_name_that_exposes_no_sample_is_an_error_not_zero():
