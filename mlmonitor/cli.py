@@ -102,10 +102,12 @@ _THRESHOLD_HELP = {
     "canary_latency_factor": "p99 factor by which a version must exceed the best other version",
     "memory_bytes": "resident memory per worker that fires MLModelProcessMemoryHigh",
     "gpu_memory_ratio": "GPU memory share that fires MLModelGPUMemoryHigh",
-    "selector": "label matchers added to every selector, up included, e.g. '{job=\"my-model\"}';"
-                " '{}' selects every target",
-    "runbook_base_url": "runbook page of every alert's runbook_url: URL#<alertname lower-case>,"
-                        " or {alert} in the URL replaced by it",
+    "selector": "label matchers on target labels (job, namespace ...) added to every read of a series or"
+                " recording rule, up included, e.g. '{job=\"my-model\"}'; render once per app with disjoint"
+                " selectors to load several renders in one Prometheus; '{}' selects every target",
+    "runbook_base_url": "where your team's runbooks live (copy docs/runbooks.md there): each alert's"
+                        " runbook_url is URL#<alertname lower-case>, or {alert} in the URL replaced by it;"
+                        " the default is this project's docs/runbooks.md, a path in its repository",
     "buckets": "the app's latency histogram buckets (MLMONITOR_BUCKETS), comma-separated seconds;"
                " every latency threshold must be one of them",
     "time_scale": "divide every window, for: and Alertmanager time by this (tests only; names keep"

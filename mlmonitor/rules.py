@@ -15,10 +15,12 @@ rendering again, never by editing the YAML by hand::
         --selector '{job="my-model"}' --runbook-base-url https://wiki.example.com/runbooks \\
         --availability-slo 0.995 --out-dir my-alerts/
 
-Every raw selector carries ``--selector`` (default ``job="mlmonitor"``, ``up``
-included), so the rules never judge targets that are not mlmonitor's. Every
-aggregation keeps ``job``, ``model_name`` and ``model_version`` so an alert
-names the version that fails. Counters are read through ``rate()``, so counter
+Every read, of a raw series (``up`` included) and of a recording rule alike, carries
+``--selector`` (default ``job="mlmonitor"``), and every aggregation keeps the selector's
+label names besides ``job``, ``model_name`` and ``model_version``: the rules never judge
+targets that are not mlmonitor's, an alert names the version that fails, and renders
+with disjoint selectors (one per app) write disjoint series, so they load side by side
+in one Prometheus. Counters are read through ``rate()``, so counter
 resets (restarts) do not fire alerts; gauges are read through ``last_over_time``
 over ``GAUGE_WINDOW``, so a missed scrape (a target briefly unreachable, a
 recycled worker) changes no recording-rule series and resets no ``for:``. Every
@@ -53,20 +55,19 @@ from .contract import (
     latency_quantile, slow_ratio)
 from .contract import (ABSOLUTE_ERROR_MEAN, FEEDBACK_ABSOLUTE_ERROR_COUNT, FEEDBACK_ABSOLUTE_ERROR_SUM,
                        OUTPUT_DRIFT, REFERENCE_ABSOLUTE_ERROR, REFERENCE_ABSOLUTE_ERROR_MAX)
+from .selectors import parse_selector, selector_labels
 
 __all__ = ["Thresholds", "render_groups", "render_files", "render_text", "render_alertmanager",
            "to_yaml", "RECORDING_FILE", "ALERTS_FILE", "OPERATOR_FILE", "ALERTMANAGER_FILE"]
 
-RUNBOOK_BASE = "https://github.com/mlmonitor/mlmonitor/blob/main/docs/runbooks.md"
+#: this project's runbooks, a path in its repository (one ``## AlertName`` section per alert); render
+#: with ``--runbook-base-url`` pointing at where the team's own copy lives (a wiki, their repository)
+RUNBOOK_BASE = "docs/runbooks.md"
 RECORDING_FILE = "mlmonitor-recording.rules.yml"
 ALERTS_FILE = "mlmonitor-alerts.rules.yml"
 OPERATOR_FILE = os.path.join("prometheus-operator", "mlmonitor-prometheusrule.yaml")
 ALERTMANAGER_FILE = "alertmanager.yml"
 
-#: labels every per-version aggregation keeps
-VERSION = ", ".join(VERSION_LABELS)
-#: labels of the comparison of a version with the other versions of its model
-MODEL = f"{JOB}, {MODEL_NAME}"
 #: (severity, long window, short window, burn-rate factor, for) of the multi-window
 #: multi-burn-rate SLO alerts (SRE workbook, ch. 5)
 BURN_RATES = (
@@ -114,28 +115,27 @@ class Thresholds:
                      "accuracy_drop", "gpu_memory_ratio"):
             value = getattr(self, name)
             if not 0 < value < 1:
-                raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if (self.time_scale <= 0 or self.latency_p99 <= 0 or self.psi_threshold <= 0 or self.mae_factor <= 0
-                or self.ttfc_p95 <= 0):
-            raise ValueError("time_scale, latency_p99, ttfc_p95, psi_threshold and mae_factor must be positive")
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+        for name in ("time_scale", "latency_p99", "ttfc_p95", "psi_threshold", "mae_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         self.selector = self.selector.strip()
         if self.selector.startswith("{") and self.selector.endswith("}"):
             self.selector = self.selector[1:-1].strip()
-        if not _SELECTOR.fullmatch(self.selector):
-            raise ValueError(f"--selector {self.selector!r}: not label matchers such as '{{job=\"my-model\"}}'")
-        if not re.match(r"https?://\S+$", self.runbook_base_url):
-            raise ValueError(f"--runbook-base-url {self.runbook_base_url!r}: not an http(s) URL")
+        parse_selector(self.selector)
+        if not re.fullmatch(r"https?://\S+|[^\s:]+", self.runbook_base_url) or not self.runbook_base_url.isprintable():
+            raise ValueError(f"--runbook-base-url {self.runbook_base_url!r}: not an http(s) URL or a path")
         self.buckets = tuple(sorted({float(b) for b in self.buckets}))
         for name in ("latency_p99", "latency_slo_threshold", "ttfc_p95"):
             setattr(self, name, bucket_bound(name, getattr(self, name), self.buckets))
 
 
-_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
-#: what --selector accepts (braces stripped): matchers separated by commas, or nothing
-_SELECTOR = re.compile(f"(?:{_MATCHER}(?:,{_MATCHER})*)?")
-
-
 # -- small helpers -------------------------------------------------------------------------------
+
+def _join(*labels: str) -> str:
+    """Label names for a ``by (...)`` / ``on (...)`` clause, each once."""
+    return ", ".join(dict.fromkeys(labels))
+
 
 def parse_duration(text: str) -> int:
     """Milliseconds in a Prometheus duration such as ``1h30m``."""
@@ -182,6 +182,15 @@ def le_label(value: float) -> str:
 class _Builder:
     def __init__(self, t: Thresholds) -> None:
         self.t = t
+        #: the selector's label names: every aggregation keeps them, so that the recording rules of
+        #: renders with disjoint selectors are disjoint series, and each render reads back its own
+        keep = selector_labels(t.selector)
+        #: labels every per-version aggregation keeps
+        self.version = _join(*VERSION_LABELS, *keep)
+        #: labels of the comparison of a version with the other versions of its model
+        self.model = _join(JOB, MODEL_NAME, *keep)
+        #: labels of the per-target (platform) alerts
+        self.target = _join(JOB, "instance", *keep)
 
     def w(self, nominal: str) -> str:
         """A range window or ``for:`` duration, divided by the time scale."""
@@ -189,6 +198,7 @@ class _Builder:
         return format_duration(max(1000 if ms else 0, round(ms / self.t.time_scale)))
 
     def m(self, metric: str, *matchers: str) -> str:
+        """A raw series or a recording rule, read with the render's selector (and ``matchers``)."""
         parts = [p for p in (self.t.selector, *matchers) if p]
         return f"{metric}{{{', '.join(parts)}}}" if parts else metric
 
@@ -233,36 +243,36 @@ def _recording(b: _Builder) -> List[Dict[str, Any]]:
     rate = RATE_WINDOW
     requests: List[Dict[str, str]] = [
         {"record": PREDICTIONS_RATE,
-         "expr": f"sum by ({VERSION}) (rate({b.m(pred)}[{b.w(rate)}]))"},
+         "expr": f"sum by ({b.version}) (rate({b.m(pred)}[{b.w(rate)}]))"},
         {"record": PREDICTION_ERRORS_RATE,
-         "expr": f"sum by ({VERSION}) (rate({b.m(err, SERVER_ERRORS)}[{b.w(rate)}]))"},
+         "expr": f"sum by ({b.version}) (rate({b.m(err, SERVER_ERRORS)}[{b.w(rate)}]))"},
         {"record": INVALID_INPUT_RATE,
-         "expr": f"sum by ({VERSION}) (rate({b.m(err, INVALID)}[{b.w(rate)}]))"},
+         "expr": f"sum by ({b.version}) (rate({b.m(err, INVALID)}[{b.w(rate)}]))"},
         {"record": INVALID_INPUT_RATIO,
-         "expr": (f"(\n  {INVALID_INPUT_RATE}\n"
-                  f"  or 0 * {PREDICTIONS_RATE}\n)\n"
-                  f"/ ({PREDICTIONS_RATE} > 0)")},
+         "expr": (f"(\n  {b.m(INVALID_INPUT_RATE)}\n"
+                  f"  or 0 * {b.m(PREDICTIONS_RATE)}\n)\n"
+                  f"/ ({b.m(PREDICTIONS_RATE)} > 0)")},
     ]
     for q in LATENCY_QUANTILES:
         requests.append({
             "record": latency_quantile(q),
-            "expr": (f"histogram_quantile(0.{q}, sum by ({VERSION}, le) "
+            "expr": (f"histogram_quantile(0.{q}, sum by ({b.version}, le) "
                      f"(rate({b.m(PREDICTION_DURATION_BUCKET)}[{b.w(rate)}])))"),
         })
 
     slo: List[Dict[str, str]] = []
     le = f'le="{le_label(t.latency_slo_threshold)}"'
     for win in slo_windows():
-        total = f"sum by ({VERSION}) (rate({b.m(pred)}[{b.w(win)}]))"
+        total = f"sum by ({b.version}) (rate({b.m(pred)}[{b.w(win)}]))"
         slo.append({
             "record": error_ratio(win),
-            "expr": (f"(\n  sum by ({VERSION}) (rate({b.m(err, SERVER_ERRORS)}[{b.w(win)}]))\n"
+            "expr": (f"(\n  sum by ({b.version}) (rate({b.m(err, SERVER_ERRORS)}[{b.w(win)}]))\n"
                      f"  or 0 * {total}\n)\n/ ({total} > 0)"),
         })
         slo.append({
             "record": slow_ratio(win),
-            "expr": (f"1 - (\n  sum by ({VERSION}) (rate({b.m(PREDICTION_DURATION_BUCKET, le)}[{b.w(win)}]))\n"
-                     f"  / (sum by ({VERSION}) (rate({b.m(PREDICTION_DURATION_COUNT)}[{b.w(win)}])) > 0)\n)"),
+            "expr": (f"1 - (\n  sum by ({b.version}) (rate({b.m(PREDICTION_DURATION_BUCKET, le)}[{b.w(win)}]))\n"
+                     f"  / (sum by ({b.version}) (rate({b.m(PREDICTION_DURATION_COUNT)}[{b.w(win)}])) > 0)\n)"),
         })
 
     quality = _distribution_rules(b, FEATURE_DRIFT) + _distribution_rules(b, CLASS_DRIFT)
@@ -270,21 +280,21 @@ def _recording(b: _Builder) -> List[Dict[str, Any]]:
     acc = ACCURACY_WINDOW
     quality += [
         {"record": FEEDBACK_RATE,
-         "expr": f"sum by ({VERSION}) (rate({b.m(FEEDBACK_TOTAL)}[{b.w(acc)}]))"},
+         "expr": f"sum by ({b.version}) (rate({b.m(FEEDBACK_TOTAL)}[{b.w(acc)}]))"},
         {"record": ACCURACY,
-         "expr": (f"(\n  sum by ({VERSION}) (rate({b.m(FEEDBACK_TOTAL, correct)}[{b.w(acc)}]))\n"
-                  f"  or 0 * {FEEDBACK_RATE}\n)\n"
-                  f"/ ({FEEDBACK_RATE} > 0)")},
+         "expr": (f"(\n  sum by ({b.version}) (rate({b.m(FEEDBACK_TOTAL, correct)}[{b.w(acc)}]))\n"
+                  f"  or 0 * {b.m(FEEDBACK_RATE)}\n)\n"
+                  f"/ ({b.m(FEEDBACK_RATE)} > 0)")},
         {"record": REFERENCE_ACCURACY_MAX,
-         "expr": f"max by ({VERSION}) ({b.gauge(REFERENCE_ACCURACY)})"},
+         "expr": f"max by ({b.version}) ({b.gauge(REFERENCE_ACCURACY)})"},
     ]
     # regression: output drift, and the mean absolute error from feedback beside the reference's
     quality += _distribution_rules(b, OUTPUT_DRIFT) + [
         {"record": ABSOLUTE_ERROR_MEAN,
-         "expr": (f"sum by ({VERSION}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_SUM)}[{b.w(acc)}]))\n"
-                  f"/ (sum by ({VERSION}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_COUNT)}[{b.w(acc)}])) > 0)")},
+         "expr": (f"sum by ({b.version}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_SUM)}[{b.w(acc)}]))\n"
+                  f"/ (sum by ({b.version}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_COUNT)}[{b.w(acc)}])) > 0)")},
         {"record": REFERENCE_ABSOLUTE_ERROR_MAX,
-         "expr": f"max by ({VERSION}) ({b.gauge(REFERENCE_ABSOLUTE_ERROR)})"},
+         "expr": f"max by ({b.version}) ({b.gauge(REFERENCE_ABSOLUTE_ERROR)})"},
     ]
     return [
         {"name": "mlmonitor.recording.requests", "rules": requests},
@@ -302,16 +312,16 @@ def _distribution_rules(b: _Builder, d: Distribution) -> List[Dict[str, str]]:
     share 0 (then floored), but only where the group had traffic in the window. Shares
     are floored at PSI_FLOOR on both sides.
     """
-    outer = f"{VERSION}, {d.group}" if d.group else VERSION
+    outer = f"{b.version}, {d.group}" if d.group else b.version
     inner = f"{outer}, {d.bin_label}"
-    live, total, ref, share = d.live, d.total, d.reference_max, d.share
+    live, total, ref, share = b.m(d.live), b.m(d.total), b.m(d.reference_max), b.m(d.share)
     floor = num(PSI_FLOOR)
     p, q = f"clamp_min({share}, {floor})", f"clamp_min({ref}, {floor})"
     return [
-        {"record": live, "expr": f"sum by ({inner}) (rate({b.m(d.counter)}[{b.w(d.window)}]))"},
-        {"record": total, "expr": f"sum by ({outer}) ({live})"},
-        {"record": ref, "expr": f"max by ({inner}) ({b.gauge(d.reference)})"},
-        {"record": share,
+        {"record": d.live, "expr": f"sum by ({inner}) (rate({b.m(d.counter)}[{b.w(d.window)}]))"},
+        {"record": d.total, "expr": f"sum by ({outer}) ({live})"},
+        {"record": d.reference_max, "expr": f"max by ({inner}) ({b.gauge(d.reference)})"},
+        {"record": d.share,
          "expr": (f"(\n  {live}\n  / on ({outer}) group_left ()\n  ({total} > 0)\n)\n"
                   f"or\n(\n  0 * {ref}\n  and on ({outer})\n  ({total} > 0)\n)")},
         {"record": d.psi,
@@ -326,20 +336,20 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
     rate = RATE_WINDOW
     model: List[Dict[str, Any]] = [
         _alert("MLModelServerErrorRatioHigh",
-               f"{ERROR_RATIO} > {num(t.error_ratio)}",
+               f"{b.m(ERROR_RATIO)} > {num(t.error_ratio)}",
                "critical", "availability", b.w("5m"),
                f"Server error ratio above {num(t.error_ratio * 100)}% for {_WHO}",
                "{{ $value | humanizePercentage }} of predictions of " + _WHO
                + f" failed with a server error over the last {rate} (threshold {num(t.error_ratio * 100)}%)."),
         _alert("MLModelInvalidInputRatioHigh",
-               f"{INVALID_INPUT_RATIO} > {num(t.invalid_input_ratio)}",
+               f"{b.m(INVALID_INPUT_RATIO)} > {num(t.invalid_input_ratio)}",
                "warning", "input", b.w("5m"),
                f"Invalid-input ratio spike for {_WHO}",
                "{{ $value | humanizePercentage }} of predictions of " + _WHO
                + f" were rejected as invalid input over the last {rate} (threshold {num(t.invalid_input_ratio * 100)}%):"
                " a client or schema change upstream?"),
         _alert("MLModelLatencyP99High",
-               f"{LATENCY_P99} > {num(t.latency_p99)}",
+               f"{b.m(LATENCY_P99)} > {num(t.latency_p99)}",
                "warning", "latency", b.w("5m"),
                f"p99 prediction latency above {num(t.latency_p99)}s for {_WHO}",
                "p99 prediction latency of " + _WHO
@@ -347,7 +357,7 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                + f" (threshold {num(t.latency_p99)}s)."),
         # streamed predictions (GenAI): the wait before the first chunk, which a user watches
         _alert("MLModelTimeToFirstChunkHigh",
-               (f"histogram_quantile(0.95, sum by ({VERSION}, le) "
+               (f"histogram_quantile(0.95, sum by ({b.version}, le) "
                 f"(rate({b.m(TIME_TO_FIRST_CHUNK_BUCKET)}[{b.w(rate)}])))\n> {num(t.ttfc_p95)}"),
                "warning", "latency", b.w("5m"),
                f"Time to first chunk p95 above {num(t.ttfc_p95)}s for {_WHO}",
@@ -355,9 +365,9 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                + f" is {{{{ $value | humanizeDuration }}}} over the last {rate}"
                + f" (threshold {num(t.ttfc_p95)}s)."),
         _alert("MLModelPredictionsStopped",
-               (f"{PREDICTIONS_RATE} == 0\n"
-                f"and on ({VERSION})\n"
-                f"sum by ({VERSION}) (rate({b.m(PREDICTIONS_TOTAL)}[{b.w('1h')}])) > 0"),
+               (f"{b.m(PREDICTIONS_RATE)} == 0\n"
+                f"and on ({b.version})\n"
+                f"sum by ({b.version}) (rate({b.m(PREDICTIONS_TOTAL)}[{b.w('1h')}])) > 0"),
                "warning", "traffic", b.w("5m"),
                f"Predictions stopped for {_WHO}",
                _WHO + f" served predictions in the last hour but none in the last {rate}."),
@@ -366,22 +376,22 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 2m:"
                " the server is down or /metrics fails."),
         _alert("MLModelCanaryErrorsWorse",
-               (f"{ERROR_RATIO}\n"
-                f"  > on ({MODEL}) group_left ()\n"
-                f"  (min by ({MODEL}) ({ERROR_RATIO}) + {num(t.canary_error_delta)})\n"
+               (f"{b.m(ERROR_RATIO)}\n"
+                f"  > on ({b.model}) group_left ()\n"
+                f"  (min by ({b.model}) ({b.m(ERROR_RATIO)}) + {num(t.canary_error_delta)})\n"
                 "and\n"
-                f"{ERROR_RATIO}\n"
-                f"  > on ({MODEL}) group_left ()\n"
-                f"  (2 * min by ({MODEL}) ({ERROR_RATIO}))"),
+                f"{b.m(ERROR_RATIO)}\n"
+                f"  > on ({b.model}) group_left ()\n"
+                f"  (2 * min by ({b.model}) ({b.m(ERROR_RATIO)}))"),
                "warning", "canary", b.w("10m"),
                "{{ $labels.model_name }} {{ $labels.model_version }} has more errors than another version",
                "Server error ratio of " + _WHO + " is {{ $value | humanizePercentage }}, more than"
                f" {num(t.canary_error_delta * 100)} percentage points above, and twice, the best other version of"
                f" {{{{ $labels.model_name }}}} over the last {rate}: hold or roll back the rollout."),
         _alert("MLModelCanaryLatencyWorse",
-               (f"{LATENCY_P99}\n"
-                f"  > on ({MODEL}) group_left ()\n"
-                f"  ({num(t.canary_latency_factor)} * min by ({MODEL}) ({LATENCY_P99}))"),
+               (f"{b.m(LATENCY_P99)}\n"
+                f"  > on ({b.model}) group_left ()\n"
+                f"  ({num(t.canary_latency_factor)} * min by ({b.model}) ({b.m(LATENCY_P99)}))"),
                "warning", "canary", b.w("10m"),
                "{{ $labels.model_name }} {{ $labels.model_version }} is slower than another version",
                "p99 prediction latency of " + _WHO + " is {{ $value | humanizeDuration }}, more than"
@@ -401,8 +411,8 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
         for severity in ("critical", "warning"):
             pairs = [r for r in BURN_RATES if r[0] == severity]
             expr = "\nor\n".join(
-                f"(\n  {ratio(long)} > {num(factor * budget)}\n"
-                f"  and\n  {ratio(short)} > {num(factor * budget)}\n)"
+                f"(\n  {b.m(ratio(long))} > {num(factor * budget)}\n"
+                f"  and\n  {b.m(ratio(short))} > {num(factor * budget)}\n)"
                 for _, long, short, factor, _ in pairs)
             windows = " or ".join(f"{num(f)}x over {lw} and {sw}" for _, lw, sw, f, _ in pairs)
             slo.append(_alert(
@@ -419,9 +429,9 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
         """PSI of one distribution over its threshold, with enough counts in its window."""
         group = f", {d.group}" if d.group else ""
         return _alert(name,
-                      (f"{d.psi} > {num(t.psi_threshold)}\n"
-                       f"and on ({VERSION}{group})\n"
-                       f"{d.total} * {b.seconds(d.window)} >= {num(t.drift_min_count)}"),
+                      (f"{b.m(d.psi)} > {num(t.psi_threshold)}\n"
+                       f"and on ({b.version}{group})\n"
+                       f"{b.m(d.total)} * {b.seconds(d.window)} >= {num(t.drift_min_count)}"),
                       "warning", "drift", b.w("15m"), summary,
                       f"The population stability index of {what} of " + _WHO
                       + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {d.window}"
@@ -434,10 +444,10 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
         drift_alert("MLModelPredictionDrift", classes,
                     "Predicted-class distribution drifted for " + _WHO, "the predicted classes"),
         _alert("MLModelAccuracyDrop",
-               (f"{ACCURACY}\n"
-                f"  < on ({VERSION}) ({REFERENCE_ACCURACY_MAX} - {num(t.accuracy_drop)})\n"
-                f"and on ({VERSION})\n"
-                f"{FEEDBACK_RATE} * {b.seconds(acc)} >= {num(t.accuracy_min_feedback)}"),
+               (f"{b.m(ACCURACY)}\n"
+                f"  < on ({b.version}) ({b.m(REFERENCE_ACCURACY_MAX)} - {num(t.accuracy_drop)})\n"
+                f"and on ({b.version})\n"
+                f"{b.m(FEEDBACK_RATE)} * {b.seconds(acc)} >= {num(t.accuracy_min_feedback)}"),
                "warning", "quality", b.w("15m"),
                "Accuracy of " + _WHO + " dropped below its reference",
                "Accuracy from feedback of " + _WHO + " is {{ $value | humanizePercentage }} over the last"
@@ -446,10 +456,10 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
         drift_alert("MLModelOutputDrift", output, "Output distribution drifted for " + _WHO,
                     "the predicted values (regression output bins)"),
         _alert("MLModelAbsoluteErrorHigh",
-               (f"{ABSOLUTE_ERROR_MEAN}\n"
-                f"  > on ({VERSION}) ({num(t.mae_factor)} * {REFERENCE_ABSOLUTE_ERROR_MAX})\n"
-                f"and on ({VERSION})\n"
-                f"sum by ({VERSION}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_COUNT)}[{b.w(acc)}]))"
+               (f"{b.m(ABSOLUTE_ERROR_MEAN)}\n"
+                f"  > on ({b.version}) ({num(t.mae_factor)} * {b.m(REFERENCE_ABSOLUTE_ERROR_MAX)})\n"
+                f"and on ({b.version})\n"
+                f"sum by ({b.version}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_COUNT)}[{b.w(acc)}]))"
                 f" * {b.seconds(acc)} >= {num(t.mae_min_feedback)}"),
                "warning", "quality", b.w("15m"),
                "Mean absolute error of " + _WHO + " rose above its reference",
@@ -472,13 +482,13 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                "GPU memory use on {{ $labels.instance }} (job {{ $labels.job }}) is"
                " {{ $value | humanizePercentage }}" + f" (threshold {num(t.gpu_memory_ratio * 100)}%)."),
         _alert("MLMonitorInternalErrors",
-               f"sum by ({JOB}, instance, {COMPONENT}) (increase({b.m(INTERNAL_ERRORS_TOTAL)}[{b.w('5m')}])) > 0",
+               f"sum by ({b.target}, {COMPONENT}) (increase({b.m(INTERNAL_ERRORS_TOTAL)}[{b.w('5m')}])) > 0",
                "warning", "mlmonitor", "",
                "mlmonitor internal errors in {{ $labels.component }} on {{ $labels.instance }}",
                "mlmonitor's {{ $labels.component }} failed {{ $value | printf \"%.0f\" }} times over the last 5m"
                " on {{ $labels.instance }} (job {{ $labels.job }}); requests were served, telemetry was lost."),
         _alert("MLMonitorTelemetryDropped",
-               f"sum by ({JOB}, instance, {SIGNAL}) (increase({b.m(TELEMETRY_DROPPED_TOTAL)}[{b.w('10m')}])) > 0",
+               f"sum by ({b.target}, {SIGNAL}) (increase({b.m(TELEMETRY_DROPPED_TOTAL)}[{b.w('10m')}])) > 0",
                "info", "mlmonitor", "",
                "mlmonitor dropped {{ $labels.signal }} on {{ $labels.instance }}",
                "mlmonitor dropped {{ $value | printf \"%.0f\" }} {{ $labels.signal }} items over the last 10m"

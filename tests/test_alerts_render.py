@@ -11,8 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import promql_parser as pp
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers.promql_lint import instant_raw_selectors, unguarded_divisions
 from helpers.promstack import promtool_test, require_binary
@@ -143,6 +146,7 @@ def test_a_malformed_selector_is_refused(bad):
     ("https://wiki.example.com/ml/runbooks", "https://wiki.example.com/ml/runbooks#mlmodelfeaturedrift"),
     ("https://runbooks.example.com/mlmonitor/{alert}.html",
      "https://runbooks.example.com/mlmonitor/mlmodelfeaturedrift.html"),
+    ("../ops/runbooks.md", "../ops/runbooks.md#mlmodelfeaturedrift"),
 ])
 def test_runbook_base_url_reaches_every_alert(tmp_path, base, expected):
     assert cli.main(["alerts", "render", "--runbook-base-url", base, "--out-dir", str(tmp_path)]) == 0
@@ -150,7 +154,8 @@ def test_runbook_base_url_reaches_every_alert(tmp_path, base, expected):
     for rule in alerts:
         assert rule["annotations"]["runbook_url"] == expected.replace("mlmodelfeaturedrift", rule["alert"].lower())
     assert f"--runbook-base-url '{base}'" in (tmp_path / rules.ALERTS_FILE).read_text().splitlines()[0]
-    assert cli.main(["alerts", "render", "--runbook-base-url", "wiki/runbooks", "--out-dir", str(tmp_path)]) == 2
+    for bad in ("javascript:alert(1)", "ftp://example.com/runbooks", "wiki runbooks", "wiki/run\nbooks"):
+        assert cli.main(["alerts", "render", "--runbook-base-url", bad, "--out-dir", str(tmp_path)]) == 2, bad
 
 
 # -- what every expression reads -------------------------------------------------------------------
@@ -215,3 +220,201 @@ def test_time_scale_scales_every_time_of_the_alertmanager_config(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     shipped = yaml.safe_load((REPO / "alerts" / rules.ALERTMANAGER_FILE).read_text())
     assert json.dumps(shipped["route"]["group_wait"]) == '"30s"'
+
+
+# -- several renders side by side in one Prometheus (issue 25) -----------------------------------------
+
+#: (selector of render A, of render B, the labels that tell their targets apart)
+SIDE_BY_SIDE = [
+    ('{job="app-a"}', '{job="app-b"}', ({"job": "app-a"}, {"job": "app-b"})),
+    ('{namespace="a", job="model"}', '{namespace="b", job="model"}',
+     ({"namespace": "a", "job": "model"}, {"namespace": "b", "job": "model"})),
+]
+
+
+def _series(target: dict, metric: str, values: str, **labels: str) -> dict:
+    every = {**target, "instance": "h:8000", "model_name": "iris", "model_version": "v1", **labels}
+    return {"series": metric + "{" + ", ".join(f'{k}="{v}"' for k, v in every.items()) + "}", "values": values}
+
+
+def _labels(metric: str, target: dict, **more: str) -> str:
+    every = {**target, "model_name": "iris", "model_version": "v1", **more}
+    return metric + "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(every.items())) + "}"
+
+
+@pytest.mark.parametrize("selector_a, selector_b, targets", SIDE_BY_SIDE)
+def test_two_renders_with_disjoint_selectors_each_judge_their_own_series_only(tmp_path, selector_a, selector_b,
+                                                                              targets):
+    """Two apps, the same model name and version, one Prometheus: app A fails half its predictions and
+    every feedback is wrong; app B is healthy. Each render's rules and alerts see their own app only."""
+    a, b = targets
+    files = []
+    for name, selector in (("a", selector_a), ("b", selector_b)):
+        files += rules.render_files(rules.Thresholds(selector=selector), str(tmp_path / name))[:2]
+    per_min = "0+60x70"
+    series = [
+        _series(a, contract.PREDICTIONS_TOTAL, per_min),
+        _series(a, contract.PREDICTION_ERRORS_TOTAL, "0+30x70", error_type="ValueError"),
+        _series(a, contract.FEEDBACK_TOTAL, "0+10x70", outcome="incorrect"),
+        _series(a, contract.REFERENCE_ACCURACY, "0.9x70"),
+        _series(b, contract.PREDICTIONS_TOTAL, per_min),
+        _series(b, contract.FEEDBACK_TOTAL, "0+10x70", outcome="correct"),
+        _series(b, contract.REFERENCE_ACCURACY, "0.9x70"),
+    ]
+
+    def samples(metric: str, value_a: float, value_b: float) -> dict:
+        return {"expr": metric, "eval_time": "60m",
+                "exp_samples": [{"labels": _labels(metric, a), "value": value_a},
+                                {"labels": _labels(metric, b), "value": value_b}]}
+
+    firing = "count by (job, namespace, alertname, severity) (ALERTS{alertstate=\"firing\"})"
+    fired = [("MLModelAccuracyDrop", "warning"), ("MLModelAvailabilityBudgetBurn", "critical"),
+             ("MLModelAvailabilityBudgetBurn", "warning"), ("MLModelServerErrorRatioHigh", "critical")]
+    test = {
+        "rule_files": [str(f) for f in files],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [
+                samples(contract.ACCURACY, 0, 1),
+                samples(contract.FEEDBACK_RATE, 1 / 6, 1 / 6),
+                samples(contract.ERROR_RATIO, 0.5, 0),
+                samples(contract.INVALID_INPUT_RATIO, 0, 0),
+                samples(contract.error_ratio("3d"), 0.5, 0),
+                {"expr": firing, "eval_time": "60m",
+                 "exp_samples": [{"labels": "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(
+                     {**a, "alertname": alert, "severity": severity}.items())) + "}", "value": 1}
+                     for alert, severity in fired]},
+            ],
+        }],
+    }
+    path = tmp_path / "side_by_side.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    promtool_test(path, f"\nrule files: {files}")
+
+
+def _reads(expr: str):
+    """Every vector selector of ``expr``: (name, {label: (op, value)})."""
+    found = []
+
+    def visit(node) -> None:
+        if isinstance(node, pp.VectorSelector):
+            found.append((node.name, {m.name: (str(m.op), m.value) for m in node.matchers.matchers}))
+
+    pp.walk(pp.parse(expr), visit)
+    return found
+
+
+@pytest.mark.parametrize("selector, wanted", [
+    (None, {"job": ("MatchOp.Equal", "mlmonitor")}),
+    ('{namespace="prod", job=~"model-.*"}',
+     {"namespace": ("MatchOp.Equal", "prod"), "job": ("MatchOp.Re", "model-.*")}),
+])
+def test_every_read_of_a_recording_rule_and_of_a_raw_series_carries_the_selector(selector, wanted):
+    t = rules.Thresholds() if selector is None else rules.Thresholds(selector=selector)
+    recorded = 0
+    for name, expr in exprs(t):
+        for metric, matchers in _reads(expr):
+            assert {k: matchers.get(k) for k in wanted} == wanted, f"{name}: reads {metric} {matchers}"
+            recorded += ":" in metric
+        for clause in re.findall(r"\b(by|on)\s*\(([^)]*)\)", expr):
+            kept = {label.strip() for label in clause[1].split(",")}
+            assert set(wanted) <= kept, f"{name}: {clause[0]} ({clause[1]}) drops a label of the selector"
+    assert recorded > 50
+
+
+# -- selectors promtool would refuse are refused at render time (issue 24) ----------------------------
+
+@pytest.mark.parametrize("bad, why", [
+    ('{job="a\nb"}', "a raw control character"),
+    ('{job="a\\qb"}', "the escape \\q is not one of PromQL's"),
+    ('{job="\\xff"}', "not valid UTF-8"),
+    ('{job="\\ud800"}', "not valid UTF-8"),
+    ('{job=~"model-(a"}', "an unclosed '('"),
+    ('{job=~"a**"}', "a repetition of a repetition"),
+    ('{job=~"*a"}', "nothing before '*' to repeat"),
+    ('{job=~"(?=a)b"}', "a group other than"),
+    ('{job=~"a{1001}"}', "the repeat count {1001}"),
+    ('{job=~"[z-a]"}', "not low-high"),
+    ('{job=~"\\\\1"}', "the escape \\1"),
+    ('{__name__="up"}', "__name__ is not a target label"),
+    ('{model_name="iris"}', "model_name is not a target label"),
+    ('{le="0.5"}', "le is not a target label"),
+    ('{job="a"} or vector(1)', "not label matchers"),
+])
+def test_a_selector_promtool_would_refuse_is_refused_in_one_line(tmp_path, bad, why):
+    proc = mlmonitor("alerts", "render", "--selector", bad, "--out-dir", str(tmp_path))
+    assert proc.returncode == 2, proc.stdout
+    assert why in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("good", [
+    '{job=~"(?i)model-[a-z0-9-]+\\\\.prod|canary.*"}',
+    '{job="say \\"hi\\"\\n", namespace!~"dev|test", cluster="\\u00e9u-west"}',
+    '{job=~"a{2,3}b+?c*(?:d|e)?$"}',
+])
+def test_promtool_accepts_what_the_render_accepts(tmp_path, good):
+    promtool = require_binary("promtool")
+    written = rules.render_files(rules.Thresholds(selector=good), str(tmp_path))[:2]
+    proc = subprocess.run([promtool, "check", "rules", *written], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_time_scale_zero_names_the_one_option_given(tmp_path):
+    proc = mlmonitor("alerts", "render", "--time-scale", "0", "--out-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "mlmonitor: error: --time-scale must be positive, got 0.0"
+    for option in ("--psi-threshold", "--mae-factor", "--ttfc-p95"):
+        proc = mlmonitor("alerts", "render", option, "-1")
+        assert proc.returncode == 2 and f"{option} must be positive" in proc.stderr
+        assert "--time-scale" not in proc.stderr
+
+
+_VALUE_CHARS = st.sampled_from(list('ab-._*+?()[]{}|^$\\"\n,=~!:0179xuU ée') + ["\\\\", '\\"', "\\n", "\\u00e9",
+                                                                             "\\x41", "\\101", "(?i)", "(?:"])
+
+
+@st.composite
+def selector_texts(draw):
+    """Selectors as a user might type them: mostly matcher-shaped, values from a hostile alphabet."""
+    matchers = []
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(["job", "namespace", "env", "_x", "__name__", "le", "9a", "a b"]))
+        op = draw(st.sampled_from(["=", "!=", "=~", "!~", "==", "~"]))
+        value = "".join(draw(st.lists(_VALUE_CHARS, max_size=8)))
+        matchers.append(f'{name}{op}"{value}"')
+    return "{" + draw(st.sampled_from([",", ", ", " , "])).join(matchers) + "}"
+
+
+def test_promtool_accepts_every_render_the_cli_accepts(tmp_path):
+    """Hypothesis draws selectors; whatever the render accepts, one promtool run over all of them accepts."""
+    promtool = require_binary("promtool")
+    accepted, refused = [], []
+
+    @settings(max_examples=600, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(selector_texts())
+    def draw(text):
+        try:
+            thresholds = rules.Thresholds(selector=text)
+        except ValueError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith("--selector ")
+            refused.append(text)
+            return
+        accepted.append(thresholds)
+
+    draw()
+    print(len(accepted), len(refused))
+    assert len(accepted) >= 50 and len(refused) >= 50, (len(accepted), len(refused))
+    files = []
+    for i, thresholds in enumerate(accepted):
+        (tmp_path / str(i)).mkdir()
+        path = tmp_path / str(i) / "all.rules.yml"
+        path.write_text(rules.render_text(thresholds))
+        files.append(str(path))
+    proc = subprocess.run([promtool, "check", "rules", *files], capture_output=True, text=True, timeout=300)
+    failed = [line for line in (proc.stdout + proc.stderr).splitlines() if "FAILED" in line or "error" in line]
+    assert proc.returncode == 0, "\n".join(failed[:10]) + "\n" + "\n".join(
+        repr(accepted[int(Path(f).parent.name)].selector) for f in files if any(f in line for line in failed))

@@ -121,7 +121,7 @@ def test_mae_factor_option_decides_which_versions_fire(tmp_path, factor, firing)
 
 
 def test_mae_factor_must_be_positive():
-    with pytest.raises(ValueError, match="mae_factor"):
+    with pytest.raises(ValueError, match="--mae-factor must be positive"):
         rules.Thresholds(mae_factor=0)
 
 
