@@ -18,7 +18,7 @@ from . import dashboards, rules
 
 #: modules that expose ``add_cli(subparsers)``; each registers one subcommand
 #: whose parser sets ``func`` to a callable taking the parsed namespace.
-SUBCOMMAND_MODULES = ()
+SUBCOMMAND_MODULES = ("mlmonitor.check",)
 
 
 # -- mlmonitor reference build|show --------------------------------------------------------------
