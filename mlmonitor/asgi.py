@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Optional, TextIO
 
 from . import guard
 from .config import Settings
+from .disconnect import client_gone
 from .middleware import MonitorMiddleware
 from .record import UNMATCHED_ROUTE
 
@@ -108,9 +109,24 @@ class MonitorASGIMiddleware:
         tokens = core.enter(rec)
         header_name = self.header_name
         trailers = False
+        delivered = False  # the last message went out: a disconnect after it is no news
+
+        async def monitored_receive() -> dict:
+            message = await receive()
+            if not delivered and message.get("type") == "http.disconnect":
+                client_gone(rec)
+            return message
+
+        async def send_or_gone(message: dict) -> None:
+            try:
+                await send(message)
+            except OSError:  # the server could not send: the client is gone
+                if not delivered:
+                    client_gone(rec)
+                raise
 
         async def monitored_send(message: dict) -> None:
-            nonlocal trailers
+            nonlocal trailers, delivered
             kind = message.get("type")
             if kind == "http.response.start":
                 try:
@@ -129,14 +145,16 @@ class MonitorASGIMiddleware:
                     and rec.first_chunk is None and message.get("body"):
                 rec.first_chunk = _perf() - rec.start  # streamed: more chunks follow
             elif _is_last(kind, message, trailers):
-                await send(message)
+                # counted after the hand-off, never before: a send that fails is a 499
+                await send_or_gone(message)
+                delivered = True
                 if rec.status_code < 500:  # a 5xx: the app's exception may follow (Starlette's
                     self._finish(rec, scope)  # error middleware re-raises): finished below
                 return
-            await send(message)
+            await send_or_gone(message)
 
         try:
-            await self.app(scope, receive, monitored_send)
+            await self.app(scope, monitored_receive, monitored_send)
         except BaseException as exc:
             if not rec.finished:  # before the status went out it stays 0: the server answers 500
                 rec.exc = _leaf(exc)
@@ -144,8 +162,8 @@ class MonitorASGIMiddleware:
             raise
         finally:
             core.leave(tokens)
-        if not rec.finished:  # returned without the last chunk: the client went away
-            self._finish(rec, scope)
+        if not rec.finished:  # returned without the last chunk (a stream cut short when its
+            self._finish(rec, scope)  # client went away: see mlmonitor.disconnect)
 
     def _route(self, scope: dict) -> str:
         try:

@@ -14,6 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from . import guard
+from .disconnect import gone_at_close
 from .record import RequestRecord, _current
 
 __all__ = ["MonitoredBody", "StreamedBody"]
@@ -37,6 +38,7 @@ class MonitoredBody:
             raise
 
     def close(self) -> None:
+        gone_at_close(self.rec)  # before the app's close() can handle an exception of its own
         try:
             close = getattr(self.body, "close", None)
             if close is not None:
@@ -94,6 +96,7 @@ class StreamedBody(MonitoredBody):
             yield chunk
 
     def close(self) -> None:
+        gone_at_close(self.rec)
         otel_token = self._attach() if self.otel is not None else None
         record_token = _current.set(self.rec)
         try:

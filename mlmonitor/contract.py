@@ -42,7 +42,7 @@ __all__ = [
     "MODEL_INFO_LABELS", "METHOD", "ROUTE",
     "STATUS", "HTTP_LABELS", "IN_PROGRESS_LABELS", "ERROR_TYPE", "STAGE", "CLASS", "FEATURE", "BIN",
     "OUTCOME", "DIRECTION", "COMPONENT", "SIGNAL", "WORKER", "GPU", "REASON", "INVALID_INPUT",
-    "HTTP_5XX", "CORRECT", "INCORRECT",
+    "HTTP_5XX", "CLIENT_CLOSED", "CORRECT", "INCORRECT",
     # recording rules
     "RATE_WINDOW", "DRIFT_WINDOW", "ACCURACY_WINDOW", "SLO_WINDOWS", "LATENCY_QUANTILES",
     "PREDICTIONS_RATE", "PREDICTION_ERRORS_RATE", "INVALID_INPUT_RATE", "INVALID_INPUT_RATIO",
@@ -182,6 +182,9 @@ REASON = "reason"
 INVALID_INPUT = "invalid_input"
 #: ``error_type`` of a 5xx response without an exception
 HTTP_5XX = "http_5xx"
+#: ``status`` of a request whose client went away before its answer was delivered (nginx's
+#: "client closed request"): never a server error nor invalid input, never in ``error_type``
+CLIENT_CLOSED = 499
 #: ``outcome`` values of feedback
 CORRECT = "correct"
 INCORRECT = "incorrect"

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 
 from . import context, guard
 from .config import resolve
+from .disconnect import WatchedInput, declared_length, gone_at_close
 from .middleware import MonitorMiddleware
 from .record import ENVIRON_KEY, UNMATCHED_ROUTE
 
@@ -134,6 +135,10 @@ class MonitorDjangoMiddleware:
         except Exception as exc:
             guard.report_fault("middleware", exc, core)
             return self.get_response(request)
+        try:
+            watch_request_body(request, rec)  # a body that ends early: the client went away
+        except Exception as exc:
+            guard.report_fault("django", exc, core)
         tokens = core.enter(rec)
         try:
             response = self.get_response(request)
@@ -153,7 +158,7 @@ class MonitorDjangoMiddleware:
                 response[core.request_id_header] = rec.request_id
             closers = getattr(response, "_resource_closers", None)
             if response.streaming and closers is not None:
-                closers.append(functools.partial(core.finish, rec))  # at the body's close()
+                closers.append(functools.partial(_finish_at_close, core, rec))
             else:
                 core.finish(rec)
         except Exception as exc:
@@ -197,6 +202,21 @@ class MonitorDjangoMiddleware:
         if rec is not None and not rec.finished:
             rec.exc = exception
         return None
+
+
+def _finish_at_close(core: MonitorMiddleware, rec: Any) -> None:
+    """A streamed response's close(): a failed write in flight there means the client left."""
+    gone_at_close(rec)
+    core.finish(rec)
+
+
+def watch_request_body(request: Any, rec: Any) -> None:
+    """Read the request's body stream (Django's own, made before any middleware runs) through
+    :class:`WatchedInput`, so a body that ends before its Content-Length is seen."""
+    stream = request.__dict__.get("_stream")
+    length = declared_length(request.META)
+    if stream is not None and length is not None:
+        request._stream = WatchedInput(stream, rec, length)
 
 
 def _label(match: Any) -> str:

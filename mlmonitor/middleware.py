@@ -15,7 +15,8 @@ Example::
 
 A request is charged to a model only once the model is known for it (a prediction path
 matched, or an app layer's prediction view started) and its answer is not 401, 403, 404 or
-405 (:data:`NOT_CHARGED`): those are HTTP-only.
+405 (:data:`NOT_CHARGED`): those are HTTP-only. A client that went away is recorded as 499
+(:mod:`mlmonitor.disconnect`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from opentelemetry import context as otel_context
 from . import guard
 from .body import MonitoredBody, StreamedBody
 from .config import Settings, resolve
+from .disconnect import settle, watch_input
 from .record import (ENVIRON_KEY, KNOWN_METHODS, OTHER, UNMATCHED_ROUTE, RequestRecord, _current,
                      error_type_of)
 
@@ -234,6 +236,10 @@ class MonitorMiddleware:
         except Exception as exc:
             guard.report_fault("middleware", exc, self)
             return self.app(environ, start_response)
+        try:
+            watch_input(environ, rec)  # a body that ends early: the client went away
+        except Exception as exc:
+            guard.report_fault("middleware", exc, self)
         tokens = self.enter(rec)
 
         def monitored_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
@@ -356,6 +362,8 @@ class MonitorMiddleware:
         rec.finished = True
         rec.duration = _perf() - rec.start
         try:
+            if rec.gone_at is not None:
+                settle(rec)  # the client went away: 499, see mlmonitor.disconnect
             if rec.is_prediction and rec.status_code in NOT_CHARGED:
                 rec.is_prediction = False  # the model was never reached: HTTP-only
             rec.error_type = error_type_of(rec)

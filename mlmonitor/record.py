@@ -12,7 +12,7 @@ import contextvars
 from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Tuple
 
-from .contract import HTTP_5XX, INVALID_INPUT, OTHER, UNMATCHED_ROUTE
+from .contract import CLIENT_CLOSED, HTTP_5XX, INVALID_INPUT, OTHER, UNMATCHED_ROUTE
 
 __all__ = ["ENVIRON_KEY", "KNOWN_METHODS", "MAX_TAGS", "OTHER", "UNMATCHED_ROUTE", "RequestRecord",
            "RecordView", "current_record", "request_id", "trace_id", "error_type_of", "stage_totals"]
@@ -64,7 +64,7 @@ class RequestRecord:
         "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
         "is_prediction", "model_name", "model_version", "prediction_seconds", "stages",
         "exc", "error_type", "tags", "observations", "environ", "middleware", "finished",
-        "in_progress", "error_detail", "first_chunk", "view",
+        "in_progress", "error_detail", "first_chunk", "view", "gone_at",
     )
 
     def __init__(self, environ: dict, method: str, start: float, start_ns: int) -> None:
@@ -99,6 +99,8 @@ class RequestRecord:
         #: a streamed response: seconds from the start to its first non-empty chunk
         self.first_chunk: Optional[float] = None
         self.view: Optional["RecordView"] = None
+        #: the client went away: the status chosen by then (0: none yet); None: it did not
+        self.gone_at: Optional[int] = None
 
 
 class RecordView:
@@ -153,8 +155,11 @@ def error_type_of(rec: RequestRecord) -> Optional[str]:
     """The ``error_type`` of a finished request: the exception class, ``http_5xx``, or
     ``invalid_input`` for a 4xx charged to a model (as ``prediction_errors_total`` counts it);
     None for a success and for a 4xx no model answered (a 401, a 404, a route that is no
-    prediction): its status says it all. Read once the request is charged or not."""
+    prediction) and for a client that went away (499, never an error of the model): its status
+    says it all. Read once the request is charged or not."""
     code = rec.status_code
+    if code == CLIENT_CLOSED:
+        return None
     if code == 0 or code >= 500:
         exc = rec.exc
         if exc is not None and not isinstance(exc, GeneratorExit):
