@@ -22,7 +22,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Monitor", "MonitorMiddleware", "ConfigError", "Settings", "current_record", "request_id",
     "trace_id", "stage", "tag", "set_model_version", "observe", "observe_batch", "prediction_id",
-    "prediction_ids", "record_feedback", "configure_logging", "configure_tracing", "__version__",
+    "prediction_ids", "record_feedback", "configure_logging", "redact_server_logs", "configure_tracing",
+    "__version__",
 ]
 
 _LOCATIONS = {
@@ -42,6 +43,7 @@ _LOCATIONS = {
     "prediction_ids": "mlmonitor.context",
     "record_feedback": "mlmonitor.context",
     "configure_logging": "mlmonitor.logs",
+    "redact_server_logs": "mlmonitor.app_logging",
     "configure_tracing": "mlmonitor.trace_provider",
 }
 

@@ -1,24 +1,35 @@
-"""Opt-in: the app's own structlog and stdlib logging as mlmonitor's JSON lines.
+"""Opt-in: the app's own structlog and stdlib logging as mlmonitor's JSON lines, and
+mlmonitor's redaction on the lines servers and frameworks print themselves.
 
 mlmonitor never calls ``structlog.configure()`` for you; :func:`configure_logging`
 does it when the app asks, with :func:`add_request_context` (request, trace and
 model ids) and :class:`RedactSecrets` (the same redaction rules as mlmonitor's own lines).
-Runs at start-up and in the app's own log calls.
+:func:`redact_server_logs` puts :class:`RedactRecords` on the loggers through which
+gunicorn, uvicorn, Django and Flask print an unhandled exception (its message and
+traceback hold whatever the app put in the exception). Runs at start-up and in log calls.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any, Iterable, Optional, TextIO
+from typing import Any, Iterable, Optional, TextIO, Union
 
 import structlog
 
-from .config import DEFAULT_REDACT
+from .config import DEFAULT_REDACT, ENV_PREFIX
+from .guard import report_fault
 from .record import _current
 from .redact import redactor
 from .rendering import PIPE_BUF, SafeJSONRenderer, pipe_fd
 
-__all__ = ["add_request_context", "RedactSecrets", "configure_logging"]
+__all__ = ["add_request_context", "RedactSecrets", "RedactRecords", "redact_server_logs",
+           "configure_logging", "SERVER_LOGGERS"]
+
+#: the loggers servers and frameworks print an unhandled exception (or a request line) to;
+#: each logs there directly, so a filter on the logger sees every record before any handler
+SERVER_LOGGERS = ("gunicorn.error", "gunicorn.access", "uvicorn.error", "uvicorn.access",
+                  "django.request", "django.server", "werkzeug")
 
 
 def add_request_context(logger: Any, method_name: str, event_dict: dict) -> dict:
@@ -50,13 +61,125 @@ class RedactSecrets:
         return self.redactor.mapping(event_dict)
 
 
+class RedactRecords(logging.Filter):
+    """logging filter: hides secrets in a record's message, arguments, traceback and stack.
+
+    The record is changed in place and always let through. A message that holds a secret
+    keeps its arguments when hiding them one by one is enough (uvicorn's access formatter
+    unpacks them), else it becomes the hidden text. An exception becomes its traceback text,
+    redacted, in ``exc_text`` with ``exc_info`` cleared, so no formatter can print the raw
+    exception again. Names: mlmonitor's defaults, ``MLMONITOR_REDACT`` and ``names``. In a
+    dictConfig: ``"filters": {"redact": {"()": "mlmonitor.app_logging.RedactRecords"}}``.
+    """
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        super().__init__()
+        extra = [n.strip() for n in os.environ.get(ENV_PREFIX + "REDACT", "").split(",")]
+        self.redactor = redactor(frozenset(
+            n.lower() for n in DEFAULT_REDACT + tuple(extra) + tuple(names) if n))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            self._message(record)
+            self._traceback(record)
+        except Exception as exc:  # never the raw text: the message alone, hidden as text
+            record.msg, record.args, record.exc_info = self._text(record.msg), None, None
+            record.exc_text = record.stack_info = None
+            report_fault("logs", exc)
+        return True
+
+    def _text(self, value: Any) -> str:
+        try:
+            text = value if isinstance(value, str) else str(value)
+        except Exception:
+            text = "<unrepresentable>"
+        return self.redactor.text(text)
+
+    def _message(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # the caller's format and arguments disagree: both, as hidden text
+            record.msg, record.args = self._text(record.msg) + " " + self._text(record.args), None
+            return
+        hidden = self.redactor.text(message)
+        if hidden == message:
+            return
+        args = record.args
+        if isinstance(args, tuple) and args:
+            each = tuple(a if a is None or isinstance(a, (bool, int, float)) else self._arg(a) for a in args)
+            try:
+                again = str(record.msg) % each
+            except Exception:
+                again = None
+            if again is not None and self.redactor.text(again) == again:
+                record.args = each
+                return
+        record.msg, record.args = hidden, None
+        record.__dict__.pop("color_message", None)  # uvicorn's coloured copy of the format
+
+    def _arg(self, value: Any) -> Any:
+        """An argument as it was, or its text hidden when that holds a secret."""
+        try:
+            plain = value if isinstance(value, str) else str(value)
+        except Exception:
+            return "<unrepresentable>"
+        hidden = self.redactor.text(plain)
+        return value if hidden == plain else hidden
+
+    def _traceback(self, record: logging.LogRecord) -> None:
+        exc_info = record.exc_info
+        if exc_info and exc_info[1] is not None:
+            stack = self.redactor.exception(exc_info[1])[1]
+            record.exc_text, record.exc_info = stack.rstrip("\n"), None
+        elif record.exc_text:
+            record.exc_text = self.redactor.text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redactor.text(record.stack_info)
+
+
+def _attach(target: logging.Filterer, chosen: RedactRecords) -> None:
+    for old in [f for f in target.filters if isinstance(f, RedactRecords)]:
+        target.removeFilter(old)
+    target.addFilter(chosen)
+
+
+def redact_server_logs(*loggers: Union[str, logging.Logger], redact: Iterable[str] = ()) -> RedactRecords:
+    """Hide secrets in what the server and the framework log themselves: one call at start-up.
+
+    uvicorn's "Exception in ASGI application", gunicorn's "Error handling request", Django's
+    "Internal Server Error" and Flask's "Exception on ..." print the exception's message and
+    traceback, secrets and all. This puts one :class:`RedactRecords` on :data:`SERVER_LOGGERS`,
+    on ``loggers`` (names or loggers: your own), and on Flask's default handler once Flask is
+    imported (what ``app.logger`` prints through, whatever the app's name). Filters on a logger
+    outlive the server's own logging set-up (dictConfig keeps them, handlers may change); call
+    it again to change the names. ``gunicorn -c python:mlmonitor.gunicorn`` and
+    :func:`configure_logging` call it for you.
+    """
+    chosen = RedactRecords(redact)
+    for logger in SERVER_LOGGERS + loggers:
+        _attach(logging.getLogger(logger) if isinstance(logger, str) else logger, chosen)
+    flask_logging = sys.modules.get("flask.logging")
+    if flask_logging is not None:
+        _attach(flask_logging.default_handler, chosen)
+    return chosen
+
+
+def _exception_text(logger: Any, method_name: str, event_dict: dict) -> dict:
+    """structlog processor: a stdlib record's traceback already turned into redacted text."""
+    record = event_dict.get("_record")
+    if record is not None and "exc_info" not in event_dict and getattr(record, "exc_text", None):
+        event_dict.setdefault("exception", record.exc_text)
+    return event_dict
+
+
 def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None,
                       max_bytes: int = 16384, redact: Iterable[str] = ()) -> None:
     """Opt-in: route the app's structlog and stdlib logging to JSON lines with request context.
 
     Secrets are hidden as in mlmonitor's own lines (``redact`` adds names to the
     defaults), in messages and tracebacks too: Flask's "Exception on /predict"
-    record goes through the same chain. Call it once at start-up if you want it;
+    record goes through the same chain, and :func:`redact_server_logs` covers the
+    server's own loggers, which have handlers of their own. Call it once at start-up if you want it;
     mlmonitor never calls it for you. On a pipe, lines are cut to PIPE_BUF bytes, the
     most a pipe keeps whole when several workers write to it.
     """
@@ -79,7 +202,7 @@ def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared[:-1] + [structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=shared[:-1] + [_exception_text, structlog.stdlib.ExtraAdder()],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, redact_secrets,
                     SafeJSONRenderer(max_bytes)],
@@ -87,3 +210,4 @@ def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    redact_server_logs(redact=redact)

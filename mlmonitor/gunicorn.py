@@ -23,7 +23,10 @@ What the hooks do:
   merge is skipped and retried later; the master never dies of it (``multiprocess``);
 * ``on_starting`` also has the master write its merged files again, within a second,
   if they are deleted (``rm -rf`` of the directory), so counts never go backwards;
-* ``worker_exit`` flushes the worker's spans on a graceful exit.
+* ``worker_exit`` flushes the worker's spans on a graceful exit;
+* importing it, and ``post_worker_init`` once the app is loaded, put mlmonitor's redaction
+  on the server's and framework's own loggers (:func:`mlmonitor.redact_server_logs`), so
+  an unhandled exception's message and traceback reach stderr with their secrets hidden.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ from . import multiprocess
 from .multiprocess import (ENV, UnsafeDirectory, merge_dead_worker,
                            prepare_multiprocess_dir)
 
-__all__ = ["on_starting", "pre_fork", "post_fork", "child_exit", "worker_exit", "on_exit"]
+__all__ = ["on_starting", "pre_fork", "post_fork", "post_worker_init", "child_exit", "worker_exit",
+           "on_exit"]
 
 
 # -- the hooks -------------------------------------------------------------------------
@@ -78,6 +82,13 @@ def post_fork(server: Any, worker: Any) -> None:
             server.log.warning("mlmonitor: MLflow's connected mode failed in the worker: %s", exc)
 
 
+def post_worker_init(worker: Any) -> None:
+    """In the worker, the app loaded: redaction again, now on Flask's default handler too
+    (Flask is imported with the app)."""
+    from .app_logging import redact_server_logs
+    redact_server_logs()
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """In the master, after a worker died (gracefully or killed): keep its counts, drop its
     files. Never raises; a merge that cannot be written keeps the files (one line logged)."""
@@ -107,5 +118,9 @@ except UnsafeDirectory as exc:
     # one clear line and exit 1, also from a user's gunicorn.conf.py (where gunicorn
     # would print a traceback for an ordinary exception)
     raise SystemExit(str(exc)) from None
+# gunicorn's and uvicorn's "Error handling request" / "Exception in ASGI application" lines
+# print the exception's text: hidden as in mlmonitor's own lines (after the directory is set)
+from .app_logging import redact_server_logs  # noqa: E402
+redact_server_logs()
 # one feedback secret for all workers of this master when none is configured
 os.environ.setdefault("MLMONITOR_FEEDBACK_SECRET", os.urandom(32).hex())

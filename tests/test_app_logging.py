@@ -1,6 +1,8 @@
 """configure_logging(): the app's own structlog and stdlib lines as JSON, with the request's context.
 
-Secrets in the app's messages, fields and tracebacks are hidden as in mlmonitor's own lines.
+Secrets in the app's messages, fields and tracebacks are hidden as in mlmonitor's own lines, and in
+what the server's and framework's own loggers print (redact_server_logs(), issue 25 item 3; the real
+servers are in tests/test_server_log_redaction.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from mlmonitor import Monitor, configure_logging
+from mlmonitor import Monitor, configure_logging, redact_server_logs
+from mlmonitor.app_logging import SERVER_LOGGERS, RedactRecords
+
+
+def remove_redaction():
+    from flask.logging import default_handler
+    for target in [logging.getLogger(n) for n in SERVER_LOGGERS + ("tests.own",)] + [default_handler]:
+        for found in [f for f in target.filters if isinstance(f, RedactRecords)]:
+            target.removeFilter(found)
 
 
 @pytest.fixture
@@ -30,6 +40,24 @@ def app_logs():
     structlog.reset_defaults()
     root.handlers[:], level = saved
     root.setLevel(level)
+    remove_redaction()
+
+
+@pytest.fixture
+def server_logger():
+    """A server logger of its own (as uvicorn's and gunicorn's are: own handler, no propagation)
+    writing to a buffer, redaction removed after."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("uvicorn.error")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    logger.handlers[:], logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    yield logger, stream
+    logger.handlers[:], logger.propagate, level = saved
+    logger.setLevel(level)
+    remove_redaction()
 
 
 def strict_lines(text: str) -> list:
@@ -88,3 +116,100 @@ def test_lines_outside_a_request_have_no_request_fields(app_logs):
     line, = strict_lines(app_logs.getvalue())
     assert line["event"] == "started" and line["secret"] == "[REDACTED]"
     assert "request_id" not in line and "trace_id" not in line
+
+
+def raised(exc):
+    try:
+        raise exc
+    except Exception as caught:
+        return caught
+
+
+def test_the_server_logs_exception_line_hides_secrets_in_message_arguments_and_traceback(server_logger):
+    """uvicorn's "Exception in ASGI application", gunicorn's "Error handling request": the
+    traceback's last line and source lines hold the exception's text."""
+    logger, stream = server_logger
+    logger.error("Exception in ASGI application\n", exc_info=raised(ValueError({"password": "hunter2-secret"})))
+    logger.error("Error handling request %s", "/key?api_key=sk-live-0123")
+    logger.warning("retrying with %s", "password=pw-in-an-argument", stack_info=True)
+    assert "hunter2-secret" in stream.getvalue()  # before: the raw text, as the issue saw
+    stream.seek(0), stream.truncate()
+
+    redact_server_logs()
+    logger.error("Exception in ASGI application\n", exc_info=raised(ValueError({"password": "hunter2-secret"})))
+    logger.error("Error handling request %s", "/key?api_key=sk-live-0123")
+    logger.warning("retrying with %s", "password=pw-in-an-argument", stack_info=True)
+    logger.info("Started server process [%d]", 1234)
+    text = stream.getvalue()
+    for secret in ("hunter2-secret", "sk-live-0123", "pw-in-an-argument"):
+        assert secret not in text
+    assert "ERROR Exception in ASGI application\nTraceback (most recent call last):" in text
+    assert "ValueError: {'password': '[REDACTED]'}" in text
+    assert "ERROR Error handling request /key?api_key=[REDACTED]" in text
+    assert "WARNING retrying with password=[REDACTED]\nStack (most recent call last):" in text
+    assert "INFO Started server process [1234]" in text
+
+
+def test_arguments_keep_their_shape_when_hiding_them_one_by_one_is_enough(server_logger):
+    """uvicorn's access formatter unpacks five arguments; gunicorn's access line formats a mapping."""
+    logger, stream = server_logger
+    chosen = redact_server_logs("tests.own")
+    access = logging.makeLogRecord({"name": "uvicorn.access", "msg": '%s - "%s %s HTTP/%s" %d',
+                                    "args": ("127.0.0.1:5000", "GET", "/p?token=abc-secret", "1.1", 200)})
+    assert chosen.filter(access) and access.args == ("127.0.0.1:5000", "GET", "/p?token=[REDACTED]", "1.1", 200)
+    mapping = logging.makeLogRecord({"msg": "%(r)s %(s)s", "args": {"r": "GET /?token=abc-secret", "s": 200}})
+    assert chosen.filter(mapping) and mapping.getMessage() == "GET /?token=[REDACTED] 200"
+    split = logging.makeLogRecord({"msg": "password=%s", "args": ("abc-secret",), "color_message": "x %s"})
+    assert chosen.filter(split) and split.getMessage() == "password=[REDACTED]"
+    assert not hasattr(split, "color_message")  # uvicorn would format it with no arguments
+    plain = logging.makeLogRecord({"msg": "Booting worker with pid: %s", "args": (42,)})
+    assert chosen.filter(plain) and plain.args == (42,)
+    broken = logging.makeLogRecord({"msg": "token=abc-secret %d", "args": ("not a number",)})
+    assert chosen.filter(broken) and "abc-secret" not in broken.getMessage()
+    logging.getLogger("tests.own").error("own logger: token=abc-secret")  # a name given to it
+    assert chosen in logging.getLogger("tests.own").filters and "abc-secret" not in stream.getvalue()
+
+
+def test_configure_logging_turns_it_on_and_a_propagated_traceback_keeps_its_redacted_text(app_logs):
+    """django.request has no handler of its own: its record reaches configure_logging's JSON
+    handler with the traceback already turned into redacted text."""
+    assert any(isinstance(f, RedactRecords) for f in logging.getLogger("gunicorn.error").filters)
+    logging.getLogger("django.request").error("Internal Server Error: /predict",
+                                              exc_info=raised(RuntimeError("api_key=sk-live-0123")))
+    line, = strict_lines(app_logs.getvalue())
+    assert line["event"] == "Internal Server Error: /predict" and "sk-live-0123" not in json.dumps(line)
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert line["exception"].endswith("RuntimeError: api_key=[REDACTED]")
+
+
+def test_flask_default_handler_and_dict_config_take_the_filter(tmp_path):
+    """Flask's app.logger (named after the app) prints through flask.logging.default_handler;
+    a dictConfig names the filter class."""
+    from flask.logging import default_handler
+    import logging.config
+    try:
+        redact_server_logs()
+        assert any(isinstance(f, RedactRecords) for f in default_handler.filters)
+        logging.config.dictConfig({
+            "version": 1, "disable_existing_loggers": False,
+            "filters": {"redact": {"()": "mlmonitor.app_logging.RedactRecords", "names": ["customer_id"]}},
+            "handlers": {"file": {"class": "logging.FileHandler", "filename": str(tmp_path / "log"),
+                                  "filters": ["redact"]}},
+            "loggers": {"tests.dictconfig": {"handlers": ["file"], "propagate": False},
+                        "uvicorn.error": {"level": "INFO"}},
+        })
+        logging.getLogger("tests.dictconfig").error("customer_id=C-123 token=abc-secret")
+        assert any(isinstance(f, RedactRecords) for f in logging.getLogger("uvicorn.error").filters)
+    finally:
+        for handler in logging.getLogger("tests.dictconfig").handlers[:]:
+            handler.close()
+            logging.getLogger("tests.dictconfig").removeHandler(handler)
+        remove_redaction()
+    assert (tmp_path / "log").read_text() == "customer_id=[REDACTED] token=[REDACTED]\n"
+
+
+def test_names_come_from_mlmonitor_redact_too(monkeypatch):
+    """Under gunicorn's hooks no Settings is at hand: MLMONITOR_REDACT names the app's own fields."""
+    record = logging.makeLogRecord({"msg": "customer_ssn=123-45-6789 token=abc-secret"})
+    monkeypatch.setenv("MLMONITOR_REDACT", "customer_ssn")
+    assert RedactRecords().filter(record) and record.getMessage() == "customer_ssn=[REDACTED] token=[REDACTED]"
