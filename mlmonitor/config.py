@@ -20,11 +20,26 @@ __all__ = ["ConfigError", "Settings", "resolve", "DEFAULT_BUCKETS", "DEFAULT_RED
 
 ENV_PREFIX = "MLMONITOR_"
 
-#: names of body fields, headers and query parameters never written to logs or spans
+#: names of body fields, headers, query parameters and cookies whose values never reach logs or
+#: spans; each also matches as the last part of a longer name (``db_password``,
+#: ``aws_secret_access_key``, ``Ocp-Apim-Subscription-Key``). The families of sentry-python's
+#: scrubber and of common secret scanners. Not bare ``session`` or ``key``: as name suffixes
+#: they would hide ordinary fields (``inference_session``, ``monkey``) and error text.
 DEFAULT_REDACT: Tuple[str, ...] = (
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "password", "passwd",
-    "token", "access_token", "refresh_token", "api_key", "apikey", "x-api-key", "secret",
-    "client_secret")
+    # passwords
+    "password", "passwd", "pwd", "passphrase",
+    # secrets, tokens, API keys
+    "secret", "client_secret", "token", "access_token", "refresh_token", "jwt",
+    "api_key", "apikey", "x-api-key", "subscription_key",
+    # HTTP authentication and credentials
+    "authorization", "proxy-authorization", "auth", "credential", "credentials",
+    # cookies, session ids, CSRF tokens
+    "cookie", "set-cookie", "session_id", "sessid", "session_key", "connect.sid", "csrf", "xsrf",
+    # private, signing and cloud keys (AWS secret access keys, GCP service-account private keys,
+    # Azure account keys)
+    "private_key", "secret_key", "access_key", "signing_key", "ssh_key", "account_key",
+    # payment cards
+    "card_number", "cvv", "cvc")
 
 
 class ConfigError(ValueError):
