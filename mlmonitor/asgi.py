@@ -5,7 +5,8 @@ everything but the protocol: the settings, the :class:`RequestRecord`, the route
 the three sinks and ``/metrics``. Only the ``http`` scope is monitored; ``lifespan`` and
 ``websocket`` pass through untouched. A request is finished when its last body chunk has
 been sent (time to last byte), when the app raises, or when the app returns without
-finishing its response (the client went away).
+finishing its response; a client that went away first is a 499 (:mod:`mlmonitor.disconnect`).
+``/metrics`` is collected in a thread, one scrape at a time (see ``_scrape``).
 
 Example::
 
@@ -23,6 +24,7 @@ from typing import Any, Awaitable, Callable, Optional, TextIO
 from . import guard
 from .config import Settings
 from .disconnect import client_gone
+from .exposition import BUSY, MAX_CONCURRENT_SCRAPES
 from .middleware import MonitorMiddleware
 from .record import UNMATCHED_ROUTE
 
@@ -84,6 +86,9 @@ class MonitorASGIMiddleware:
                                      route_from_app=route_of is not None, **options)
         #: the WSGI core: settings, sinks, references and feedback live there
         self.core = core
+        #: scrapes admitted now, collecting or waiting their turn (see _scrape)
+        self.scrapes = 0
+        self._scrape_turn: tuple = (None, None)  # (event loop, its asyncio.Lock)
         self.header_name = core.request_id_header.lower().encode("latin-1")
         self.read_headers = READ_HEADERS | {self.header_name}
 
@@ -184,10 +189,32 @@ class MonitorASGIMiddleware:
         self.core.finish(rec)
 
     async def _scrape(self, environ: dict, send: Callable[[dict], Awaitable[None]]) -> None:
-        """``/metrics`` off the event loop: a multiprocess merge reads files."""
-        loop = asyncio.get_running_loop()
-        status, headers, body = await loop.run_in_executor(None, _call_wsgi, self.core.endpoint,
-                                                           environ)
+        """``/metrics`` off the event loop: collected and encoded in a thread, one scrape at a
+        time; up to ``MAX_CONCURRENT_SCRAPES`` wait their turn (no thread, no work), one more
+        is refused at once (503, Retry-After) and counted. A refusal for the method or the
+        credentials is answered on the loop before any of that. Eight scrapers in a loop had
+        as many encoding threads take the GIL from the loop (/predict p99 2.2 -> 80 ms)."""
+        endpoint = self.core.endpoint
+        refused = endpoint.refusal(environ)
+        if refused is None and self.scrapes >= MAX_CONCURRENT_SCRAPES:
+            refused = BUSY
+            self.core.count_dropped("metrics", 1)
+        if refused is not None:
+            text, body, extra = refused
+            status = int(text[:3])
+            headers = [("Content-Type", "text/plain; charset=utf-8"),
+                       ("Content-Length", str(len(body))), *extra]
+        else:
+            self.scrapes += 1
+            try:
+                loop = asyncio.get_running_loop()
+                if self._scrape_turn[0] is not loop:  # an asyncio.Lock serves one loop
+                    self._scrape_turn = (loop, asyncio.Lock())
+                async with self._scrape_turn[1]:
+                    status, headers, body = await loop.run_in_executor(
+                        None, _call_wsgi, endpoint.serve, environ)
+            finally:
+                self.scrapes -= 1
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
                                 for k, v in headers]})

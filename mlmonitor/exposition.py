@@ -11,12 +11,12 @@ from __future__ import annotations
 import base64
 import gzip
 import hmac
-from typing import Any, Callable, Iterable, List, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from . import guard
 from .config import Settings
 
-__all__ = ["MetricsEndpoint", "gzip_accepted"]
+__all__ = ["MetricsEndpoint", "gzip_accepted", "MAX_CONCURRENT_SCRAPES", "BUSY"]
 
 
 class MetricsEndpoint:
@@ -28,13 +28,23 @@ class MetricsEndpoint:
         self.challenge = 'Basic realm="metrics"' if settings.metrics_basic_auth else 'Bearer realm="metrics"'
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        if method not in ("GET", "HEAD"):
-            return _plain(start_response, "405 Method Not Allowed", b"method not allowed\n",
-                          [("Allow", "GET, HEAD")])
+        refused = self.refusal(environ)
+        if refused is not None:
+            return _plain(start_response, *refused)
+        return self.serve(environ, start_response)
+
+    def refusal(self, environ: dict) -> Optional[Tuple[str, bytes, list]]:
+        """(status, body, headers) refusing a scrape (wrong method, no credentials), or None.
+        Cheap, collects nothing: an event loop may answer it in place."""
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", b"method not allowed\n", [("Allow", "GET, HEAD")]
         if self.expected and not self.authorized(environ.get("HTTP_AUTHORIZATION", "")):
-            return _plain(start_response, "401 Unauthorized", b"unauthorized\n",
-                          [("WWW-Authenticate", self.challenge)])
+            return "401 Unauthorized", b"unauthorized\n", [("WWW-Authenticate", self.challenge)]
+        return None
+
+    def serve(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """The exposition of an admitted scrape: the collection, the encoding and gzip."""
+        method = environ.get("REQUEST_METHOD", "GET")
         try:
             data, content_type = self.sink.exposition(environ.get("HTTP_ACCEPT", ""))
         except Exception as exc:
@@ -77,6 +87,13 @@ def gzip_accepted(accept_encoding: str) -> bool:
         if accepted.split(";")[0].strip().lower() == "gzip":
             return True
     return False
+
+
+#: scrapes an ASGI app admits at once: one is collected (in a thread, off the event loop), the
+#: others wait their turn; one more is answered 503 with Retry-After at once, so scrapers can
+#: neither starve the app's requests of the GIL nor pile up
+MAX_CONCURRENT_SCRAPES = 8
+BUSY = ("503 Service Unavailable", b"too many scrapes at once, retry\n", [("Retry-After", "1")])
 
 
 def _plain(start_response: Callable, status: str, body: bytes, headers: list) -> list:
