@@ -33,8 +33,9 @@ class App:
     def __init__(self, reference: Any = REFERENCE, **options: Any) -> None:
         self.doubles = Doubles()
         self.app = Flask(__name__)
+        options.setdefault("feedback_secret", SECRET)
         self.monitor = m = Monitor(self.app, model_name="iris", model_version="v1", reference=reference,
-                                   feedback_secret=SECRET, **self.doubles.monitor_options, **options)
+                                   **self.doubles.monitor_options, **options)
 
         @self.app.post("/predict")
         @m.prediction
@@ -215,6 +216,7 @@ class _Prometheus(Prometheus):
         return super().command() + extra
 
 
+@pytest.mark.slow
 def test_against_prometheus_the_scraped_job_and_exemplar_storage_are_checked(app, capsys, tmp_path,
                                                                               reference_file):
     host_port = app.base.split("//")[1]
@@ -326,16 +328,18 @@ def test_rows_needed_grows_with_bins_and_a_lower_threshold():
 
 # -- feedback, internal errors, dropped telemetry ------------------------------------------------
 
-def test_feedback_signed_by_another_secret_fails(app, capsys):
-    from mlmonitor.tokens import sign_prediction
-
-    foreign = sign_prediction("t" * 32, "iris", "v1", "setosa")
-    assert "bad_signature" in app.post("/feedback", {"id": foreign, "label": "setosa"})["error"]
-    status, lines = run_check(capsys, app.url, "--job", "mlmonitor")
+def test_replicas_without_one_feedback_secret_fail(app, capsys, reference_file):
+    """A prediction made by one replica, its feedback landing on another with its own secret."""
+    with App(feedback_secret="u" * 32) as other:
+        other.predict_and_feedback()
+        made_here = app.post("/predict", {"x": 3.0})["id"]
+        assert "bad_signature" in other.post("/feedback", {"id": made_here, "label": "setosa"})["error"]
+        status, lines = run_check(capsys, other.url, "--job", "mlmonitor", "--reference", reference_file)
     assert lines_of(lines, "feedback") == [
         "error: feedback: 1 feedback ids refused as bad_signature (1 accepted): the workers or replicas"
         " do not share one MLMONITOR_FEEDBACK_SECRET, so the accuracy rules see part of the feedback;"
         " set the same secret on every replica"]
+    assert lines[-1] == f"FAILED: {other.url} (1 error)"
     assert status == 1
 
 
@@ -383,3 +387,36 @@ def test_protected_metrics_are_read_with_the_credentials(capsys, auth, reference
     assert refused == 1
     assert lines == [f"ok: {served.url}"]
     assert status == 0
+
+
+# -- under gunicorn ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_example_app_under_gunicorn_passes_with_its_llm_named(tmp_path):
+    """Two workers, the multiprocess exposition: every check reads it; the example's text generator
+    serves without reference, which is what --strict fails on."""
+    import subprocess
+    import sys
+
+    from helpers.gunicorn_proc import REPO, GunicornProcess
+
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "MLMONITOR_TRACES": "false"}
+    with GunicornProcess(workers=2, env=env) as server:
+        load = subprocess.run([sys.executable, "-m", "example_app.loadgen", "--url", server.url, "--json",
+                               "--requests", "60", "--feedback-accuracy", "0.9", "--seed", "1"],
+                              cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert load.returncode == 0, load.stderr[-2000:]
+        assert json.loads(load.stdout.splitlines()[-1])["feedback_status"] == {"200": 60}
+        url = server.url + "/metrics"
+        plain = subprocess.run([sys.executable, "-m", "mlmonitor.cli", "check", url, "--job", "mlmonitor"],
+                               cwd=REPO, capture_output=True, text=True, timeout=120)
+        strict = subprocess.run([sys.executable, "-m", "mlmonitor.cli", "check", url, "--job", "mlmonitor",
+                                 "--strict"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = plain.stdout.splitlines()
+    assert lines_of(lines, "reference")[0] == (
+        "warning: reference: model textgen v1 has no reference (no mlmonitor_feature_reference_ratio"
+        " series): the drift rules and panels stay empty for it; set MLMONITOR_REFERENCE(S)")
+    assert [line.split(": ")[1] for line in lines[:-1]] == ["reference", "reference"]  # + the rows note
+    assert lines[-1] == f"ok: {url} (1 warning, 1 note)"
+    assert plain.returncode == 0, plain.stderr
+    assert strict.returncode == 1 and strict.stdout.splitlines()[-1] == f"FAILED: {url} (1 warning, 1 note)"
