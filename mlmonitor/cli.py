@@ -41,20 +41,29 @@ def _cli_build(args: argparse.Namespace) -> int:
         top_n=args.top_n,
         task=args.task,
     )
-    rows = profile.to_dict()["rows"]
-    if rows < 100:
-        print(f"warning: only {rows} reference rows; drift measured against so few is noisy "
-              "(use 100 or more)", file=sys.stderr)
+    _warn_if_small(profile.to_dict())
     profile.save(args.out)
     print(f"wrote {args.out}: {len(profile.features)} features, task {profile.task}")
     return 0
 
 
 def _cli_show(args: argparse.Namespace) -> int:
-    from .reference import ReferenceProfile
+    from .reference import MAX_FILE_BYTES, ReferenceProfile, read_profile
 
-    print(ReferenceProfile.load(args.path).summary())
+    # ReferenceProfile.load without its start-up log line: the warning goes below the summary
+    profile = read_profile(args.path, ReferenceProfile, MAX_FILE_BYTES)
+    print(profile.summary(), flush=True)
+    _warn_if_small(profile.to_dict())
     return 0
+
+
+def _warn_if_small(data: dict) -> None:
+    """One line on stderr when the reference has too few rows for its bins (see reference.min_rows)."""
+    from .reference import too_few_rows
+
+    warning = too_few_rows(data)
+    if warning:
+        print(f"warning: only {data['rows']} reference rows: {warning}", file=sys.stderr)
 
 
 def _add_reference(subparsers: Any) -> None:

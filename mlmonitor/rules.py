@@ -55,6 +55,7 @@ from .contract import (
     latency_quantile, slow_ratio)
 from .contract import (ABSOLUTE_ERROR_MEAN, FEEDBACK_ABSOLUTE_ERROR_COUNT, FEEDBACK_ABSOLUTE_ERROR_SUM,
                        OUTPUT_DRIFT, REFERENCE_ABSOLUTE_ERROR, REFERENCE_ABSOLUTE_ERROR_MAX)
+from .reference import PSI_THRESHOLD
 from .selectors import parse_selector, selector_labels
 
 __all__ = ["Thresholds", "render_groups", "render_files", "render_text", "render_alertmanager",
@@ -93,7 +94,7 @@ class Thresholds:
     latency_slo: float = 0.99
     latency_slo_threshold: float = 0.0  # 0: same as latency_p99; must be a histogram bucket bound
     ttfc_p95: float = 1.0  # streamed predictions: time to first chunk p95 (seconds), a bucket bound
-    psi_threshold: float = 0.2
+    psi_threshold: float = PSI_THRESHOLD  # the one reference.min_rows sizes references for
     drift_min_count: int = 100
     accuracy_drop: float = 0.05
     accuracy_min_feedback: int = 20
