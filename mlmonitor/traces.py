@@ -246,7 +246,7 @@ class TraceSink:
     def annotate_borrowed(self, rec: RequestRecord) -> None:
         """Set model attributes on a span someone else owns (FlaskInstrumentor)."""
         if rec.span.is_recording():
-            rec.span.set_attributes(self.annotation(rec))
+            rec.span.set_attributes(_fit(self.annotation(rec), _length_limit(rec.span)))
 
     def finish(self, rec: RequestRecord) -> None:
         span = rec.span
@@ -263,12 +263,15 @@ class TraceSink:
                 span.update_name(f"{rec.method} {rec.route}")
             if self.mlflow or self.capture_io:
                 attributes.update(self.mlflow_attributes(rec, attributes))
+            limit = _length_limit(span)
             if code >= 500:
                 attributes["error.type"] = rec.error_type or str(code)
                 exc = rec.exc
                 if exc is not None:
                     message, stack = describe_exception(rec, self.redact)
-                    message, stack = _utf8(message[:MAX_ATTRIBUTE_LENGTH]), _utf8(stack[-4000:])
+                    cap = min(limit or MAX_STACK_CHARS, MAX_STACK_CHARS)  # what the span keeps
+                    message = _utf8(message[:min(cap, MAX_ATTRIBUTE_LENGTH)])
+                    stack = _utf8(stack[-cap:])  # its most recent part (the SDK would cut the tail)
                     span.add_event("exception", {
                         "exception.type": type(exc).__qualname__,
                         "exception.message": message,
@@ -277,7 +280,7 @@ class TraceSink:
                     span.set_status(Status(StatusCode.ERROR, message[:256]))
                 else:
                     span.set_status(Status(StatusCode.ERROR))
-            span.set_attributes(attributes)
+            span.set_attributes(_fit(attributes, limit))
         span.end()
 
     def stage_span(self, name: str) -> Any:
@@ -315,6 +318,25 @@ def _genai_usage(rec: RequestRecord) -> Dict[str, Any]:
 
 #: the span attributes MLflow also gets as trace tags
 _MLFLOW_TAGGED = ("ml.model.name", "ml.model.version", "ml.model.run_id", "ml.model.id")
+#: the most recent characters of an exception's stack kept on its span event
+MAX_STACK_CHARS = 4000
+
+
+def _length_limit(span: Any) -> Optional[int]:
+    """The span's attribute length limit, from its provider (mlmonitor's own:
+    ``MAX_ATTRIBUTE_LENGTH``; None: no limit). The SDK cuts a longer text with a warning on
+    stderr, once per attribute (each 5xx's stack did)."""
+    limit = getattr(getattr(span, "_limits", None), "max_attribute_length", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def _fit(attributes: Dict[str, Any], limit: Optional[int]) -> Dict[str, Any]:
+    """``attributes`` with each text cut to ``limit`` (redaction can lengthen a cut text)."""
+    if limit is not None:
+        for key, value in attributes.items():
+            if type(value) is str and len(value) > limit:
+                attributes[key] = value[:limit]
+    return attributes
 
 
 def _utf8(text: str) -> str:
