@@ -73,23 +73,23 @@ class WatchedInput:
             client_gone(self.rec)
         self.left = left - got
 
-    def read(self, *args: Any) -> bytes:
+    def read(self, *args: Any, **kwargs: Any) -> bytes:
         try:
-            data = self.stream.read(*args)
+            data = self.stream.read(*args, **kwargs)
         except OSError:
             client_gone(self.rec)
             raise
-        self._got(args[0] if args else None, len(data))
+        self._got(args[0] if args else kwargs.get("size"), len(data))
         return data
 
-    def readline(self, *args: Any) -> bytes:
+    def readline(self, *args: Any, **kwargs: Any) -> bytes:
         try:
-            data = self.stream.readline(*args)
+            data = self.stream.readline(*args, **kwargs)
         except OSError:
             client_gone(self.rec)
             raise
         # a line ends at its newline: short only if it ends neither there nor at its size
-        self._got(args[0] if args else None, len(data), data.endswith(b"\n"))
+        self._got(args[0] if args else kwargs.get("size"), len(data), data.endswith(b"\n"))
         return data
 
     def readinto(self, buffer: Any) -> int:

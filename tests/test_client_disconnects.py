@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -140,6 +141,31 @@ def test_gunicorn_flask_an_aborted_upload_is_499_and_not_invalid_input(tmp_path)
         abort_uploads(server.port, "/predict")
         samples = assert_recorded_as_gone(server.url, server.stdout_lines, "/predict", "iris")
         assert total(samples, "mlmonitor_http_requests_total", status="400") == 0
+
+
+@pytest.mark.slow
+def test_gunicorn_flask_a_broken_pipe_mid_stream_is_499_with_the_tokens_it_produced(tmp_path):
+    """The sync worker's write fails (the client reset the connection): gunicorn closes the body
+    with the error in flight; the model answered, so its prediction and tokens count."""
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "MLMONITOR_TRACES": "false"}
+    body = json.dumps({"prompt": "Tell me about the iris flowers", "max_tokens": 256}).encode()
+    head = (f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with GunicornProcess(workers=1, env=env) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(head + body)
+            assert sock.recv(64).startswith(b"HTTP/1.1 200")
+            # close with RST: the worker's next write fails (EPIPE / ECONNRESET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        lines = wait_for(lambda: lines_of(server.stdout_lines, "/generate"), timeout=60,
+                         what="the stream's log line")
+        samples = scrape(server.url)
+    assert [line["status"] for line in lines] == [499]
+    assert total(samples, "mlmonitor_http_requests_total", route="/generate", status="499") == 1
+    assert total(samples, "mlmonitor_predictions_total", model_name="textgen") == 1
+    assert total(samples, "mlmonitor_prediction_errors_total", model_name="textgen") == 0
+    produced = total(samples, "mlmonitor_tokens_total", model_name="textgen", direction="output")
+    assert 0 < produced < 256  # what it produced before the write failed, not the whole answer
 
 
 @pytest.mark.slow
