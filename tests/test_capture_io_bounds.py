@@ -304,7 +304,6 @@ def test_a_large_pydantic_result_is_previewed_without_a_copy():
 
 # -- a real gunicorn worker ----------------------------------------------------------------------
 GUNICORN_APP = '''
-import os
 from flask import Flask, jsonify
 from mlmonitor import Monitor
 
@@ -317,6 +316,15 @@ READ = {"bytes": 0, "served": 0}
 @monitor.prediction
 def predict():  # never reads the body
     return jsonify(ok=True)
+
+
+LARGE = b"[" + b"0," * 8_000_000 + b"0]"  # 16 MB of JSON, made before the baseline
+
+
+@app.get("/large-answer")
+@monitor.prediction
+def large_answer():
+    return app.response_class(LARGE, mimetype="application/json")
 
 
 @app.get("/stats")
@@ -388,7 +396,8 @@ def _chunked_upload(port: int, size: int) -> None:
 
 def test_gunicorn_worker_memory_stays_flat_for_a_chunked_body_ten_times_larger(tmp_path):
     """10 MB then 100 MB chunked bodies to a view that never reads them: the worker reads at most
-    the cap of each and its peak RSS does not move (before: 100 MB took it from 37 to 548 MiB)."""
+    the cap of each and its peak RSS does not move (before: 100 MB took it from 37 to 548 MiB);
+    nor does a 16 MB JSON answer's (before: parsed for its preview, +76 MiB)."""
     (tmp_path / "capture_app.py").write_text(GUNICORN_APP)
     (tmp_path / "conf.py").write_text("workers = 1\nworker_class = 'sync'\ntimeout = 120\n")
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "OTEL_TRACES_EXPORTER": "none"}
@@ -404,7 +413,12 @@ def test_gunicorn_worker_memory_stays_flat_for_a_chunked_body_ten_times_larger(t
         _chunked_upload(server.port, 100_000)  # warm: imports, first request
         wait_for(lambda: get_stats()["served"] == 1, timeout=60)
         before = get_stats()
-        figures = []
+        connection = http.client.HTTPConnection("127.0.0.1", server.port)
+        connection.request("GET", "/large-answer")
+        answer = connection.getresponse()
+        assert answer.status == 200 and len(answer.read()) > 15_000_000
+        connection.close()
+        figures = [("16 MB answer", 0, (get_stats()["hwm_kib"] - before["hwm_kib"]) / 1024)]
         for n, size in enumerate((10 * MiB, 100 * MiB), start=2):
             thread = threading.Thread(target=_chunked_upload, args=(server.port, size))
             thread.start()
@@ -412,8 +426,7 @@ def test_gunicorn_worker_memory_stays_flat_for_a_chunked_body_ten_times_larger(t
             thread.join(120)
             after = get_stats()
             figures.append((size, after["bytes"], (after["hwm_kib"] - before["hwm_kib"]) / 1024))
-        print("capture_io chunked upload: (body bytes, bytes read, worker peak RSS growth MiB)",
-              figures)
+        print("capture_io: (request, body bytes read, worker peak RSS growth so far, MiB)", figures)
         for size, read, growth in figures:
             assert read <= MAX_IO_BYTES + 1 + 65536, figures  # the cap, plus one buffered chunk
             assert growth < 16, figures
