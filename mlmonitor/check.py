@@ -435,7 +435,8 @@ def find_target(prometheus: str, url: str, timeout: float) -> Tuple[Optional[Dic
                                                       f" {target.get('lastError', '')}"))
             return dict(target.get("labels", {})), found
     return None, [Finding(ERROR, "scrape", f"{prometheus} has no target at {url}: no rule or dashboard sees"
-                                           " this app; add it to a scrape config")]
+                                           " this app; add it to a scrape config (or give the URL as"
+                                           " Prometheus scrapes it: its targets page shows it)")]
 
 
 def prometheus_features(prometheus: str, timeout: float) -> List[str]:

@@ -251,7 +251,7 @@ def test_an_app_prometheus_does_not_scrape_fails(app, capsys, tmp_path):
         status, lines = run_check(capsys, app.url, "--prometheus", prom.url)
     assert lines_of(lines, "scrape") == [
         f"error: scrape: {prom.url} has no target at {app.url}: no rule or dashboard sees this app;"
-        " add it to a scrape config"]
+        " add it to a scrape config (or give the URL as Prometheus scrapes it: its targets page shows it)"]
     assert lines_of(lines, "job") == []  # said once: the scrape line covers it
     assert status == 1
 
