@@ -78,7 +78,10 @@ def preview(redactor: Redactor, value: Any) -> Optional[str]:
 
 def _is_model(value: Any) -> bool:
     """A pydantic model: iterating it gives its ``(field, value)`` pairs, no copy made."""
-    return callable(getattr(value, "model_dump", None)) and not isinstance(value, type)
+    try:  # a proxy or mock may raise anything from getattr
+        return callable(getattr(value, "model_dump", None)) and not isinstance(value, type)
+    except Exception:
+        return False
 
 
 def _key(key: Any) -> str:
