@@ -116,7 +116,7 @@ _THRESHOLD_HELP = {
                 " selectors to load several renders in one Prometheus; '{}' selects every target",
     "runbook_base_url": "where your team's runbooks live (copy docs/runbooks.md there): each alert's"
                         " runbook_url is URL#<alertname lower-case>, or {alert} in the URL replaced by it;"
-                        " the default is this project's docs/runbooks.md, a path in its repository",
+                        " the default is a path in this project's repository",
     "buckets": "the app's latency histogram buckets (MLMONITOR_BUCKETS), comma-separated seconds;"
                " every latency threshold must be one of them",
     "time_scale": "divide every window, for: and Alertmanager time by this (tests only; names keep"
