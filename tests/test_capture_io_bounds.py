@@ -232,12 +232,22 @@ def _django_large_answer(request):
 _LARGE = json.dumps(list(range(1_000_000))).encode()
 
 
-def _django_urlpatterns():
-    from django.urls import path
+_URLS: list = []
 
-    from mlmonitor.django import prediction
-    return [path("large-answer", prediction(_django_large_answer, model_name="m")),
-            path("ignores-body", prediction(_django_ignores_body, model_name="m"))]
+
+def _django_urlpatterns():
+    """Made once; a per-request model name declares no series in later tests' monitors."""
+    if not _URLS:
+        from django.urls import path
+
+        from mlmonitor.django import prediction
+
+        def model(request):
+            return "m"
+
+        _URLS.extend([path("large-answer", prediction(_django_large_answer, model_name=model)),
+                      path("ignores-body", prediction(_django_ignores_body, model_name=model))])
+    return _URLS
 
 
 def __getattr__(name):  # Django reads urlpatterns lazily, after setup
