@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .redact import MAX_DEPTH, Redactor, _safe_text
 from .trace_provider import MAX_ATTRIBUTE_LENGTH
@@ -60,7 +60,7 @@ def preview(redactor: Redactor, value: Any) -> Optional[str]:
     makes the text UTF-8-safe.)"""
     budget = [PREVIEW_CHARS]
     try:  # only the head is redacted and encoded: a 60 KB body costs what a small one does
-        head = redactor.value(_head(value, budget, 0))
+        head = redactor.value(_head(value, budget, 0, lambda key: _redacted_key(redactor, key)))
         text = json.dumps(head, ensure_ascii=False,
                           default=lambda item: redactor.text(_safe_text(item)))
     except Exception:  # a mapping whose items() raise, a model that cannot be iterated...
@@ -94,11 +94,20 @@ def _key(key: Any) -> str:
     return _safe_text(key)[:256]
 
 
-def _head(value: Any, budget: list, depth: int = 0) -> Any:
+def _redacted_key(redactor: Redactor, key: Any) -> str:
+    """A key's text with secrets hidden: a tuple key ``("api_key", "sk-...")`` is a pair whose
+    value the redactor hides, any other the text rules (``token=...``)."""
+    if isinstance(key, tuple):
+        shown = redactor.value(key)
+        key = _safe_text(tuple(shown) if isinstance(shown, list) else shown)
+    return redactor.text(_key(key))
+
+
+def _head(value: Any, budget: list, depth: int = 0, key_text: Callable[[Any], str] = _key) -> Any:
     """The head of a JSON-like value, in document order, about as much as its JSON can show in
     ``budget[0]`` characters (each text cut at its head, so a name is never separated from its
-    value), every key as text: a large body is read no further than its preview. The budget
-    goes below zero when something was left out."""
+    value), every key as ``key_text`` makes it: a large body is read no further than its
+    preview. The budget goes below zero when something was left out."""
     if isinstance(value, str):
         budget[0] -= len(value) + 2
         return value[:PREVIEW_CHARS]
@@ -119,11 +128,11 @@ def _head(value: Any, budget: list, depth: int = 0) -> Any:
                 break
             if mapping:
                 key, item = item
-                key = _key(key)
+                key = key_text(key)
                 budget[0] -= len(key) + 4
-                out[key] = _head(item, budget, depth + 1)
+                out[key] = _head(item, budget, depth + 1, key_text)
             else:
-                out.append(_head(item, budget, depth + 1))
+                out.append(_head(item, budget, depth + 1, key_text))
         return out
     budget[0] -= 8  # something the redactor renders as text
     return value

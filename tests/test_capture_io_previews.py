@@ -87,9 +87,10 @@ def _circular():
     {datetime.date(2024, 1, 1): {"password": SECRET}},    # a date key above a secret
     {uuid.uuid4(): [SECRET and {"token": SECRET}]},       # a UUID key
     {frozenset({1}): 1, None: 2, 3.5: 3, "api_key": SECRET},
+    {("api_key", SECRET): 1, f"token={SECRET}": 2},       # a secret inside a key's own text
     _circular(),                                          # circular dict and list
 ], ids=["tuple-key", "bytes-key", "raising-key", "raising-value", "date-key", "uuid-key",
-        "odd-keys", "circular"])
+        "odd-keys", "secret-in-key", "circular"])
 def test_odd_keys_and_values_give_a_redacted_preview(value):
     text = preview(REDACT, value)
     assert text is not None and SECRET not in text
