@@ -43,7 +43,7 @@ def active(prom: Prometheus) -> Dict[tuple, dict]:
 
 def query_range(promurl: str, expr: str, start: float, end: float) -> List[dict]:
     params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": "1s"})
-    with urllib.request.urlopen(f"{promurl}/api/v1/query_range?{params}", timeout=10) as resp:
+    with urllib.request.urlopen(f"{promurl}/api/v1/query_range?{params}", timeout=60) as resp:
         return json.loads(resp.read())["data"]["result"]
 
 

@@ -52,7 +52,7 @@ def start(tmp_path: Path, workers: int = 4, args: Tuple[str, ...] = (), env: Opt
                            env=environment)
 
 
-def get(port: int, path: str, timeout: float = 10.0) -> Tuple[int, bytes]:
+def get(port: int, path: str, timeout: float = 60.0) -> Tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
@@ -546,7 +546,7 @@ def test_a_graceful_worker_exit_flushes_its_spans(tmp_path):
             early = len(receiver.spans)
         finally:
             server.stop()
-        spans = receiver.wait_for(2 * 50, timeout=20)
+        spans = receiver.wait_for(2 * 50, timeout=60)
     assert load.responses == 50
     assert early == 0
     assert len([s for s in spans if s["name"].startswith("POST")]) == 50

@@ -41,7 +41,7 @@ def post(url: str, headers: Optional[dict] = None) -> int:
     req = urllib.request.Request(url + "/predict", data=b'{"x": 1}', method="POST",
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
+        with urllib.request.urlopen(req, timeout=60) as resp:
             resp.read()
             return resp.status
     except urllib.error.HTTPError as err:
@@ -49,7 +49,7 @@ def post(url: str, headers: Optional[dict] = None) -> int:
 
 
 def samples(url: str) -> Dict[tuple, float]:
-    status, text = http_get(url + "/metrics", timeout=10)
+    status, text = http_get(url + "/metrics", timeout=60)
     assert status == 200, text[:500]
     out: Dict[tuple, float] = {}
     for family in text_string_to_metric_families(text):
@@ -248,7 +248,7 @@ def test_deleting_the_directory_never_loses_merged_counts(tmp_path):
             nonlocal answered
             answered += post(g.url) == 200
             for _ in range(20):  # scrapes alone: the last request is recorded just after its answer
-                status, text = http_get(g.url + "/metrics", timeout=10)
+                status, text = http_get(g.url + "/metrics", timeout=60)
                 if status != 200:
                     return False
                 value = sum(s.value for f in text_string_to_metric_families(text)

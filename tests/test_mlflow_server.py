@@ -39,7 +39,7 @@ def mlflow_tool(name, venv=MLFLOW_VENV):
     return str(path)
 
 
-def call(url, body=None, timeout=10.0):
+def call(url, body=None, timeout=60.0):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -38,7 +38,7 @@ TRACING = {
 }
 
 
-def predict(url: str, headers: dict | None = None, timeout: float = 15.0):
+def predict(url: str, headers: dict | None = None, timeout: float = 60.0):
     req = urllib.request.Request(url + "/predict", data=b'{"x": 1}', method="POST",
                                  headers={"Content-Type": "application/json", "X-Sleep": "0.003",
                                           **(headers or {})})
@@ -63,7 +63,7 @@ def p99(results) -> float:
 
 
 def samples(url: str) -> dict:
-    status, text = http_get(url + "/metrics", timeout=10)
+    status, text = http_get(url + "/metrics", timeout=60)
     assert status == 200, text[:500]
     out = {}
     for family in text_string_to_metric_families(text):
@@ -218,7 +218,7 @@ def test_deleted_multiprocess_directory_spares_predictions_and_metrics_recover(t
         for _ in range(4):
             results = load(g.url, 20)
             assert {r[0] for r in results} == {200}
-            status, text = http_get(g.url + "/metrics", timeout=10)  # a hang would time out here
+            status, text = http_get(g.url + "/metrics", timeout=60)  # a hang would time out here
             assert status in (200, 503) and "Traceback" not in text
             statuses.append(status)
         # each worker checks its files every 5 s, on its next request: poll until the counts are back
@@ -253,7 +253,7 @@ def test_corrupted_metrics_file_gives_partial_answer_counted_never_a_hang(garbag
         else:
             data[0:4] = (0x7FFFFFFF).to_bytes(4, "little")
         bad.write_bytes(bytes(data))
-        status, text = http_get(g.url + "/metrics", timeout=10)
+        status, text = http_get(g.url + "/metrics", timeout=60)
         # the bad file costs only its own entries: the answer is the good files' counts, exactly
         assert status == 200 and "Traceback" not in text
         values = {}
@@ -286,11 +286,11 @@ def test_hung_model_worker_is_killed_others_answer_counters_stay_monotonic(tmp_p
             hung_status = hung.result(timeout=20)[0]
         except Exception as exc:  # the killed worker closed the connection
             hung_status = type(exc).__name__
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any("WORKER TIMEOUT" in line for line in g.stderr_lines):
             time.sleep(0.2)
         assert any("WORKER TIMEOUT" in line for line in g.stderr_lines)
-        deadline = time.monotonic() + 15  # the master replaces the killed worker
+        deadline = time.monotonic() + 60  # the master replaces the killed worker
         while time.monotonic() < deadline and (
                 len(children(g.pid)) != len(workers) or set(children(g.pid)) == workers):
             time.sleep(0.1)

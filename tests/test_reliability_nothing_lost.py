@@ -78,7 +78,7 @@ def test_counters_log_lines_and_received_spans_agree_under_four_workers(tmp_path
             assert {a[0] for a in answers} == {200}
             # a request is counted when the server closes its body, just after the client has
             # the answer: poll until the last ones are in (bounded), then compare exactly
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while True:
                 predictions = counter(g.url, "mlmonitor_predictions_total")
                 requests = counter(g.url, "mlmonitor_http_requests_total", route="/predict")
@@ -143,7 +143,7 @@ def test_graceful_shutdown_under_load_delivers_every_answered_requests_span_and_
             t.join(15)
         assert code == 0, "\n".join(g.stderr_lines[-30:])
         lines = {line["request_id"]: line for line in request_lines(g, "/predict")}
-        spans = receiver.wait_for(len(answered) * 2, timeout=10)
+        spans = receiver.wait_for(len(answered) * 2, timeout=60)
     received = {(s["trace_id"], s["span_id"]) for s in spans if s["name"] == "POST /predict"}
     assert answered, "no request was answered before the shutdown"
     missing_lines = [r for r in answered if r not in lines]

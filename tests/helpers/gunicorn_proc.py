@@ -31,8 +31,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    """Status and body text of a GET; HTTP errors are returned, not raised."""
+def http_get(url: str, timeout: float = 60.0) -> tuple[int, str]:
+    """Status and body text of a GET; HTTP errors are returned, not raised. ``timeout`` guards
+    against a hang, not latency (a loaded machine is slow); a poll passes a short one."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read().decode()

@@ -85,7 +85,9 @@ class OTLPReceiver:
                             "resource": resource,
                         })
 
-    def wait_for(self, count: int, timeout: float = 20.0) -> List[Dict[str, Any]]:
+    def wait_for(self, count: int, timeout: float = 60.0) -> List[Dict[str, Any]]:
+        """The spans once ``count`` arrived, or those there are at ``timeout`` (a deadline for a
+        loaded machine: it returns as soon as they are in)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:

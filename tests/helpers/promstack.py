@@ -72,7 +72,7 @@ def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.25,
         time.sleep(interval)
 
 
-def _get_json(url: str, timeout: float = 5.0) -> Any:
+def _get_json(url: str, timeout: float = 60.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
 
