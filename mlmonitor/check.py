@@ -34,7 +34,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
 from . import contract as c
 from . import rules as rendering
 
-__all__ = ["Finding", "Scrape", "Rules", "run", "add_cli", "rows_needed",
+__all__ = ["Finding", "Scrape", "Rules", "run", "add_cli",
            "check_buckets", "check_job", "check_references", "check_reference_rows",
            "check_feedback_secret", "check_internal_errors", "check_exemplars"]
 
@@ -300,13 +300,6 @@ def check_references(scrape: Scrape) -> List[Finding]:
             for name, version in sorted(served - referenced)]
 
 
-def rows_needed(bins: int, psi_threshold: float) -> int:
-    """Reference rows for ``bins`` bins so that its own sampling noise stays under a quarter of
-    the PSI threshold: two samples of one distribution differ by a PSI of about
-    (bins - 1) / rows from the reference's side alone."""
-    return math.ceil(4 * max(bins - 1, 1) / psi_threshold)
-
-
 def _rows_at_least(shares: Iterable[float]) -> int:
     """The fewest rows that give these shares exactly (each share is count / rows): a lower bound,
     since rows that are a multiple give the same shares."""
@@ -331,14 +324,18 @@ def _binned_parts(profile: Any) -> Iterator[Tuple[str, Dict[str, Any]]]:
 def check_reference_rows(scrape: Scrape, profiles: Dict[str, Any], psi_threshold: float) -> List[Finding]:
     """A reference of too few rows per bin makes PSI of unshifted traffic cross the threshold.
 
-    ``profiles`` (path -> :class:`mlmonitor.reference.ReferenceProfile`) give the rows behind each
-    part. /metrics carries the shares only, which prove a lower bound (their denominators): enough
-    when it already reaches the need, else a note that asks for the file."""
+    The rows needed are :func:`mlmonitor.reference.min_rows` of the bins that hold reference
+    values, as ``reference build`` warns. ``profiles`` (path -> ``ReferenceProfile``) give the
+    rows behind each part. /metrics carries the shares only, which prove a lower bound (their
+    denominators): enough when it already reaches the need, else a note that asks for the file."""
+    from .reference import min_rows
+
     found = []
     for path, profile in sorted(profiles.items()):
         for what, part in _binned_parts(profile):
-            bins, rows = len(part["bins"]), part.get("count", profile.to_dict()["rows"])
-            need = rows_needed(bins, psi_threshold)
+            bins = sum(1 for share in part["bins"].values() if share > 0)
+            rows = part.get("count", profile.to_dict()["rows"])
+            need = min_rows(bins, psi_threshold)
             if rows < need:
                 found.append(Finding(ERROR, "reference", f"{path}: {what} has {rows} rows for {bins} bins;"
                                      f" PSI {_num(psi_threshold)} needs {need} or more, else unshifted"
@@ -352,7 +349,7 @@ def check_reference_rows(scrape: Scrape, profiles: Dict[str, Any], psi_threshold
             key = (labels.get(c.MODEL_NAME, ""), labels.get(c.MODEL_VERSION, ""), family, labels.get(group, ""))
             shares.setdefault(key, []).append(value)
     unproven = [key for key, values in shares.items()
-                if _rows_at_least(values) < rows_needed(len(values), psi_threshold)]
+                if _rows_at_least(values) < min_rows(sum(1 for v in values if v > 0), psi_threshold)]
     models = sorted({f"{name} {version}" for name, version, *_ in unproven})
     if models:
         found.append(Finding(NOTE, "reference", f"the shares on /metrics do not prove enough reference rows"
