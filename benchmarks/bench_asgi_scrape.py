@@ -1,7 +1,9 @@
 """What unauthenticated scrapers cost the requests of a uvicorn app (issue 24, 7g).
 
 Method: one ``uvicorn`` process (one event loop) serves the ASGI benchmark app
-(``asgi_apps``, mlmonitor metrics only, ``/metrics`` without a token). One client sends
+(``asgi_apps``, mlmonitor metrics only, ``/metrics`` without a token), its registry holding
+``--series`` more series (default 2,000: a model with a reference's feature bins, several
+versions; the exposition's size is printed). One client sends
 ``POST /predict`` one after another on a keep-alive connection and times each answer: first
 alone, then while ``--scrapers`` threads (default 8) each scrape ``/metrics`` in a loop. The
 p99 of each phase and their ratio are printed; the scrapes answered 200 and 503 (refused: over
@@ -9,7 +11,7 @@ the per-process bound) are counted. ``--source DIR`` puts another mlmonitor tree
 server's path, to compare two versions on one machine in one run.
 
 Run: python benchmarks/bench_asgi_scrape.py [--quick] [--requests N] [--scrapers N]
-     [--source DIR] [--out PATH]
+     [--series N] [--source DIR] [--out PATH]
 """
 from __future__ import annotations
 
@@ -32,6 +34,20 @@ from report import write_report  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "asgi_scrape.json"
 BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]})
+
+
+def server_app() -> Any:
+    """uvicorn entry point (``--factory bench_asgi_scrape:server_app``): the benchmark app with
+    ``BENCH_SERIES`` more series in its registry."""
+    from asgi_apps import make_app
+    from prometheus_client import Gauge
+
+    app, handles = make_app("mlmonitor_metrics")
+    extra = Gauge("bench_reference_ratio", "series a scrape carries", ("feature", "bin"),
+                  registry=handles["registry"])
+    for i in range(int(os.environ.get("BENCH_SERIES", "0"))):
+        extra.labels(f"feature_{i // 10}", f"bin_{i % 10}").set(i / 10)
+    return app
 
 
 def free_port() -> int:
@@ -94,6 +110,7 @@ def main(argv: Any = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts (CI smoke run)")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--scrapers", type=int, default=8)
+    parser.add_argument("--series", type=int, default=2000)
     parser.add_argument("--source", help="an mlmonitor source tree to run the server with")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
@@ -101,16 +118,20 @@ def main(argv: Any = None) -> int:
     started = time.time()
     port = free_port()
     path = [str(HERE)] + ([str(Path(args.source).resolve())] if args.source else [])
-    env = {**os.environ, "BENCH_CONFIG": "mlmonitor_metrics",
+    env = {**os.environ, "BENCH_SERIES": str(10 if args.quick else args.series),
            "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")])}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "asgi_apps:uvicorn_app",
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "bench_asgi_scrape:server_app",
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],
                             cwd=str(HERE), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_ready(port, proc)
         timed_requests(port, min(200, requests))  # warm-up
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/metrics")
+        exposition_bytes = len(conn.getresponse().read())
+        conn.close()
         alone = timed_requests(port, requests)
         stop, lock, counts = threading.Event(), threading.Lock(), {}  # type: ignore[var-annotated]
         threads = [threading.Thread(target=scraper, args=(port, stop, counts, lock), daemon=True)
@@ -126,13 +147,14 @@ def main(argv: Any = None) -> int:
         proc.terminate()
         proc.wait(30)
     report = {"requests": requests, "scrapers": args.scrapers, "source": args.source,
+              "exposition_bytes": exposition_bytes,
               "alone": {"p50_ms": statistics.median(alone), "p99_ms": p99(alone)},
               "with_scrapers": {"p50_ms": statistics.median(scraped), "p99_ms": p99(scraped)},
               "scrapes": {str(k): v for k, v in sorted(counts.items())}}
     report["p99_ratio"] = report["with_scrapers"]["p99_ms"] / report["alone"]["p99_ms"]
     print(f"/predict p99 alone {report['alone']['p99_ms']:.2f} ms, with {args.scrapers} scrapers "
           f"{report['with_scrapers']['p99_ms']:.2f} ms (x{report['p99_ratio']:.1f}); "
-          f"scrapes answered: {report['scrapes']}")
+          f"scrapes answered: {report['scrapes']}; exposition {exposition_bytes} bytes")
     write_report(report, args.out, started)
     return 0
 
