@@ -66,12 +66,12 @@ def preview(redactor: Redactor, value: Any) -> Optional[str]:
     except Exception:  # a mapping whose items() raise, a model that cannot be iterated...
         return None
     if len(text) > PREVIEW_CHARS or budget[0] < 0:
-        keep = PREVIEW_CHARS - 8
+        kept = PREVIEW_CHARS - 8
         while True:  # escaping lengthens the text: cut until the JSON string fits whole
-            cut = json.dumps(text[:keep] + "...", ensure_ascii=False)
+            cut = json.dumps(text[:kept] + "...", ensure_ascii=False)
             if len(cut) <= PREVIEW_CHARS:
                 break
-            keep = max(0, min(keep - 1, keep * (PREVIEW_CHARS - 8) // len(cut)))
+            kept = max(0, min(kept - 1, kept * (PREVIEW_CHARS - 8) // len(cut)))
         text = cut
     return text
 
