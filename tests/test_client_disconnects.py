@@ -43,6 +43,7 @@ def leave_mid_stream(port: int, path: str, body: bytes) -> None:
     head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(300)  # only so that a broken server cannot hang the suite
         sock.sendall(head + body)
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
 
@@ -153,6 +154,7 @@ def test_gunicorn_flask_a_broken_pipe_mid_stream_is_499_with_the_tokens_it_produ
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     with GunicornProcess(workers=1, env=env) as server:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.settimeout(300)  # only so that a broken server cannot hang the suite
             sock.sendall(head + body)
             assert sock.recv(64).startswith(b"HTTP/1.1 200")
             # close with RST: the worker's next write fails (EPIPE / ECONNRESET)
