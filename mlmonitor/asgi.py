@@ -122,14 +122,6 @@ class MonitorASGIMiddleware:
                 client_gone(rec)
             return message
 
-        async def send_or_gone(message: dict) -> None:
-            try:
-                await send(message)
-            except OSError:  # the server could not send: the client is gone
-                if not delivered:
-                    client_gone(rec)
-                raise
-
         async def monitored_send(message: dict) -> None:
             nonlocal trailers, delivered
             kind = message.get("type")
@@ -151,12 +143,21 @@ class MonitorASGIMiddleware:
                 rec.first_chunk = _perf() - rec.start  # streamed: more chunks follow
             elif _is_last(kind, message, trailers):
                 # counted after the hand-off, never before: a send that fails is a 499
-                await send_or_gone(message)
+                try:
+                    await send(message)
+                except OSError:  # the server could not send: the client is gone
+                    client_gone(rec)
+                    raise
                 delivered = True
                 if rec.status_code < 500:  # a 5xx: the app's exception may follow (Starlette's
                     self._finish(rec, scope)  # error middleware re-raises): finished below
                 return
-            await send_or_gone(message)
+            try:
+                await send(message)
+            except OSError:
+                if not delivered:
+                    client_gone(rec)
+                raise
 
         try:
             await self.app(scope, monitored_receive, monitored_send)
