@@ -42,6 +42,9 @@ ERROR, WARNING, NOTE = "error", "warning", "note"
 #: reference sources: a model version has a reference when any of these has a series for it
 _REFERENCE_FAMILIES = (c.FEATURE_REFERENCE_RATIO, c.REFERENCE_CLASS_RATIO, c.PREDICTION_REFERENCE_RATIO)
 _OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+#: the latency histograms: one set of buckets (MLMONITOR_BUCKETS) for all, so any one with series
+#: shows the bounds of another that has none yet
+_LATENCY = (c.PREDICTION_DURATION, c.HTTP_REQUEST_DURATION, c.STAGE_DURATION, c.TIME_TO_FIRST_CHUNK)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Scrape:
 
     def get(self, name: str) -> List[Tuple[Dict[str, str], float]]:
         return self.samples.get(name, [])
+
+    def bounds(self, histogram: str) -> Set[str]:
+        """The ``le`` values of a histogram's buckets, as the app writes them."""
+        return {labels.get("le", "") for labels, _ in self.get(histogram + "_bucket")}
 
     def total(self, name: str, **labels: str) -> float:
         return sum(v for got, v in self.get(name) if all(got.get(k) == w for k, w in labels.items()))
@@ -242,15 +249,18 @@ def default_rules() -> Rules:
 def check_buckets(scrape: Scrape, rules: Rules) -> List[Finding]:
     """Every ``le`` the rules select must be one of the app's bucket bounds, spelt the same: a
     matcher on a bound the app lacks selects nothing, so the slow-ratio rules give no series and
-    the latency SLO alerts never fire. A quantile threshold off the bounds is interpolated."""
+    the latency SLO alerts never fire. A quantile threshold off the bounds is interpolated. A
+    latency histogram without series yet (no prediction, nothing streamed) is judged by the
+    bounds of one that has series: they share MLMONITOR_BUCKETS."""
     found = []
+    shared = next((les for les in map(scrape.bounds, _LATENCY) if les), set())
     for histogram in sorted({h for h, _ in rules.bounds} | {h for h, _ in rules.quantiles}):
-        have = {labels.get("le") for labels, _ in scrape.get(histogram + "_bucket")}
-        if not have and any(b[0] == histogram for b in rules.bounds):
-            found.append(Finding(NOTE, "buckets", f"{histogram} has no series yet (nothing observed):"
-                                                  " its buckets are not checked"))
+        have = scrape.bounds(histogram) or (shared if histogram in _LATENCY else set())
         if not have:
-            continue  # compared as a quantile only: no series (e.g. nothing streamed), nothing to judge
+            if any(b[0] == histogram for b in rules.bounds):
+                found.append(Finding(NOTE, "buckets", f"{histogram} has no series yet (nothing observed):"
+                                                      " its buckets are not checked"))
+            continue
         bounds = sorted((float(b) for b in have if b != "+Inf"))
         shown = ",".join(_num(b) for b in bounds)
         for _, le in sorted(b for b in rules.bounds if b[0] == histogram):

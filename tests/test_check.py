@@ -160,6 +160,21 @@ def test_a_bound_spelt_differently_from_the_apps_le_fails(app, capsys, tmp_path)
     assert status == 1
 
 
+def test_before_any_prediction_the_http_histogram_shows_the_buckets(capsys, reference_file):
+    """Every latency histogram has the app's one set of buckets: a request that is no prediction
+    already shows that the rules' bound and the streamed-answer threshold are missing."""
+    with App(buckets=(0.1, 0.25, 2.5)) as served:
+        assert "error" in served.post("/feedback", {"id": "x", "label": "y"})
+        status, lines = run_check(capsys, served.url, "--job", "mlmonitor", "--reference", reference_file,
+                                  "--rules", SHIPPED[0], "--rules", SHIPPED[1])
+    found = [line.split(", which")[0].split(", not one")[0] for line in lines_of(lines, "buckets")]
+    assert found == [
+        f'error: buckets: {SHIPPED[0]} select mlmonitor_prediction_duration_seconds_bucket{{le="0.5"}}',
+        f"warning: buckets: {SHIPPED[1]} compare a quantile of mlmonitor_prediction_duration_seconds with 0.5",
+        f"warning: buckets: {SHIPPED[1]} compare a quantile of mlmonitor_time_to_first_chunk_seconds with 1"]
+    assert status == 1
+
+
 def test_a_histogram_without_series_is_noted_not_failed(capsys):
     with App() as served:  # no prediction yet: the labelled histogram has no series
         status, lines = run_check(capsys, served.url, "--job", "mlmonitor", "--rules", SHIPPED[0])
