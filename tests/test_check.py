@@ -186,7 +186,7 @@ def test_a_histogram_without_series_is_noted_not_failed(capsys):
 
 def test_rules_rendered_with_other_thresholds_are_read(tmp_path):
     assert main(["alerts", "render", "--latency-p99", "1.0", "--ttfc-p95", "2.5", "--psi-threshold", "0.1",
-                 "--selector",
+                 "--prometheus-operator", "--selector",
                  '{job=~"model-.*", env!="dev"}', "--out-dir", str(tmp_path)]) == 0
     recording = check.Rules.from_text((tmp_path / "mlmonitor-recording.rules.yml").read_text(), "r")
     alerting = check.Rules.from_text((tmp_path / "mlmonitor-alerts.rules.yml").read_text(), "a")
@@ -194,6 +194,10 @@ def test_rules_rendered_with_other_thresholds_are_read(tmp_path):
     assert alerting.quantiles == {("mlmonitor_prediction_duration_seconds", 1.0),
                                   ("mlmonitor_time_to_first_chunk_seconds", 2.5)}
     assert (alerting.psi, recording.psi) == ({0.1}, set())
+    manifest = check.Rules.from_text((tmp_path / "prometheus-operator" / "mlmonitor-prometheusrule.yaml")
+                                     .read_text(), "m")
+    assert (manifest.bounds, manifest.quantiles, manifest.psi) == (recording.bounds, alerting.quantiles, {0.1})
+    assert manifest.selector == alerting.selector
     for rules in (recording, alerting):
         assert rules.selector == (("env", "!=", "dev"), ("job", "=~", "model-.*"))
         assert rules.matches({"job": "model-a", "env": "prod"})
