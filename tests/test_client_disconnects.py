@@ -365,3 +365,21 @@ def test_asgi_a_5xx_the_app_sent_before_its_client_left_stays_the_model_s_error(
         asyncio.run(asgi_call(app, "/predict", [{"type": "http.disconnect"}]))
     assert [line["status"] for line in monitored.logs()] == [503]
     assert monitored.value("mlmonitor_prediction_errors_total", error_type="http_5xx") == 1
+
+
+def test_asgi_a_response_is_counted_once_its_last_chunk_is_handed_over_not_when_the_app_returns():
+    """What a SIGKILL can lose is bounded by this: the record is finished right after the last
+    chunk's send returns, while the app may still run (background work after the answer)."""
+    counted_while_running = []
+
+    async def lingers(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        counted_while_running.append(monitored.value("mlmonitor_predictions_total", model_name="m"))
+
+    with capture() as monitored:
+        app = MonitorASGIMiddleware(lingers, model_name="m", prediction_paths=["/predict"])
+        asyncio.run(asgi_call(app, "/predict", []))
+    assert counted_while_running == [1]
+    assert monitored.value("mlmonitor_predictions_total", model_name="m") == 1
+    assert [line["status"] for line in monitored.logs()] == [200]
