@@ -174,8 +174,14 @@ def test_configure_logging_turns_it_on_and_a_propagated_traceback_keeps_its_reda
     """django.request has no handler of its own: its record reaches configure_logging's JSON
     handler with the traceback already turned into redacted text."""
     assert any(isinstance(f, RedactRecords) for f in logging.getLogger("gunicorn.error").filters)
-    logging.getLogger("django.request").error("Internal Server Error: /predict",
-                                              exc_info=raised(RuntimeError("api_key=sk-live-0123")))
+    django_request = logging.getLogger("django.request")
+    level = django_request.level  # a Django project's LOGGING set up by another test may raise it
+    django_request.setLevel(logging.NOTSET)
+    try:
+        django_request.error("Internal Server Error: /predict",
+                             exc_info=raised(RuntimeError("api_key=sk-live-0123")))
+    finally:
+        django_request.setLevel(level)
     line, = strict_lines(app_logs.getvalue())
     assert line["event"] == "Internal Server Error: /predict" and "sk-live-0123" not in json.dumps(line)
     assert line["exception"].startswith("Traceback (most recent call last):")
