@@ -474,9 +474,12 @@ def test_idle_routes_and_versions_without_feedback_show_no_nan_in_any_panel(tmp_
                                + by_version.format("mlmonitor_feedback_absolute_error_bucket") + ")")
                 live = {(r["metric"]["model_name"], r["metric"]["model_version"]): math.isnan(r["value"])
                         for r in latency}
-                return (live.get(("iris", "v1")) is False and live.get(("iris", "v2")) is True
-                        and live.get((TEXTGEN, "v1")) is True and any(math.isnan(r["value"]) for r in errors))
-            wait_for(idle_but_not_v1, 60, interval=1, what="v2, diabetes and textgen idle, iris v1 busy")
+                idle = {key for key, nan in live.items() if nan}
+                return (live.get(("iris", "v1")) is False and idle == set(live) - {("iris", "v1")}
+                        and {("iris", "v2"), (TEXTGEN, "v1")} <= idle
+                        and any(r["metric"]["model_name"] == REGRESSOR for r in latency)
+                        and any(math.isnan(r["value"]) for r in errors))
+            wait_for(idle_but_not_v1, 60, interval=1, what="every version but iris v1 idle (the regressor too), iris v1 busy")
             nans, results = nan_samples(prom.url, values)
         finally:
             steady.send_signal(signal.SIGTERM)
