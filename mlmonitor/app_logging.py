@@ -164,11 +164,26 @@ def redact_server_logs(*loggers: Union[str, logging.Logger], redact: Iterable[st
     return chosen
 
 
+#: where _JSONFormatter keeps a record's redacted traceback text for _exception_text
+_EXC_TEXT = "_mlmonitor_exc_text"
+
+
+class _JSONFormatter(structlog.stdlib.ProcessorFormatter):
+    """ProcessorFormatter that keeps a record's traceback text (RedactRecords turns the
+    exception into redacted text): structlog clears ``exc_text`` on its copy of the record,
+    before the pre-chain runs in some versions (23.1) and after it in others."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info is None and record.exc_text:
+            record = logging.makeLogRecord({**record.__dict__, _EXC_TEXT: record.exc_text})
+        return super().format(record)
+
+
 def _exception_text(logger: Any, method_name: str, event_dict: dict) -> dict:
     """structlog processor: a stdlib record's traceback already turned into redacted text."""
-    record = event_dict.get("_record")
-    if record is not None and "exc_info" not in event_dict and getattr(record, "exc_text", None):
-        event_dict.setdefault("exception", record.exc_text)
+    text = event_dict.pop(_EXC_TEXT, None) or getattr(event_dict.get("_record"), _EXC_TEXT, None)
+    if text and "exc_info" not in event_dict:
+        event_dict.setdefault("exception", text)
     return event_dict
 
 
@@ -201,8 +216,8 @@ def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared[:-1] + [_exception_text, structlog.stdlib.ExtraAdder()],
+    handler.setFormatter(_JSONFormatter(
+        foreign_pre_chain=shared[:-1] + [structlog.stdlib.ExtraAdder(), _exception_text],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, redact_secrets,
                     SafeJSONRenderer(max_bytes)],
