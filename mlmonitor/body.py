@@ -8,7 +8,7 @@ so each chunk and the close run in the request's context: ``observe`` / ``stage`
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -17,18 +17,21 @@ from . import guard
 from .disconnect import gone_at_close
 from .record import RequestRecord, _current
 
+if TYPE_CHECKING:  # the WSGI adapter imports this module and the engine
+    from .engine import Recorder
+
 __all__ = ["MonitoredBody", "StreamedBody"]
 
 
 class MonitoredBody:
     """The app's body iterable; finishing the record when the server closes it."""
 
-    __slots__ = ("body", "rec", "middleware")
+    __slots__ = ("body", "rec", "recorder")
 
-    def __init__(self, body: Iterable[bytes], rec: RequestRecord, middleware: Any):
+    def __init__(self, body: Iterable[bytes], rec: RequestRecord, recorder: "Recorder") -> None:
         self.body = body
         self.rec = rec
-        self.middleware = middleware
+        self.recorder = recorder
 
     def __iter__(self):
         try:
@@ -44,7 +47,7 @@ class MonitoredBody:
             if close is not None:
                 close()
         finally:
-            self.middleware.finish(self.rec)
+            self.recorder.finish(self.rec)
 
 
 _END = object()
@@ -59,16 +62,16 @@ class StreamedBody(MonitoredBody):
 
     __slots__ = ("otel",)
 
-    def __init__(self, body: Iterable[bytes], rec: RequestRecord, middleware: Any):
+    def __init__(self, body: Iterable[bytes], rec: RequestRecord, recorder: "Recorder") -> None:
         self.body = body
         self.rec = rec
-        self.middleware = middleware
+        self.recorder = recorder
         self.otel: Any = None
         if rec.span is not None:
             try:  # every traced request with a streamed body (Flask's): a try, not guarded()
                 self.otel = trace.set_span_in_context(rec.span)
             except Exception as exc:
-                guard.report_fault("traces", exc, middleware)
+                guard.report_fault("traces", exc, recorder)
 
     def __iter__(self):
         # a generator runs in its caller's context: all is reset before each yield
@@ -107,11 +110,11 @@ class StreamedBody(MonitoredBody):
             _current.reset(record_token)
             if otel_token is not None:
                 otel_context.detach(otel_token)
-            self.middleware.finish(self.rec)
+            self.recorder.finish(self.rec)
 
     def _attach(self) -> Any:
         try:
             return otel_context.attach(self.otel)
         except Exception as exc:
-            guard.report_fault("traces", exc, self.middleware)
+            guard.report_fault("traces", exc, self.recorder)
             return None

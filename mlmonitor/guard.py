@@ -6,8 +6,8 @@ hooks, sinks, the streamed body, stages, each id of a batch): there a plain ``tr
 :func:`report_fault` costs nothing until it fails, where a ``with`` costs ~2-4k
 instructions each time (measured under callgrind). The app's own exceptions never pass here.
 
-Who counts a fault: the ``owner`` given (a middleware or a metrics sink: anything
-with ``count_fault(component)``), else the middleware of the request being served in
+Who counts a fault: the ``owner`` given (a recorder or a metrics sink: anything
+with ``count_fault(component)``), else the recorder of the request being served in
 this context, else the newest live owner added with :func:`add_owner` (a process that
 serves one app: that app). So two monitored apps in one process count one fault once.
 Owners are held weakly: an app that goes away takes its counting with it.
@@ -68,8 +68,8 @@ def has_owners() -> bool:
 
 def _default_owner() -> Any:
     rec = _current.get()
-    if rec is not None and rec.middleware is not None:
-        return rec.middleware
+    if rec is not None and rec.recorder is not None:
+        return rec.recorder
     for ref in reversed(_owners):
         owner = ref()
         if owner is not None:

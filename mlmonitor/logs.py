@@ -20,7 +20,7 @@ import weakref
 from typing import Callable, Optional, TextIO
 
 from .config import Settings
-from .mlflow import lineage
+from .lineage import lineage
 from .guard import report_fault
 from .record import RequestRecord, stage_totals
 from .redact import REDACTED, describe_exception, redact_mapping, redact_text, redactor

@@ -21,7 +21,7 @@ from . import guard
 from .config import MAX_OBSERVED, Settings, number_in
 from .contract import (CLASS, CORRECT, ERROR_TYPE, HTTP_5XX, INCORRECT, INVALID_INPUT, MODEL_NAME,
                        MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
-from .mlflow import lineage
+from .lineage import lineage
 from .families import Families, LabelCap, clean_label, families_for, gpu_collector
 from .multiprocess import (AdmittedValues, CheckedCollector, directory_lock, multiprocess_dir,
                            restore_deleted_files)

@@ -3,8 +3,8 @@ every framework.
 
 A framework layer hands over only what its view already holds: the parsed body or the value it
 returned (:func:`json_like`), or body bytes it knows to be at most :data:`MAX_IO_BYTES`
-(:func:`json_within`); it never reads a request stream past that cap, nor copies a larger
-response. :func:`preview` turns one value into the attribute's text: only the head it can show
+(:func:`json_within`); a body nobody read yet is read here, once, no further than that cap
+(:func:`read_json`), and a larger response is never copied. :func:`preview` turns one value into the attribute's text: only the head it can show
 is read, every key is made text *before* redaction (a ``date`` or ``UUID`` key cannot make the
 encoder fail over to raw text), and a value it cannot show redacted gives no preview at all.
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from .redact import MAX_DEPTH, Redactor, _safe_text
 from .trace_provider import MAX_ATTRIBUTE_LENGTH
 
 __all__ = ["IO_KEY", "MAX_IO_BYTES", "PREVIEW_CHARS", "keep", "json_like", "json_within",
-           "preview"]
+           "read_json", "preview"]
 
 #: the environ key where a framework layer leaves ``(inputs, outputs)`` with ``capture_io``
 IO_KEY = "mlmonitor.io"
@@ -29,9 +29,12 @@ PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
 
 
 def keep(rec: Any, inputs: Any, outputs: Any) -> None:
-    """Leave a request's inputs and outputs for the trace sink (None: no preview)."""
+    """Leave a request's inputs and outputs for the trace sink, in place of any kept before
+    (both None: no preview)."""
     if inputs is not None or outputs is not None:
         rec.environ[IO_KEY] = (inputs, outputs)
+    else:
+        rec.environ.pop(IO_KEY, None)
 
 
 def json_like(value: Any) -> Any:
@@ -51,6 +54,17 @@ def json_within(data: Any) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
+
+
+def read_json(read: Callable[[int], Any], failures: Tuple[type, ...] = (OSError,)) -> Any:
+    """The one bounded read of a request body: at most :data:`MAX_IO_BYTES` + 1 bytes with
+    ``read(n)``, parsed by :func:`json_within` (so a longer body gives None). A read failing
+    with one of ``failures`` (the client went away, the framework's size limit) gives None."""
+    try:
+        data = read(MAX_IO_BYTES + 1)
+    except failures:
+        return None
+    return json_within(data)
 
 
 def preview(redactor: Redactor, value: Any) -> Optional[str]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextvars
 from types import MappingProxyType
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .contract import CLIENT_CLOSED, HTTP_5XX, INVALID_INPUT, OTHER, UNMATCHED_ROUTE
+
+if TYPE_CHECKING:  # the engine imports this module: the link is typed, not imported
+    from .engine import Recorder
 
 __all__ = ["ENVIRON_KEY", "KNOWN_METHODS", "MAX_TAGS", "OTHER", "UNMATCHED_ROUTE", "RequestRecord",
            "RecordView", "current_record", "request_id", "trace_id", "error_type_of", "stage_totals"]
@@ -57,18 +60,24 @@ def trace_id() -> Optional[str]:
 
 
 class RequestRecord:
-    """Facts about one request. Plain slots: cheap to create, cheap to read."""
+    """Facts about one request. Plain slots: cheap to create, cheap to read.
+
+    ``recorder``: the :class:`~mlmonitor.engine.Recorder` that began it (settings, sinks,
+    references), which the in-request helpers and the framework layers report to."""
 
     __slots__ = (
         "start", "start_ns", "duration", "method", "path", "query", "route", "status_code",
         "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
         "is_prediction", "model_name", "model_version", "prediction_seconds", "stages",
-        "exc", "error_type", "tags", "observations", "environ", "middleware", "finished",
+        "exc", "error_type", "tags", "observations", "environ", "recorder", "finished",
         "in_progress", "error_detail", "first_chunk", "view", "gone_at",
     )
 
-    def __init__(self, environ: dict, method: str, start: float, start_ns: int) -> None:
+    def __init__(self, environ: dict, method: str, start: float, start_ns: int,
+                 recorder: Optional["Recorder"] = None) -> None:
         self.environ = environ
+        # None only for a record handed to a sink directly (a sink's own tests)
+        self.recorder: "Recorder" = recorder  # type: ignore[assignment]
         self.method = method
         self.start = start
         self.start_ns = start_ns
@@ -92,7 +101,6 @@ class RequestRecord:
         self.error_type: Optional[str] = None
         self.tags: Dict[str, Any] = {}
         self.observations: List[Any] = []
-        self.middleware: Any = None
         self.finished = False
         self.in_progress: Any = None
         self.error_detail: Optional[Tuple[str, str]] = None

@@ -37,7 +37,8 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from .config import MAX_OBSERVED, Settings, number_in
-from .mlflow import headers_name_mlflow, json_text, lineage
+from .lineage import lineage
+from .mlflow import headers_name_mlflow, json_text
 from .previews import IO_KEY, preview
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord, stage_totals
 from .redact import REDACTED, _safe_text, describe_exception, redactor
