@@ -16,9 +16,12 @@ import os
 import re
 from typing import Any, Optional
 
+from opentelemetry import trace
+
 from .config import DEFAULT_REDACT, ConfigError
 from .lineage import mlflow_client
 from .redact import redactor
+from .trace_provider import _exporter_names, configure_tracing
 
 __all__ = ["headers_name_mlflow", "json_text", "enable", "enabled_before_fork"]
 
@@ -93,9 +96,6 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
     MLflow's HTTP retries. Returns the provider (None when MLflow is not installed and
     ``required`` is false: spans are then only shaped for MLflow); idempotent per process.
     """
-    from opentelemetry import trace
-
-    from .trace_provider import _exporter_names, configure_tracing
     pid = os.getpid()
     if pid in _enabled:
         return trace.get_tracer_provider()

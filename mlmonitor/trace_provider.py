@@ -85,7 +85,7 @@ def _make_exporter(name: str) -> Any:
             log.warning("mlmonitor: OTEL_EXPORTER_OTLP_PROTOCOL=%r is not supported; using "
                         "http/protobuf", protocol)
         try:  # the SDK's exporter for transport, mlmonitor's encoder (~0.12x the SDK's time)
-            from .otlp import FastOTLPSpanExporter
+            from .otlp import FastOTLPSpanExporter  # optional dependency: the [otlp] extra
         except ImportError:
             raise ConfigError("OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
                               "pip install 'mlmonitor-serving[otlp]'") from None

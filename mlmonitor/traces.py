@@ -36,9 +36,10 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from . import __version__
 from .config import MAX_OBSERVED, Settings, number_in
 from .lineage import lineage
-from .mlflow import headers_name_mlflow, json_text
+from .mlflow import enable, headers_name_mlflow, json_text
 from .previews import IO_KEY, preview
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord, stage_totals
 from .redact import REDACTED, _safe_text, describe_exception, redactor
@@ -75,14 +76,12 @@ class TraceSink:
 
     def __init__(self, settings: Settings, tracer_provider: Any = None,
                  on_dropped: Optional[Callable[[int], None]] = None) -> None:
-        from . import __version__
         self.settings = settings
         self.redact = settings.redact_set
         self.redactor = redactor(self.redact)
         self.version = __version__
         self.tracer_provider = tracer_provider
         if settings.mlflow and tracer_provider is None:  # connected mode, set up before any span
-            from .mlflow import enable
             enable(required=False)
         self.provider = provider_for(settings, tracer_provider)  # validates OTEL_* at start-up
         self.tracer = self.provider.get_tracer("mlmonitor", __version__)
