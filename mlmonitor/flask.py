@@ -64,7 +64,7 @@ def attach(app: Flask, options: dict) -> Recorder:
     recorder = middleware.recorder
     traces = recorder.traces
     if traces is not None:
-        recorder.prediction_hook = _borrow_span  # FlaskInstrumentor's hook may run after ours
+        recorder.prediction_hook = _prediction_begins
         if traces.mlflow:  # named from the start
             traces.route_at_start = lambda environ: _route_at_start(app, environ)
     app.wsgi_app = middleware  # type: ignore[method-assign]
@@ -82,6 +82,14 @@ def current_recorder() -> Optional[Recorder]:
         recorder: Optional[Recorder] = current_app.extensions.get(EXTENSION_KEY)
         return recorder
     return None
+
+
+def _prediction_begins(rec: RequestRecord) -> None:
+    """A prediction view starts: FlaskInstrumentor's span, if its hook ran after ours."""
+    try:
+        _borrow_span(rec)
+    except Exception as exc:
+        guard.report_fault("flask", exc, rec.recorder)
 
 
 def _borrow_span(rec: RequestRecord) -> None:

@@ -64,19 +64,28 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
     """``view`` wrapped so that each call is a prediction of the model; sync or async alike.
     Its exceptions pass through untouched (the framework's error handling answers them)."""
 
+    dynamic = callable(model_name) or callable(model_version)
+    # the default layer finds the record in the context variable: no call per request
+    record_of = None if type(layer) is ViewLayer else layer.record_of
+
     def begin(rec: RequestRecord, args: tuple, kwargs: dict) -> None:
         recorder = rec.recorder
         try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
-            name = model_of(model_name, recorder, "model_name", args, kwargs)
-            version = model_of(model_version, recorder, "model_version", args, kwargs)
-            recorder.begin_prediction(rec, name, version)
-            if recorder.prediction_hook is not None:
-                recorder.prediction_hook(rec)
+            if dynamic:
+                name = model_of(model_name, recorder, "model_name", args, kwargs)
+                version = model_of(model_version, recorder, "model_version", args, kwargs)
+                recorder.begin_prediction(rec, name, version)
+            else:
+                recorder.begin_prediction(rec, model_name, model_version)
+            hook = recorder.prediction_hook
+            if hook is not None:
+                hook(rec)
         except Exception as exc:
             guard.report_fault(layer.component, exc, recorder)
 
-    def done(rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
-        if rec.recorder.settings.capture_io and rec.environ is not None:
+    def previews(rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
+        """``capture_io``: the layer's previews, once the view returned."""
+        if rec.environ is not None:
             try:
                 layer.previews(rec, args, kwargs, result)
             except Exception as exc:
@@ -85,7 +94,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
     if inspect.iscoroutinefunction(view):
         @functools.wraps(view)
         async def monitored_async_view(*args: Any, **kwargs: Any) -> Any:
-            rec = layer.record_of(args)
+            rec = _current.get() if record_of is None else record_of(args)
             if rec is None or rec.finished:
                 return await view(*args, **kwargs)
             begin(rec, args, kwargs)
@@ -98,7 +107,8 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
             finally:
                 rec.prediction_seconds = _perf() - started
                 context.annotate_borrowed(rec)
-            done(rec, args, kwargs, result)
+            if rec.recorder.settings.capture_io:
+                previews(rec, args, kwargs, result)
             return result
 
         monitored_async_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
@@ -106,7 +116,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
 
     @functools.wraps(view)
     def monitored_view(*args: Any, **kwargs: Any) -> Any:
-        rec = layer.record_of(args)
+        rec = _current.get() if record_of is None else record_of(args)
         if rec is None or rec.finished:
             return view(*args, **kwargs)
         begin(rec, args, kwargs)
@@ -119,7 +129,8 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
         finally:
             rec.prediction_seconds = _perf() - started
             context.annotate_borrowed(rec)
-        done(rec, args, kwargs, result)
+        if rec.recorder.settings.capture_io:
+            previews(rec, args, kwargs, result)
         return result
 
     monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
