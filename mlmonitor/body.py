@@ -15,7 +15,7 @@ from opentelemetry import trace
 
 from . import guard
 from .disconnect import gone_at_close
-from .record import RequestRecord, _current
+from .record import RequestRecord, RECORD_VAR
 
 if TYPE_CHECKING:  # the WSGI adapter imports this module and the engine
     from .engine import Recorder
@@ -80,7 +80,7 @@ class StreamedBody(MonitoredBody):
         iterator = None
         while True:
             otel_token = self._attach() if otel is not None else None
-            record_token = _current.set(rec)
+            record_token = RECORD_VAR.set(rec)
             try:
                 if iterator is None:
                     iterator = iter(self.body)
@@ -89,7 +89,7 @@ class StreamedBody(MonitoredBody):
                 rec.exc = exc
                 raise
             finally:
-                _current.reset(record_token)
+                RECORD_VAR.reset(record_token)
                 if otel_token is not None:
                     otel_context.detach(otel_token)  # logs, never raises, on a foreign token
             if chunk is _END:
@@ -101,13 +101,13 @@ class StreamedBody(MonitoredBody):
     def close(self) -> None:
         gone_at_close(self.rec)
         otel_token = self._attach() if self.otel is not None else None
-        record_token = _current.set(self.rec)
+        record_token = RECORD_VAR.set(self.rec)
         try:
             close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            _current.reset(record_token)
+            RECORD_VAR.reset(record_token)
             if otel_token is not None:
                 otel_context.detach(otel_token)
             self.recorder.finish(self.rec)

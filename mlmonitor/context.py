@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from . import guard
-from .record import MAX_TAGS, RequestRecord, _current
+from .record import MAX_TAGS, RequestRecord, RECORD_VAR
 
 __all__ = ["Stage", "stage", "tag", "set_model_version", "observe", "observe_batch",
            "prediction_id", "prediction_ids", "record_feedback", "annotate_borrowed",
@@ -38,7 +38,7 @@ class Stage:
         self.event = False
 
     def __enter__(self) -> "Stage":
-        rec = self.rec = _current.get()
+        rec = self.rec = RECORD_VAR.get()
         if rec is not None:
             traces = rec.recorder.traces
             if traces is not None and rec.span is not None:
@@ -61,7 +61,9 @@ class Stage:
             if self.event:
                 try:  # stamped from the span's start: one clock for the span and its events
                     start_ns = rec.start_ns + int((self.started - rec.start) * 1e9)
-                    rec.recorder.traces.stage_event(rec.span, self.name, start_ns, seconds, exc)
+                    traces = rec.recorder.traces
+                    if traces is not None:  # it was when the stage began (self.event)
+                        traces.stage_event(rec.span, self.name, start_ns, seconds, exc)
                 except Exception as fault:
                     guard.report_fault("traces", fault, rec.recorder)
         if self.span is not None:
@@ -95,7 +97,7 @@ def annotate_borrowed(rec: RequestRecord) -> None:
 
 def tag(**tags: Any) -> None:
     """Add searchable context to this request's log line and span (never a metric label)."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         return
     with guard.guarded("tag", rec.recorder):
@@ -119,7 +121,7 @@ def set_model_version(model_version: Any = _UNSET, *, model_name: Optional[str] 
         model_version = version
     elif model_version is _UNSET:
         raise TypeError("set_model_version() missing the model_version argument")
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         return
     with guard.guarded("model_version", rec.recorder):
@@ -193,7 +195,7 @@ def observe(features: Any = None, prediction: Any = None, score: Any = None,
     bins), ``score`` (0..1) the score histogram; ``tokens_in``/``tokens_out``/``cost`` the LLM
     counters.
     """
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None or len(rec.observations) >= MAX_OBSERVATIONS:
         return
     if features is not None and type(features) is not dict:
@@ -219,7 +221,7 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
     columns). ``predictions`` and ``scores``: lists, 1-D arrays or Series. Each part is read
     on its own: one that cannot be read is left out, the others still count.
     """
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         return
     parts: list = []
@@ -252,7 +254,7 @@ def prediction_ids(predictions: Any) -> list:
 
     Called inside a request that mlmonitor serves (a ``Monitor`` or a ``MonitorMiddleware``);
     RuntimeError outside one."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         raise RuntimeError("prediction_ids() is called inside a request mlmonitor serves")
     recorder = rec.recorder
@@ -278,7 +280,7 @@ def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -
     ``mlmonitor_feedback_rejected_total{reason}``.
     """
     if middleware is None:
-        rec = _current.get()
+        rec = RECORD_VAR.get()
         if rec is None:
             raise RuntimeError("record_feedback() outside a request needs middleware=")
         recorder = rec.recorder

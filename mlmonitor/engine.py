@@ -35,7 +35,7 @@ from .config import ConfigError, Settings, resolve
 from .disconnect import settle
 from .feedback import FeedbackRecorder
 from .reference import InvalidReference, ReferenceProfile
-from .record import ENVIRON_KEY, KNOWN_METHODS, OTHER, UNMATCHED_ROUTE, RequestRecord, _current, \
+from .record import ENVIRON_KEY, KNOWN_METHODS, OTHER, UNMATCHED_ROUTE, RequestRecord, RECORD_VAR, \
     error_type_of
 from .routes import RouteTable, RouteTemplate
 
@@ -203,7 +203,7 @@ class Recorder:
     def enter(self, rec: RequestRecord) -> Tokens:
         """Make ``rec`` the current request and, when traced (and no other instrumentation
         owns the server span), open its span as the current one; :meth:`leave` undoes both."""
-        record_token = _current.set(rec)
+        record_token = RECORD_VAR.set(rec)
         context_token = None
         if self.traces is not None and not (self.borrow_span is not None and self._borrowing()):
             try:
@@ -220,7 +220,7 @@ class Recorder:
                 otel_context.detach(context_token)
             except Exception as exc:
                 guard.report_fault("traces", exc, self)
-        _current.reset(record_token)
+        RECORD_VAR.reset(record_token)
 
     def _borrowing(self) -> bool:
         try:

@@ -35,7 +35,7 @@ from .config import resolve
 from .engine import Recorder
 from .middleware import MATERIALISED, MonitorMiddleware
 from .previews import MAX_IO_BYTES, json_within
-from .record import UNMATCHED_ROUTE, RequestRecord, _current
+from .record import UNMATCHED_ROUTE, RequestRecord, RECORD_VAR
 from .traces import TraceSink
 
 __all__ = ["attach", "is_flask_app", "current_recorder", "EXTENSION_KEY"]
@@ -151,7 +151,7 @@ def _current_request() -> Any:
 
 
 def _before_request() -> None:
-    rec = _current.get()  # set by this app's middleware, which runs around this hook
+    rec = RECORD_VAR.get()  # set by this app's middleware, which runs around this hook
     if rec is None or rec.finished:
         return
     try:  # every request: a try, not guarded()
@@ -166,7 +166,7 @@ def _before_request() -> None:
 
 
 def _after_request(response: Any) -> Any:
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is not None and rec.span is None:
         try:
             _borrow_span(rec)
@@ -180,7 +180,7 @@ def _after_request_last(response: Any) -> Any:
     """Runs after the app's own after-request hooks: the route if a hook answered before
     ours ran, and a materialised body is recorded when the app returns (the test client
     without ``buffered=True`` never closes it); a streamed one still at ``close()``."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None or rec.finished:
         return response
     try:

@@ -17,17 +17,24 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Protocol
 
-from .record import _current
+from .record import RECORD_VAR
 
 __all__ = ["guarded", "report_fault", "add_owner", "has_owners", "total_faults", "fault_counts"]
 
 log = logging.getLogger("mlmonitor")
 
+
+class FaultCounter(Protocol):
+    """Who counts a fault in its metrics: a recorder, a metrics sink, a WSGI middleware."""
+
+    def count_fault(self, component: str) -> None: ...
+
+
 #: faults seen in this process, by component; tests read it to prove no hidden faults.
 fault_counts: dict = {}
-_owners: List["weakref.ref[Any]"] = []
+_owners: List["weakref.ref[FaultCounter]"] = []
 _lock = threading.Lock()
 
 
@@ -40,7 +47,7 @@ class guarded:
 
     __slots__ = ("component", "owner")
 
-    def __init__(self, component: str, owner: Any = None) -> None:
+    def __init__(self, component: str, owner: Optional[FaultCounter] = None) -> None:
         self.component = component
         self.owner = owner
 
@@ -54,7 +61,7 @@ class guarded:
         return True
 
 
-def add_owner(owner: Any) -> None:
+def add_owner(owner: FaultCounter) -> None:
     """``owner.count_fault(component)`` counts faults outside any request while it is the newest."""
     with _lock:
         _owners[:] = [ref for ref in _owners if ref() is not None]
@@ -66,8 +73,8 @@ def has_owners() -> bool:
     return any(ref() is not None for ref in _owners)
 
 
-def _default_owner() -> Any:
-    rec = _current.get()
+def _default_owner() -> Optional[FaultCounter]:
+    rec = RECORD_VAR.get()
     if rec is not None and rec.recorder is not None:
         return rec.recorder
     for ref in reversed(_owners):
@@ -81,7 +88,8 @@ def total_faults() -> int:
     return sum(fault_counts.values())
 
 
-def report_fault(component: str, exc: Optional[BaseException] = None, owner: Any = None) -> None:
+def report_fault(component: str, exc: Optional[BaseException] = None,
+                 owner: Optional[FaultCounter] = None) -> None:
     """Record one internal fault; never raises."""
     try:
         with _lock:

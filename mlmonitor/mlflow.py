@@ -21,7 +21,7 @@ from opentelemetry import trace
 from .config import DEFAULT_REDACT, ConfigError
 from .lineage import mlflow_client
 from .redact import redactor
-from .trace_provider import _exporter_names, configure_tracing
+from .trace_provider import exporter_names, configure_tracing
 
 __all__ = ["headers_name_mlflow", "json_text", "enable", "enabled_before_fork"]
 
@@ -109,7 +109,7 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
     _check_version(_installed_version())
     # MLflow reads these when its tracing starts (after this), not at import
     os.environ["MLFLOW_USE_DEFAULT_TRACER_PROVIDER"] = "false"
-    if "otlp" in _exporter_names():
+    if "otlp" in exporter_names():
         os.environ["MLFLOW_ENABLE_OTLP_EXPORTER"] = "false"
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

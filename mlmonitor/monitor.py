@@ -26,7 +26,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from . import context, fastapi, flask
 from .engine import Recorder
-from .record import _current
+from .record import RECORD_VAR
 from .views import from_model_uri, prediction_view
 
 __all__ = ["Monitor"]
@@ -101,7 +101,7 @@ class Monitor:
 
     def record_feedback(self, prediction_id: str, label: Any) -> str:
         """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
-        rec = _current.get()
+        rec = RECORD_VAR.get()
         recorder = rec.recorder if rec is not None else self._recorder()
         return context.record_feedback(prediction_id, label, middleware=recorder)
 

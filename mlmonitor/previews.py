@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, Type
 
-from .redact import MAX_DEPTH, Redactor, _safe_text
+from .record import RequestRecord
+from .redact import MAX_DEPTH, Redactor, safe_text
 from .trace_provider import MAX_ATTRIBUTE_LENGTH
 
 __all__ = ["IO_KEY", "MAX_IO_BYTES", "PREVIEW_CHARS", "keep", "json_like", "json_within",
@@ -28,7 +29,7 @@ MAX_IO_BYTES = 65536
 PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
 
 
-def keep(rec: Any, inputs: Any, outputs: Any) -> None:
+def keep(rec: RequestRecord, inputs: Any, outputs: Any) -> None:
     """Leave a request's inputs and outputs for the trace sink, in place of any kept before
     (both None: no preview)."""
     if inputs is not None or outputs is not None:
@@ -56,7 +57,8 @@ def json_within(data: Any) -> Any:
         return None
 
 
-def read_json(read: Callable[[int], Any], failures: Tuple[type, ...] = (OSError,)) -> Any:
+def read_json(read: Callable[[int], Any],
+              failures: Tuple[Type[BaseException], ...] = (OSError,)) -> Any:
     """The one bounded read of a request body: at most :data:`MAX_IO_BYTES` + 1 bytes with
     ``read(n)``, parsed by :func:`json_within` (so a longer body gives None). A read failing
     with one of ``failures`` (the client went away, the framework's size limit) gives None."""
@@ -76,7 +78,7 @@ def preview(redactor: Redactor, value: Any) -> Optional[str]:
     try:  # only the head is redacted and encoded: a 60 KB body costs what a small one does
         head = redactor.value(_head(value, budget, 0, lambda key: _redacted_key(redactor, key)))
         text = json.dumps(head, ensure_ascii=False,
-                          default=lambda item: redactor.text(_safe_text(item)))
+                          default=lambda item: redactor.text(safe_text(item)))
     except Exception:  # a mapping whose items() raise, a model that cannot be iterated...
         return None
     if len(text) > PREVIEW_CHARS or budget[0] < 0:
@@ -105,7 +107,7 @@ def _key(key: Any) -> str:
         return key
     if isinstance(key, (bytes, bytearray)):
         return bytes(key[:256]).decode("utf-8", "backslashreplace")
-    return _safe_text(key)[:256]
+    return safe_text(key)[:256]
 
 
 def _redacted_key(redactor: Redactor, key: Any) -> str:
@@ -113,7 +115,7 @@ def _redacted_key(redactor: Redactor, key: Any) -> str:
     value the redactor hides, any other the text rules (``token=...``)."""
     if isinstance(key, tuple):
         shown = redactor.value(key)
-        key = _safe_text(tuple(shown) if isinstance(shown, list) else shown)
+        key = safe_text(tuple(shown) if isinstance(shown, list) else shown)
     return redactor.text(_key(key))
 
 

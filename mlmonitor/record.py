@@ -27,7 +27,9 @@ KNOWN_METHODS = frozenset(
 #: tags a request keeps (``monitor.tag()``), and so span attributes made of them
 MAX_TAGS = 32
 
-_current: contextvars.ContextVar[Optional["RequestRecord"]] = contextvars.ContextVar(
+#: the record of the request served in this context: set by the engine (``Recorder.enter``) and
+#: the streamed body, read by the in-request helpers and the framework layers
+RECORD_VAR: contextvars.ContextVar[Optional["RequestRecord"]] = contextvars.ContextVar(
     "mlmonitor_request", default=None)
 
 
@@ -37,7 +39,7 @@ def current_record() -> Optional["RecordView"]:
     The view reads the live record (a tag added later shows), but cannot change it: use
     ``tag()``, ``set_model_version()`` and ``observe()`` for that.
     """
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         return None
     view = rec.view
@@ -48,14 +50,14 @@ def current_record() -> Optional["RecordView"]:
 
 def request_id() -> Optional[str]:
     """The id of the request being served (its ``X-Request-ID``), or None outside one."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     return rec.request_id or None if rec is not None else None
 
 
 def trace_id() -> Optional[str]:
     """The trace id of the request being served (32 hex digits), or None outside one or when
     it has no trace."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     return rec.trace_id or None if rec is not None else None
 
 

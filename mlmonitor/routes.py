@@ -59,11 +59,11 @@ class RouteTemplate:
     def matches(self, parts: List[str]) -> bool:
         """``parts``: the request path split on ``/`` (after the leading one), same length."""
         for want, got in zip(self.segments, parts):
-            if type(want) is str:
+            if isinstance(want, str):
                 if want != got:
                     return False
                 continue
-            prefix, suffix, digits = want  # type: ignore[misc]
+            prefix, suffix, digits = want
             if len(got) <= len(prefix) + len(suffix) or not got.startswith(prefix) \
                     or not got.endswith(suffix):
                 return False

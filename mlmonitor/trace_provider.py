@@ -68,7 +68,7 @@ def is_built(provider: Any) -> bool:
     return any(provider is built for built in _built_ever)
 
 
-def _exporter_names() -> list:
+def exporter_names() -> list:
     names = os.environ.get("OTEL_TRACES_EXPORTER")
     if names is None:
         endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -168,7 +168,7 @@ def build_tracer_provider(service_name: str) -> Any:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
-    names = _exporter_names()
+    names = exporter_names()
     exporters = [_make_exporter(name) for name in names]
     try:
         provider = TracerProvider(

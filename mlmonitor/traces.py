@@ -42,7 +42,7 @@ from .lineage import lineage
 from .mlflow import enable, headers_name_mlflow, json_text
 from .previews import IO_KEY, preview
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord, stage_totals
-from .redact import REDACTED, _safe_text, describe_exception, redactor
+from .redact import REDACTED, safe_text, describe_exception, redactor
 # start-up code, kept importable here (gunicorn hooks and users call traces.shutdown())
 from .trace_provider import (MAX_ATTRIBUTE_LENGTH, _fork_generation, add_drop_counter,  # noqa: F401
                              build_tracer_provider, is_built, provider_for, reset_after_fork,
@@ -237,9 +237,9 @@ class TraceSink:
             elif not isinstance(value, (bool, int, float)):
                 # a mapping or list keeps its secret fields hidden; str() of anything never raises here
                 value = _utf8(self.redactor.text(
-                    _safe_text(self.redactor.value(value))[:MAX_ATTRIBUTE_LENGTH]))
+                    safe_text(self.redactor.value(value))[:MAX_ATTRIBUTE_LENGTH]))
             elif type(value) is int and not -(1 << 63) <= value < (1 << 63):
-                value = _safe_text(value)[:64]  # OTLP carries int64: one big int would drop the batch
+                value = safe_text(value)[:64]  # OTLP carries int64: one big int would drop the batch
             attributes["ml.tag." + _utf8(str(key)[:64])] = value
         return attributes
 

@@ -21,7 +21,7 @@ from . import context, guard, previews
 from .config import ConfigError
 from .engine import Recorder
 from .lineage import register_lineage, resolve_model_uri
-from .record import RequestRecord, _current
+from .record import RequestRecord, RECORD_VAR
 
 __all__ = ["ViewLayer", "prediction_view", "model_of", "keep_io", "from_model_uri"]
 
@@ -36,7 +36,7 @@ class ViewLayer:
 
     def record_of(self, args: tuple) -> Optional[RequestRecord]:
         """The request's record (None: not a request mlmonitor serves)."""
-        return _current.get()
+        return RECORD_VAR.get()
 
     def previews(self, rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
         """``capture_io``: the view's parsed arguments and its result."""
@@ -94,7 +94,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
     if inspect.iscoroutinefunction(view):
         @functools.wraps(view)
         async def monitored_async_view(*args: Any, **kwargs: Any) -> Any:
-            rec = _current.get() if record_of is None else record_of(args)
+            rec = RECORD_VAR.get() if record_of is None else record_of(args)
             if rec is None or rec.finished:
                 return await view(*args, **kwargs)
             begin(rec, args, kwargs)
@@ -116,7 +116,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
 
     @functools.wraps(view)
     def monitored_view(*args: Any, **kwargs: Any) -> Any:
-        rec = _current.get() if record_of is None else record_of(args)
+        rec = RECORD_VAR.get() if record_of is None else record_of(args)
         if rec is None or rec.finished:
             return view(*args, **kwargs)
         begin(rec, args, kwargs)
