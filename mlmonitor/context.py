@@ -277,7 +277,8 @@ def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -
     ``mlmonitor.tokens.InvalidFeedback`` (a ValueError) for a bad, expired or duplicate id
     and for a label that cannot be counted (``bad_label``: for a regression, anything but a
     finite number within ``MAX_OBSERVED``), after counting it in
-    ``mlmonitor_feedback_rejected_total{reason}``.
+    ``mlmonitor_feedback_rejected_total{reason}``. ``middleware``, needed outside a request:
+    the app's ``MonitorMiddleware`` or ``MonitorASGIMiddleware``, or its ``Recorder``.
     """
     if middleware is None:
         rec = RECORD_VAR.get()

@@ -90,7 +90,7 @@ class MetricsSink:
         self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")
         self._process_pid = os.getpid()
         # no model is marked here: a model's info series appears once a view declares it
-        # (MonitorMiddleware.declare_model) or a prediction is charged to it, never for a
+        # (Recorder.declare_model) or a prediction is charged to it, never for a
         # default model that nothing serves
 
     # -- label children, cached -------------------------------------------------
