@@ -290,9 +290,8 @@ def _capture_io(rec: RequestRecord, request: Any, response: Any) -> None:
     whose Content-Length is within the cap (read through Django, so it stays readable); a body
     of unknown length the view did not read is not read. A streamed response is not read, and a
     larger buffered one is not copied."""
-    # optional dependency: imported when Django runs this
-    from django.core.exceptions import RequestDataTooBig
-    from django.http.request import RawPostDataException
+    from django.core.exceptions import RequestDataTooBig  # optional dependency, as above
+    from django.http.request import RawPostDataException  # optional dependency, as above
 
     inputs = outputs = None
     if request.content_type == "application/json":

@@ -53,7 +53,7 @@ __all__ = ["TraceSink", "build_tracer_provider", "provider_for", "shutdown", "re
 
 
 def _environ_getter() -> Any:
-    from opentelemetry.propagators.textmap import Getter
+    from opentelemetry.propagators.textmap import Getter  # its subclass is built on first use
 
     class EnvironGetter(Getter):
         """Reads W3C headers straight from the WSGI environ."""
