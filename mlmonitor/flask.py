@@ -64,7 +64,7 @@ def attach(app: Flask, options: dict) -> Recorder:
     recorder = middleware.recorder
     traces = recorder.traces
     if traces is not None:
-        recorder.prediction_hook = _prediction_begins
+        recorder.prediction_hook = _borrow_span  # FlaskInstrumentor's hook may run after ours
         if traces.mlflow:  # named from the start
             traces.route_at_start = lambda environ: _route_at_start(app, environ)
     app.wsgi_app = middleware  # type: ignore[method-assign]
@@ -84,22 +84,18 @@ def current_recorder() -> Optional[Recorder]:
     return None
 
 
-def _prediction_begins(rec: RequestRecord) -> None:
-    """A prediction view starts: FlaskInstrumentor's span, if its hook ran after ours."""
-    try:
-        _borrow_span(rec)
-    except Exception as exc:
-        guard.report_fault("flask", exc, rec.recorder)
-
-
 def _borrow_span(rec: RequestRecord) -> None:
-    """Use FlaskInstrumentor's span when the app has one (one server span, never two)."""
+    """Use FlaskInstrumentor's span when the app has one (one server span, never two); a
+    fault counts as ``flask`` and never raises."""
     if rec.span is not None or rec.recorder.traces is None:
         return  # ours, or one borrowed already, or no tracing
-    span = trace.get_current_span()
-    if span.get_span_context().is_valid:
-        rec.own_span = False
-        TraceSink.adopt(rec, span)
+    try:
+        span = trace.get_current_span()
+        if span.get_span_context().is_valid:
+            rec.own_span = False
+            TraceSink.adopt(rec, span)
+    except Exception as exc:
+        guard.report_fault("flask", exc, rec.recorder)
 
 
 def _borrows(app: Flask, recorder: Recorder) -> bool:
