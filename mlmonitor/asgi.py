@@ -20,7 +20,6 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable, Optional, TextIO
 
-
 from . import guard
 from .config import Settings
 from .disconnect import client_gone

@@ -15,7 +15,7 @@ from opentelemetry import trace
 
 from . import guard
 from .disconnect import gone_at_close
-from .record import RequestRecord, RECORD_VAR
+from .record import RECORD_VAR, RequestRecord
 
 if TYPE_CHECKING:  # the WSGI adapter imports this module and the engine
     from .engine import Recorder

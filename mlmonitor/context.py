@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from . import guard
-from .record import MAX_TAGS, RequestRecord, RECORD_VAR
+from .record import MAX_TAGS, RECORD_VAR, RequestRecord
 
 __all__ = ["Stage", "stage", "tag", "set_model_version", "observe", "observe_batch",
            "prediction_id", "prediction_ids", "record_feedback", "annotate_borrowed",

@@ -34,9 +34,9 @@ from . import guard
 from .config import ConfigError, Settings, resolve
 from .disconnect import settle
 from .feedback import FeedbackRecorder
+from .record import (ENVIRON_KEY, KNOWN_METHODS, OTHER, RECORD_VAR, UNMATCHED_ROUTE, RequestRecord,
+                     error_type_of)
 from .reference import InvalidReference, ReferenceProfile
-from .record import ENVIRON_KEY, KNOWN_METHODS, OTHER, UNMATCHED_ROUTE, RequestRecord, RECORD_VAR, \
-    error_type_of
 from .routes import RouteTable, RouteTemplate
 
 if TYPE_CHECKING:  # the sinks are imported when a Recorder turns them on (see __init__)

@@ -35,7 +35,7 @@ from .config import resolve
 from .engine import Recorder
 from .middleware import MATERIALISED, MonitorMiddleware
 from .previews import MAX_IO_BYTES, json_within
-from .record import UNMATCHED_ROUTE, RequestRecord, RECORD_VAR
+from .record import RECORD_VAR, UNMATCHED_ROUTE, RequestRecord
 from .traces import TraceSink
 
 __all__ = ["attach", "is_flask_app", "current_recorder", "EXTENSION_KEY"]

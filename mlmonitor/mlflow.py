@@ -21,7 +21,7 @@ from opentelemetry import trace
 from .config import DEFAULT_REDACT, ConfigError
 from .lineage import mlflow_client
 from .redact import redactor
-from .trace_provider import exporter_names, configure_tracing
+from .trace_provider import configure_tracing, exporter_names
 
 __all__ = ["headers_name_mlflow", "json_text", "enable", "enabled_before_fork"]
 

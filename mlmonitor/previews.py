@@ -4,9 +4,10 @@ every framework.
 A framework layer hands over only what its view already holds: the parsed body or the value it
 returned (:func:`json_like`), or body bytes it knows to be at most :data:`MAX_IO_BYTES`
 (:func:`json_within`); a body nobody read yet is read here, once, no further than that cap
-(:func:`read_json`), and a larger response is never copied. :func:`preview` turns one value into the attribute's text: only the head it can show
-is read, every key is made text *before* redaction (a ``date`` or ``UUID`` key cannot make the
-encoder fail over to raw text), and a value it cannot show redacted gives no preview at all.
+(:func:`read_json`), and a larger response is never copied. :func:`preview` turns one value into
+the attribute's text: only the head it can show is read, every key is made text *before* redaction
+(a ``date`` or ``UUID`` key cannot make the encoder fail over to raw text), and a value it cannot
+show redacted gives no preview at all.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Written once, for ``def`` and ``async def`` views alike, and used by Flask, FastAPI/Starlette
 and Django; a framework says only what it adds: through a small :class:`ViewLayer` (where the
-record is, where the ``capture_io`` previews come from) and the recorder's
-``prediction_hook`` (Flask adopts FlaskInstrumentor's span there). The record is found in the context variable, which
+record is, where the ``capture_io`` previews come from) and the recorder's ``prediction_hook``
+(Flask adopts FlaskInstrumentor's span there). The record is found in the context variable, which
 Flask's asgiref, Starlette's thread pool, Django's async adapters and asyncio tasks all copy.
 
 One rule for a ``model_name`` / ``model_version`` callable, in every framework: it is called
@@ -21,7 +21,7 @@ from . import context, guard, previews
 from .config import ConfigError
 from .engine import Recorder
 from .lineage import register_lineage, resolve_model_uri
-from .record import RequestRecord, RECORD_VAR
+from .record import RECORD_VAR, RequestRecord
 
 __all__ = ["ViewLayer", "prediction_view", "model_of", "keep_io", "from_model_uri"]
 

@@ -24,13 +24,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.apps.django_project.setti
 django.setup()
 
 from django.test import AsyncClient, override_settings  # noqa: E402
+from helpers.gunicorn_proc import REPO, free_port, http_get  # noqa: E402
 
 import mlmonitor  # noqa: E402
 from mlmonitor import Monitor  # noqa: E402
 from mlmonitor.engine import Recorder  # noqa: E402
 from mlmonitor.testing import capture  # noqa: E402
-
-from helpers.gunicorn_proc import REPO, free_port, http_get  # noqa: E402
 
 PACKAGE = REPO / "mlmonitor"
 
