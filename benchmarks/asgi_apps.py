@@ -50,7 +50,7 @@ def make_app(config: str, log_stream: Optional[Any] = None) -> Tuple[Any, Dict[s
     decorate: Callable[[Callable], Callable] = lambda view: view
 
     if config.startswith("mlmonitor_"):
-        from mlmonitor.fastapi import Monitor
+        from mlmonitor import Monitor
         full = config == "mlmonitor_full"
         options: Dict[str, Any] = dict(model_name="iris", model_version="v1", registry=registry,
                                        log_stream=stream, metrics=True, logs=full, traces=full)

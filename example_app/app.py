@@ -326,9 +326,9 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> Flask:
     service = Service(app, app.config, **app.config["MONITOR_OPTIONS"])
     monitor, served = service.monitor, service.served
 
-    def served_model() -> Optional[str]:
-        """The model of a /v1/models/<name> request; None (not yet a model's request) if unknown."""
-        name = (request.view_args or {}).get("name")
+    def served_model(name: str) -> Optional[str]:
+        """The model of a /v1/models/<name> request (called with the view's arguments); None
+        (not yet a model's request) if unknown."""
         return name if name in served else None
 
     def chosen(version: str) -> None:

@@ -94,7 +94,7 @@ def create_app(config: Optional[Mapping[str, Any]] = None) -> FastAPI:
         Flask app, only the default model (iris) has its series declared at start-up: the
         others' come with their first prediction (a callable name), so no version of them
         starts its counters before another (the canary panels compare their rates)."""
-        @monitor.prediction(model_name=None if name == model.MODEL_NAME else (lambda: name))
+        @monitor.prediction(model_name=None if name == model.MODEL_NAME else (lambda request: name))
         def predict(request: Request) -> JSONResponse:
             answer = service.predict(name, request.headers, reader(request), chosen(request))
             return JSONResponse(answer, headers=version_header(request))

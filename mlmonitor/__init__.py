@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 _LOCATIONS = {
-    "Monitor": "mlmonitor.flask",
+    "Monitor": "mlmonitor.monitor",
     "MonitorMiddleware": "mlmonitor.middleware",
     "ConfigError": "mlmonitor.config",
     "Settings": "mlmonitor.config",

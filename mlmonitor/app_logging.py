@@ -19,7 +19,7 @@ import structlog
 
 from .config import DEFAULT_REDACT, ENV_PREFIX
 from .guard import report_fault
-from .record import _current
+from .record import RECORD_VAR
 from .redact import redactor
 from .rendering import PIPE_BUF, SafeJSONRenderer, pipe_fd
 
@@ -34,7 +34,7 @@ SERVER_LOGGERS = ("gunicorn.error", "gunicorn.access", "uvicorn.error", "uvicorn
 
 def add_request_context(logger: Any, method_name: str, event_dict: dict) -> dict:
     """structlog processor: adds request_id, trace_id, span_id, model_name, model_version."""
-    rec = _current.get()  # the record itself: no read-only view to build per log call
+    rec = RECORD_VAR.get()  # the record itself: no read-only view to build per log call
     if rec is not None:
         event_dict.setdefault("request_id", rec.request_id)
         if rec.trace_id:

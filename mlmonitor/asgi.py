@@ -1,7 +1,7 @@
-"""MonitorASGIMiddleware: the same request lifecycle as the WSGI core, for ASGI 3 apps.
+"""MonitorASGIMiddleware: the ASGI 3 adapter; turns an ASGI request into the engine's calls.
 
-Pure ASGI: it imports no Starlette or FastAPI. It reuses :class:`MonitorMiddleware` for
-everything but the protocol: the settings, the :class:`RequestRecord`, the route matching,
+Pure ASGI: it imports no Starlette or FastAPI. The app's :class:`~mlmonitor.engine.Recorder`
+does everything but the protocol: the settings, the :class:`RequestRecord`, the route matching,
 the three sinks and ``/metrics``. Only the ``http`` scope is monitored; ``lifespan`` and
 ``websocket`` pass through untouched. A request is finished when its last body chunk has
 been sent (time to last byte), when the app raises, or when the app returns without
@@ -20,13 +20,12 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable, Optional, TextIO
 
-
 from . import guard
 from .config import Settings
 from .disconnect import client_gone
+from .engine import Recorder
 from .exposition import BUSY, MAX_CONCURRENT_SCRAPES
-from .middleware import MonitorMiddleware
-from .record import UNMATCHED_ROUTE
+from .record import UNMATCHED_ROUTE, RequestRecord
 
 __all__ = ["MonitorASGIMiddleware", "environ_of"]
 
@@ -68,50 +67,51 @@ def environ_of(scope: dict, only: Optional[frozenset] = None) -> dict:
 class MonitorASGIMiddleware:
     """Wrap any ASGI 3 app: metrics, one JSON log line and a span for every HTTP request.
 
-    Takes the settings of :class:`MonitorMiddleware` (``model_name``, ``model_version``,
-    ``prediction_paths`` and the rest). ``route_of``: a callable ``scope -> template or None``
-    a framework layer gives to label routes with its router's templates.
+    Takes the settings of :class:`~mlmonitor.middleware.MonitorMiddleware` (``model_name``,
+    ``model_version``, ``prediction_paths`` and the rest). ``route_of``: a callable
+    ``scope -> template or None`` a framework layer gives to label routes with its router's
+    templates. ``recorder``: an engine built by that layer (the settings are then its own);
+    else one is built from the settings here.
     """
 
     def __init__(self, app: Callable, *, settings: Optional[Settings] = None,
                  registry: Any = None, tracer_provider: Any = None,
                  log_stream: Optional[TextIO] = None,
                  route_of: Optional[Callable[[dict], Optional[str]]] = None,
-                 core: Optional[MonitorMiddleware] = None, **options: Any) -> None:
+                 recorder: Optional[Recorder] = None, **options: Any) -> None:
         self.app = app
         self.route_of = route_of
-        if core is None:
-            core = MonitorMiddleware(app, settings=settings, registry=registry,
-                                     tracer_provider=tracer_provider, log_stream=log_stream,
-                                     route_from_app=route_of is not None, **options)
-        #: the WSGI core: settings, sinks, references and feedback live there
-        self.core = core
+        if recorder is None:
+            recorder = Recorder(settings=settings, registry=registry,
+                                tracer_provider=tracer_provider, log_stream=log_stream,
+                                route_from_app=route_of is not None, **options)
+        #: the engine: settings, sinks, references and feedback live there
+        self.recorder = recorder
         #: scrapes admitted now, collecting or waiting their turn (see _scrape)
         self.scrapes = 0
         self._scrape_turn: tuple = (None, None)  # (event loop, its asyncio.Lock)
-        self.header_name = core.request_id_header.lower().encode("latin-1")
+        self.header_name = recorder.request_id_header.lower().encode("latin-1")
         self.read_headers = READ_HEADERS | {self.header_name}
 
-    def __getattr__(self, name: str) -> Any:  # settings, metrics, set_reference, feedback ...
-        if name == "core":
-            raise AttributeError(name)
-        return getattr(self.core, name)
+    def set_reference(self, model_name: str, reference: Any) -> None:
+        """Use a reference profile (object or JSON path) for a model's drift metrics."""
+        self.recorder.set_reference(model_name, reference)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope.get("type") != "http":  # lifespan, websocket: not ours
             return await self.app(scope, receive, send)
-        core = self.core
+        recorder = self.recorder
         try:
-            if core.metrics_path is not None and scope.get("path") == core.metrics_path:
+            if recorder.metrics_path is not None and scope.get("path") == recorder.metrics_path:
                 return await self._scrape(environ_of(scope), send)
             environ = environ_of(scope, self.read_headers)
-            rec = core._begin(environ)
+            rec = recorder.begin(environ)
             if self.route_of is not None:
-                core.route_known(rec, self._route(scope))
+                recorder.route_known(rec, self._route(scope))
         except Exception as exc:
-            guard.report_fault("middleware", exc, core)
+            guard.report_fault("middleware", exc, recorder)
             return await self.app(scope, receive, send)
-        tokens = core.enter(rec)
+        tokens = recorder.enter(rec)
         header_name = self.header_name
         trailers = False
         delivered = False  # the last message went out: a disconnect after it is no news
@@ -137,7 +137,7 @@ class MonitorASGIMiddleware:
                         message = {**message, "headers": [
                             *headers, (header_name, rec.request_id.encode("latin-1"))]}
                 except Exception as exc:
-                    guard.report_fault("middleware", exc, core)
+                    guard.report_fault("middleware", exc, recorder)
             elif kind == "http.response.body" and message.get("more_body") \
                     and rec.first_chunk is None and message.get("body"):
                 rec.first_chunk = _perf() - rec.start  # streamed: more chunks follow
@@ -167,7 +167,7 @@ class MonitorASGIMiddleware:
                 self._finish(rec, scope)
             raise
         finally:
-            core.leave(tokens)
+            recorder.leave(tokens)
         if not rec.finished:  # returned without the last chunk (a stream cut short when its
             self._finish(rec, scope)  # client went away: see mlmonitor.disconnect)
 
@@ -175,11 +175,11 @@ class MonitorASGIMiddleware:
         try:
             route = self.route_of(scope)  # type: ignore[misc]
         except Exception as exc:
-            guard.report_fault("asgi", exc, self.core)
+            guard.report_fault("asgi", exc, self.recorder)
             route = None
         return route or UNMATCHED_ROUTE
 
-    def _finish(self, rec: Any, scope: dict) -> None:
+    def _finish(self, rec: RequestRecord, scope: dict) -> None:
         """Hand the record to the sinks; a route the walk before routing could not name (a
         router kind it does not know) is read from what Starlette and FastAPI leave in the
         scope after routing."""
@@ -187,7 +187,7 @@ class MonitorASGIMiddleware:
             path = getattr(scope.get("route"), "path", None)
             if type(path) is str and path.startswith("/") and len(path) <= 256:
                 rec.route = path
-        self.core.finish(rec)
+        self.recorder.finish(rec)
 
     async def _scrape(self, environ: dict, send: Callable[[dict], Awaitable[None]]) -> None:
         """``/metrics`` off the event loop: collected and encoded in a thread, one scrape at a
@@ -195,11 +195,12 @@ class MonitorASGIMiddleware:
         is refused at once (503, Retry-After) and counted. A refusal for the method or the
         credentials is answered on the loop before any of that. Eight scrapers in a loop had
         as many encoding threads take the GIL from the loop (/predict p99 2.2 -> 80 ms)."""
-        endpoint = self.core.endpoint
+        endpoint = self.recorder.endpoint
+        assert endpoint is not None  # called only when the recorder serves /metrics
         refused = endpoint.refusal(environ)
         if refused is None and self.scrapes >= MAX_CONCURRENT_SCRAPES:
             refused = BUSY
-            self.core.count_dropped("metrics", 1)
+            self.recorder.count_dropped("metrics", 1)
         if refused is not None:
             text, body, extra = refused
             status = int(text[:3])

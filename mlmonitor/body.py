@@ -8,14 +8,17 @@ so each chunk and the close run in the request's context: ``observe`` / ``stage`
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from . import guard
 from .disconnect import gone_at_close
-from .record import RequestRecord, _current
+from .record import RECORD_VAR, RequestRecord
+
+if TYPE_CHECKING:  # the WSGI adapter imports this module and the engine
+    from .engine import Recorder
 
 __all__ = ["MonitoredBody", "StreamedBody"]
 
@@ -23,12 +26,12 @@ __all__ = ["MonitoredBody", "StreamedBody"]
 class MonitoredBody:
     """The app's body iterable; finishing the record when the server closes it."""
 
-    __slots__ = ("body", "rec", "middleware")
+    __slots__ = ("body", "rec", "recorder")
 
-    def __init__(self, body: Iterable[bytes], rec: RequestRecord, middleware: Any):
+    def __init__(self, body: Iterable[bytes], rec: RequestRecord, recorder: "Recorder") -> None:
         self.body = body
         self.rec = rec
-        self.middleware = middleware
+        self.recorder = recorder
 
     def __iter__(self):
         try:
@@ -44,7 +47,7 @@ class MonitoredBody:
             if close is not None:
                 close()
         finally:
-            self.middleware.finish(self.rec)
+            self.recorder.finish(self.rec)
 
 
 _END = object()
@@ -59,16 +62,16 @@ class StreamedBody(MonitoredBody):
 
     __slots__ = ("otel",)
 
-    def __init__(self, body: Iterable[bytes], rec: RequestRecord, middleware: Any):
+    def __init__(self, body: Iterable[bytes], rec: RequestRecord, recorder: "Recorder") -> None:
         self.body = body
         self.rec = rec
-        self.middleware = middleware
+        self.recorder = recorder
         self.otel: Any = None
         if rec.span is not None:
             try:  # every traced request with a streamed body (Flask's): a try, not guarded()
                 self.otel = trace.set_span_in_context(rec.span)
             except Exception as exc:
-                guard.report_fault("traces", exc, middleware)
+                guard.report_fault("traces", exc, recorder)
 
     def __iter__(self):
         # a generator runs in its caller's context: all is reset before each yield
@@ -77,7 +80,7 @@ class StreamedBody(MonitoredBody):
         iterator = None
         while True:
             otel_token = self._attach() if otel is not None else None
-            record_token = _current.set(rec)
+            record_token = RECORD_VAR.set(rec)
             try:
                 if iterator is None:
                     iterator = iter(self.body)
@@ -86,7 +89,7 @@ class StreamedBody(MonitoredBody):
                 rec.exc = exc
                 raise
             finally:
-                _current.reset(record_token)
+                RECORD_VAR.reset(record_token)
                 if otel_token is not None:
                     otel_context.detach(otel_token)  # logs, never raises, on a foreign token
             if chunk is _END:
@@ -98,20 +101,20 @@ class StreamedBody(MonitoredBody):
     def close(self) -> None:
         gone_at_close(self.rec)
         otel_token = self._attach() if self.otel is not None else None
-        record_token = _current.set(self.rec)
+        record_token = RECORD_VAR.set(self.rec)
         try:
             close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            _current.reset(record_token)
+            RECORD_VAR.reset(record_token)
             if otel_token is not None:
                 otel_context.detach(otel_token)
-            self.middleware.finish(self.rec)
+            self.recorder.finish(self.rec)
 
     def _attach(self) -> Any:
         try:
             return otel_context.attach(self.otel)
         except Exception as exc:
-            guard.report_fault("traces", exc, self.middleware)
+            guard.report_fault("traces", exc, self.recorder)
             return None

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
 from .contract import DEFAULT_BUCKETS
+from .lineage import LINEAGE_OK, apply_model_uri, register_lineage
+from .routes import RouteTemplate, is_template
 
 __all__ = ["ConfigError", "Settings", "resolve", "DEFAULT_BUCKETS", "DEFAULT_REDACT", "ENV_PREFIX",
            "LOG_FIELDS"]
@@ -103,7 +105,7 @@ class Settings:
     #: stages as child spans of the server span, or as events on it (one span per request)
     stage_spans: str = "children"
     #: an MLflow model URI (``models:/name/version``, ``models:/name@alias``, ``runs:/id/model``):
-    #: model name, version and lineage from it, resolved once at start-up (mlmonitor.mlflow)
+    #: model name, version and lineage from it, resolved once at start-up (mlmonitor.lineage)
     model_uri: Optional[str] = None
     #: lineage of the default model: a label of mlmonitor_model_info, a span attribute, a log field
     model_run_id: Optional[str] = None
@@ -168,13 +170,14 @@ class Settings:
             "(status, level, ...); values of at most 1024 characters")
         for name in ("model_run_id", "model_id"):
             value = getattr(self, name)
-            _check(value, value is None or _LINEAGE_OK(value), name,
+            _check(value, value is None or LINEAGE_OK(value), name,
                    "must be 1..64 characters of letters, digits, '-', '_' or '.'")
         if self.model_uri is not None:
-            from .mlflow import apply_model_uri
-            apply_model_uri(self)  # ConfigError when it does not parse or cannot be resolved
+            try:
+                apply_model_uri(self)
+            except ValueError as exc:  # it does not parse or cannot be resolved
+                raise ConfigError(str(exc)) from None
         if self.model_run_id or self.model_id:  # given, or found from model_uri above
-            from .mlflow import register_lineage
             register_lineage(self.model_name, self.model_version, self.model_run_id, self.model_id)
         redact = self.redact
         _check(redact, len(redact) <= 100 and all(0 < len(n) <= 64 for n in redact), "redact",
@@ -197,14 +200,12 @@ LOG_FIELDS = ("timestamp", "level", "event", "method", "route", "status", "durat
               "stage_counts", "tags", "error_type", "error", "stack", "truncated", "model_run_id",
               "model_id")
 _PATH_OK = re.compile(r"/[!-~]{0,1023}").fullmatch  # PATH_INFO is latin-1 of raw bytes: ASCII only
-_LINEAGE_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
 _TOKEN_OK = re.compile(r"[!-~]{1,4096}").fullmatch
 _HEADER_OK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}").fullmatch  # RFC 9110 token
 
 
 def _check_template(path: str, name: str) -> None:
     """A route template (``/v1/models/<name>:predict``, ``/items/{id}``) must parse now."""
-    from .middleware import RouteTemplate, is_template
     if is_template(path):
         try:
             RouteTemplate(path)

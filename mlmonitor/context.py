@@ -14,9 +14,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from . import guard
-from .record import MAX_TAGS, RequestRecord, _current
+from .record import MAX_TAGS, RECORD_VAR, RequestRecord
 
-__all__ = ["Stage", "stage", "tag", "set_model_version", "model_name_of", "observe", "observe_batch",
+__all__ = ["Stage", "stage", "tag", "set_model_version", "observe", "observe_batch",
            "prediction_id", "prediction_ids", "record_feedback", "annotate_borrowed",
            "MAX_OBSERVATIONS"]
 
@@ -38,9 +38,9 @@ class Stage:
         self.event = False
 
     def __enter__(self) -> "Stage":
-        rec = self.rec = _current.get()
+        rec = self.rec = RECORD_VAR.get()
         if rec is not None:
-            traces = rec.middleware.traces
+            traces = rec.recorder.traces
             if traces is not None and rec.span is not None:
                 if traces.stage_events:
                     self.event = True  # no span, no context: the event is added in __exit__
@@ -49,7 +49,7 @@ class Stage:
                         self.span = traces.stage_span(self.name)
                         self.token = otel_context.attach(trace.set_span_in_context(self.span))
                     except Exception as exc:
-                        guard.report_fault("traces", exc, rec.middleware)
+                        guard.report_fault("traces", exc, rec.recorder)
         self.started = _perf()
         return self
 
@@ -61,9 +61,11 @@ class Stage:
             if self.event:
                 try:  # stamped from the span's start: one clock for the span and its events
                     start_ns = rec.start_ns + int((self.started - rec.start) * 1e9)
-                    rec.middleware.traces.stage_event(rec.span, self.name, start_ns, seconds, exc)
+                    traces = rec.recorder.traces
+                    if traces is not None:  # it was when the stage began (self.event)
+                        traces.stage_event(rec.span, self.name, start_ns, seconds, exc)
                 except Exception as fault:
-                    guard.report_fault("traces", fault, rec.middleware)
+                    guard.report_fault("traces", fault, rec.recorder)
         if self.span is not None:
             try:
                 # not where it was attached (a generator's stage across a yield, resumed by a
@@ -75,7 +77,7 @@ class Stage:
                     self.span.set_attribute("error.type", type(exc).__qualname__)
                 self.span.end()
             except Exception as fault:
-                guard.report_fault("traces", fault, rec.middleware if rec is not None else None)
+                guard.report_fault("traces", fault, rec.recorder if rec is not None else None)
         return False  # the app's exception goes on untouched
 
 
@@ -85,20 +87,20 @@ def stage(name: str) -> Stage:
 
 def annotate_borrowed(rec: RequestRecord) -> None:
     """Copy model and tags onto a span another instrumentation owns, if there is one."""
-    traces = rec.middleware.traces
+    traces = rec.recorder.traces
     if traces is not None and rec.span is not None and not rec.own_span:
         try:  # after every prediction when the span is borrowed: a try, not guarded()
             traces.annotate_borrowed(rec)
         except Exception as exc:
-            guard.report_fault("traces", exc, rec.middleware)
+            guard.report_fault("traces", exc, rec.recorder)
 
 
 def tag(**tags: Any) -> None:
     """Add searchable context to this request's log line and span (never a metric label)."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         return
-    with guard.guarded("tag", rec.middleware):
+    with guard.guarded("tag", rec.recorder):
         for key, value in tags.items():
             if key in rec.tags or len(rec.tags) < MAX_TAGS:
                 rec.tags[key] = value
@@ -119,24 +121,11 @@ def set_model_version(model_version: Any = _UNSET, *, model_name: Optional[str] 
         model_version = version
     elif model_version is _UNSET:
         raise TypeError("set_model_version() missing the model_version argument")
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         return
-    with guard.guarded("model_version", rec.middleware):
-        rec.middleware.begin_prediction(rec, model_name or rec.model_name or None, model_version)
-
-
-def model_name_of(model_name: Any, middleware: Any) -> Any:
-    """The model name of a prediction view: a callable is evaluated now (per request), as
-    ``model_version`` is; a fault counts and gives None (the default model), never raises."""
-    if not callable(model_name):
-        return model_name
-    try:
-        name = model_name()
-    except Exception as exc:
-        guard.report_fault("model_name", exc, middleware)
-        return None
-    return str(name)[:128] if name is not None and name != "" else None
+    with guard.guarded("model_version", rec.recorder):
+        rec.recorder.begin_prediction(rec, model_name or rec.model_name or None, model_version)
 
 
 def _plain(values: Any) -> list:
@@ -155,8 +144,8 @@ def _names(feature_names: Any, rec: RequestRecord) -> Any:
     """Column names: those given, else the model's reference profile's feature order."""
     if feature_names is not None:
         return [str(n) for n in feature_names]
-    middleware = rec.middleware
-    profile = middleware.references.get(rec.model_name or middleware.settings.model_name)
+    recorder = rec.recorder
+    profile = recorder.references.get(rec.model_name or recorder.settings.model_name)
     return profile.features if profile is not None else None
 
 
@@ -206,7 +195,7 @@ def observe(features: Any = None, prediction: Any = None, score: Any = None,
     bins), ``score`` (0..1) the score histogram; ``tokens_in``/``tokens_out``/``cost`` the LLM
     counters.
     """
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None or len(rec.observations) >= MAX_OBSERVATIONS:
         return
     if features is not None and type(features) is not dict:
@@ -216,7 +205,7 @@ def observe(features: Any = None, prediction: Any = None, score: Any = None,
         except (TypeError, ValueError, LookupError):  # unreadable: its features count missing
             features = {}
         except Exception as exc:
-            guard.report_fault("observe", exc, rec.middleware)
+            guard.report_fault("observe", exc, rec.recorder)
             features = {}
     if prediction is not None and hasattr(prediction, "item") and getattr(prediction, "size", 0) == 1:
         prediction = prediction.item()  # a numpy scalar
@@ -232,7 +221,7 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
     columns). ``predictions`` and ``scores``: lists, 1-D arrays or Series. Each part is read
     on its own: one that cannot be read is left out, the others still count.
     """
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         return
     parts: list = []
@@ -245,12 +234,12 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
         except (TypeError, ValueError, LookupError):  # unreadable: left out, the rest counts
             parts.append(None)
         except Exception as exc:
-            guard.report_fault("observe", exc, rec.middleware)
+            guard.report_fault("observe", exc, rec.recorder)
             parts.append(None)
     rows, preds, confidences = (part or [] for part in parts)
     if parts[0] is None:  # features given but unreadable: each instance's features count missing
         rows = [{}] * max(len(preds), len(confidences), 1)
-    with guard.guarded("observe", rec.middleware):
+    with guard.guarded("observe", rec.recorder):
         for i in range(max(len(rows), len(preds), len(confidences))):
             if len(rec.observations) >= MAX_OBSERVATIONS:
                 return
@@ -265,12 +254,13 @@ def prediction_ids(predictions: Any) -> list:
 
     Called inside a request that mlmonitor serves (a ``Monitor`` or a ``MonitorMiddleware``);
     RuntimeError outside one."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         raise RuntimeError("prediction_ids() is called inside a request mlmonitor serves")
-    feedback = rec.middleware.feedback
-    return [feedback.sign(rec.model_name or rec.middleware.settings.model_name,
-                          rec.model_version or rec.middleware.settings.model_version, p)
+    recorder = rec.recorder
+    settings = recorder.settings
+    return [recorder.feedback.sign(rec.model_name or settings.model_name,
+                                   rec.model_version or settings.model_version, p)
             for p in predictions]
 
 
@@ -287,14 +277,17 @@ def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -
     ``mlmonitor.tokens.InvalidFeedback`` (a ValueError) for a bad, expired or duplicate id
     and for a label that cannot be counted (``bad_label``: for a regression, anything but a
     finite number within ``MAX_OBSERVED``), after counting it in
-    ``mlmonitor_feedback_rejected_total{reason}``.
+    ``mlmonitor_feedback_rejected_total{reason}``. ``middleware``, needed outside a request:
+    the app's ``MonitorMiddleware`` or ``MonitorASGIMiddleware``, or its ``Recorder``.
     """
     if middleware is None:
-        rec = _current.get()
+        rec = RECORD_VAR.get()
         if rec is None:
             raise RuntimeError("record_feedback() outside a request needs middleware=")
-        middleware = rec.middleware
-    return middleware.feedback.record(prediction_id, label)
+        recorder = rec.recorder
+    else:  # a MonitorMiddleware or MonitorASGIMiddleware, or a Recorder itself
+        recorder = getattr(middleware, "recorder", middleware)
+    return recorder.feedback.record(prediction_id, label)
 
 
 MAX_OBSERVATIONS = 1024

@@ -20,18 +20,19 @@ import sys
 from typing import Any, Optional
 
 from .contract import CLIENT_CLOSED
+from .record import RequestRecord
 
 __all__ = ["client_gone", "settle", "watch_input", "gone_at_close", "declared_length",
            "WatchedInput"]
 
 
-def client_gone(rec: Any) -> None:
+def client_gone(rec: RequestRecord) -> None:
     """The client is gone: keep the status the app had chosen by then (0: none yet)."""
     if rec.gone_at is None:
         rec.gone_at = rec.status_code
 
 
-def settle(rec: Any) -> None:
+def settle(rec: RequestRecord) -> None:
     """At finish: the status and the model charge of a request whose client went away."""
     answered = rec.gone_at
     if answered is None or answered >= 400:
@@ -41,7 +42,7 @@ def settle(rec: Any) -> None:
     rec.status_code = CLIENT_CLOSED
 
 
-def gone_at_close(rec: Any) -> None:
+def gone_at_close(rec: RequestRecord) -> None:
     """Called as a WSGI server closes the body: a connection error in flight there (the server
     failed to write the answer) that is not the app's own exception means the client left."""
     exc = sys.exc_info()[1]
@@ -55,7 +56,7 @@ class WatchedInput:
 
     __slots__ = ("stream", "rec", "left")
 
-    def __init__(self, stream: Any, rec: Any, length: Optional[int]) -> None:
+    def __init__(self, stream: Any, rec: RequestRecord, length: Optional[int]) -> None:
         self.stream = stream
         self.rec = rec
         #: bytes the headers announced and not read yet; None: chunked (the server raises)
@@ -138,7 +139,7 @@ def declared_length(environ: dict) -> Optional[int]:
     return length if length > 0 else None
 
 
-def watch_input(environ: dict, rec: Any) -> None:
+def watch_input(environ: dict, rec: RequestRecord) -> None:
     """Read ``wsgi.input`` through :class:`WatchedInput` when the request has a body."""
     length = declared_length(environ)
     if length is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():

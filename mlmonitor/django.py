@@ -7,7 +7,8 @@ its URL patterns are not paths; this middleware adds what only Django knows:
   ``/``: ``/v1/models/<str:name>:predict``), ``unmatched`` when no pattern matched;
 * a view's exception (``process_exception``) is kept on the request's record, so a 500
   has its error type, message and stack (secrets redacted) in the log line and span;
-* :func:`prediction` marks a view as a prediction endpoint, like ``@monitor.prediction``.
+* :func:`prediction` marks a view (``def`` or ``async def``) as a prediction endpoint, with
+  the same wrapper as ``@monitor.prediction``.
 
 Two ways to use it (list it first in ``MIDDLEWARE``, so it sees every answer):
 
@@ -27,61 +28,63 @@ Example::
     # views.py
     from mlmonitor.django import prediction
 
-    @prediction(model_name=lambda request, name: name)
+    @prediction(model_name=lambda request, name: name)   # the view's arguments
     def predict(request, name): ...
+
+    @prediction(model_uri="models:/iris-clf/3")
+    async def predict_async(request): ...
 """
 from __future__ import annotations
 
 import functools
 import threading
-import time
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
-from . import context, guard
+from . import guard, previews
 from .config import resolve
 from .disconnect import WatchedInput, declared_length, gone_at_close
-from .middleware import MonitorMiddleware
-from .record import ENVIRON_KEY, UNMATCHED_ROUTE
+from .engine import Recorder
+from .record import ENVIRON_KEY, UNMATCHED_ROUTE, RequestRecord
+from .views import ViewLayer, from_model_uri, prediction_view
 
 __all__ = ["MonitorDjangoMiddleware", "prediction", "set_reference"]
 
-_perf = time.perf_counter
 #: (model_name, model_version) of the views marked with @prediction, and the references set
-_declared_models: list = []
-_declared_references: list = []
-#: the monitors these declarations were applied to (both ways of use), weakly
-_cores: "weakref.WeakSet[MonitorMiddleware]" = weakref.WeakSet()
+_declared_models: List[Tuple[Any, Any]] = []
+_declared_references: List[Tuple[str, Any]] = []
+#: the recorders these declarations were applied to (both ways of use), weakly
+_recorders: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
 _lock = threading.Lock()
 MAX_ROUTE = 256
 
 
-def _adopt(core: MonitorMiddleware) -> None:
-    """Apply the declared models and references to a monitor seen for the first time."""
+def _adopt(recorder: Recorder) -> None:
+    """Apply the declared models and references to a recorder seen for the first time."""
     with _lock:
-        if core in _cores:
+        if recorder in _recorders:
             return
-        _cores.add(core)
+        _recorders.add(recorder)
         models, references = list(_declared_models), list(_declared_references)
     for name, reference in references:
-        core.set_reference(name, reference)
+        recorder.set_reference(name, reference)
     for name, version in models:
-        core.declare_model(name, version)
+        recorder.declare_model(name, version)
 
 
 def set_reference(model_name: str, reference: Any) -> None:
     """Use a reference profile (a ``ReferenceProfile`` or a JSON path) for one model's drift
     metrics, in every Django monitor of this process, now and later; a bad file raises
     ConfigError. (The ``references`` setting does the same from settings.)"""
-    for core in list(_cores):
-        core.set_reference(model_name, reference)
+    for recorder in list(_recorders):
+        recorder.set_reference(model_name, reference)
     with _lock:
         _declared_references.append((model_name, reference))
 
 
 def _settings_of_django() -> tuple:
     """The ``MLMONITOR`` dict and the ``MLMONITOR_*`` settings of the Django project."""
-    from django.conf import settings
+    from django.conf import settings  # optional dependency: imported when Django runs this
     options = dict(getattr(settings, "MLMONITOR", None) or {})
     flat = {name: getattr(settings, name) for name in dir(settings)
             if name.startswith("MLMONITOR_")}
@@ -99,81 +102,81 @@ class MonitorDjangoMiddleware:
         tracer_provider = options.pop("tracer_provider", None)
         log_stream = options.pop("log_stream", None)
         # built now, so that a bad setting or reference fails at start-up, not in a request
-        self.core = MonitorMiddleware(
-            None, settings=resolve(options, flat), registry=registry,
-            tracer_provider=tracer_provider, log_stream=log_stream, route_from_app=True)
-        _adopt(self.core)
-        self._last_outer: Any = None
+        self.recorder = Recorder(settings=resolve(options, flat), registry=registry,
+                                 tracer_provider=tracer_provider, log_stream=log_stream,
+                                 route_from_app=True)
+        _adopt(self.recorder)
+        self._last_outer: Optional[Recorder] = None
 
     def __call__(self, request: Any) -> Any:
         rec = request.META.get(ENVIRON_KEY)
         if rec is None:
             return self._serve(request)
         # a MonitorMiddleware around the WSGI app owns the request
-        core = rec.middleware
-        if core is not self._last_outer:
+        recorder = rec.recorder
+        if recorder is not self._last_outer:
             try:
-                _adopt(core)
+                _adopt(recorder)
             except Exception as exc:
-                guard.report_fault("django", exc, core)
-            self._last_outer = core
+                guard.report_fault("django", exc, recorder)
+            self._last_outer = recorder
         response = self.get_response(request)
         if rec.route is None and not rec.finished:
             try:
-                core.route_known(rec, _pattern_of(request))
+                recorder.route_known(rec, _pattern_of(request))
             except Exception as exc:
-                guard.report_fault("django", exc, core)
+                guard.report_fault("django", exc, recorder)
         return response
 
     def _serve(self, request: Any) -> Any:
-        """Alone: the WSGI core's work, on Django's request and response objects."""
-        core = self.core
-        if core.metrics_path is not None and request.path_info == core.metrics_path:
+        """Alone: the engine's lifecycle, on Django's request and response objects."""
+        recorder = self.recorder
+        if recorder.metrics_path is not None and request.path_info == recorder.metrics_path:
             return self._metrics(request)
         try:
-            rec = core._begin(request.META)
+            rec = recorder.begin(request.META)
         except Exception as exc:
-            guard.report_fault("middleware", exc, core)
+            guard.report_fault("middleware", exc, recorder)
             return self.get_response(request)
         try:
             watch_request_body(request, rec)  # a body that ends early: the client went away
         except Exception as exc:
-            guard.report_fault("django", exc, core)
-        tokens = core.enter(rec)
+            guard.report_fault("django", exc, recorder)
+        tokens = recorder.enter(rec)
         try:
             response = self.get_response(request)
         except BaseException as exc:  # Django answers most exceptions itself; not this one
             if rec.exc is None:
                 rec.exc = exc
             rec.status_code = 0
-            core.finish(rec)
+            recorder.finish(rec)
             raise
         finally:
-            core.leave(tokens)
+            recorder.leave(tokens)
         try:
             rec.status_code = response.status_code
             if rec.route is None:
-                core.route_known(rec, _pattern_of(request))
-            if not response.has_header(core.request_id_header):
-                response[core.request_id_header] = rec.request_id
+                recorder.route_known(rec, _pattern_of(request))
+            if not response.has_header(recorder.request_id_header):
+                response[recorder.request_id_header] = rec.request_id
             closers = getattr(response, "_resource_closers", None)
             if response.streaming and closers is not None:
-                closers.append(functools.partial(_finish_at_close, core, rec))
+                closers.append(functools.partial(_finish_at_close, recorder, rec))
             else:
-                core.finish(rec)
+                recorder.finish(rec)
         except Exception as exc:
-            guard.report_fault("django", exc, core)
+            guard.report_fault("django", exc, recorder)
         return response
 
     def _metrics(self, request: Any) -> Any:
-        """``/metrics`` answered by the core's endpoint, as a Django response."""
-        from django.http import HttpResponse
+        """``/metrics`` answered by the recorder's endpoint, as a Django response."""
+        from django.http import HttpResponse  # optional dependency: imported when Django runs this
         answer: dict = {}
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> None:
             answer["status"], answer["headers"] = int(status[:3]), headers
 
-        body = b"".join(self.core.endpoint(request.META, start_response))  # type: ignore[misc]
+        body = b"".join(self.recorder.endpoint(request.META, start_response))  # type: ignore[misc]
         response = HttpResponse(body, status=answer["status"])
         for name, value in answer["headers"]:
             response[name] = value
@@ -190,9 +193,9 @@ class MonitorDjangoMiddleware:
             if gauge is not None and rec.route != route:  # labelled by path before Django ran
                 gauge.dec()
                 rec.in_progress = None
-            rec.middleware.route_known(rec, route)
+            rec.recorder.route_known(rec, route)
         except Exception as exc:
-            guard.report_fault("django", exc, rec.middleware)
+            guard.report_fault("django", exc, rec.recorder)
         return None
 
     def process_exception(self, request: Any, exception: BaseException) -> None:
@@ -204,13 +207,13 @@ class MonitorDjangoMiddleware:
         return None
 
 
-def _finish_at_close(core: MonitorMiddleware, rec: Any) -> None:
+def _finish_at_close(recorder: Recorder, rec: RequestRecord) -> None:
     """A streamed response's close(): a failed write in flight there means the client left."""
     gone_at_close(rec)
-    core.finish(rec)
+    recorder.finish(rec)
 
 
-def watch_request_body(request: Any, rec: Any) -> None:
+def watch_request_body(request: Any, rec: RequestRecord) -> None:
     """Read the request's body stream (Django's own, made before any middleware runs) through
     :class:`WatchedInput`, so a body that ends before its Content-Length is seen."""
     stream = request.__dict__.get("_stream")
@@ -228,24 +231,46 @@ def _label(match: Any) -> str:
 def _pattern_of(request: Any) -> str:
     """The pattern of a request answered before its view ran (an auth middleware's 401):
     resolved now, as Django would have; ``unmatched`` when no pattern matches."""
-    from django.urls import Resolver404, get_resolver
+    from django.urls import Resolver404, get_resolver  # optional dependency, as above
     try:
         return _label(get_resolver(getattr(request, "urlconf", None)).resolve(request.path_info))
     except Resolver404:
         return UNMATCHED_ROUTE
 
 
+class DjangoViews(ViewLayer):
+    """Django's part of the shared prediction wrapper: the record is on the request (its
+    ``META``), and the ``capture_io`` previews come from the request's and the response's JSON."""
+
+    component = "django"
+
+    def record_of(self, args: tuple) -> Optional[RequestRecord]:
+        meta = getattr(args[0], "META", None) if args else None
+        return meta.get(ENVIRON_KEY) if meta is not None else None
+
+    def previews(self, rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
+        _capture_io(rec, args[0], result)
+
+
+DJANGO_VIEWS = DjangoViews()
+
+
 def prediction(view: Optional[Callable] = None, *, model_name: Any = None,
-               model_version: Any = None, reference: Any = None) -> Any:
-    """Mark a Django view as a prediction endpoint (``@prediction`` or with arguments).
+               model_version: Any = None, reference: Any = None,
+               model_uri: Optional[str] = None) -> Any:
+    """Mark a Django view (``def`` or ``async def``) as a prediction endpoint (``@prediction``
+    or with arguments), with the wrapper ``@monitor.prediction`` uses.
 
     ``model_name`` and ``model_version`` may be callables, called with the view's own
-    arguments (``lambda request, name: name``) for each request. The request is charged to
-    the model once the view starts; a 401, 403, 404 or 405 answer stays HTTP-only.
+    arguments (``lambda request, name: name``) for each request. ``model_uri`` (an MLflow model
+    URI) gives the name, version and lineage, resolved now. The request is charged to the
+    model once the view starts; a 401, 403, 404 or 405 answer stays HTTP-only.
     """
     if view is None:
-        return functools.partial(prediction, model_name=model_name,
-                                 model_version=model_version, reference=reference)
+        return functools.partial(prediction, model_name=model_name, model_version=model_version,
+                                 reference=reference, model_uri=model_uri)
+    if model_uri is not None:
+        model_name, model_version = from_model_uri(model_uri, model_name, model_version)
     if reference is not None:
         if model_name is None or callable(model_name):
             raise ValueError("@prediction(reference=...) needs a fixed model_name=; "
@@ -253,78 +278,32 @@ def prediction(view: Optional[Callable] = None, *, model_name: Any = None,
         set_reference(model_name, reference)
     with _lock:
         _declared_models.append((model_name, model_version))
-        cores = list(_cores)
-    for core in cores:
-        core.declare_model(model_name, model_version)
-
-    @functools.wraps(view)
-    def monitored_view(request: Any, *args: Any, **kwargs: Any) -> Any:
-        rec = request.META.get(ENVIRON_KEY)
-        if rec is None or rec.finished:
-            return view(request, *args, **kwargs)
-        core = rec.middleware
-        try:
-            name = _per_request(model_name, core, "model_name", request, args, kwargs)
-            version = _per_request(model_version, core, "model_version", request, args, kwargs)
-            core.begin_prediction(rec, name, version)
-            context.annotate_borrowed(rec)
-        except Exception as exc:
-            guard.report_fault("django", exc, core)
-        started = _perf()
-        try:
-            response = view(request, *args, **kwargs)
-        except BaseException as exc:
-            rec.exc = exc
-            raise
-        finally:
-            rec.prediction_seconds = _perf() - started
-        if core.settings.capture_io and rec.environ is not None:
-            _capture_io(rec, request, response)
-        return response
-
-    monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
-    return monitored_view
+        recorders = list(_recorders)
+    for recorder in recorders:
+        recorder.declare_model(model_name, model_version)
+    return prediction_view(view, model_name, model_version, DJANGO_VIEWS)
 
 
-def _capture_io(rec: Any, request: Any, response: Any) -> None:
+def _capture_io(rec: RequestRecord, request: Any, response: Any) -> None:
     """``capture_io=True`` (MLflow previews): the JSON request body and the JSON response, each
     at most :data:`~mlmonitor.previews.MAX_IO_BYTES`. The body is the one the view read, or one
     whose Content-Length is within the cap (read through Django, so it stays readable); a body
     of unknown length the view did not read is not read. A streamed response is not read, and a
     larger buffered one is not copied."""
-    from django.core.exceptions import RequestDataTooBig
-    from django.http.request import RawPostDataException
+    from django.core.exceptions import RequestDataTooBig  # optional dependency, as above
+    from django.http.request import RawPostDataException  # optional dependency, as above
 
-    from .previews import MAX_IO_BYTES, json_within, keep
-    try:
-        inputs = outputs = None
-        if request.content_type == "application/json":
-            length = request.META.get("CONTENT_LENGTH") or ""
-            known = length.isascii() and length.isdigit() and int(length) <= MAX_IO_BYTES
-            if known or "_body" in request.__dict__:  # within the cap, or read by the view
-                try:
-                    inputs = json_within(request.body)
-                except (RawPostDataException, RequestDataTooBig, OSError):  # the view read the
-                    pass  # stream itself, a smaller upload limit, or the client went away
-        container = getattr(response, "_container", None)
-        if not getattr(response, "streaming", True) and isinstance(container, list) and \
-                response.get("Content-Type", "").startswith("application/json") and \
-                sum(len(chunk) for chunk in container) <= MAX_IO_BYTES:
-            outputs = json_within(response.content)
-        keep(rec, inputs, outputs)
-    except Exception as exc:
-        guard.report_fault("traces", exc, rec.middleware)
-
-
-def _per_request(value: Any, core: Any, component: str, request: Any, args: Any,
-                 kwargs: Any) -> Any:
-    """A name or version: a callable gets the view's arguments; a fault counts and gives
-    None (the default), never raises into the view."""
-    if not callable(value):
-        return value
-    try:
-        value = value(request, *args, **kwargs)
-    except Exception as exc:
-        guard.report_fault(component, exc, core)
-        return None
-    return str(value)[:128] if value is not None and value != "" else None
+    inputs = outputs = None
+    if request.content_type == "application/json":
+        length = request.META.get("CONTENT_LENGTH") or ""
+        known = length.isascii() and length.isdigit() and int(length) <= previews.MAX_IO_BYTES
+        if known or "_body" in request.__dict__:  # within the cap, or read by the view
+            # the view read the stream itself, a smaller upload limit, or the client went away
+            inputs = previews.read_json(lambda size: request.body,
+                                        (RawPostDataException, RequestDataTooBig, OSError))
+    container = getattr(response, "_container", None)
+    if not getattr(response, "streaming", True) and isinstance(container, list) and \
+            response.get("Content-Type", "").startswith("application/json") and \
+            sum(len(chunk) for chunk in container) <= previews.MAX_IO_BYTES:
+        outputs = previews.json_within(response.content)
+    previews.keep(rec, inputs, outputs)

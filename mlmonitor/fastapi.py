@@ -1,8 +1,9 @@
-"""Monitor for FastAPI and Starlette apps: the ASGI middleware plus the router's route templates.
+"""The FastAPI/Starlette layer: the ASGI adapter plus the router's route templates.
 
-``Monitor(app)`` puts :class:`~mlmonitor.asgi.MonitorASGIMiddleware` around the app's whole
-middleware stack (outside Starlette's ``ServerErrorMiddleware``, so its 500 carries the
-request id, and the exception it re-raises is recorded with its stack) and labels each request with the path template of the route
+``mlmonitor.Monitor(app)`` (or ``Monitor()`` then ``init_app(app)``) puts
+:class:`~mlmonitor.asgi.MonitorASGIMiddleware` around the app's whole middleware stack (outside
+Starlette's ``ServerErrorMiddleware``, so its 500 carries the request id, and the exception it
+re-raises is recorded with its stack) and labels each request with the path template of the route
 that matches it (``/v1/models/{name}:predict``), found the way Starlette's router finds it.
 ``@monitor.prediction`` works on ``async def`` and plain ``def`` endpoints: FastAPI runs the
 latter in a thread pool that copies the request's context, so the record follows it.
@@ -10,7 +11,7 @@ latter in a thread pool that copies the request's context, so the record follows
 Example::
 
     from fastapi import FastAPI
-    from mlmonitor.fastapi import Monitor
+    from mlmonitor import Monitor
 
     app = FastAPI()
     monitor = Monitor(app, model_name="iris", model_version="v1")
@@ -28,10 +29,9 @@ from typing import Any, Optional
 
 from .asgi import MonitorASGIMiddleware
 from .config import resolve
-from .middleware import MonitorMiddleware
-from .views import MonitorBase
+from .engine import Recorder
 
-__all__ = ["Monitor", "route_template"]
+__all__ = ["attach", "is_starlette_app", "route_template", "RouteTemplates"]
 
 #: the route cache holds (method, path) keys of at most this many bytes (``/items/123``, not an
 #: attacker's 60 KB path: that one is matched again each time, as the router itself does)
@@ -43,34 +43,38 @@ _CACHE_BYTES = 1 << 20
 _ENTRY_BYTES = 160
 
 
-class Monitor(MonitorBase):
-    """Observability for a FastAPI or Starlette model server in one line."""
+def is_starlette_app(app: Any) -> bool:
+    """A FastAPI or Starlette app (checked by class, without importing either)."""
+    return any(klass.__module__.split(".")[0] in ("starlette", "fastapi")
+               for klass in type(app).__mro__)
 
-    def init_app(self, app: Any, **options: Any) -> None:
-        """Wrap ``app`` (before it starts); options override those given to ``Monitor()``."""
-        state = getattr(app, "state", None)
-        if state is not None and getattr(state, "mlmonitor", None) is not None:
-            raise RuntimeError("mlmonitor is already registered on this app; "
-                               "call Monitor(app) or monitor.init_app(app) once per app")
-        if getattr(app, "middleware_stack", None) is not None:
-            raise RuntimeError("mlmonitor: call Monitor(app) before the app starts serving")
-        merged = {**self.options, **options}
-        registry = merged.pop("registry", None)
-        tracer_provider = merged.pop("tracer_provider", None)
-        log_stream = merged.pop("log_stream", None)
-        core = MonitorMiddleware(app, settings=resolve(merged), registry=registry,
-                                 tracer_provider=tracer_provider, log_stream=log_stream,
-                                 route_from_app=True)
-        self._attach(core)
-        route_of = RouteTemplates(app)
-        build = app.build_middleware_stack
 
-        def build_middleware_stack() -> Any:  # outermost, as OTel's FastAPI instrumentation is
-            return MonitorASGIMiddleware(build(), core=core, route_of=route_of)
+def attach(app: Any, options: dict) -> Recorder:
+    """Put the ASGI adapter around ``app``'s middleware stack (before it starts); the app's
+    recorder, also kept in ``app.state.mlmonitor``."""
+    state = getattr(app, "state", None)
+    if state is not None and getattr(state, "mlmonitor", None) is not None:
+        raise RuntimeError("mlmonitor is already registered on this app; "
+                           "call Monitor(app) or monitor.init_app(app) once per app")
+    if getattr(app, "middleware_stack", None) is not None:
+        raise RuntimeError("mlmonitor: call Monitor(app) before the app starts serving")
+    options = dict(options)
+    registry = options.pop("registry", None)
+    tracer_provider = options.pop("tracer_provider", None)
+    log_stream = options.pop("log_stream", None)
+    recorder = Recorder(settings=resolve(options), registry=registry,
+                        tracer_provider=tracer_provider, log_stream=log_stream,
+                        route_from_app=True)
+    route_of = RouteTemplates(app)
+    build = app.build_middleware_stack
 
-        app.build_middleware_stack = build_middleware_stack
-        if state is not None:
-            state.mlmonitor = core
+    def build_middleware_stack() -> Any:  # outermost, as OTel's FastAPI instrumentation is
+        return MonitorASGIMiddleware(build(), recorder=recorder, route_of=route_of)
+
+    app.build_middleware_stack = build_middleware_stack
+    if state is not None:
+        state.mlmonitor = recorder
+    return recorder
 
 
 class RouteTemplates:
@@ -103,7 +107,7 @@ class RouteTemplates:
 def route_template(routes: Any, scope: dict) -> Optional[str]:
     """The template of the first route matching ``scope`` in full (else of the first partial
     match: a wrong method), mounted routers followed with their prefix."""
-    from starlette.routing import Match, Mount
+    from starlette.routing import Match, Mount  # optional dependency: this module imports none
     partial = None
     for route in routes:
         match, child_scope = route.matches(scope)

@@ -23,6 +23,10 @@ from typing import Any, Optional
 
 from . import guard
 from .config import MAX_OBSERVED, Settings
+from .multiprocess import UnsafeDirectory, check_directory, multiprocess_dir
+from .reference import as_number, outcome
+from .tokens import (InvalidFeedback, SeenTokens, fit_fields, fit_text, sign_prediction,
+                     verify_prediction)
 
 __all__ = ["FeedbackRecorder", "SECRET_FILE", "shared_secret"]
 
@@ -37,7 +41,6 @@ class FeedbackRecorder:
 
     def __init__(self, settings: Settings, metrics: Any, owner: Any = None) -> None:
         """``metrics``: the sink that counts feedback (or None); ``owner``: who counts its faults."""
-        from .multiprocess import multiprocess_dir
         self.metrics = metrics
         self.owner = owner if owner is not None else metrics
         self.max_age = settings.feedback_max_age
@@ -59,9 +62,7 @@ class FeedbackRecorder:
         sent as its text. Should signing still fail, the fault is counted and the id is ``""``,
         which feedback refuses as ``malformed``.
         """
-        from .tokens import fit_fields, sign_prediction
         if self.ephemeral and not self._warned:
-            from .multiprocess import multiprocess_dir
             self._warned = True
             log.warning("mlmonitor: prediction ids are only accepted by this process: set "
                         "MLMONITOR_FEEDBACK_SECRET (32 random bytes, the same for every worker and "
@@ -84,7 +85,6 @@ class FeedbackRecorder:
         regression, anything but a finite number within ``MAX_OBSERVED``). A refused label does
         not use the id up: it can be sent again with a good one.
         """
-        from .tokens import InvalidFeedback, SeenTokens, verify_prediction
         if self._seen is None:
             self._seen = SeenTokens()
         try:
@@ -112,8 +112,6 @@ class FeedbackRecorder:
 def _outcome(predicted: Any, label: Any) -> str:
     """"correct" / "incorrect"; a label that cannot even be compared (text past Python's digit
     limit, a failing ``__str__``) is ``bad_label``."""
-    from .reference import outcome
-    from .tokens import InvalidFeedback, fit_text
     try:
         if isinstance(predicted, str) and isinstance(label, str):
             label = fit_text(label)  # compared as the prediction was signed: cut the same way
@@ -126,7 +124,6 @@ def _error(predicted: Any, label: Any) -> float:
     """``|predicted - label|``, at most ``MAX_OBSERVED``; ``bad_label`` unless the label is a
     finite number (or numeric text) within ``MAX_OBSERVED``. A signed prediction that is not
     such a number is the model's fault, not the client's: it counts as the largest error."""
-    from .tokens import InvalidFeedback
     truth = _bounded(label)
     if truth is None:
         raise InvalidFeedback("bad_label", f"the label must be a finite number within ±{MAX_OBSERVED:g} "
@@ -141,7 +138,6 @@ def _bounded(value: Any, bound: float = MAX_OBSERVED) -> Optional[float]:
     """``value`` as a float within ``±bound``, or None: bools, None, NaN, infinities, text that is
     not a number, and any value whose conversion fails (an int too large for a float, a failing
     ``__float__``) are not numbers here."""
-    from .reference import as_number
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -170,7 +166,6 @@ def shared_secret(directory: str) -> Optional[str]:
     read or replace (see :func:`mlmonitor.multiprocess.check_directory`; a file not ours, not a
     regular file, or readable by group or others) is not used: None, with one log line.
     """
-    from .multiprocess import UnsafeDirectory, check_directory
     path = os.path.join(directory, SECRET_FILE)
     try:
         check_directory(directory, clean=False)

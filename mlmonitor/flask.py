@@ -1,9 +1,10 @@
-"""The Flask extension: ``Monitor(app)`` or ``Monitor().init_app(app)``.
+"""The Flask layer: what ``Monitor(app)`` / ``monitor.init_app(app)`` adds to a Flask app.
 
-It wraps ``app.wsgi_app`` with :class:`MonitorMiddleware` (the request is
-handled there, once) and adds only what Flask knows: the URL rule as the route
-label, the views marked as prediction endpoints with their model and version,
-and the span of ``FlaskInstrumentor`` when the app already uses it.
+It wraps ``app.wsgi_app`` with :class:`~mlmonitor.middleware.MonitorMiddleware` (the request is
+handled there, once) and adds only what Flask knows: the URL rule as the route label, the
+``capture_io`` previews from the request's and the response's JSON, and the span of
+``FlaskInstrumentor`` when the app already uses it. :class:`mlmonitor.Monitor` calls
+:func:`attach`.
 
 Flask config keys (``MLMONITOR_<SETTING>``, read when ``MLMONITOR_*`` keyword
 arguments are absent): ``MLMONITOR_MODEL_NAME``, ``MLMONITOR_MODEL_VERSION``,
@@ -14,26 +15,12 @@ arguments are absent): ``MLMONITOR_MODEL_NAME``, ``MLMONITOR_MODEL_VERSION``,
 ``MLMONITOR_REDACT``, ``MLMONITOR_REFERENCE``, ``MLMONITOR_REFERENCES``,
 ``MLMONITOR_FEEDBACK_SECRET``;
 see the README's configuration table.
-
-Example::
-
-    from flask import Flask
-    from mlmonitor import Monitor
-
-    app = Flask(__name__)
-    monitor = Monitor(app, model_name="iris", model_version="v1")
-
-    @app.post("/predict")
-    @monitor.prediction
-    def predict():
-        with monitor.stage("inference"):
-            ...
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from flask import Flask, after_this_request, request
+from flask import Flask, after_this_request, current_app, has_app_context, request
 
 try:  # Flask >= 2.3 keeps the request context in a context variable
     from flask.globals import _cv_request
@@ -45,95 +32,78 @@ from werkzeug.wsgi import ClosingIterator
 
 from . import context, guard, previews
 from .config import resolve
+from .engine import Recorder
 from .middleware import MATERIALISED, MonitorMiddleware
 from .previews import MAX_IO_BYTES, json_within
-from .record import UNMATCHED_ROUTE, _current
-from .views import MonitorBase, begin_view
+from .record import RECORD_VAR, UNMATCHED_ROUTE, RequestRecord
+from .traces import TraceSink
 
-__all__ = ["Monitor", "EXTENSION_KEY"]
+__all__ = ["attach", "is_flask_app", "current_recorder", "EXTENSION_KEY"]
 
 EXTENSION_KEY = "mlmonitor"
 
 
-class Monitor(MonitorBase):
-    """Observability for a Flask model server in one line.
-
-    Given a FastAPI or Starlette app instead, ``Monitor(app)`` returns
-    :class:`mlmonitor.fastapi.Monitor` for it: the same one line for both worlds.
-    """
-
-    def __new__(cls, app: Any = None, **options: Any) -> Any:
-        if cls is Monitor and app is not None and _is_starlette(app):
-            from .fastapi import Monitor as AsgiMonitor
-            return AsgiMonitor(app, **options)
-        return super().__new__(cls)
-
-    def init_app(self, app: Flask, **options: Any) -> None:
-        """Wrap ``app``; keyword options override those given to ``Monitor()``."""
-        if EXTENSION_KEY in app.extensions:
-            raise RuntimeError("mlmonitor is already registered on this Flask app; "
-                               "call Monitor(app) or monitor.init_app(app) once per app")
-        merged = {**self.options, **options}
-        registry = merged.pop("registry", None)
-        tracer_provider = merged.pop("tracer_provider", None)
-        log_stream = merged.pop("log_stream", None)
-        settings = resolve(merged, app.config)
-        middleware = MonitorMiddleware(
-            app.wsgi_app, settings=settings, registry=registry, tracer_provider=tracer_provider,
-            log_stream=log_stream, route_from_app=True,
-            borrow_span=lambda: _borrows(app, middleware))
-        self._attach(middleware)
-        if middleware.traces is not None and middleware.traces.mlflow:  # named from the start
-            middleware.traces.route_at_start = lambda environ: _route_at_start(app, environ)
-        app.wsgi_app = middleware  # type: ignore[method-assign]
-        # first of the app's hooks (an auth hook may answer before the others run), and the
-        # after-request hook last (it sees the response the app really sends)
-        app.before_request_funcs.setdefault(None, []).insert(0, _before_request)
-        app.after_request_funcs.setdefault(None, []).insert(0, _after_request_last)
-        app.extensions[EXTENSION_KEY] = middleware
-
-    def _middleware(self) -> Any:
-        """Outside a request: the current Flask app's middleware, else the newest."""
-        from flask import current_app, has_app_context
-        if has_app_context() and EXTENSION_KEY in current_app.extensions:
-            return current_app.extensions[EXTENSION_KEY]
-        return super()._middleware()
-
-    _previews_from_view = False  # capture_io: the request's and the response's JSON (_capture_io)
-
-    @staticmethod
-    def _begin_view(rec: Any, model_name: Any, model_version: Any) -> None:
-        """A prediction view starts: its model and version, and FlaskInstrumentor's span."""
-        begin_view(rec, model_name, model_version)
-        try:
-            _borrow_span(rec)
-        except Exception as exc:
-            guard.report_fault("flask", exc, rec.middleware)
+def is_flask_app(app: Any) -> bool:
+    return isinstance(app, Flask)
 
 
-def _is_starlette(app: Any) -> bool:
-    """A FastAPI or Starlette app (checked by class, without importing either)."""
-    return any(klass.__module__.split(".")[0] in ("starlette", "fastapi")
-               for klass in type(app).__mro__)
+def attach(app: Flask, options: dict) -> Recorder:
+    """Wrap ``app.wsgi_app`` and add the hooks; the app's recorder, also kept in
+    ``app.extensions["mlmonitor"]``."""
+    if EXTENSION_KEY in app.extensions:
+        raise RuntimeError("mlmonitor is already registered on this Flask app; "
+                           "call Monitor(app) or monitor.init_app(app) once per app")
+    options = dict(options)
+    registry = options.pop("registry", None)
+    tracer_provider = options.pop("tracer_provider", None)
+    log_stream = options.pop("log_stream", None)
+    settings = resolve(options, app.config)
+    middleware = MonitorMiddleware(
+        app.wsgi_app, settings=settings, registry=registry, tracer_provider=tracer_provider,
+        log_stream=log_stream, route_from_app=True, borrow_span=lambda: _borrows(app, recorder))
+    recorder = middleware.recorder
+    traces = recorder.traces
+    if traces is not None:
+        recorder.prediction_hook = _borrow_span  # FlaskInstrumentor's hook may run after ours
+        if traces.mlflow:  # named from the start
+            traces.route_at_start = lambda environ: _route_at_start(app, environ)
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+    # first of the app's hooks (an auth hook may answer before the others run), and the
+    # after-request hook last (it sees the response the app really sends)
+    app.before_request_funcs.setdefault(None, []).insert(0, _before_request)
+    app.after_request_funcs.setdefault(None, []).insert(0, _after_request_last)
+    app.extensions[EXTENSION_KEY] = recorder
+    return recorder
 
 
-def _borrow_span(rec: Any) -> None:
-    """Use FlaskInstrumentor's span when the app has one (one server span, never two)."""
-    if rec.span is not None or rec.middleware.traces is None:
+def current_recorder() -> Optional[Recorder]:
+    """The recorder of the current Flask app, if there is one and it is monitored."""
+    if has_app_context():
+        recorder: Optional[Recorder] = current_app.extensions.get(EXTENSION_KEY)
+        return recorder
+    return None
+
+
+def _borrow_span(rec: RequestRecord) -> None:
+    """Use FlaskInstrumentor's span when the app has one (one server span, never two); a
+    fault counts as ``flask`` and never raises."""
+    if rec.span is not None or rec.recorder.traces is None:
         return  # ours, or one borrowed already, or no tracing
-    span = trace.get_current_span()
-    if span.get_span_context().is_valid:
-        from .traces import TraceSink
-        rec.own_span = False
-        TraceSink.adopt(rec, span)
+    try:
+        span = trace.get_current_span()
+        if span.get_span_context().is_valid:
+            rec.own_span = False
+            TraceSink.adopt(rec, span)
+    except Exception as exc:
+        guard.report_fault("flask", exc, rec.recorder)
 
 
-def _borrows(app: Flask, middleware: MonitorMiddleware) -> bool:
+def _borrows(app: Flask, recorder: Recorder) -> bool:
     """Whether FlaskInstrumentor owns the server span: it does unless its spans go nowhere
     (no global provider set, so mlmonitor traces with its own)."""
     if not getattr(app, "_is_instrumented_by_opentelemetry", False):
         return False
-    traces = middleware.traces
+    traces = recorder.traces
     return not traces.own_provider or trace._TRACER_PROVIDER is not None  # type: ignore[union-attr]
 
 
@@ -143,7 +113,7 @@ def _route_at_start(app: Flask, environ: dict) -> Any:
     return rule.rule
 
 
-def _capture_io(rec: Any, response: Any) -> None:
+def _capture_io(rec: RequestRecord, response: Any) -> None:
     """``capture_io=True``, after the view: the request's JSON and the JSON the view returned.
 
     The request's is what the view already parsed or read (Werkzeug caches both); if it read
@@ -159,12 +129,10 @@ def _capture_io(rec: Any, response: Any) -> None:
             inputs = parsed[0]
         else:
             data = getattr(req, "_cached_data", None)  # the view's get_data() / .data
-            if data is None and response.is_sequence:
-                try:
-                    data = req.stream.read(MAX_IO_BYTES + 1)
-                except (OSError, ValueError, HTTPException):  # the client went away, 413...
-                    data = None
-            inputs = json_within(data)
+            if data is None and response.is_sequence:  # the client went away, a 413...
+                inputs = previews.read_json(req.stream.read, (OSError, ValueError, HTTPException))
+            else:
+                inputs = json_within(data)
     outputs = None
     if response.is_json and response.is_sequence \
             and response.calculate_content_length() <= MAX_IO_BYTES:
@@ -179,27 +147,27 @@ def _current_request() -> Any:
 
 
 def _before_request() -> None:
-    rec = _current.get()  # set by this app's middleware, which runs around this hook
+    rec = RECORD_VAR.get()  # set by this app's middleware, which runs around this hook
     if rec is None or rec.finished:
         return
     try:  # every request: a try, not guarded()
         rule = _current_request().url_rule
-        rec.middleware.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
-        if rec.span is None and rec.middleware.traces is not None:
+        rec.recorder.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
+        if rec.span is None and rec.recorder.traces is not None:
             _borrow_span(rec)
             if rec.span is None:  # FlaskInstrumentor's hook may run after ours: look again later
                 after_this_request(_after_request)
     except Exception as exc:
-        guard.report_fault("flask", exc, rec.middleware)
+        guard.report_fault("flask", exc, rec.recorder)
 
 
 def _after_request(response: Any) -> Any:
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is not None and rec.span is None:
         try:
             _borrow_span(rec)
         except Exception as exc:
-            guard.report_fault("flask", exc, rec.middleware)
+            guard.report_fault("flask", exc, rec.recorder)
         context.annotate_borrowed(rec)
     return response
 
@@ -208,20 +176,20 @@ def _after_request_last(response: Any) -> Any:
     """Runs after the app's own after-request hooks: the route if a hook answered before
     ours ran, and a materialised body is recorded when the app returns (the test client
     without ``buffered=True`` never closes it); a streamed one still at ``close()``."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None or rec.finished:
         return response
     try:
         if rec.route is None:
             rule = _current_request().url_rule
-            rec.middleware.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
+            rec.recorder.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
         if not response.is_sequence and type(response.response) is ClosingIterator \
                 and response.status_code >= 400 and not response.direct_passthrough:
             response.make_sequence()  # an HTTPException's page (abort, 404, 500): a few bytes
         if response.is_sequence:
             rec.environ[MATERIALISED] = True
-        if rec.middleware.settings.capture_io and rec.is_prediction:
+        if rec.recorder.settings.capture_io and rec.is_prediction:
             _capture_io(rec, response)
     except Exception as exc:
-        guard.report_fault("flask", exc, rec.middleware)
+        guard.report_fault("flask", exc, rec.recorder)
     return response

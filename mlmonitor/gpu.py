@@ -81,7 +81,7 @@ class GpuCollector(Collector):
 
 def make_gpu_collector() -> "GpuCollector | None":
     """A collector if NVML is importable and sees a GPU, else None (one debug log line)."""
-    try:
+    try:  # optional dependency: the [gpu] extra
         import pynvml
     except ImportError:
         log.debug("mlmonitor: no GPU metrics: pynvml is not installed (pip install 'mlmonitor-serving[gpu]')")

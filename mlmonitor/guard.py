@@ -6,8 +6,8 @@ hooks, sinks, the streamed body, stages, each id of a batch): there a plain ``tr
 :func:`report_fault` costs nothing until it fails, where a ``with`` costs ~2-4k
 instructions each time (measured under callgrind). The app's own exceptions never pass here.
 
-Who counts a fault: the ``owner`` given (a middleware or a metrics sink: anything
-with ``count_fault(component)``), else the middleware of the request being served in
+Who counts a fault: the ``owner`` given (a recorder or a metrics sink: anything
+with ``count_fault(component)``), else the recorder of the request being served in
 this context, else the newest live owner added with :func:`add_owner` (a process that
 serves one app: that app). So two monitored apps in one process count one fault once.
 Owners are held weakly: an app that goes away takes its counting with it.
@@ -17,17 +17,24 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Protocol
 
-from .record import _current
+from .record import RECORD_VAR
 
 __all__ = ["guarded", "report_fault", "add_owner", "has_owners", "total_faults", "fault_counts"]
 
 log = logging.getLogger("mlmonitor")
 
+
+class FaultCounter(Protocol):
+    """Who counts a fault in its metrics: a recorder, a metrics sink, a WSGI middleware."""
+
+    def count_fault(self, component: str) -> None: ...
+
+
 #: faults seen in this process, by component; tests read it to prove no hidden faults.
 fault_counts: dict = {}
-_owners: List["weakref.ref[Any]"] = []
+_owners: List["weakref.ref[FaultCounter]"] = []
 _lock = threading.Lock()
 
 
@@ -40,7 +47,7 @@ class guarded:
 
     __slots__ = ("component", "owner")
 
-    def __init__(self, component: str, owner: Any = None) -> None:
+    def __init__(self, component: str, owner: Optional[FaultCounter] = None) -> None:
         self.component = component
         self.owner = owner
 
@@ -54,7 +61,7 @@ class guarded:
         return True
 
 
-def add_owner(owner: Any) -> None:
+def add_owner(owner: FaultCounter) -> None:
     """``owner.count_fault(component)`` counts faults outside any request while it is the newest."""
     with _lock:
         _owners[:] = [ref for ref in _owners if ref() is not None]
@@ -66,10 +73,10 @@ def has_owners() -> bool:
     return any(ref() is not None for ref in _owners)
 
 
-def _default_owner() -> Any:
-    rec = _current.get()
-    if rec is not None and rec.middleware is not None:
-        return rec.middleware
+def _default_owner() -> Optional[FaultCounter]:
+    rec = RECORD_VAR.get()
+    if rec is not None and rec.recorder is not None:
+        return rec.recorder
     for ref in reversed(_owners):
         owner = ref()
         if owner is not None:
@@ -81,7 +88,8 @@ def total_faults() -> int:
     return sum(fault_counts.values())
 
 
-def report_fault(component: str, exc: Optional[BaseException] = None, owner: Any = None) -> None:
+def report_fault(component: str, exc: Optional[BaseException] = None,
+                 owner: Optional[FaultCounter] = None) -> None:
     """Record one internal fault; never raises."""
     try:
         with _lock:

@@ -20,8 +20,8 @@ import weakref
 from typing import Callable, Optional, TextIO
 
 from .config import Settings
-from .mlflow import lineage
 from .guard import report_fault
+from .lineage import lineage
 from .record import RequestRecord, stage_totals
 from .redact import REDACTED, describe_exception, redact_mapping, redact_text, redactor
 from .rendering import PIPE_BUF, SafeJSONRenderer, _fit, pipe_fd, render_json, valid_utf8

@@ -19,13 +19,15 @@ from prometheus_client.exposition import choose_encoder
 
 from . import guard
 from .config import MAX_OBSERVED, Settings, number_in
-from .contract import (CLASS, CORRECT, ERROR_TYPE, HTTP_5XX, INCORRECT, INVALID_INPUT, MODEL_NAME,
-                       MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
-from .mlflow import lineage
+from .contract import (CLASS, CORRECT, ERROR_TYPE, HTTP_5XX, INCORRECT, INVALID_INPUT, LATENCY_THRESHOLD,
+                       MODEL_NAME, MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
 from .families import Families, LabelCap, clean_label, families_for, gpu_collector
+from .lineage import lineage
 from .multiprocess import (AdmittedValues, CheckedCollector, directory_lock, multiprocess_dir,
                            restore_deleted_files)
 from .record import RequestRecord
+from .reference import UNKNOWN_FEATURE
+from .tokens import FEEDBACK_REASONS
 
 __all__ = ["MetricsSink", "Families", "LabelCap", "clean_label", "families_for"]
 
@@ -40,7 +42,6 @@ _warned_buckets: set = set()
 def warn_if_buckets_miss_the_rules(buckets: Tuple[float, ...]) -> bool:
     """One warning per process when the latency buckets lack the shipped rules' threshold:
     the slow-ratio rules read the bucket at that bound, so they would return nothing."""
-    from .contract import LATENCY_THRESHOLD
     if any(abs(b - LATENCY_THRESHOLD) < 1e-9 for b in buckets) or buckets in _warned_buckets:
         return False
     _warned_buckets.add(buckets)
@@ -89,7 +90,7 @@ class MetricsSink:
         self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")
         self._process_pid = os.getpid()
         # no model is marked here: a model's info series appears once a view declares it
-        # (MonitorMiddleware.declare_model) or a prediction is charged to it, never for a
+        # (Recorder.declare_model) or a prediction is charged to it, never for a
         # default model that nothing serves
 
     # -- label children, cached -------------------------------------------------
@@ -156,7 +157,6 @@ class MetricsSink:
         once per process (the first ``MAX_UNKNOWN_LOGGED`` names).
         """
         if features is not None and profile is not None:
-            from .reference import UNKNOWN_FEATURE
             items = features.items() if hasattr(features, "items") else ()
             known = 0
             for feature, value in items:
@@ -201,7 +201,6 @@ class MetricsSink:
         self.child(self.f.feedback_absolute_error, *labels).observe(error)
 
     def count_feedback_rejected(self, reason: str) -> None:
-        from .tokens import FEEDBACK_REASONS
         self.child(self.f.feedback_rejected, reason if reason in FEEDBACK_REASONS else "malformed").inc()
 
     # -- per request ------------------------------------------------------------

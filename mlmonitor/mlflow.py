@@ -1,9 +1,11 @@
-"""MLflow: model lineage from a model URI, traces shaped for MLflow, and the connected mode.
+"""MLflow: traces shaped for MLflow, and the connected mode (:func:`enable`).
 
-Runs at start-up only. MLflow's client is imported only to resolve an alias (or a
-version's run id) and by :func:`enable`; the OTLP path to an MLflow server needs none of
-it: the span attributes MLflow reads (``mlflow.traceTag.*``, ``mlflow.spanType``,
-``mlflow.spanInputs``) are plain OpenTelemetry attributes set in :mod:`mlmonitor.traces`.
+Runs at start-up, except the two small helpers the trace sink calls per request
+(:func:`headers_name_mlflow` at its start, :func:`json_text`). MLflow's client is imported
+only by :func:`enable`; the OTLP path to an MLflow server needs none of it: the span
+attributes MLflow reads (``mlflow.traceTag.*``, ``mlflow.spanType``, ``mlflow.spanInputs``)
+are plain OpenTelemetry attributes set in :mod:`mlmonitor.traces`. Model lineage from a model
+URI lives in :mod:`mlmonitor.lineage`.
 """
 from __future__ import annotations
 
@@ -12,118 +14,18 @@ import json
 import logging
 import os
 import re
-import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
-from .config import _LINEAGE_OK, DEFAULT_REDACT, ConfigError
+from opentelemetry import trace
+
+from .config import DEFAULT_REDACT, ConfigError
+from .lineage import mlflow_client
 from .redact import redactor
+from .trace_provider import configure_tracing, exporter_names
 
-__all__ = ["parse_model_uri", "resolve_model_uri", "apply_model_uri", "lineage", "register_lineage",
-           "headers_name_mlflow", "json_text", "enable"]
+__all__ = ["headers_name_mlflow", "json_text", "enable", "enabled_before_fork"]
 
 log = logging.getLogger("mlmonitor")
-
-#: (model name, version) -> (run id, model id): labels of mlmonitor_model_info, span
-#: attributes and log fields; bounded by the models this process declares
-_LINEAGE: Dict[Tuple[str, str], Tuple[str, str]] = {}
-_lock = threading.Lock()
-_NAME = r"[^/@]{1,128}"
-_MODELS = re.compile(rf"models:/({_NAME})(?:/([^/@]{{1,128}})|@([A-Za-z0-9_-]{{1,64}}))/?")
-_LOGGED = re.compile(r"models:/(m-[0-9a-f]{1,64})/?")
-_RUNS = re.compile(r"runs:/([0-9a-zA-Z_-]{1,64})(?:/.*)?")
-
-
-def register_lineage(name: str, version: str, run_id: Optional[str], model_id: Optional[str]) -> None:
-    """Remember a served version's lineage (start-up only)."""
-    if run_id or model_id:
-        with _lock:
-            _LINEAGE[(name, version)] = (_clean(run_id), _clean(model_id))
-
-
-def lineage(name: str, version: str) -> Tuple[str, str]:
-    """``(run_id, model_id)`` of a served version, ``("", "")`` when unknown."""
-    found = _LINEAGE.get((name, version))
-    if found is None and _LINEAGE:  # a runs:/ URI without a version: any version of the name
-        found = _LINEAGE.get((name, ""))
-    return found or ("", "")
-
-
-def _clean(value: Any) -> str:
-    text = str(value) if value else ""
-    return text if _LINEAGE_OK(text) else ""
-
-
-def parse_model_uri(uri: str) -> Dict[str, Optional[str]]:
-    """The parts of an MLflow model URI; ConfigError when it is none of the known forms."""
-    parts: Dict[str, Optional[str]] = dict(name=None, version=None, alias=None, run_id=None,
-                                           model_id=None)
-    match = _LOGGED.fullmatch(uri)
-    if match:
-        parts["model_id"] = match.group(1)
-        return parts
-    match = _MODELS.fullmatch(uri)
-    if match:
-        parts.update(name=match.group(1), version=match.group(2), alias=match.group(3))
-        if parts["version"] in ("latest",) or (parts["version"] and not parts["version"].isdigit()):
-            raise ConfigError(f"mlmonitor setting model_uri={uri!r}: a registered model's version "
-                              "must be a number (or use models:/name@alias)")
-        return parts
-    match = _RUNS.fullmatch(uri)
-    if match:
-        parts["run_id"] = match.group(1)
-        return parts
-    raise ConfigError(f"mlmonitor setting model_uri={uri!r}: expected models:/name/version, "
-                      "models:/name@alias, models:/m-<model id> or runs:/<run id>/<path>")
-
-
-def _client() -> Any:
-    """MLflow's client with bounded retries: start-up must not hang on a server that is down."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    from mlflow import MlflowClient
-    return MlflowClient()
-
-
-def resolve_model_uri(uri: str) -> Dict[str, Optional[str]]:
-    """Name, version, run id and model id of ``uri``; an alias is resolved now with MLflow's
-    client (ConfigError when the registry cannot be reached); for a numbered version the
-    run and model ids come from the registry when it answers, else stay unknown."""
-    parts = parse_model_uri(uri)
-    if parts["alias"] is None and (parts["version"] is None or not os.environ.get("MLFLOW_TRACKING_URI")):
-        return parts
-    try:
-        client = _client()
-        if parts["alias"] is not None:
-            found = client.get_model_version_by_alias(parts["name"], parts["alias"])
-        else:
-            found = client.get_model_version(parts["name"], parts["version"])
-    except ImportError:
-        if parts["alias"] is None:
-            return parts
-        raise ConfigError(f"mlmonitor setting model_uri={uri!r}: resolving an alias needs MLflow's "
-                          "client: pip install 'mlmonitor-serving[mlflow]'") from None
-    except Exception as exc:
-        if parts["alias"] is None:
-            return parts  # the URI's name and version stand; the lineage stays unknown
-        raise ConfigError(f"mlmonitor setting model_uri={uri!r}: the model registry at "
-                          f"MLFLOW_TRACKING_URI could not resolve the alias "
-                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    parts["version"] = str(found.version)
-    parts["run_id"] = getattr(found, "run_id", None) or None
-    parts["model_id"] = getattr(found, "model_id", None) or None
-    return parts
-
-
-def apply_model_uri(settings: Any) -> None:
-    """Fill a Settings' model name, version and lineage fields from its ``model_uri``
-    (start-up; Settings registers the lineage once they are final)."""
-    parts = resolve_model_uri(settings.model_uri)
-    for field, value in (("model_name", parts["name"]), ("model_version", parts["version"]),
-                         ("model_run_id", parts["run_id"]), ("model_id", parts["model_id"])):
-        default = {"model_name": "model", "model_version": "unknown"}.get(field)
-        if value and getattr(settings, field) in (None, default):
-            object.__setattr__(settings, field, str(value)[:128])
-
 
 def headers_name_mlflow() -> bool:
     """Whether the OTLP headers send traces to an MLflow experiment (``x-mlflow-experiment-id``)."""
@@ -164,7 +66,7 @@ MIN_CONNECTED = (3, 7)
 
 def _installed_version() -> Optional[str]:
     """MLflow's version from its distribution (full, skinny or tracing-only), not importing it."""
-    from importlib import metadata
+    from importlib import metadata  # start-up cost (~9 ms): only the connected mode asks
     for dist in ("mlflow-skinny", "mlflow", "mlflow-tracing"):
         try:
             return metadata.version(dist)
@@ -194,9 +96,6 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
     MLflow's HTTP retries. Returns the provider (None when MLflow is not installed and
     ``required`` is false: spans are then only shaped for MLflow); idempotent per process.
     """
-    from opentelemetry import trace
-
-    from .trace_provider import _exporter_names, configure_tracing
     pid = os.getpid()
     if pid in _enabled:
         return trace.get_tracer_provider()
@@ -210,7 +109,7 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
     _check_version(_installed_version())
     # MLflow reads these when its tracing starts (after this), not at import
     os.environ["MLFLOW_USE_DEFAULT_TRACER_PROVIDER"] = "false"
-    if "otlp" in _exporter_names():
+    if "otlp" in exporter_names():
         os.environ["MLFLOW_ENABLE_OTLP_EXPORTER"] = "false"
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -222,14 +121,14 @@ def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
                   or os.environ.get("MLFLOW_EXPERIMENT_ID"))
     if experiment is None and os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         try:
-            found = _client().get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+            found = mlflow_client().get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
         except Exception as exc:
             raise ConfigError(f"MLFLOW_EXPERIMENT_NAME: the tracking server could not be asked "
                               f"({type(exc).__name__})") from None
         if found is None:
             raise ConfigError("MLFLOW_EXPERIMENT_NAME: no such experiment")
         experiment = found.experiment_id
-    try:
+    try:  # optional dependency: the [mlflow] extra, checked above
         import mlflow
         from mlflow.entities.trace_location import MlflowExperimentLocation
         if experiment is not None:

@@ -194,6 +194,7 @@ _NAMES: Dict[str, bytes] = {}
 
 def _sdk_classes() -> Tuple[Any, Any, Any]:
     """The SDK classes whose fields ``_span`` may read directly, if they still have them."""
+    # a probe of the installed SDK, run once when this module is imported (with OTLP export)
     from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.util import BoundedList
@@ -212,7 +213,7 @@ _READABLE_SPAN, _BOUNDED_ATTRIBUTES, _BOUNDED_LIST = _sdk_classes()
 
 def _span_context_class() -> Any:
     """SpanContext, if it is still the tuple (trace_id, span_id, is_remote, flags, state, valid)."""
-    from opentelemetry.trace import SpanContext, TraceState
+    from opentelemetry.trace import SpanContext, TraceState  # a probe, as above
 
     state = TraceState([("k", "v")])
     probe = SpanContext(1, 2, True, None, state)
@@ -229,7 +230,7 @@ def _probe_flags() -> Tuple[Dict[Any, int], bool, Dict[bool, int], bool]:
     is_remote bits; W3C trace flags proposed): span flags by parent (None, local,
     remote) and whether the span's trace flags are added; the same for links.
     """
-    try:
+    try:  # a probe, as above; the exporter package is optional (the [otlp] extra)
         from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import encode_spans
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.trace import Link, SpanContext, TraceFlags
@@ -511,6 +512,7 @@ _exporter_class: List[Any] = []
 
 def _fast_exporter_class() -> Any:
     if not _exporter_class:
+        # optional dependency: the [otlp] extra; its class is subclassed on first use
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         namespace: Dict[str, Any] = {

@@ -3,22 +3,24 @@ every framework.
 
 A framework layer hands over only what its view already holds: the parsed body or the value it
 returned (:func:`json_like`), or body bytes it knows to be at most :data:`MAX_IO_BYTES`
-(:func:`json_within`); it never reads a request stream past that cap, nor copies a larger
-response. :func:`preview` turns one value into the attribute's text: only the head it can show
-is read, every key is made text *before* redaction (a ``date`` or ``UUID`` key cannot make the
-encoder fail over to raw text), and a value it cannot show redacted gives no preview at all.
+(:func:`json_within`); a body nobody read yet is read here, once, no further than that cap
+(:func:`read_json`), and a larger response is never copied. :func:`preview` turns one value into
+the attribute's text: only the head it can show is read, every key is made text *before* redaction
+(a ``date`` or ``UUID`` key cannot make the encoder fail over to raw text), and a value it cannot
+show redacted gives no preview at all.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple, Type
 
-from .redact import MAX_DEPTH, Redactor, _safe_text
+from .record import RequestRecord
+from .redact import MAX_DEPTH, Redactor, safe_text
 from .trace_provider import MAX_ATTRIBUTE_LENGTH
 
 __all__ = ["IO_KEY", "MAX_IO_BYTES", "PREVIEW_CHARS", "keep", "json_like", "json_within",
-           "preview"]
+           "read_json", "preview"]
 
 #: the environ key where a framework layer leaves ``(inputs, outputs)`` with ``capture_io``
 IO_KEY = "mlmonitor.io"
@@ -28,10 +30,13 @@ MAX_IO_BYTES = 65536
 PREVIEW_CHARS = MAX_ATTRIBUTE_LENGTH
 
 
-def keep(rec: Any, inputs: Any, outputs: Any) -> None:
-    """Leave a request's inputs and outputs for the trace sink (None: no preview)."""
+def keep(rec: RequestRecord, inputs: Any, outputs: Any) -> None:
+    """Leave a request's inputs and outputs for the trace sink, in place of any kept before
+    (both None: no preview)."""
     if inputs is not None or outputs is not None:
         rec.environ[IO_KEY] = (inputs, outputs)
+    else:
+        rec.environ.pop(IO_KEY, None)
 
 
 def json_like(value: Any) -> Any:
@@ -53,6 +58,18 @@ def json_within(data: Any) -> Any:
         return None
 
 
+def read_json(read: Callable[[int], Any],
+              failures: Tuple[Type[BaseException], ...] = (OSError,)) -> Any:
+    """The one bounded read of a request body: at most :data:`MAX_IO_BYTES` + 1 bytes with
+    ``read(n)``, parsed by :func:`json_within` (so a longer body gives None). A read failing
+    with one of ``failures`` (the client went away, the framework's size limit) gives None."""
+    try:
+        data = read(MAX_IO_BYTES + 1)
+    except failures:
+        return None
+    return json_within(data)
+
+
 def preview(redactor: Redactor, value: Any) -> Optional[str]:
     """``value`` as JSON text of at most :data:`PREVIEW_CHARS`, secret fields redacted as in
     logs; a cut one becomes a JSON string of its head, so MLflow still parses it. None when the
@@ -62,7 +79,7 @@ def preview(redactor: Redactor, value: Any) -> Optional[str]:
     try:  # only the head is redacted and encoded: a 60 KB body costs what a small one does
         head = redactor.value(_head(value, budget, 0, lambda key: _redacted_key(redactor, key)))
         text = json.dumps(head, ensure_ascii=False,
-                          default=lambda item: redactor.text(_safe_text(item)))
+                          default=lambda item: redactor.text(safe_text(item)))
     except Exception:  # a mapping whose items() raise, a model that cannot be iterated...
         return None
     if len(text) > PREVIEW_CHARS or budget[0] < 0:
@@ -91,7 +108,7 @@ def _key(key: Any) -> str:
         return key
     if isinstance(key, (bytes, bytearray)):
         return bytes(key[:256]).decode("utf-8", "backslashreplace")
-    return _safe_text(key)[:256]
+    return safe_text(key)[:256]
 
 
 def _redacted_key(redactor: Redactor, key: Any) -> str:
@@ -99,7 +116,7 @@ def _redacted_key(redactor: Redactor, key: Any) -> str:
     value the redactor hides, any other the text rules (``token=...``)."""
     if isinstance(key, tuple):
         shown = redactor.value(key)
-        key = _safe_text(tuple(shown) if isinstance(shown, list) else shown)
+        key = safe_text(tuple(shown) if isinstance(shown, list) else shown)
     return redactor.text(_key(key))
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextvars
 from types import MappingProxyType
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .contract import CLIENT_CLOSED, HTTP_5XX, INVALID_INPUT, OTHER, UNMATCHED_ROUTE
+
+if TYPE_CHECKING:  # the engine imports this module: the link is typed, not imported
+    from .engine import Recorder
 
 __all__ = ["ENVIRON_KEY", "KNOWN_METHODS", "MAX_TAGS", "OTHER", "UNMATCHED_ROUTE", "RequestRecord",
            "RecordView", "current_record", "request_id", "trace_id", "error_type_of", "stage_totals"]
@@ -24,7 +27,9 @@ KNOWN_METHODS = frozenset(
 #: tags a request keeps (``monitor.tag()``), and so span attributes made of them
 MAX_TAGS = 32
 
-_current: contextvars.ContextVar[Optional["RequestRecord"]] = contextvars.ContextVar(
+#: the record of the request served in this context: set by the engine (``Recorder.enter``) and
+#: the streamed body, read by the in-request helpers and the framework layers
+RECORD_VAR: contextvars.ContextVar[Optional["RequestRecord"]] = contextvars.ContextVar(
     "mlmonitor_request", default=None)
 
 
@@ -34,7 +39,7 @@ def current_record() -> Optional["RecordView"]:
     The view reads the live record (a tag added later shows), but cannot change it: use
     ``tag()``, ``set_model_version()`` and ``observe()`` for that.
     """
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     if rec is None:
         return None
     view = rec.view
@@ -45,30 +50,36 @@ def current_record() -> Optional["RecordView"]:
 
 def request_id() -> Optional[str]:
     """The id of the request being served (its ``X-Request-ID``), or None outside one."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     return rec.request_id or None if rec is not None else None
 
 
 def trace_id() -> Optional[str]:
     """The trace id of the request being served (32 hex digits), or None outside one or when
     it has no trace."""
-    rec = _current.get()
+    rec = RECORD_VAR.get()
     return rec.trace_id or None if rec is not None else None
 
 
 class RequestRecord:
-    """Facts about one request. Plain slots: cheap to create, cheap to read."""
+    """Facts about one request. Plain slots: cheap to create, cheap to read.
+
+    ``recorder``: the :class:`~mlmonitor.engine.Recorder` that began it (settings, sinks,
+    references), which the in-request helpers and the framework layers report to."""
 
     __slots__ = (
         "start", "start_ns", "duration", "method", "path", "query", "route", "status_code",
         "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
         "is_prediction", "model_name", "model_version", "prediction_seconds", "stages",
-        "exc", "error_type", "tags", "observations", "environ", "middleware", "finished",
+        "exc", "error_type", "tags", "observations", "environ", "recorder", "finished",
         "in_progress", "error_detail", "first_chunk", "view", "gone_at",
     )
 
-    def __init__(self, environ: dict, method: str, start: float, start_ns: int) -> None:
+    def __init__(self, environ: dict, method: str, start: float, start_ns: int,
+                 recorder: Optional["Recorder"] = None) -> None:
         self.environ = environ
+        # None only for a record handed to a sink directly (a sink's own tests)
+        self.recorder: "Recorder" = recorder  # type: ignore[assignment]
         self.method = method
         self.start = start
         self.start_ns = start_ns
@@ -92,7 +103,6 @@ class RequestRecord:
         self.error_type: Optional[str] = None
         self.tags: Dict[str, Any] = {}
         self.observations: List[Any] = []
-        self.middleware: Any = None
         self.finished = False
         self.in_progress: Any = None
         self.error_detail: Optional[Tuple[str, str]] = None

@@ -46,7 +46,7 @@ _KEY_PARTS = re.compile(r"[^a-z0-9_\-]+")
 _URL_USERINFO = re.compile(r"(://[^\s/:@]{0,256}:)[^\s@]{1,256}@")
 
 
-def _safe_text(obj: Any) -> str:
+def safe_text(obj: Any) -> str:
     try:
         return str(obj)
     except Exception:
@@ -186,7 +186,7 @@ class Redactor:
         The stack is redacted frame by frame (each frame cut at its head, so a name is
         never separated from its value), keeping the most recent frames.
         """
-        message = self.text(_safe_text(exc)[:MAX_SCAN])
+        message = self.text(safe_text(exc)[:MAX_SCAN])
         try:
             parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
         except Exception:

@@ -87,7 +87,7 @@ def _sanitize(obj: Any, depth: int, seen: set, max_str: int) -> Any:
         try:
             out = {}
             for key, value in list(obj.items())[:1000]:
-                key_text = key if type(key) is str else _safe_text(key)
+                key_text = key if type(key) is str else safe_text(key)
                 out[key_text[:max_str]] = _sanitize(value, depth + 1, seen, max_str)
             return out
         finally:
@@ -109,7 +109,7 @@ def _sanitize(obj: Any, depth: int, seen: set, max_str: int) -> Any:
     return _sanitize(converted, depth + 1, seen, max_str)
 
 
-def _safe_text(obj: Any) -> str:
+def safe_text(obj: Any) -> str:
     try:
         return str(obj)
     except Exception:

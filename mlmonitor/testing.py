@@ -51,7 +51,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from . import middleware
+from . import engine
 
 __all__ = ["Captured", "capture", "mlmonitor_capture"]
 
@@ -131,11 +131,11 @@ class Captured:
 def capture() -> Iterator[Captured]:
     """Monitors created inside use fresh doubles; see the module docstring."""
     captured = Captured()
-    middleware._captures.append(captured)
+    engine._captures.append(captured)
     try:
         yield captured
     finally:
-        middleware._captures.remove(captured)
+        engine._captures.remove(captured)
 
 
 try:

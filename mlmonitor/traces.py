@@ -36,11 +36,13 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from . import __version__
 from .config import MAX_OBSERVED, Settings, number_in
-from .mlflow import headers_name_mlflow, json_text, lineage
+from .lineage import lineage
+from .mlflow import enable, headers_name_mlflow, json_text
 from .previews import IO_KEY, preview
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord, stage_totals
-from .redact import REDACTED, _safe_text, describe_exception, redactor
+from .redact import REDACTED, describe_exception, redactor, safe_text
 # start-up code, kept importable here (gunicorn hooks and users call traces.shutdown())
 from .trace_provider import (MAX_ATTRIBUTE_LENGTH, _fork_generation, add_drop_counter,  # noqa: F401
                              build_tracer_provider, is_built, provider_for, reset_after_fork,
@@ -51,7 +53,7 @@ __all__ = ["TraceSink", "build_tracer_provider", "provider_for", "shutdown", "re
 
 
 def _environ_getter() -> Any:
-    from opentelemetry.propagators.textmap import Getter
+    from opentelemetry.propagators.textmap import Getter  # its subclass is built on first use
 
     class EnvironGetter(Getter):
         """Reads W3C headers straight from the WSGI environ."""
@@ -74,14 +76,12 @@ class TraceSink:
 
     def __init__(self, settings: Settings, tracer_provider: Any = None,
                  on_dropped: Optional[Callable[[int], None]] = None) -> None:
-        from . import __version__
         self.settings = settings
         self.redact = settings.redact_set
         self.redactor = redactor(self.redact)
         self.version = __version__
         self.tracer_provider = tracer_provider
         if settings.mlflow and tracer_provider is None:  # connected mode, set up before any span
-            from .mlflow import enable
             enable(required=False)
         self.provider = provider_for(settings, tracer_provider)  # validates OTEL_* at start-up
         self.tracer = self.provider.get_tracer("mlmonitor", __version__)
@@ -237,9 +237,9 @@ class TraceSink:
             elif not isinstance(value, (bool, int, float)):
                 # a mapping or list keeps its secret fields hidden; str() of anything never raises here
                 value = _utf8(self.redactor.text(
-                    _safe_text(self.redactor.value(value))[:MAX_ATTRIBUTE_LENGTH]))
+                    safe_text(self.redactor.value(value))[:MAX_ATTRIBUTE_LENGTH]))
             elif type(value) is int and not -(1 << 63) <= value < (1 << 63):
-                value = _safe_text(value)[:64]  # OTLP carries int64: one big int would drop the batch
+                value = safe_text(value)[:64]  # OTLP carries int64: one big int would drop the batch
             attributes["ml.tag." + _utf8(str(key)[:64])] = value
         return attributes
 

@@ -1,81 +1,137 @@
-"""What every framework's ``Monitor`` shares: ``@monitor.prediction`` and the in-request helpers.
+"""The prediction wrapper every framework shares: ``@monitor.prediction`` and Django's ``@prediction``.
 
-A framework layer (Flask, Starlette/FastAPI) subclasses :class:`MonitorBase` and adds only
-how it wraps the app and learns the route. The prediction wrapper is the same for sync and
-``async def`` views: the record is found in the context variable, which Flask's asgiref,
-Starlette's thread pool and asyncio tasks all copy.
+Written once, for ``def`` and ``async def`` views alike, and used by Flask, FastAPI/Starlette
+and Django; a framework says only what it adds: through a small :class:`ViewLayer` (where the
+record is, where the ``capture_io`` previews come from) and the recorder's ``prediction_hook``
+(Flask adopts FlaskInstrumentor's span there). The record is found in the context variable, which
+Flask's asgiref, Starlette's thread pool, Django's async adapters and asyncio tasks all copy.
+
+One rule for a ``model_name`` / ``model_version`` callable, in every framework: it is called
+per request with the arguments the view is called with (Flask: the URL variables as keywords;
+FastAPI: the endpoint's parameters as keywords; Django: the request, then the URL arguments).
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from . import context, guard, previews
-from .record import RequestRecord, _current
+from .config import ConfigError
+from .engine import Recorder
+from .lineage import register_lineage, resolve_model_uri
+from .record import RECORD_VAR, RequestRecord
 
-__all__ = ["MonitorBase", "prediction_view", "begin_view"]
+__all__ = ["ViewLayer", "prediction_view", "model_of", "keep_io", "from_model_uri"]
 
 _perf = time.perf_counter
 
 
-def begin_view(rec: RequestRecord, model_name: Any, model_version: Any) -> None:
-    """A prediction view starts: its model (a callable is evaluated now) and version."""
-    middleware = rec.middleware
-    try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
-        middleware.begin_prediction(rec, context.model_name_of(model_name, middleware),
-                                    model_version)
+class ViewLayer:
+    """What a framework adds around a prediction view; these defaults suit FastAPI/Starlette."""
+
+    #: the ``component`` of a fault while a prediction begins
+    component = "prediction"
+
+    def record_of(self, args: tuple) -> Optional[RequestRecord]:
+        """The request's record (None: not a request mlmonitor serves)."""
+        return RECORD_VAR.get()
+
+    def previews(self, rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
+        """``capture_io``: the view's parsed arguments and its result."""
+        keep_io(rec, kwargs, result)
+
+
+VIEWS = ViewLayer()
+
+
+def model_of(value: Any, recorder: Recorder, component: str, args: tuple, kwargs: dict) -> Any:
+    """A name or version of a prediction view: a callable is called with the view's arguments
+    (the one rule); a fault counts and gives None (the default), never raises into the view."""
+    if not callable(value):
+        return value
+    try:
+        value = value(*args, **kwargs)
     except Exception as exc:
-        guard.report_fault("prediction", exc, middleware)
+        guard.report_fault(component, exc, recorder)
+        return None
+    return str(value)[:128] if value is not None and value != "" else None
 
 
 def prediction_view(view: Callable, model_name: Any, model_version: Any,
-                    begin: Callable[[RequestRecord, Any, Any], None] = begin_view,
-                    previews_from_view: bool = True) -> Callable:
+                    layer: ViewLayer = VIEWS) -> Callable:
     """``view`` wrapped so that each call is a prediction of the model; sync or async alike.
     Its exceptions pass through untouched (the framework's error handling answers them)."""
+
+    dynamic = callable(model_name) or callable(model_version)
+    # the default layer finds the record in the context variable: no call per request
+    record_of = None if type(layer) is ViewLayer else layer.record_of
+
+    def begin(rec: RequestRecord, args: tuple, kwargs: dict) -> None:
+        recorder = rec.recorder
+        try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
+            if dynamic:
+                name = model_of(model_name, recorder, "model_name", args, kwargs)
+                version = model_of(model_version, recorder, "model_version", args, kwargs)
+                recorder.begin_prediction(rec, name, version)
+            else:
+                recorder.begin_prediction(rec, model_name, model_version)
+            hook = recorder.prediction_hook
+            if hook is not None:
+                hook(rec)
+        except Exception as exc:
+            guard.report_fault(layer.component, exc, recorder)
+
+    def previews(rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
+        """``capture_io``: the layer's previews, once the view returned."""
+        if rec.environ is not None:
+            try:
+                layer.previews(rec, args, kwargs, result)
+            except Exception as exc:
+                guard.report_fault("traces", exc, rec.recorder)
+
     if inspect.iscoroutinefunction(view):
         @functools.wraps(view)
         async def monitored_async_view(*args: Any, **kwargs: Any) -> Any:
-            rec = _current.get()
-            if rec is None:
+            rec = RECORD_VAR.get() if record_of is None else record_of(args)
+            if rec is None or rec.finished:
                 return await view(*args, **kwargs)
-            begin(rec, model_name, model_version)
+            begin(rec, args, kwargs)
             started = _perf()
             try:
                 result = await view(*args, **kwargs)
-                if previews_from_view and rec.middleware.settings.capture_io:
-                    keep_io(rec, kwargs, result)
-                return result
             except BaseException as exc:
                 rec.exc = exc
                 raise
             finally:
                 rec.prediction_seconds = _perf() - started
                 context.annotate_borrowed(rec)
+            if rec.recorder.settings.capture_io:
+                previews(rec, args, kwargs, result)
+            return result
 
         monitored_async_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
         return _with_signature(monitored_async_view, view)
 
     @functools.wraps(view)
     def monitored_view(*args: Any, **kwargs: Any) -> Any:
-        rec = _current.get()
-        if rec is None:
+        rec = RECORD_VAR.get() if record_of is None else record_of(args)
+        if rec is None or rec.finished:
             return view(*args, **kwargs)
-        begin(rec, model_name, model_version)
+        begin(rec, args, kwargs)
         started = _perf()
         try:
             result = view(*args, **kwargs)
-            if previews_from_view and rec.middleware.settings.capture_io:
-                keep_io(rec, kwargs, result)
-            return result
         except BaseException as exc:
             rec.exc = exc
             raise
         finally:
             rec.prediction_seconds = _perf() - started
             context.annotate_borrowed(rec)
+        if rec.recorder.settings.capture_io:
+            previews(rec, args, kwargs, result)
+        return result
 
     monitored_view.mlmonitor_prediction = True  # type: ignore[attr-defined]
     return _with_signature(monitored_view, view)
@@ -85,12 +141,10 @@ def keep_io(rec: RequestRecord, kwargs: dict, result: Any) -> None:
     """``capture_io=True`` (MLflow previews): the view's parsed arguments (FastAPI hands the
     JSON body to the view, as a dict or a pydantic model) and the JSON-like value it returned,
     kept as they are (the preview reads only their heads; no request stream is read here).
-    Not for Flask, whose layer reads the request's and the response's JSON instead."""
-    try:
-        inputs = {k: v for k, v in kwargs.items() if previews.json_like(v) is not None}
-        previews.keep(rec, inputs or None, previews.json_like(result))
-    except Exception as exc:
-        guard.report_fault("traces", exc, rec.middleware)
+    Flask's and Django's layers read the request's and the response's JSON instead (Flask's
+    replaces these once the response is final)."""
+    inputs = {k: v for k, v in kwargs.items() if previews.json_like(v) is not None}
+    previews.keep(rec, inputs or None, previews.json_like(result))
 
 
 def _with_signature(wrapper: Callable, view: Callable) -> Callable:
@@ -104,11 +158,12 @@ def _with_signature(wrapper: Callable, view: Callable) -> Callable:
     return wrapper
 
 
-def _from_model_uri(uri: str, model_name: Any, model_version: Any) -> Any:
-    """Name and version of ``@monitor.prediction(model_uri=...)``; its lineage registered."""
-    from .config import ConfigError
-    from .mlflow import register_lineage, resolve_model_uri
-    parts = resolve_model_uri(uri)
+def from_model_uri(uri: str, model_name: Any, model_version: Any) -> Tuple[Any, Any]:
+    """Name and version of ``@prediction(model_uri=...)``; its lineage registered."""
+    try:
+        parts = resolve_model_uri(uri)
+    except ValueError as exc:  # it does not parse or cannot be resolved
+        raise ConfigError(str(exc)) from None
     model_name = model_name or parts["name"]
     model_version = model_version or parts["version"]
     if not isinstance(model_name, str):
@@ -117,92 +172,3 @@ def _from_model_uri(uri: str, model_name: Any, model_version: Any) -> Any:
     register_lineage(model_name, "" if model_version is None or callable(model_version)
                      else str(model_version)[:128], parts["run_id"], parts["model_id"])
     return model_name, model_version
-
-
-class MonitorBase:
-    """``@monitor.prediction``, references and the in-request helpers of a framework Monitor.
-
-    A subclass builds one :class:`~mlmonitor.middleware.MonitorMiddleware` per app in
-    ``init_app``, passes it to :meth:`_attach`, and may override :meth:`_begin_view` (Flask
-    borrows FlaskInstrumentor's span there) and :meth:`_middleware`.
-    """
-
-    def __init__(self, app: Any = None, **options: Any) -> None:
-        self.options = options
-        self._view_references: list = []
-        self._view_models: list = []
-        self._middlewares: list = []
-        if app is not None:
-            self.init_app(app)
-
-    def init_app(self, app: Any, **options: Any) -> None:  # pragma: no cover - per framework
-        raise NotImplementedError
-
-    def _attach(self, middleware: Any) -> None:
-        """A new app's middleware: the references and models declared so far apply to it."""
-        for name, reference in self._view_references:
-            middleware.set_reference(name, reference)
-        for name, version in self._view_models:
-            middleware.declare_model(name, version)
-        self._middlewares.append(middleware)
-
-    def prediction(self, view: Optional[Callable] = None, *, model_name: Any = None,
-                   model_version: Any = None, reference: Any = None,
-                   model_uri: Optional[str] = None) -> Any:
-        """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
-
-        ``model_name`` and ``model_version`` may be callables evaluated per request; ``def``
-        and ``async def`` views alike. The view is called as it is: its exceptions reach the
-        framework's error handling untouched. A fixed model gets its series at start-up.
-        ``model_uri`` (an MLflow model URI) gives the name, version and lineage, resolved now.
-        """
-        if view is None:
-            return functools.partial(self.prediction, model_name=model_name,
-                                     model_version=model_version, reference=reference,
-                                     model_uri=model_uri)
-        if model_uri is not None:
-            model_name, model_version = _from_model_uri(model_uri, model_name, model_version)
-        if reference is not None:
-            if model_name is None or callable(model_name):
-                raise ValueError("@monitor.prediction(reference=...) needs a fixed model_name=; "
-                                 "for per-request names use monitor.set_reference(name, ref)")
-            self.set_reference(model_name, reference)
-        self._view_models.append((model_name, model_version))
-        for middleware in self._middlewares:  # views declared after init_app
-            middleware.declare_model(model_name, model_version)
-        return prediction_view(view, model_name, model_version, self._begin_view,
-                               self._previews_from_view)
-
-    _begin_view = staticmethod(begin_view)
-    #: capture_io previews from the view's arguments and result (False: the framework layer
-    #: reads them from the request and response, as Flask does)
-    _previews_from_view = True
-
-    def set_reference(self, model_name: str, reference: Any) -> None:
-        """Use a reference profile (a ``ReferenceProfile`` or a JSON path) for one model's
-        drift metrics: one call per model of a multi-model server. Before or after
-        ``init_app``; a bad file raises ConfigError (and is not kept)."""
-        for middleware in self._middlewares:
-            middleware.set_reference(model_name, reference)
-        self._view_references.append((model_name, reference))
-
-    def record_feedback(self, prediction_id: str, label: Any) -> str:
-        """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
-        rec = _current.get()
-        middleware = rec.middleware if rec is not None else self._middleware()
-        return context.record_feedback(prediction_id, label, middleware=middleware)
-
-    def _middleware(self) -> Any:
-        """The middleware outside a request: the newest app's."""
-        if not self._middlewares:
-            raise RuntimeError("mlmonitor: call Monitor(app) or monitor.init_app(app) first")
-        return self._middlewares[-1]
-
-    # -- in-request helpers (also usable as module functions) ------------------------
-    stage = staticmethod(context.stage)
-    tag = staticmethod(context.tag)
-    set_model_version = staticmethod(context.set_model_version)
-    observe = staticmethod(context.observe)
-    observe_batch = staticmethod(context.observe_batch)
-    prediction_id = staticmethod(context.prediction_id)
-    prediction_ids = staticmethod(context.prediction_ids)

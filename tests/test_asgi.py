@@ -272,7 +272,6 @@ def test_the_one_line_from_mlmonitor_recognises_a_fastapi_app():
     from fastapi import FastAPI
 
     import mlmonitor
-    from mlmonitor import fastapi as asgi_monitor
     with capture() as monitored:
         app = FastAPI()
         monitor = mlmonitor.Monitor(app, model_name="churn", model_version="c9")
@@ -284,7 +283,7 @@ def test_the_one_line_from_mlmonitor_recognises_a_fastapi_app():
 
         with client(app) as c:
             assert c.post("/predict", json={}).status_code == 200
-    assert isinstance(monitor, asgi_monitor.Monitor)
+    assert isinstance(monitor, mlmonitor.Monitor)
     assert monitored.logs()[0]["model_name"] == "churn"
     assert monitored.value("mlmonitor_model_info", model_name="churn", model_version="c9",
                            run_id="", model_id="") == 1
@@ -293,7 +292,7 @@ def test_the_one_line_from_mlmonitor_recognises_a_fastapi_app():
 def test_routes_of_included_routers_and_mounted_apps_are_templates():
     from fastapi import APIRouter, FastAPI
 
-    from mlmonitor.fastapi import Monitor
+    from mlmonitor import Monitor
     with capture() as monitored:
         app = FastAPI()
         monitor = Monitor(app, model_name="anomaly")

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from mlmonitor import Monitor
-from mlmonitor.fastapi import Monitor as AsgiMonitor
+from mlmonitor import Monitor as AsgiMonitor
 from mlmonitor.traces import MAX_ATTRIBUTE_LENGTH
 
 

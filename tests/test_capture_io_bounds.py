@@ -260,7 +260,7 @@ def test_an_asgi_view_that_takes_the_request_leaves_its_body_unread():
     """FastAPI: a view given the raw Request (not a parsed body) has its stream left alone."""
     from fastapi import FastAPI
 
-    from mlmonitor.fastapi import Monitor as AsgiMonitor
+    from mlmonitor import Monitor as AsgiMonitor
 
     app = FastAPI()
     monitor = AsgiMonitor(app, model_name="m", mlflow=True, capture_io=True)

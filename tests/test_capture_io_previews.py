@@ -40,7 +40,7 @@ def test_fastapi_date_and_uuid_keys_never_leak_the_secret_beside_them():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from mlmonitor.fastapi import Monitor as AsgiMonitor
+    from mlmonitor import Monitor as AsgiMonitor
 
     owner = uuid.UUID("12345678-1234-5678-1234-567812345678")
     with capture() as monitored:

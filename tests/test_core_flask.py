@@ -65,7 +65,7 @@ def make(**options):
         return jsonify(label="setosa")
 
     @h.app.post("/models/<name>/predict")
-    @m.prediction(model_name="wine", model_version=lambda: "v7")
+    @m.prediction(model_name="wine", model_version=lambda name: "v7")
     def predict_named(name):
         return jsonify(name=name)
 

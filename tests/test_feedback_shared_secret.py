@@ -138,7 +138,7 @@ APP = textwrap.dedent("""
     import os
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
-    from mlmonitor.fastapi import Monitor
+    from mlmonitor import Monitor
 
     app = FastAPI()
     monitor = Monitor(app, model_name="m", model_version="v1", prediction_paths=["/predict"])

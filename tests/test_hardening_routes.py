@@ -15,7 +15,7 @@ from werkzeug.test import EnvironBuilder
 
 from mlmonitor import MonitorMiddleware
 from mlmonitor.asgi import MonitorASGIMiddleware
-from mlmonitor.fastapi import Monitor
+from mlmonitor import Monitor
 
 #: what the cache may hold, measured from its contents: its 1 MiB budget and some slack
 BOUND = 3 << 19

@@ -10,6 +10,7 @@ from flask import Flask, jsonify, request
 from opentelemetry.trace import SpanKind
 
 from mlmonitor import Monitor
+from mlmonitor import lineage as lin
 from mlmonitor import mlflow as mlm
 from mlmonitor.config import ConfigError, resolve
 from mlmonitor.testing import capture
@@ -18,7 +19,7 @@ from mlmonitor.testing import capture
 @pytest.fixture(autouse=True)
 def _no_lineage_leaks():
     yield
-    mlm._LINEAGE.clear()
+    lin._LINEAGE.clear()
 
 
 def make(**options):
@@ -130,7 +131,7 @@ def test_incoming_traceparent_new_root_links_the_caller():
     ("models:/m-0123abcd", dict(model_id="m-0123abcd")),
 ])
 def test_model_uri_forms(uri, parts):
-    found = {k: v for k, v in mlm.parse_model_uri(uri).items() if v is not None}
+    found = {k: v for k, v in lin.parse_model_uri(uri).items() if v is not None}
     assert found == parts
 
 
@@ -208,7 +209,7 @@ def test_capture_io_previews_for_a_fastapi_view_are_its_body_and_result_redacted
     from fastapi.testclient import TestClient
     from pydantic import BaseModel
 
-    from mlmonitor.fastapi import Monitor as AsgiMonitor
+    from mlmonitor import Monitor as AsgiMonitor
 
     class Query(BaseModel):
         x: list

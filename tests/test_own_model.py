@@ -47,7 +47,7 @@ def create_app(reference_features=FEATURES, feature_names=None, input_kind="arra
         app.extensions["mlmonitor"].set_reference(name, profile)
 
     @app.post("/v1/models/<name>:predict")
-    @monitor.prediction(model_name=lambda: request.view_args["name"])
+    @monitor.prediction(model_name=lambda name: name)
     def predict(name):
         if name not in models:
             abort(404)

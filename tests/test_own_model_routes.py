@@ -158,7 +158,7 @@ def flask_app(**options):
         return None
 
     @app.post("/v1/models/<name>:predict")
-    @monitor.prediction(model_name=lambda: request.view_args["name"])
+    @monitor.prediction(model_name=lambda name: name)
     def predict(name):
         if name not in models:
             abort(404)
@@ -231,7 +231,7 @@ def test_model_names_beyond_the_cap_become_other():
                       model_name="m0", max_label_values=3)
 
     @app.post("/v1/models/<name>:predict")
-    @monitor.prediction(model_name=lambda: request.view_args["name"])
+    @monitor.prediction(model_name=lambda name: name)
     def predict(name):
         return "ok"
 
@@ -303,7 +303,7 @@ def test_monitor_set_reference_before_and_after_init_app():
     monitor.set_reference("pressure", _profile(3.0, 2))  # after
 
     @app.post("/v1/models/<name>:predict")
-    @monitor.prediction(model_name=lambda: request.view_args["name"])
+    @monitor.prediction(model_name=lambda name: name)
     def predict(name):
         monitor.observe(features={"a": 10.0, "b": 20.0}, prediction=60.0)
         return "ok"

@@ -73,7 +73,7 @@ def test_the_required_names_are_redacted_by_default():
 
 def test_user_names_add_to_the_defaults_never_replace_them():
     h = SecretApp(redact=["ssn"])
-    assert {"ssn", "password"} <= h.monitor._middlewares[0].settings.redact_set
+    assert {"ssn", "password"} <= h.monitor._recorders[0].settings.redact_set
 
 
 placements = st.fixed_dictionaries({
@@ -204,7 +204,7 @@ def test_config_secrets_never_appear_in_any_log_line_debug_included(monkeypatch,
     # the header did reach the receiver, so it was in use
     assert any(v == f"Bearer {header_secret}" for seen in receiver.headers_seen
                for k, v in seen.items() if k.lower() == "authorization")
-    settings = h.monitor._middlewares[0].settings
+    settings = h.monitor._recorders[0].settings
     text = h.logs.getvalue() + caplog.text + repr(settings) + str(settings)
     for secret in (header_secret, token, password, feedback):
         assert secret not in text

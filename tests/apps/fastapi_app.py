@@ -8,7 +8,7 @@ import os
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import StreamingResponse
 
-from mlmonitor.fastapi import Monitor
+from mlmonitor import Monitor
 
 WEIGHTS = {"good": 1.0, "great": 2.0, "bad": -1.0, "awful": -2.0, "fine": 0.5}
 MODELS = {"sentiment": "s1", "toxicity": "t1"}
