@@ -42,7 +42,7 @@ _LOCATIONS = {
     "prediction_id": "mlmonitor.context",
     "prediction_ids": "mlmonitor.context",
     "record_feedback": "mlmonitor.context",
-    "configure_logging": "mlmonitor.logs",
+    "configure_logging": "mlmonitor.app_logging",
     "redact_server_logs": "mlmonitor.app_logging",
     "configure_tracing": "mlmonitor.trace_provider",
 }

@@ -204,7 +204,8 @@ class MonitorMiddleware:
     def set_reference(self, model_name: str, reference: Any) -> None:
         """Use a reference profile (object or JSON path) for a model's drift metrics."""
         from .config import ConfigError
-        from .reference import InvalidReference, ReferenceProfile
+        from .reference import ReferenceProfile
+        from .reference_format import InvalidReference
         if not isinstance(reference, ReferenceProfile):
             try:
                 reference = ReferenceProfile.load(os.fspath(reference))

@@ -41,13 +41,9 @@ from .mlflow import headers_name_mlflow, json_text, lineage
 from .previews import IO_KEY, preview
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord, stage_totals
 from .redact import REDACTED, _safe_text, describe_exception, redactor
-# start-up code, kept importable here (gunicorn hooks and users call traces.shutdown())
-from .trace_provider import (MAX_ATTRIBUTE_LENGTH, _fork_generation, add_drop_counter,  # noqa: F401
-                             build_tracer_provider, is_built, provider_for, reset_after_fork,
-                             shutdown)
+from .trace_provider import MAX_ATTRIBUTE_LENGTH, _fork_generation, add_drop_counter, is_built, provider_for
 
-__all__ = ["TraceSink", "build_tracer_provider", "provider_for", "shutdown", "reset_after_fork",
-           "MAX_ATTRIBUTE_LENGTH"]
+__all__ = ["TraceSink"]
 
 
 def _environ_getter() -> Any:

@@ -37,10 +37,10 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def test_serving_requests_imports_no_offline_code(tmp_path):
-    from mlmonitor.reference import ReferenceProfile
+    from mlmonitor.tools.profiling import build_profile
 
     path = tmp_path / "reference.json"
-    ReferenceProfile.build({"a": [0.1 * i for i in range(50)]}).save(path)
+    build_profile({"a": [0.1 * i for i in range(50)]}).save(path)
     proc = subprocess.run([sys.executable, "-c", SERVE, str(path)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
