@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from . import contract as c
 from . import guard
 from .contract import OTHER
+from .gpu import make_gpu_collector
 from .multiprocess import AdmittedValues, multiprocess_dir, use_multiprocess_values
 
 __all__ = ["Families", "LabelCap", "clean_label", "families_for", "gpu_collector"]
@@ -212,6 +213,5 @@ _gpu: list = []
 def gpu_collector() -> Any:
     """The NVML collector, looked for once per process; None without pynvml or a GPU."""
     if not _gpu:
-        from .gpu import make_gpu_collector
         _gpu.append(make_gpu_collector())
     return _gpu[0]
