@@ -1,4 +1,4 @@
-"""mlmonitor: one line makes a Flask or WSGI model server observable.
+"""mlmonitor: one line makes a Flask, FastAPI, Django (or any WSGI or ASGI) model server observable.
 
 Names are imported lazily: importing ``mlmonitor`` (as ``gunicorn -c
 python:mlmonitor.gunicorn`` does) must not import prometheus-client before the

@@ -1,9 +1,13 @@
 """MLflow: model lineage from a model URI, traces shaped for MLflow, and the connected mode.
 
-Runs at start-up only. MLflow's client is imported only to resolve an alias (or a
-version's run id) and by :func:`enable`; the OTLP path to an MLflow server needs none of
-it: the span attributes MLflow reads (``mlflow.traceTag.*``, ``mlflow.spanType``,
-``mlflow.spanInputs``) are plain OpenTelemetry attributes set in :mod:`mlmonitor.traces`.
+Runs at start-up (:func:`apply_model_uri` and :func:`register_lineage` resolve and remember a
+served version's run and model ids; :func:`enable` starts the connected mode) and in every request:
+:func:`lineage` is a dict lookup that the metrics, log and trace sinks make for each request's
+model, and :func:`json_text` encodes the MLflow span attributes. MLflow's client is imported only
+to resolve an alias (or a version's run id) and by :func:`enable`; the OTLP path to an MLflow
+server needs none of it: the span attributes MLflow reads (``mlflow.traceTag.*``,
+``mlflow.spanType``, ``mlflow.spanInputs``) are plain OpenTelemetry attributes set in
+:mod:`mlmonitor.traces`.
 """
 from __future__ import annotations
 
