@@ -48,8 +48,8 @@ class _Fails:
 def sink():
     registry = CollectorRegistry()
     profile = build_profile({"a": [float(i) for i in range(40)]},
-                                     predictions=[float(i) for i in range(40)],
-                                     labels=[float(i) + 1.0 for i in range(40)], task="regression")
+                            predictions=[float(i) for i in range(40)],
+                            labels=[float(i) + 1.0 for i in range(40)], task="regression")
     assert profile.regression
     sink = MetricsSink(Settings(model_name="m", model_version="v"), registry, {"m": profile})
     sink.registry = registry

@@ -19,7 +19,7 @@ from mlmonitor.tools.profiling import build_profile, profile_csv
 
 def _valid() -> dict:
     return build_profile({"n": list(range(20)), "c": ["a", "b"] * 10},
-                                  predictions=["x", "y"] * 10).to_dict()
+                         predictions=["x", "y"] * 10).to_dict()
 
 
 def _big_edge(tmp_path):

@@ -45,7 +45,7 @@ def create_app(reference_features=FEATURES, feature_names=None, input_kind="arra
     for name, model in models.items():
         frame = X if reference_features == FEATURES else X[:, :len(reference_features)]
         profile = build_profile(frame, feature_names=reference_features,
-                                         predictions=model.predict(X), labels=y if name == "glucose" else y * 2)
+                                predictions=model.predict(X), labels=y if name == "glucose" else y * 2)
         app.extensions["mlmonitor"].set_reference(name, profile)
 
     @app.post("/v1/models/<name>:predict")
@@ -154,7 +154,7 @@ def test_unknown_feature_names_count_without_a_name_label_and_absent_ones_count_
     monitor = Monitor(app, registry=registry, log_stream=io.StringIO(), traces=False,
                       model_name="m", model_version="v1",
                       reference=build_profile({"Chins": list(range(100)),
-                                                        "Weight": list(range(100))}))
+                                               "Weight": list(range(100))}))
 
     @app.post("/p")
     @monitor.prediction
