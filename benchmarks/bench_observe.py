@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import time
 
-from mlmonitor.quality import ReferenceProfile
+from mlmonitor.tools.profiling import build_profile
 
 FEATURES = 20
 ROWS = 2000
@@ -19,7 +19,7 @@ def main() -> None:
     rng = random.Random(0)
     names = [f"f{i:02d}" for i in range(FEATURES)]
     reference = [{n: rng.gauss(0, 1) for n in names} for _ in range(5000)]
-    profile = ReferenceProfile.build(reference)
+    profile = build_profile(reference)
     rows = [{n: rng.gauss(0.2, 1.1) for n in names} for _ in range(ROWS)]
     rows_int = [{n: int(v * 10) for n, v in row.items()} for row in rows]
     bin_of = profile.bin_of

@@ -305,7 +305,7 @@ class Service:
             raise InvalidRequest(f"'label' must be one of {', '.join(self.classes)}, got {label!r}")
         try:
             outcome = self.monitor.record_feedback(prediction_id=pid, label=label)
-        except ValueError as exc:  # mlmonitor.quality.InvalidFeedback: forged, expired, duplicate, bad_label
+        except ValueError as exc:  # mlmonitor.tokens.InvalidFeedback: forged, expired, duplicate, bad_label
             field = "label" if getattr(exc, "reason", "") == "bad_label" else "prediction_id"
             raise InvalidRequest(f"'{field}' rejected: {exc}") from None
         if name == model.REGRESSOR_NAME:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from mlmonitor.contract import DEFAULT_JOB
-from mlmonitor.quality import psi
+from mlmonitor.tools.drift import psi
 
 from example_app import loadgen, model, textgen
 

@@ -137,14 +137,14 @@ def reference_profile() -> Any:
     Built in memory at start-up (a few milliseconds); every worker builds the same one because
     the data and the model are deterministic.
     """
-    from mlmonitor.quality import ReferenceProfile
+    from mlmonitor.tools.profiling import build_profile
 
     data = dataset()
     primary = load_models()[VERSIONS[0]]
     probabilities = primary.estimator.predict_proba(data.x_train)
     predictions = [data.classes[int(i)] for i in probabilities.argmax(axis=1)]
     labels = [data.classes[int(y)] for y in data.y_train]
-    return ReferenceProfile.build(
+    return build_profile(
         data.x_train, feature_names=list(data.features), predictions=predictions, labels=labels,
         scores=probabilities.max(axis=1).tolist())
 
@@ -210,10 +210,10 @@ def holdout_mae(version: str) -> float:
 def regression_reference_profile() -> Any:
     """The diabetes baseline: the training split with ``v1``'s predictions and the true targets,
     so the profile holds output bins (quantiles of the predictions) and the reference MAE."""
-    from mlmonitor.quality import ReferenceProfile
+    from mlmonitor.tools.profiling import build_profile
 
     data = diabetes_dataset()
     predictions = load_regressors()[VERSIONS[0]].estimator.predict(data.x_train)
-    return ReferenceProfile.build(
+    return build_profile(
         data.x_train, feature_names=list(data.features), predictions=predictions.tolist(),
         labels=data.y_train.tolist(), task="regression")

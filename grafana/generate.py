@@ -3,7 +3,7 @@
     python grafana/generate.py           # write the JSON files
     python grafana/generate.py --check   # exit 1 if a committed file differs from the output
 
-The dashboards are built by :mod:`mlmonitor.dashboards`; edit them there.
+The dashboards are built by :mod:`mlmonitor.tools.dashboards`; edit them there.
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "dashboards"
 sys.path.insert(0, str(HERE.parent))  # the repository's mlmonitor, installed or not
 
-from mlmonitor import cli  # noqa: E402
-from mlmonitor.dashboards import render  # noqa: E402,F401  (kept for callers of generate.render)
+from mlmonitor.tools import cli  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

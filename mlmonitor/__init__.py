@@ -1,4 +1,4 @@
-"""mlmonitor: one line makes a Flask or WSGI model server observable.
+"""mlmonitor: one line makes a Flask, FastAPI, Django (or any WSGI or ASGI) model server observable.
 
 Names are imported lazily: importing ``mlmonitor`` (as ``gunicorn -c
 python:mlmonitor.gunicorn`` does) must not import prometheus-client before the
@@ -42,7 +42,7 @@ _LOCATIONS = {
     "prediction_id": "mlmonitor.context",
     "prediction_ids": "mlmonitor.context",
     "record_feedback": "mlmonitor.context",
-    "configure_logging": "mlmonitor.logs",
+    "configure_logging": "mlmonitor.app_logging",
     "redact_server_logs": "mlmonitor.app_logging",
     "configure_tracing": "mlmonitor.trace_provider",
 }

@@ -21,7 +21,6 @@ __all__ = ["Stage", "stage", "tag", "set_model_version", "observe", "observe_bat
            "MAX_OBSERVATIONS"]
 
 _perf = time.perf_counter
-_UNSET: Any = object()
 
 
 class Stage:
@@ -107,20 +106,12 @@ def tag(**tags: Any) -> None:
     annotate_borrowed(rec)
 
 
-def set_model_version(model_version: Any = _UNSET, *, model_name: Optional[str] = None,
-                      version: Any = _UNSET) -> None:
+def set_model_version(model_version: Any, *, model_name: Optional[str] = None) -> None:
     """Say which model (and version) answers this request: canary, A/B, shadow, or a server of
     several models, e.g. ``set_model_version("v3", model_name=name)`` in a view serving
     ``/v1/models/<name>:predict``. Call it before ``observe`` so the right reference is used.
 
-    ``model_name`` is keyword-only, as in ``@monitor.prediction``; ``version=`` is the older
-    name of ``model_version`` and still works."""
-    if version is not _UNSET:
-        if model_version is not _UNSET:
-            raise TypeError("set_model_version() got both model_version and version")
-        model_version = version
-    elif model_version is _UNSET:
-        raise TypeError("set_model_version() missing the model_version argument")
+    ``model_name`` is keyword-only, as in ``@monitor.prediction``."""
     rec = RECORD_VAR.get()
     if rec is None:
         return

@@ -36,7 +36,8 @@ from .disconnect import settle
 from .feedback import FeedbackRecorder
 from .record import (ENVIRON_KEY, KNOWN_METHODS, OTHER, RECORD_VAR, UNMATCHED_ROUTE, RequestRecord,
                      error_type_of)
-from .reference import InvalidReference, ReferenceProfile
+from .reference import ReferenceProfile
+from .reference_format import InvalidReference
 from .routes import RouteTable, RouteTemplate
 
 if TYPE_CHECKING:  # the sinks are imported when a Recorder turns them on (see __init__)

@@ -71,7 +71,7 @@ def post_fork(server: Any, worker: Any) -> None:
     """In the worker: its slot, tracing that starts afresh in this process, and MLflow's
     connected mode again when the master enabled it before forking (``--preload``)."""
     os.environ["MLMONITOR_WORKER_SLOT"] = str(getattr(worker, "mlmonitor_slot", 0))
-    traces = sys.modules.get("mlmonitor.traces")
+    traces = sys.modules.get("mlmonitor.trace_provider")
     if traces is not None:
         traces.reset_after_fork()
     connected = sys.modules.get("mlmonitor.mlflow")
@@ -103,7 +103,7 @@ def on_exit(server: Any) -> None:
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Graceful worker exit: flush the spans it still holds."""
-    traces = sys.modules.get("mlmonitor.traces")
+    traces = sys.modules.get("mlmonitor.trace_provider")
     if traces is not None:
         try:
             traces.shutdown()

@@ -6,7 +6,7 @@ pipe, so workers' lines never mix; a line that cannot be written is counted as
 dropped. Rendering lives in :mod:`mlmonitor.rendering`, redaction in
 :mod:`mlmonitor.redact`, and the opt-in helpers for the app's own logs
 (:func:`configure_logging`, :func:`add_request_context`, :class:`RedactSecrets`)
-in :mod:`mlmonitor.app_logging`; their old paths here keep working.
+in :mod:`mlmonitor.app_logging`.
 """
 from __future__ import annotations
 
@@ -23,11 +23,10 @@ from .config import Settings
 from .guard import report_fault
 from .lineage import lineage
 from .record import RequestRecord, stage_totals
-from .redact import REDACTED, describe_exception, redact_mapping, redact_text, redactor
-from .rendering import PIPE_BUF, SafeJSONRenderer, _fit, pipe_fd, render_json, valid_utf8
+from .redact import describe_exception, redactor
+from .rendering import PIPE_BUF, _fit, pipe_fd, render_json, valid_utf8
 
-__all__ = ["render_json", "SafeJSONRenderer", "LogSink", "add_request_context", "RedactSecrets",
-           "configure_logging", "REDACTED", "redact_text", "redact_mapping"]
+__all__ = ["LogSink"]
 
 
 _second: tuple = (0, "")
@@ -210,6 +209,3 @@ class LogSink:
                     line["stack"] = stack[-8000:]
         return line
 
-
-# the opt-in helpers for the app's own logs live in app_logging.py; their old paths keep working
-from .app_logging import RedactSecrets, add_request_context, configure_logging  # noqa: E402

@@ -174,7 +174,7 @@ def directory_lock(path: str, exclusive: bool):
 def _value_internals() -> Optional[Tuple[dict, Any]]:
     """MultiProcessValue's open files and its lock, or None if prometheus-client differs."""
     try:
-        from prometheus_client import values  # import order: after the directory is set
+        from prometheus_client import values  # lazily: gunicorn imports this module before the directory is set
         cls = values.ValueClass
         reset = getattr(cls, "_MmapedValue__reset")
         cells = dict(zip(reset.__code__.co_freevars, reset.__closure__ or ()))
@@ -189,7 +189,7 @@ def use_multiprocess_values() -> None:
 
     Also when prometheus-client was imported before the directory was set.
     """
-    from prometheus_client import mmap_dict, values  # import order: after the directory is set
+    from prometheus_client import mmap_dict, values  # lazily: gunicorn imports this module before the directory is set
     if getattr(values.ValueClass, "__name__", "") != "MmapedValue":
         values.ValueClass = values.get_value_class()
     base = getattr(values, "MmapedDict", None)
@@ -350,7 +350,7 @@ def _parse_key(kind: str, raw: bytes) -> Any:
         return _parsed[cache_key]
     result = None
     try:
-        from prometheus_client.validation import get_legacy_validation  # import order, as above
+        from prometheus_client.validation import get_legacy_validation  # lazily: gunicorn imports this module before the directory is set
         metric_name, name, labels, help_text = json.loads(raw.decode("utf-8"))
         texts = [metric_name, name, help_text, *labels.keys(), *labels.values()]
         if all(isinstance(t, str) for t in texts) and metric_name and name and all(labels):
@@ -432,8 +432,9 @@ class CheckedCollector:
         self.path = path
 
     def collect(self) -> Iterable[Any]:
-        from prometheus_client.metrics_core import Metric  # import order: after the directory is set
-        from prometheus_client.multiprocess import MultiProcessCollector  # import order, as above
+        # lazily: gunicorn imports this module before the directory is set
+        from prometheus_client.metrics_core import Metric
+        from prometheus_client.multiprocess import MultiProcessCollector
         files = {}
         faults = []
         for base in sorted(os.listdir(self.path)):

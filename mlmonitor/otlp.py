@@ -30,7 +30,10 @@ from collections.abc import Mapping
 from collections.abc import Sequence as _SequenceABC
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
 
 __all__ = ["encode_spans", "encode_spans_sliced", "FastOTLPSpanExporter", "SLICE"]  # noqa: F822
 
@@ -194,11 +197,6 @@ _NAMES: Dict[str, bytes] = {}
 
 def _sdk_classes() -> Tuple[Any, Any, Any]:
     """The SDK classes whose fields ``_span`` may read directly, if they still have them."""
-    # a probe of the installed SDK, run once when this module is imported (with OTLP export)
-    from opentelemetry.attributes import BoundedAttributes
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.sdk.util import BoundedList
-
     fields = {"_name", "_context", "_parent", "_kind", "_start_time", "_end_time", "_attributes",
               "_events", "_links", "_status"}
     if (fields <= set(ReadableSpan.__init__.__code__.co_names)
@@ -213,8 +211,6 @@ _READABLE_SPAN, _BOUNDED_ATTRIBUTES, _BOUNDED_LIST = _sdk_classes()
 
 def _span_context_class() -> Any:
     """SpanContext, if it is still the tuple (trace_id, span_id, is_remote, flags, state, valid)."""
-    from opentelemetry.trace import SpanContext, TraceState  # a probe, as above
-
     state = TraceState([("k", "v")])
     probe = SpanContext(1, 2, True, None, state)
     return SpanContext if tuple(probe)[:3] == (1, 2, True) and probe[4] is state and len(probe) == 6 else None
@@ -230,10 +226,8 @@ def _probe_flags() -> Tuple[Dict[Any, int], bool, Dict[bool, int], bool]:
     is_remote bits; W3C trace flags proposed): span flags by parent (None, local,
     remote) and whether the span's trace flags are added; the same for links.
     """
-    try:  # a probe, as above; the exporter package is optional (the [otlp] extra)
+    try:  # the exporter package is optional (the [otlp] extra)
         from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import encode_spans
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import Link, SpanContext, TraceFlags
 
         def context(span_id: int, remote: bool = False, sampled: int = 0) -> Any:
             return SpanContext(1, span_id, remote, TraceFlags(sampled))

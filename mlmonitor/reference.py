@@ -1,17 +1,20 @@
-"""The reference profile at request time: its file format, loading it, and binning live values.
+"""The reference profile at request time: loading it, and binning live values.
 
 Runs in every worker: :meth:`ReferenceProfile.load` at start-up, :meth:`ReferenceProfile.bin_of` /
 :meth:`ReferenceProfile.class_of` in every request that observes features, :func:`outcome` /
 :func:`absolute_error` for each feedback. It owns:
 
-* the profile, loaded and checked at start-up (the file format, its validation and the cleaning
-  of label text are :mod:`mlmonitor.reference_format`, re-exported here);
+* the profile, loaded and checked at start-up (the file format, its validation, the cleaning
+  of label text and :class:`~mlmonitor.reference_format.InvalidReference` are
+  :mod:`mlmonitor.reference_format`);
+* the rows a reference needs for its bins (:func:`min_rows`, :func:`too_few_rows`), warned about
+  at start-up and by the offline tools alike;
 * the binning of live values (:data:`UNKNOWN_FEATURE`, :func:`as_number`, :func:`as_category`);
 * the comparison of a prediction with its ground truth (:func:`outcome`, :func:`absolute_error`).
 
-Building a profile from data is offline work in :mod:`mlmonitor.profiling`;
-:meth:`ReferenceProfile.build` and :meth:`ReferenceProfile.from_csv` import it when called, so
-nothing here imports numpy, csv or argparse.
+Building a profile from data is offline work in :mod:`mlmonitor.tools.profiling`
+(:func:`~mlmonitor.tools.profiling.build_profile`, :func:`~mlmonitor.tools.profiling.profile_csv`),
+which imports this module, never the other way round.
 
 Binning rule (exact, used for the reference shares and live values alike): a numeric feature with
 inner edges ``e_0 < e_1 < ... < e_{k-1}`` has ``k + 1`` bins labelled ``"00"``, ``"01"``, ...;
@@ -36,22 +39,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .contract import OTHER, REGRESSION
-# the file format: re-exported, every name stays importable here
-from .reference_format import (FORMAT, FORMAT_VERSION, MAX_BINS, MAX_FEATURES,  # noqa: F401
-                               MAX_FILE_BYTES, MAX_NAME_LEN, MAX_TOP_N, MAX_VALUE_LEN,
-                               InvalidReference, cleaned, read_profile, validate)
+from .reference_format import MAX_FILE_BYTES, cleaned, read_profile, validate
 
 __all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "MAX_BINS",
-    "MAX_FEATURES",
-    "MAX_FILE_BYTES",
-    "MAX_NAME_LEN",
-    "MAX_TOP_N",
-    "MAX_VALUE_LEN",
     "UNKNOWN_FEATURE",
-    "InvalidReference",
     "ReferenceProfile",
     "absolute_error",
     "as_category",
@@ -160,13 +151,13 @@ def _categorical_binner(values: frozenset[str]) -> Callable[[Any], str | None]:
 class ReferenceProfile:
     """What the reference data looked like: per-feature bins and shares, classes, scores, accuracy.
 
-    Build with :meth:`build` (array, rows, DataFrame) or :meth:`from_csv`; persist with
-    :meth:`save` / :meth:`load`. Read-only after construction, so one instance can serve all
-    threads of a worker.
+    Build with :func:`mlmonitor.tools.profiling.build_profile` (array, rows, DataFrame) or
+    :func:`~mlmonitor.tools.profiling.profile_csv` (offline); persist with :meth:`save` /
+    :meth:`load`. Read-only after construction, so one instance can serve all threads of a worker.
     """
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        """Wrap an already validated profile dict; use :meth:`build`, :meth:`from_csv` or :meth:`load`."""
+        """Wrap a profile dict (cleaned and validated here); :meth:`load` reads one from a file."""
         data = cleaned(data)
         validate(data)
         self._data = data
@@ -193,24 +184,6 @@ class ReferenceProfile:
             self._output_binner = _numeric_binner(edges, tuple(f"{i:02d}" for i in range(len(edges) + 1)))
         #: whether live predictions are numbers binned by the reference's output edges
         self.regression = self.task == REGRESSION and self._output_binner is not None
-
-    # -- building (offline: imports mlmonitor.profiling when called) --------------------------
-
-    @classmethod
-    def build(cls, data: Any, **options: Any) -> ReferenceProfile:
-        """Profile ``data`` (an array, rows, a dict of columns or a DataFrame); the arguments are
-        those of :func:`mlmonitor.profiling.build_profile`."""
-        from .profiling import build_profile
-
-        return build_profile(data, cls=cls, **options)
-
-    @classmethod
-    def from_csv(cls, path: str | os.PathLike[str], **options: Any) -> ReferenceProfile:
-        """Profile a CSV file with a header row; the arguments are those of
-        :func:`mlmonitor.profiling.profile_csv`."""
-        from .profiling import profile_csv
-
-        return profile_csv(path, cls=cls, **options)
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -306,12 +279,6 @@ class ReferenceProfile:
         scores = self._data.get("scores")
         if scores:
             yield from zip(scores["buckets"], scores["cumulative"])
-
-    def summary(self) -> str:
-        """A short human-readable description (``mlmonitor reference show``; offline)."""
-        from .profiling import summarize
-
-        return summarize(self)
 
 
 # ---------------------------------------------------------------------------------------------

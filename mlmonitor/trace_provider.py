@@ -96,7 +96,7 @@ def _make_exporter(name: str) -> Any:
         except ValueError as exc:  # exporters before ~1.35 refuse e.g. OTEL_EXPORTER_OTLP_TIMEOUT=abc
             raise ConfigError(f"OTLP exporter settings (OTEL_EXPORTER_OTLP_*): {exc}") from None
     if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # start-up cost: opentelemetry-sdk ~35-50 ms, only when mlmonitor builds a provider
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # the SDK (~34 ms to import) only when mlmonitor builds the provider
         return ConsoleSpanExporter()
     raise ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: mlmonitor supports otlp, console or none")
 
@@ -126,7 +126,7 @@ class CountingExporter:
         self.inner = inner
 
     def export(self, spans: Any) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult  # start-up cost: opentelemetry-sdk ~35-50 ms, only when mlmonitor builds a provider
+        from opentelemetry.sdk.trace.export import SpanExportResult  # the SDK (~34 ms to import) only when mlmonitor builds the provider
         try:
             result = self.inner.export(spans)
         except Exception:
@@ -144,7 +144,7 @@ class CountingExporter:
 
 
 def _batch_processor(exporter: Any) -> Any:
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # start-up cost: opentelemetry-sdk ~35-50 ms, only when mlmonitor builds a provider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # the SDK (~34 ms to import) only when mlmonitor builds the provider
 
     class CountingBatchSpanProcessor(BatchSpanProcessor):
         """Counts the spans the SDK drops silently when its queue is full."""
@@ -165,7 +165,7 @@ def _batch_processor(exporter: Any) -> Any:
 
 def build_tracer_provider(service_name: str) -> Any:
     """A TracerProvider from OTEL_* variables; raises ConfigError on values that do not parse."""
-    # start-up cost: opentelemetry-sdk ~35-50 ms, only when mlmonitor builds a provider
+    # the SDK (~34 ms to import) only when mlmonitor builds the provider
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 

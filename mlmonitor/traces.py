@@ -43,13 +43,9 @@ from .mlflow import enable, headers_name_mlflow, json_text
 from .previews import IO_KEY, preview
 from .record import MAX_TAGS, UNMATCHED_ROUTE, RequestRecord, stage_totals
 from .redact import REDACTED, describe_exception, redactor, safe_text
-# start-up code, kept importable here (gunicorn hooks and users call traces.shutdown())
-from .trace_provider import (MAX_ATTRIBUTE_LENGTH, _fork_generation, add_drop_counter,  # noqa: F401
-                             build_tracer_provider, is_built, provider_for, reset_after_fork,
-                             shutdown)
+from .trace_provider import MAX_ATTRIBUTE_LENGTH, _fork_generation, add_drop_counter, is_built, provider_for
 
-__all__ = ["TraceSink", "build_tracer_provider", "provider_for", "shutdown", "reset_after_fork",
-           "MAX_ATTRIBUTE_LENGTH"]
+__all__ = ["TraceSink"]
 
 
 def _environ_getter() -> Any:

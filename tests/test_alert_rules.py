@@ -15,11 +15,11 @@ import yaml
 
 from helpers.promstack import require_binary
 from helpers.psi import psi
-from mlmonitor import alerting, cli, rules
+from mlmonitor.tools import cli, rules
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTS = REPO / "alerts"
-RULE_FILES = [ALERTS / alerting.RECORDING_FILE, ALERTS / alerting.ALERTS_FILE]
+RULE_FILES = [ALERTS / rules.RECORDING_FILE, ALERTS / rules.ALERTS_FILE]
 AM_CONFIG = ALERTS / "alertmanager.yml"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 VERSION_LABELS = {"job", "model_name", "model_version"}
@@ -38,7 +38,7 @@ def load(path: Path) -> dict:
 
 
 def alert_rules():
-    for group in load(ALERTS / alerting.ALERTS_FILE)["groups"]:
+    for group in load(ALERTS / rules.ALERTS_FILE)["groups"]:
         yield from group["rules"]
 
 
@@ -68,16 +68,16 @@ def test_every_alert_has_a_firing_case_in_the_unit_tests():
 
 def test_shipped_files_are_the_renderer_output_with_defaults(tmp_path):
     assert cli.main(["alerts", "render", "--prometheus-operator", "--out-dir", str(tmp_path)]) == 0
-    for name in (alerting.RECORDING_FILE, alerting.ALERTS_FILE, alerting.OPERATOR_FILE, rules.ALERTMANAGER_FILE):
+    for name in (rules.RECORDING_FILE, rules.ALERTS_FILE, rules.OPERATOR_FILE, rules.ALERTMANAGER_FILE):
         assert (tmp_path / name).read_text() == (ALERTS / name).read_text(), (
             f"alerts/{name} is stale: run `mlmonitor alerts render --prometheus-operator --out-dir alerts`")
 
 
 def test_rendered_yaml_parses_back_to_the_rule_dicts():
-    recording, alerts_ = alerting.render_groups()
-    assert load(ALERTS / alerting.RECORDING_FILE) == {"groups": recording}
-    assert load(ALERTS / alerting.ALERTS_FILE) == {"groups": alerts_}
-    manifest = load(ALERTS / alerting.OPERATOR_FILE)
+    recording, alerts_ = rules.render_groups()
+    assert load(ALERTS / rules.RECORDING_FILE) == {"groups": recording}
+    assert load(ALERTS / rules.ALERTS_FILE) == {"groups": alerts_}
+    manifest = load(ALERTS / rules.OPERATOR_FILE)
     assert manifest["kind"] == "PrometheusRule"
     assert manifest["apiVersion"] == "monitoring.coreos.com/v1"
     assert manifest["spec"]["groups"] == recording + alerts_
@@ -88,30 +88,30 @@ def test_thresholds_reach_the_expressions(tmp_path):
                      "--latency-p99", "1", "--availability-slo", "0.995", "--psi-threshold", "0.3",
                      "--latency-slo-threshold", "2.5"]) == 0
     exprs = {r.get("alert", "") + str(r.get("labels", {}).get("severity")): r["expr"]
-             for g in load(tmp_path / alerting.ALERTS_FILE)["groups"] for r in g["rules"]}
+             for g in load(tmp_path / rules.ALERTS_FILE)["groups"] for r in g["rules"]}
     assert exprs["MLModelServerErrorRatioHighcritical"].endswith("> 0.02")
     assert exprs["MLModelLatencyP99Highwarning"].endswith("> 1")
     assert "psi1h{job=\"mlmonitor\"} > 0.3\n" in exprs["MLModelFeatureDriftwarning"]
     # 14.4 x (1 - 0.995)
     assert "ratio_rate1h{job=\"mlmonitor\"} > 0.072" in exprs["MLModelAvailabilityBudgetBurncritical"]
-    assert 'le="2.5"' in (tmp_path / alerting.RECORDING_FILE).read_text()
-    assert "--error-ratio 0.02" in (tmp_path / alerting.ALERTS_FILE).read_text().splitlines()[0]
+    assert 'le="2.5"' in (tmp_path / rules.RECORDING_FILE).read_text()
+    assert "--error-ratio 0.02" in (tmp_path / rules.ALERTS_FILE).read_text().splitlines()[0]
 
 
 def test_time_scale_shortens_windows_but_keeps_rule_names(tmp_path):
-    alerting.render_files(alerting.Thresholds(time_scale=60), str(tmp_path))
-    text = (tmp_path / alerting.RECORDING_FILE).read_text()
+    rules.render_files(rules.Thresholds(time_scale=60), str(tmp_path))
+    text = (tmp_path / rules.RECORDING_FILE).read_text()
     assert "[5s]" in text and "[1h12m]" in text and "[5m]" not in text
     assert "model_version:mlmonitor_predictions:rate5m" in text
     promtool = require_binary("promtool")
-    proc = run(promtool, "check", "rules", str(tmp_path / alerting.RECORDING_FILE),
-               str(tmp_path / alerting.ALERTS_FILE))
+    proc = run(promtool, "check", "rules", str(tmp_path / rules.RECORDING_FILE),
+               str(tmp_path / rules.ALERTS_FILE))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_bad_thresholds_are_refused():
     with pytest.raises(ValueError):
-        alerting.Thresholds(error_ratio=1.5)
+        rules.Thresholds(error_ratio=1.5)
     assert cli.main(["alerts", "render", "--availability-slo", "1", "--out-dir", "/nonexistent"]) == 2
 
 
@@ -140,7 +140,7 @@ def test_every_shipped_runbook_url_resolves_to_a_section_of_the_shipped_runbooks
 
 
 def test_per_version_rules_keep_job_model_name_and_model_version():
-    groups = load(ALERTS / alerting.RECORDING_FILE)["groups"] + load(ALERTS / alerting.ALERTS_FILE)["groups"]
+    groups = load(ALERTS / rules.RECORDING_FILE)["groups"] + load(ALERTS / rules.ALERTS_FILE)["groups"]
     checked = 0
     for group in groups:
         for rule in group["rules"]:
@@ -159,14 +159,14 @@ def test_per_version_rules_keep_job_model_name_and_model_version():
 
 
 def test_recording_rule_names_are_level_metric_operations():
-    for group in load(ALERTS / alerting.RECORDING_FILE)["groups"]:
+    for group in load(ALERTS / rules.RECORDING_FILE)["groups"]:
         for rule in group["rules"]:
             assert re.fullmatch(r"[a-z_]+:mlmonitor_[a-z_]+:[a-z0-9_]+", rule["record"]), rule["record"]
 
 
 def test_recording_rule_names_are_documented_in_the_alerts_readme():
     readme = (ALERTS / "README.md").read_text()
-    for group in load(ALERTS / alerting.RECORDING_FILE)["groups"]:
+    for group in load(ALERTS / rules.RECORDING_FILE)["groups"]:
         for rule in group["rules"]:
             assert f"`{rule['record']}`" in readme, rule["record"]
 
@@ -220,11 +220,11 @@ def test_routing_groups_by_version_and_inhibits_warnings_of_the_same_family():
 def test_yaml_emitter_quotes_what_yaml_would_misread():
     tricky = {"a": ["yes", "no", "1e3", "0x10", "null", "5m", "x: y", "#c", "{{ $value }}", "it's", "é\n b"],
               "b": {}, "c": [], "d": 0.5, "e": True, "f": "line1\n\nline3"}
-    assert yaml.safe_load(alerting.to_yaml(tricky)) == tricky
+    assert yaml.safe_load(rules.to_yaml(tricky)) == tricky
 
 
 def test_cli_help_lists_the_render_options():
-    proc = subprocess.run([sys.executable, "-m", "mlmonitor.cli", "alerts", "render", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "mlmonitor.tools.cli", "alerts", "render", "--help"],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0
     for option in ("--error-ratio", "--latency-p99", "--availability-slo", "--latency-slo",
@@ -235,9 +235,9 @@ def test_cli_help_lists_the_render_options():
 
 def test_ttfc_threshold_reaches_its_alert_and_must_be_a_bucket_bound(tmp_path):
     assert cli.main(["alerts", "render", "--out-dir", str(tmp_path), "--ttfc-p95", "2.5"]) == 0
-    (expr,) = [r["expr"] for g in load(tmp_path / alerting.ALERTS_FILE)["groups"] for r in g["rules"]
+    (expr,) = [r["expr"] for g in load(tmp_path / rules.ALERTS_FILE)["groups"] for r in g["rules"]
                if r["alert"] == "MLModelTimeToFirstChunkHigh"]
     assert expr.startswith("histogram_quantile(0.95, ") and "mlmonitor_time_to_first_chunk_seconds_bucket" in expr
     assert expr.endswith("> 2.5")
     with pytest.raises(ValueError, match="nearest bounds: 1 and 2.5"):
-        alerting.Thresholds(ttfc_p95=2.0)
+        rules.Thresholds(ttfc_p95=2.0)

@@ -21,7 +21,7 @@ import yaml
 from example_app import loadgen, model
 from helpers.gunicorn_proc import GunicornProcess
 from helpers.promstack import Alertmanager, Prometheus, WebhookReceiver, query, require_binary, wait_for
-from mlmonitor.rules import ALERTMANAGER_FILE, Thresholds, render_files
+from mlmonitor.tools.rules import ALERTMANAGER_FILE, Thresholds, render_files
 
 pytestmark = pytest.mark.slow
 

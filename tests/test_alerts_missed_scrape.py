@@ -23,7 +23,7 @@ import pytest
 from example_app import loadgen
 from helpers.gunicorn_proc import GunicornProcess
 from helpers.promstack import Prometheus, query, require_binary, wait_for
-from mlmonitor.rules import Thresholds, render_files
+from mlmonitor.tools.rules import Thresholds, render_files
 
 pytestmark = pytest.mark.slow
 

@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 
 from helpers.promql_lint import instant_raw_selectors, unguarded_divisions
 from helpers.promstack import promtool_test, require_binary
-from mlmonitor import cli, contract, rules
+from mlmonitor import contract
+from mlmonitor.tools import cli, rules
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def mlmonitor(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlmonitor.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mlmonitor.tools.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from mlmonitor import Monitor
 from mlmonitor import Monitor as AsgiMonitor
-from mlmonitor.traces import MAX_ATTRIBUTE_LENGTH
+from mlmonitor.trace_provider import MAX_ATTRIBUTE_LENGTH
 
 
 def provider(limit):

@@ -14,9 +14,10 @@ from werkzeug.serving import make_server
 
 from helpers.doubles import Doubles
 from helpers.promstack import Prometheus, wait_for
-from mlmonitor import Monitor, check
-from mlmonitor.cli import main
-from mlmonitor.reference import ReferenceProfile
+from mlmonitor import Monitor
+from mlmonitor.tools import check
+from mlmonitor.tools.cli import main
+from mlmonitor.tools.profiling import build_profile
 
 ALERTS = Path(__file__).resolve().parent.parent / "alerts"
 SHIPPED = [str(ALERTS / "mlmonitor-recording.rules.yml"), str(ALERTS / "mlmonitor-alerts.rules.yml")]
@@ -24,7 +25,7 @@ SECRET = "s" * 32
 
 
 #: 400 rows in 10 bins: enough for PSI 0.2 (170 needed)
-REFERENCE = ReferenceProfile.build({"x": [float(i) for i in range(400)]})
+REFERENCE = build_profile({"x": [float(i) for i in range(400)]})
 
 
 class App:
@@ -302,7 +303,7 @@ def test_a_model_without_reference_is_a_warning(capsys):
 
 def test_a_reference_of_too_few_rows_per_bin_fails(capsys, tmp_path):
     """54 rows in 10 bins: unshifted traffic crossed PSI 0.2 for most features."""
-    small = ReferenceProfile.build({"x": [float(i) for i in range(54)]})
+    small = build_profile({"x": [float(i) for i in range(54)]})
     path = tmp_path / "reference.json"
     small.save(path)
     with App(reference=small) as served:
@@ -388,7 +389,7 @@ def test_serving_requests_does_not_import_the_check(tmp_path):
     proc = subprocess.run([sys.executable, "-c", SERVE, str(path)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "mlmonitor.check" not in json.loads(proc.stdout)
+    assert "mlmonitor.tools.check" not in json.loads(proc.stdout)
 
 
 @pytest.mark.parametrize("auth", [("metrics_token", "--token", "t0ken-for-metrics-1234"),
@@ -425,9 +426,9 @@ def test_the_example_app_under_gunicorn_passes_with_its_llm_named(tmp_path):
         assert load.returncode == 0, load.stderr[-2000:]
         assert json.loads(load.stdout.splitlines()[-1])["feedback_status"] == {"200": 60}
         url = server.url + "/metrics"
-        plain = subprocess.run([sys.executable, "-m", "mlmonitor.cli", "check", url, "--job", "mlmonitor"],
+        plain = subprocess.run([sys.executable, "-m", "mlmonitor.tools.cli", "check", url, "--job", "mlmonitor"],
                                cwd=REPO, capture_output=True, text=True, timeout=120)
-        strict = subprocess.run([sys.executable, "-m", "mlmonitor.cli", "check", url, "--job", "mlmonitor",
+        strict = subprocess.run([sys.executable, "-m", "mlmonitor.tools.cli", "check", url, "--job", "mlmonitor",
                                  "--strict"], cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = plain.stdout.splitlines()
     assert lines_of(lines, "reference")[0] == (

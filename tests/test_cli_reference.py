@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlmonitor.drift import psi
-from mlmonitor.quality import ReferenceProfile
+from mlmonitor.tools.drift import psi
+from mlmonitor.reference import ReferenceProfile
 from mlmonitor.reference import PSI_THRESHOLD, min_rows, too_few_rows
+from mlmonitor.tools.profiling import build_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _cli(*args, cwd):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run(
-        [sys.executable, "-m", "mlmonitor.cli", "reference", *map(str, args)],
+        [sys.executable, "-m", "mlmonitor.tools.cli", "reference", *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -138,7 +139,7 @@ def test_show_rejects_a_broken_file(tmp_path):
 # -- a reference too small for its bins (issue 25) ------------------------------------------------------
 
 def _normal_reference(rng, rows, bins=10):
-    return ReferenceProfile.build({"x": rng.normal(size=rows)}, bins=bins)
+    return build_profile({"x": rng.normal(size=rows)}, bins=bins)
 
 
 def _shares(profile):

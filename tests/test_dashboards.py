@@ -26,8 +26,8 @@ from conftest import require_binary
 from helpers.gunicorn_proc import REPO, GunicornProcess
 from helpers.promql_lint import unguarded_divisions
 from helpers.promstack import Prometheus, query, wait_for
-from mlmonitor import cli, dashboards
-from mlmonitor.rules import Thresholds, render_files
+from mlmonitor.tools import cli, dashboards
+from mlmonitor.tools.rules import Thresholds, render_files
 
 DASHBOARD_DIR = REPO / "grafana" / "dashboards"
 FILES = sorted(DASHBOARD_DIR.glob("*.json"))

@@ -18,7 +18,7 @@ from example_app import loadgen
 from helpers.gunicorn_proc import GunicornProcess, http_get
 from helpers.promstack import Prometheus, query, require_binary, wait_for
 from helpers.psi import psi
-from mlmonitor.alerting import Thresholds, render_files
+from mlmonitor.tools.rules import Thresholds, render_files
 
 pytestmark = pytest.mark.slow
 

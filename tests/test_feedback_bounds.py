@@ -23,7 +23,7 @@ from helpers.gunicorn_proc import GunicornProcess, http_get
 from mlmonitor.config import MAX_OBSERVED, Settings, number_in
 from mlmonitor.feedback import FeedbackRecorder
 from mlmonitor.metrics import MetricsSink
-from mlmonitor.reference import ReferenceProfile
+from mlmonitor.tools.profiling import build_profile
 from mlmonitor.tokens import FEEDBACK_REASONS, InvalidFeedback
 
 SECRET = "feedback-bounds-secret-0123456789abcdef"
@@ -47,9 +47,9 @@ class _Fails:
 @pytest.fixture
 def sink():
     registry = CollectorRegistry()
-    profile = ReferenceProfile.build({"a": [float(i) for i in range(40)]},
-                                     predictions=[float(i) for i in range(40)],
-                                     labels=[float(i) + 1.0 for i in range(40)], task="regression")
+    profile = build_profile({"a": [float(i) for i in range(40)]},
+                            predictions=[float(i) for i in range(40)],
+                            labels=[float(i) + 1.0 for i in range(40)], task="regression")
     assert profile.regression
     sink = MetricsSink(Settings(model_name="m", model_version="v"), registry, {"m": profile})
     sink.registry = registry

@@ -10,14 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmonitor.quality import (
+from mlmonitor.reference import absolute_error, outcome
+from mlmonitor.tokens import (
     FEEDBACK_REASONS,
     MAX_TOKEN_LEN,
     InvalidFeedback,
     PredictionFacts,
     SeenTokens,
-    absolute_error,
-    outcome,
     sign_prediction,
     verify_prediction,
 )

@@ -86,7 +86,7 @@ multiprocess.prepare_multiprocess_dir()
 
 
 def test_version_option_prints_the_installed_version():
-    result = subprocess.run([sys.executable, "-m", "mlmonitor.cli", "--version"],
+    result = subprocess.run([sys.executable, "-m", "mlmonitor.tools.cli", "--version"],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"mlmonitor {mlmonitor.__version__}"
@@ -129,7 +129,7 @@ def test_the_distribution_has_a_name_of_its_own_and_the_import_package_stays_mlm
     assert installed["Name"] == "mlmonitor-serving" and md.version("mlmonitor-serving") == mlmonitor.__version__
     scripts = {e.name: e.value for e in md.distribution("mlmonitor-serving").entry_points
                if e.group == "console_scripts"}
-    assert scripts == {"mlmonitor": "mlmonitor.cli:main"}
+    assert scripts == {"mlmonitor": "mlmonitor.tools.cli:main"}
     assert {"fastapi", "asgi", "otlp", "gunicorn"} <= set(installed.get_all("Provides-Extra"))
     fastapi = {r.split(";")[0].split(">")[0].strip() for r in installed.get_all("Requires-Dist")
                if 'extra == "fastapi"' in r}

@@ -120,8 +120,7 @@ def test_prediction_id_outside_a_request_says_why():
 @pytest.mark.parametrize("call", [
     lambda: mlmonitor.set_model_version("v2", model_name="churn"),
     lambda: mlmonitor.set_model_version(model_version="v2", model_name="churn"),
-    lambda: mlmonitor.set_model_version(version="v2", model_name="churn"),  # the older keyword
-], ids=["positional", "model_version", "version"])
+], ids=["positional", "model_version"])
 def test_set_model_version_names_its_arguments_as_prediction_does(call):
     with capture() as monitored:
         app = flask_app_reporting(lambda: call() or {})

@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from mlmonitor import Monitor, configure_logging, guard
 from mlmonitor.config import Settings
-from mlmonitor.logs import LogSink, render_json
+from mlmonitor.logs import LogSink
+from mlmonitor.rendering import render_json
 from mlmonitor.record import RequestRecord
 
 PIPE_BUF = select.PIPE_BUF

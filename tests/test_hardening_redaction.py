@@ -21,7 +21,7 @@ from tests.apps.echo_app import create_app as create_echo_app
 from helpers.gunicorn_proc import GunicornProcess
 from mlmonitor import Monitor
 from mlmonitor.config import DEFAULT_REDACT
-from mlmonitor.logs import RedactSecrets
+from mlmonitor.app_logging import RedactSecrets
 from mlmonitor.redact import MAX_SCAN, REDACTED, redactor
 
 R = redactor(DEFAULT_REDACT)

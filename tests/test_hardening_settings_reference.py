@@ -9,13 +9,17 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mlmonitor import ConfigError, MonitorMiddleware, cli, observe, reference
-from mlmonitor.quality import OTHER, InvalidReference, ReferenceProfile
+from mlmonitor import ConfigError, MonitorMiddleware, observe, reference
+from mlmonitor.tools import cli
+from mlmonitor.contract import OTHER
+from mlmonitor.reference import ReferenceProfile
+from mlmonitor.reference_format import InvalidReference
+from mlmonitor.tools.profiling import build_profile, profile_csv
 
 
 def _valid() -> dict:
-    return ReferenceProfile.build({"n": list(range(20)), "c": ["a", "b"] * 10},
-                                  predictions=["x", "y"] * 10).to_dict()
+    return build_profile({"n": list(range(20)), "c": ["a", "b"] * 10},
+                         predictions=["x", "y"] * 10).to_dict()
 
 
 def _big_edge(tmp_path):
@@ -93,7 +97,7 @@ def test_a_csv_with_an_oversized_field_is_an_invalid_reference(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text("a,b\n1," + "x" * 200_000 + "\n")
     with pytest.raises(InvalidReference, match="not a readable UTF-8 CSV"):
-        ReferenceProfile.from_csv(path)
+        profile_csv(path)
 
 
 def _surrogate_reference(tmp_path):

@@ -11,13 +11,13 @@ from tests.helpers.otlp import OTLPReceiver
 
 SCRIPT = textwrap.dedent("""
     from tests.apps.simple_app import create_app
-    import mlmonitor.traces
+    import mlmonitor.trace_provider
     app = create_app()
     client = app.test_client()
     for i in range(5):
         client.post("/predict", json={}, headers={"X-Model-Version": f"v{i % 2}"}, buffered=True)
     client.post("/predict", json={}, headers={"X-Fail": "1"}, buffered=True)
-    mlmonitor.traces.shutdown()
+    mlmonitor.trace_provider.shutdown()
 """)
 
 

@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LinearRegression
 
 from mlmonitor import Monitor
-from mlmonitor.reference import InvalidReference, ReferenceProfile
+from mlmonitor.reference import ReferenceProfile
+from mlmonitor.reference_format import InvalidReference
+from mlmonitor.tools.profiling import build_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["age", "bmi", "bp"]
@@ -42,8 +44,8 @@ def create_app(reference_features=FEATURES, feature_names=None, input_kind="arra
                      feedback_secret="s" * 32, model_version="v1")
     for name, model in models.items():
         frame = X if reference_features == FEATURES else X[:, :len(reference_features)]
-        profile = ReferenceProfile.build(frame, feature_names=reference_features,
-                                         predictions=model.predict(X), labels=y if name == "glucose" else y * 2)
+        profile = build_profile(frame, feature_names=reference_features,
+                                predictions=model.predict(X), labels=y if name == "glucose" else y * 2)
         app.extensions["mlmonitor"].set_reference(name, profile)
 
     @app.post("/v1/models/<name>:predict")
@@ -124,7 +126,7 @@ def test_unreadable_features_still_count_the_predictions_and_count_features_miss
     registry = CollectorRegistry()
     monitor = Monitor(app, registry=registry, log_stream=io.StringIO(), traces=False,
                       model_name="m", model_version="v1",
-                      reference=ReferenceProfile.build({"a": list(range(100))}))
+                      reference=build_profile({"a": list(range(100))}))
 
     @app.post("/p")
     @monitor.prediction
@@ -151,8 +153,8 @@ def test_unknown_feature_names_count_without_a_name_label_and_absent_ones_count_
     registry = CollectorRegistry()
     monitor = Monitor(app, registry=registry, log_stream=io.StringIO(), traces=False,
                       model_name="m", model_version="v1",
-                      reference=ReferenceProfile.build({"Chins": list(range(100)),
-                                                        "Weight": list(range(100))}))
+                      reference=build_profile({"Chins": list(range(100)),
+                                               "Weight": list(range(100))}))
 
     @app.post("/p")
     @monitor.prediction
@@ -244,14 +246,14 @@ def test_regression_feedback_records_the_absolute_error():
 
 def test_a_classification_reference_refuses_fractional_classes():
     with pytest.raises(InvalidReference, match="regression"):
-        ReferenceProfile.build({"a": [1.0, 2.0]}, predictions=[0.5, 1.5], task="classification")
-    profile = ReferenceProfile.build({"a": list(range(60))}, predictions=[i % 3 for i in range(60)])
+        build_profile({"a": [1.0, 2.0]}, predictions=[0.5, 1.5], task="classification")
+    profile = build_profile({"a": list(range(60))}, predictions=[i % 3 for i in range(60)])
     assert profile.task == "classification" and not profile.regression
 
 
 def _cli(*args, cwd):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "mlmonitor.cli", "reference", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "mlmonitor.tools.cli", "reference", *map(str, args)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -161,11 +161,11 @@ def test_set_reference_and_flat_settings_reach_the_django_monitor():
     import numpy as np
 
     from mlmonitor.django import set_reference
-    from mlmonitor.reference import ReferenceProfile
+    from mlmonitor.tools.profiling import build_profile
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 2)) + [2.0, 3.0]
-    profile = ReferenceProfile.build(X, feature_names=["a", "b"], predictions=2.0 * X.sum(axis=1))
+    profile = build_profile(X, feature_names=["a", "b"], predictions=2.0 * X.sum(axis=1))
     with override_settings(MLMONITOR={"traces": False}, MLMONITOR_MODEL_VERSION="v9"), \
             capture() as monitored:
         client = Client(raise_request_exception=False)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from werkzeug.test import Client
 
 from mlmonitor import ConfigError, Monitor, MonitorMiddleware
-from mlmonitor.reference import ReferenceProfile
+from mlmonitor.tools.profiling import build_profile
 
 KEY = "k-test"
 
@@ -249,7 +249,7 @@ def test_model_names_beyond_the_cap_become_other():
 def _profile(weight, seed):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(200, 2)) * [3.0, 5.0] + [10.0, 20.0]
-    return ReferenceProfile.build(X, feature_names=["a", "b"], predictions=weight * X.sum(axis=1))
+    return build_profile(X, feature_names=["a", "b"], predictions=weight * X.sum(axis=1))
 
 
 def _reference_models(registry):

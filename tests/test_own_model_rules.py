@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from helpers.promstack import promtool_test, require_binary
-from mlmonitor import cli, rules
+from mlmonitor.tools import cli, rules
 
 RULES = Path(__file__).resolve().parents[1] / "alerts" / "mlmonitor-recording.rules.yml"
 S = 'job="mlmonitor", model_name="glucose"'

@@ -12,17 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlmonitor.quality import (
-    OTHER,
-    UNKNOWN_FEATURE,
-    InvalidReference,
-    ReferenceProfile,
-    psi,
-)
+from mlmonitor.contract import OTHER
+from mlmonitor.reference import UNKNOWN_FEATURE, ReferenceProfile
+from mlmonitor.reference_format import InvalidReference
+from mlmonitor.tools.drift import psi
+from mlmonitor.tools.profiling import build_profile
 
 
 def _profile(values, name="x", **options):
-    return ReferenceProfile.build({name: list(values)}, **options)
+    return build_profile({name: list(values)}, **options)
 
 
 def _replay(profile, rows):
@@ -114,7 +112,7 @@ def test_a_literal_other_value_is_counted_in_other():
 
 
 def test_forced_categorical_integer_codes():
-    profile = ReferenceProfile.build([{"zip": 1000}, {"zip": 2000}, {"zip": 1000}], categorical=["zip"])
+    profile = build_profile([{"zip": 1000}, {"zip": 2000}, {"zip": 1000}], categorical=["zip"])
     assert profile.bin_of("zip", 1000) == "1000"
     assert profile.bin_of("zip", 3000) == OTHER
 
@@ -129,21 +127,21 @@ def test_numpy_array_and_rows_give_the_same_profile():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(500, 3))
     names = ["a", "b", "c"]
-    from_array = ReferenceProfile.build(X, feature_names=names).to_dict()
-    from_rows = ReferenceProfile.build([dict(zip(names, row)) for row in X.tolist()]).to_dict()
-    from_lists = ReferenceProfile.build(X.tolist(), feature_names=names).to_dict()
+    from_array = build_profile(X, feature_names=names).to_dict()
+    from_rows = build_profile([dict(zip(names, row)) for row in X.tolist()]).to_dict()
+    from_lists = build_profile(X.tolist(), feature_names=names).to_dict()
     for other in (from_rows, from_lists):
         assert other["features"] == from_array["features"]
 
 
 def test_build_without_numpy_gives_the_same_profile(monkeypatch):
-    import mlmonitor.profiling as profiling
+    import mlmonitor.tools.profiling as profiling
 
     rng = np.random.default_rng(2)
     X = rng.lognormal(size=(300, 2)).round(1)
-    with_numpy = ReferenceProfile.build(X, feature_names=["a", "b"]).to_dict()
+    with_numpy = build_profile(X, feature_names=["a", "b"]).to_dict()
     monkeypatch.setattr(profiling, "_numpy", lambda: None)
-    without = ReferenceProfile.build(X.tolist(), feature_names=["a", "b"]).to_dict()
+    without = build_profile(X.tolist(), feature_names=["a", "b"]).to_dict()
     assert without["features"] == with_numpy["features"]
 
 
@@ -157,7 +155,7 @@ def test_nan_in_the_reference_is_missing():
 def test_classes_scores_and_accuracy():
     predictions = ["a", "a", "b", "b"]
     labels = ["a", "b", "b", "b"]
-    profile = ReferenceProfile.build(
+    profile = build_profile(
         {"x": [1, 2, 3, 4]}, predictions=predictions, labels=labels, scores=[0.05, 0.1, 0.55, 1.0]
     )
     assert profile.accuracy == 0.75
@@ -168,14 +166,14 @@ def test_classes_scores_and_accuracy():
 
 
 def test_classes_from_labels_without_predictions_and_no_accuracy():
-    profile = ReferenceProfile.build({"x": [1, 2, 3]}, labels=[0, 1, 1])
+    profile = build_profile({"x": [1, 2, 3]}, labels=[0, 1, 1])
     assert dict(profile.class_ratios()) == {"1": pytest.approx(2 / 3), "0": pytest.approx(1 / 3), OTHER: 0.0}
     assert profile.accuracy is None
     assert profile.class_of(1) == "1"
 
 
 def test_reference_ratios_cover_every_bin():
-    profile = ReferenceProfile.build({"n": list(range(100)), "c": ["a", "b"] * 50})
+    profile = build_profile({"n": list(range(100)), "c": ["a", "b"] * 50})
     ratios = list(profile.reference_ratios())
     assert {(f, b) for f, b, _ in ratios} == {("n", f"{i:02d}") for i in range(10)} | {
         ("c", "a"),
@@ -189,7 +187,7 @@ def test_reference_ratios_cover_every_bin():
 def test_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(3)
     rows = [{"a": float(v), "c": str(int(v * 3) % 4)} for v in rng.random(200)]
-    profile = ReferenceProfile.build(rows, predictions=[r["c"] for r in rows], labels=[r["c"] for r in rows])
+    profile = build_profile(rows, predictions=[r["c"] for r in rows], labels=[r["c"] for r in rows])
     path = tmp_path / "reference.json"
     profile.save(path)
     loaded = ReferenceProfile.load(path)
@@ -202,7 +200,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def _valid_dict():
-    return ReferenceProfile.build({"n": list(range(20)), "c": ["a", "b"] * 10}).to_dict()
+    return build_profile({"n": list(range(20)), "c": ["a", "b"] * 10}).to_dict()
 
 
 @pytest.mark.parametrize(
@@ -256,7 +254,7 @@ def test_load_rejects_non_json_and_nan(tmp_path):
 def test_build_rejects_bad_input(kwargs, message):
     data = kwargs.pop("data")
     with pytest.raises(InvalidReference, match=message):
-        ReferenceProfile.build(data, **kwargs)
+        build_profile(data, **kwargs)
 
 
 def test_psi_formula_and_floor():
@@ -275,7 +273,7 @@ def test_reference_sample_gives_psi_zero():
         {"n": float(v), "i": int(k), "c": "abcdefghijkl"[int(k)]}
         for v, k in zip(rng.normal(size=1000), rng.integers(0, 12, 1000))
     ]
-    profile = ReferenceProfile.build(rows)
+    profile = build_profile(rows)
     counts = _replay(profile, rows)
     ratios = {}
     for feature, label, share in profile.reference_ratios():
@@ -286,7 +284,7 @@ def test_reference_sample_gives_psi_zero():
 
 def test_shifted_feature_drifts():
     rng = np.random.default_rng(5)
-    profile = ReferenceProfile.build({"x": rng.normal(size=2000).tolist()})
+    profile = build_profile({"x": rng.normal(size=2000).tolist()})
     ratios = {b: s for _, b, s in profile.reference_ratios()}
     same = Counter(profile.bin_of("x", v) for v in rng.normal(size=2000).tolist())
     shifted = Counter(profile.bin_of("x", v) for v in rng.normal(1.0, 1.0, size=2000).tolist())
@@ -330,8 +328,8 @@ def test_works_without_numpy_installed(tmp_path):
 
     code = (
         "import sys; sys.modules['numpy'] = None\n"
-        "from mlmonitor.quality import ReferenceProfile\n"
-        "p = ReferenceProfile.build([{'a': i, 'c': 'xy'[i % 2]} for i in range(100)])\n"
+        "from mlmonitor.tools.profiling import build_profile\n"
+        "p = build_profile([{'a': i, 'c': 'xy'[i % 2]} for i in range(100)])\n"
         "print(p.bin_of('a', 10), p.bin_of('c', 'x'))\n"
     )
     root = str(Path(__file__).resolve().parents[1])

@@ -24,7 +24,8 @@ import mlmonitor
 from helpers.doubles import Doubles
 from mlmonitor import ConfigError, Monitor, MonitorMiddleware
 from mlmonitor.config import Settings
-from mlmonitor.logs import LogSink, render_json
+from mlmonitor.logs import LogSink
+from mlmonitor.rendering import render_json
 from mlmonitor.record import RequestRecord
 
 from conftest import require_binary
@@ -641,12 +642,12 @@ FALLBACK_NAMED = {
 
 
 def _build_with_env(monkeypatch, variable, value):
-    from mlmonitor import traces
+    from mlmonitor import trace_provider
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     if variable == "OTEL_TRACES_SAMPLER_ARG":  # only ratio samplers read the argument
         monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv(variable, value)
-    return traces.build_tracer_provider("test")
+    return trace_provider.build_tracer_provider("test")
 
 
 @pytest.mark.parametrize("variable", sorted(BAD_OTEL))

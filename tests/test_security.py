@@ -192,8 +192,8 @@ def test_config_secrets_never_appear_in_any_log_line_debug_included(monkeypatch,
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer%20{header_secret}")
         monkeypatch.setenv("MLMONITOR_FEEDBACK_SECRET", feedback)
         caplog.set_level(logging.DEBUG)  # every logger, mlmonitor's and the SDK's, at debug
-        from mlmonitor import traces
-        provider = traces.build_tracer_provider("secrets-test")
+        from mlmonitor import trace_provider
+        provider = trace_provider.build_tracer_provider("secrets-test")
         h = SecretApp(provider=provider, metrics_token=token, metrics_basic_auth=f"prom:{password}")
         h.client.post("/predict", json={"a": 1}, buffered=True)
         h.client.get("/metrics", headers={"Authorization": "Bearer wrong"}, buffered=True)
@@ -214,9 +214,9 @@ def test_malformed_otlp_headers_are_refused_without_echoing_the_secret(monkeypat
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer ZqOk,x-key ZqLeak7")
-    from mlmonitor import traces
+    from mlmonitor import trace_provider
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_HEADERS") as info:
-        traces.build_tracer_provider("x")
+        trace_provider.build_tracer_provider("x")
     assert "ZqLeak7" not in str(info.value) and "ZqLeak7" not in caplog.text
 
 
@@ -250,8 +250,8 @@ def test_tags_on_spans_are_capped_in_count_and_length():
 def test_built_provider_caps_attributes_the_app_sets_itself(monkeypatch):
     monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
-    from mlmonitor import traces
-    provider = traces.build_tracer_provider("limits")
+    from mlmonitor import trace_provider
+    provider = trace_provider.build_tracer_provider("limits")
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     with provider.get_tracer("t").start_as_current_span("s") as span:
@@ -262,4 +262,4 @@ def test_built_provider_caps_attributes_the_app_sets_itself(monkeypatch):
     [done] = exporter.get_finished_spans()
     provider.shutdown()
     assert len(done.attributes) <= 64 and len(done.events) <= 32
-    assert all(len(v) <= traces.MAX_ATTRIBUTE_LENGTH for v in done.attributes.values())
+    assert all(len(v) <= trace_provider.MAX_ATTRIBUTE_LENGTH for v in done.attributes.values())

@@ -116,12 +116,12 @@ def test_bad_value_stops_start_up_with_one_line_naming_the_setting(value):
 
 SCRIPT = textwrap.dedent("""
     from tests.apps.simple_app import create_app
-    import mlmonitor.traces
+    import mlmonitor.trace_provider
     client = create_app().test_client()
     for i in range(4):
         client.post("/predict", json={})
     client.post("/predict", json={}, headers={"X-Fail": "1"})
-    mlmonitor.traces.shutdown()
+    mlmonitor.trace_provider.shutdown()
 """)
 
 

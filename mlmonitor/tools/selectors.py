@@ -1,6 +1,6 @@
 """``--selector``: label matchers as PromQL reads them, checked before any rule is rendered.
 
-Offline: :mod:`mlmonitor.rules` calls :func:`parse_selector` when ``mlmonitor alerts render``
+Offline: :mod:`mlmonitor.tools.rules` calls :func:`parse_selector` when ``mlmonitor alerts render``
 runs. A selector is pasted verbatim into every rule, so anything Prometheus would refuse (a raw
 newline, an escape its lexer does not know, a regular expression RE2 does not parse, a
 ``__name__`` matcher) or read otherwise is refused here, in one line, instead of in promtool or in
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import List, Tuple
 
-from .contract import (BIN, CLASS, COMPONENT, DIRECTION, ERROR_TYPE, FEATURE, GPU, METHOD, MODEL_ID,
+from ..contract import (BIN, CLASS, COMPONENT, DIRECTION, ERROR_TYPE, FEATURE, GPU, METHOD, MODEL_ID,
                        MODEL_NAME, MODEL_VERSION, OUTCOME, REASON, ROUTE, RUN_ID, SIGNAL, STAGE, STATUS,
                        WORKER)
 

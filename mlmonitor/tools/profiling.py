@@ -1,11 +1,9 @@
 """Building a reference profile from data: offline, once per model version.
 
 Runs in a training or release job (or ``mlmonitor reference build``), never in a request. It owns
-turning a 2-D array, rows, a dict of columns, a pandas DataFrame or a CSV file into the profile
-that :mod:`mlmonitor.reference` saves, loads and bins with. :meth:`ReferenceProfile.build
-<mlmonitor.reference.ReferenceProfile.build>` and :meth:`ReferenceProfile.from_csv
-<mlmonitor.reference.ReferenceProfile.from_csv>` call :func:`build_profile` and
-:func:`profile_csv`.
+turning a 2-D array, rows, a dict of columns, a pandas DataFrame (:func:`build_profile`) or a CSV
+file (:func:`profile_csv`) into the :class:`~mlmonitor.reference.ReferenceProfile` that
+:mod:`mlmonitor.reference` saves, loads and bins with; the request-time side never imports this.
 
 Edges sit at the reference's quantiles ``j / bins`` (the smallest reference value with at least
 that share of the reference at or below it), duplicates collapsed, so a low-cardinality feature
@@ -16,7 +14,7 @@ pandas is never imported (a DataFrame is recognised by its attributes).
 
 Example::
 
-    profile = ReferenceProfile.build(X_val, feature_names=["a", "b"], predictions=y_hat, labels=y)
+    profile = build_profile(X_val, feature_names=["a", "b"], predictions=y_hat, labels=y)
     profile.save("reference.json")
 """
 
@@ -31,20 +29,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .contract import CLASSIFICATION, OTHER, REGRESSION, SCORE_BUCKETS
-from .reference import (
-    FORMAT,
-    FORMAT_VERSION,
-    MAX_BINS,
-    MAX_FEATURES,
-    MAX_TOP_N,
-    MAX_VALUE_LEN,
-    InvalidReference,
-    ReferenceProfile,
-    as_category,
-    as_number,
-    same_value,
-)
+from ..contract import CLASSIFICATION, OTHER, REGRESSION, SCORE_BUCKETS
+from ..reference import ReferenceProfile, as_category, as_number, same_value
+from ..reference_format import (FORMAT, FORMAT_VERSION, MAX_BINS, MAX_FEATURES, MAX_TOP_N, MAX_VALUE_LEN,
+                                InvalidReference)
 
 __all__ = ["build_profile", "profile_csv", "summarize"]
 
@@ -138,7 +126,7 @@ def _categorical_profile(values: Iterable[Any], top_n: int) -> dict[str, Any] | 
 def _columns(data: Any, feature_names: Sequence[str] | None, np: Any) -> dict[str, Any]:
     """name -> column (a list, or a 1-D numpy array) for the supported input shapes."""
     if isinstance(data, (str, os.PathLike)):
-        raise InvalidReference("use ReferenceProfile.from_csv(path, ...) for a CSV file")
+        raise InvalidReference("use profile_csv(path, ...) for a CSV file")
     if isinstance(data, Mapping):  # name -> column
         columns = {str(name): values for name, values in data.items()}
         if len({len(values) for values in columns.values()}) > 1:
@@ -226,7 +214,6 @@ def build_profile(
     categorical: Iterable[str] = (),
     max_classes: int = 50,
     task: str | None = None,
-    cls: type[ReferenceProfile] | None = None,
 ) -> ReferenceProfile:
     """Profile ``data``: a 2-D numpy array (+ ``feature_names``), rows as dicts or sequences
     (+ ``feature_names``), a dict of name -> column, or a pandas DataFrame.
@@ -314,7 +301,7 @@ def build_profile(
         data_out["scores"] = _score_histogram(_as_list(scores))
     if predictions is not None and labels is not None and rows and task != REGRESSION:
         data_out["accuracy"] = sum(same_value(p, y) for p, y in zip(predictions, labels)) / rows
-    return (cls or ReferenceProfile)(data_out)
+    return ReferenceProfile(data_out)
 
 
 def profile_csv(
@@ -324,7 +311,6 @@ def profile_csv(
     prediction_column: str | None = None,
     score_column: str | None = None,
     feature_columns: Sequence[str] | None = None,
-    cls: type[ReferenceProfile] | None = None,
     **options: Any,
 ) -> ReferenceProfile:
     """Profile a CSV file with a header row (stdlib ``csv``). Every column other than the
@@ -360,7 +346,7 @@ def profile_csv(
         raise InvalidReference(f"{path}: no data rows")
     forced = set(options.get("categorical", ()))
     columns = {name: _csv_cells(raw[name], numeric=name not in forced) for name in names}
-    return (cls or ReferenceProfile).build(
+    return build_profile(
         columns,
         labels=_csv_cells(raw[label_column], numeric=False) if label_column else None,
         predictions=_csv_cells(raw[prediction_column], numeric=False) if prediction_column else None,

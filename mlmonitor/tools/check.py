@@ -31,7 +31,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from . import contract as c
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from .. import contract as c
+from ..reference import ReferenceProfile, min_rows
 from . import rules as rendering
 
 __all__ = ["Finding", "Scrape", "Rules", "run", "add_cli",
@@ -70,14 +74,11 @@ class Scrape:
 
     @classmethod
     def from_text(cls, text: str, openmetrics: str = "") -> "Scrape":
-        from prometheus_client.parser import text_string_to_metric_families
-
         scrape = cls()
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 scrape.samples.setdefault(s.name, []).append((dict(s.labels), s.value))
         if openmetrics:
-            from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
             scrape.exemplars = sum(s.exemplar is not None for f in om_families(openmetrics) for s in f.samples)
         return scrape
 
@@ -338,8 +339,6 @@ def check_reference_rows(scrape: Scrape, profiles: Dict[str, Any], psi_threshold
     values, as ``reference build`` warns. ``profiles`` (path -> ``ReferenceProfile``) give the
     rows behind each part. /metrics carries the shares only, which prove a lower bound (their
     denominators): enough when it already reaches the need, else a note that asks for the file."""
-    from .reference import min_rows
-
     found = []
     for path, profile in sorted(profiles.items()):
         for what, part in _binned_parts(profile):
@@ -508,7 +507,6 @@ def _read(path: str) -> str:
 
 
 def _load_reference(path: str) -> Any:
-    from .reference import ReferenceProfile
     return ReferenceProfile.load(path)
 
 

@@ -4,7 +4,7 @@ Offline: runs when the rules are rendered (``mlmonitor alerts render``, at relea
 or when a user changes a threshold), never in a request. Owns the rule
 expressions, the alert texts, the thresholds and their checks, and the block-YAML
 emitter that writes them; every metric and recording-rule name comes from
-:mod:`mlmonitor.contract`, and the command line lives in :mod:`mlmonitor.cli`.
+:mod:`mlmonitor.contract`, and the command line lives in :mod:`mlmonitor.tools.cli`.
 
 The shipped files in ``alerts/`` are this module's output with default thresholds
 (``mlmonitor alerts render --prometheus-operator --out-dir alerts``); a test keeps
@@ -43,7 +43,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Tuple
 
-from .contract import (
+from ..contract import (
     ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COMPONENT, CORRECT, DEFAULT_BUCKETS, DEFAULT_JOB,
     ERROR_RATIO, ERROR_TYPE, FEATURE_DRIFT, FEEDBACK_RATE, FEEDBACK_TOTAL, GAUGE_WINDOW,
     GPU_MEMORY_TOTAL, GPU_MEMORY_USED, INTERNAL_ERRORS_TOTAL, INVALID_INPUT, INVALID_INPUT_RATE,
@@ -53,9 +53,9 @@ from .contract import (
     RATE_WINDOW, REFERENCE_ACCURACY, REFERENCE_ACCURACY_MAX, SIGNAL, SLO_WINDOWS,
     TELEMETRY_DROPPED_TOTAL, TIME_TO_FIRST_CHUNK_BUCKET, VERSION_LABELS, Distribution, error_ratio,
     latency_quantile, slow_ratio)
-from .contract import (ABSOLUTE_ERROR_MEAN, FEEDBACK_ABSOLUTE_ERROR_COUNT, FEEDBACK_ABSOLUTE_ERROR_SUM,
+from ..contract import (ABSOLUTE_ERROR_MEAN, FEEDBACK_ABSOLUTE_ERROR_COUNT, FEEDBACK_ABSOLUTE_ERROR_SUM,
                        OUTPUT_DRIFT, REFERENCE_ABSOLUTE_ERROR, REFERENCE_ABSOLUTE_ERROR_MAX)
-from .reference import PSI_THRESHOLD
+from ..reference import PSI_THRESHOLD
 from .selectors import parse_selector, selector_labels
 
 __all__ = ["Thresholds", "render_groups", "render_files", "render_text", "render_alertmanager",

@@ -1,24 +1,23 @@
 """The ``mlmonitor`` command: every subcommand's argparse code, offline only.
 
-Runs when a person or a build calls ``mlmonitor ...``, never in a request. The
-work itself lives in the module that owns it: ``reference build|show`` calls
-:mod:`mlmonitor.profiling` and :mod:`mlmonitor.reference`, ``alerts render`` calls
-:mod:`mlmonitor.rules`, ``dashboards render`` calls :mod:`mlmonitor.dashboards`.
-Modules listed in ``SUBCOMMAND_MODULES`` still register their own subcommand.
+Runs when a person or a build calls ``mlmonitor ...`` (or ``python -m mlmonitor.tools.cli``),
+never in a request. The work itself lives in the module that owns it: ``reference build|show``
+calls :mod:`mlmonitor.tools.profiling` and :mod:`mlmonitor.reference`, ``alerts render`` calls
+:mod:`mlmonitor.tools.rules`, ``dashboards render`` calls :mod:`mlmonitor.tools.dashboards`;
+:mod:`mlmonitor.tools.check` registers ``check`` itself.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from dataclasses import fields
 from typing import Any, Sequence
 
-from . import dashboards, rules
-
-#: modules that expose ``add_cli(subparsers)``; each registers one subcommand
-#: whose parser sets ``func`` to a callable taking the parsed namespace.
-SUBCOMMAND_MODULES = ("mlmonitor.check",)
+from .. import __version__
+from ..reference import ReferenceProfile, too_few_rows
+from ..reference_format import MAX_FILE_BYTES, read_profile
+from . import check, dashboards, rules
+from .profiling import profile_csv, summarize
 
 
 # -- mlmonitor reference build|show --------------------------------------------------------------
@@ -28,9 +27,7 @@ def _names(text: str) -> list[str]:
 
 
 def _cli_build(args: argparse.Namespace) -> int:
-    from .reference import ReferenceProfile
-
-    profile = ReferenceProfile.from_csv(
+    profile = profile_csv(
         args.csv,
         label_column=args.label_column,
         prediction_column=args.prediction_column,
@@ -48,26 +45,22 @@ def _cli_build(args: argparse.Namespace) -> int:
 
 
 def _cli_show(args: argparse.Namespace) -> int:
-    from .reference import MAX_FILE_BYTES, ReferenceProfile, read_profile
-
     # ReferenceProfile.load without its start-up log line: the warning goes below the summary
     profile = read_profile(args.path, ReferenceProfile, MAX_FILE_BYTES)
-    print(profile.summary(), flush=True)
+    print(summarize(profile), flush=True)
     _warn_if_small(profile.to_dict())
     return 0
 
 
 def _warn_if_small(data: dict) -> None:
     """One line on stderr when the reference has too few rows for its bins (see reference.min_rows)."""
-    from .reference import too_few_rows
-
     warning = too_few_rows(data)
     if warning:
         print(f"warning: only {data['rows']} reference rows: {warning}", file=sys.stderr)
 
 
 def _add_reference(subparsers: Any) -> None:
-    """Register ``mlmonitor reference build|show`` (the work: :mod:`mlmonitor.profiling`)."""
+    """Register ``mlmonitor reference build|show`` (the work: :mod:`mlmonitor.tools.profiling`)."""
     parser = subparsers.add_parser("reference", help="build or show a reference profile")
     commands = parser.add_subparsers(dest="reference_command", required=True)
     build = commands.add_parser("build", help="profile a CSV file into reference.json")
@@ -205,17 +198,10 @@ def _add_dashboards(subparsers: Any) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="mlmonitor", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlmonitor {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:  # a concern not built yet
-            continue
-        module.add_cli(subparsers)
+    check.add_cli(subparsers)
     _add_reference(subparsers)
     _add_alerts(subparsers)
     _add_dashboards(subparsers)

@@ -3,7 +3,7 @@
 Offline: runs when the dashboards are rendered (``mlmonitor dashboards render``,
 at release or when a user re-renders them), never in a request. Owns the panels,
 their queries and the dashboard JSON; every metric and recording-rule name comes
-from :mod:`mlmonitor.contract`, and the command line lives in :mod:`mlmonitor.cli`::
+from :mod:`mlmonitor.contract`, and the command line lives in :mod:`mlmonitor.tools.cli`::
 
     mlmonitor dashboards render --out-dir grafana/dashboards   # write the three JSON files
     mlmonitor dashboards render --check grafana/dashboards     # exit 1 naming a stale file
@@ -28,7 +28,7 @@ import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .contract import (
+from ..contract import (
     ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COST_TOTAL, DRIFT_WINDOW, ERROR_TYPE, FEATURE_BIN_TOTAL,
     FEATURE_DRIFT, FEATURE_MISSING_TOTAL, FEEDBACK_TOTAL, GPU_MEMORY_TOTAL, GPU_MEMORY_USED,
     GPU_UTILIZATION, HTTP_REQUEST_DURATION_BUCKET, HTTP_REQUESTS_IN_PROGRESS, HTTP_REQUESTS_TOTAL,
@@ -37,7 +37,7 @@ from .contract import (
     PROCESS_CPU_TOTAL, PROCESS_MEMORY, REFERENCE_ACCURACY_MAX, STAGE_DURATION_BUCKET,
     STAGE_DURATION_COUNT, STAGE_DURATION_SUM, TELEMETRY_DROPPED_TOTAL, TIME_TO_FIRST_CHUNK_BUCKET, TOKENS_TOTAL,
     VERSION_LABELS)
-from .contract import (ABSOLUTE_ERROR_MEAN, FEATURE_UNKNOWN_TOTAL, FEEDBACK_ABSOLUTE_ERROR_BUCKET,
+from ..contract import (ABSOLUTE_ERROR_MEAN, FEATURE_UNKNOWN_TOTAL, FEEDBACK_ABSOLUTE_ERROR_BUCKET,
                        OUTPUT_DRIFT, PREDICTION_BIN_TOTAL, REFERENCE_ABSOLUTE_ERROR_MAX)
 
 __all__ = ["DASHBOARDS", "render", "write", "stale"]
