@@ -109,7 +109,7 @@ def _auth_header(token: Optional[str], basic: Optional[str]) -> Dict[str, str]:
 def _get(url: str, headers: Dict[str, str], timeout: float) -> str:
     request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip", **headers})
     with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (the user's own URL)
-        body = resp.read()
+        body: bytes = resp.read()
         if resp.headers.get("Content-Encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
     return body.decode("utf-8")

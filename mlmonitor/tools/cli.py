@@ -52,7 +52,7 @@ def _cli_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_if_small(data: dict) -> None:
+def _warn_if_small(data: dict[str, Any]) -> None:
     """One line on stderr when the reference has too few rows for its bins (see reference.min_rows)."""
     warning = too_few_rows(data)
     if warning:
@@ -117,7 +117,7 @@ _THRESHOLD_HELP = {
 }
 
 
-def _floats(text: str) -> tuple:
+def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in _names(text))
     except ValueError:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..contract import (
     ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COST_TOTAL, DRIFT_WINDOW, ERROR_TYPE, FEATURE_BIN_TOTAL,
@@ -57,6 +57,8 @@ VERSION_B = f'{{{MODEL}, model_version="$version_b"}}'
 PSI_STEPS = [(None, "green"), (0.1, "yellow"), (0.2, "red")]
 
 Panel = Dict[str, Any]
+#: a threshold step: (the value it starts at, None for the base step; its colour)
+Step = Tuple[Optional[float], str]
 
 
 # ---------------------------------------------------------------- PromQL pieces
@@ -133,12 +135,12 @@ def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False,
             "editorMode": "code"}
 
 
-def thresholds(steps: Sequence[tuple] = ((None, "green"),)) -> Dict[str, Any]:
+def thresholds(steps: Sequence[Step] = ((None, "green"),)) -> Dict[str, Any]:
     return {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
 
 
 def panel(kind: str, title: str, description: str, unit: str, targets: List[Dict[str, Any]],
-          w: int, h: int = 8, steps: Sequence[tuple] = ((None, "green"),),
+          w: int, h: int = 8, steps: Sequence[Step] = ((None, "green"),),
           options: Optional[Dict[str, Any]] = None, custom: Optional[Dict[str, Any]] = None,
           no_value: str = "", **extra: Any) -> Panel:
     for i, t in enumerate(targets):
@@ -155,7 +157,7 @@ def panel(kind: str, title: str, description: str, unit: str, targets: List[Dict
 
 
 def timeseries(title: str, description: str, unit: str, targets: List[Dict[str, Any]], w: int = 12,
-               stack: bool = False, steps: Sequence[tuple] = ((None, "green"),),
+               stack: bool = False, steps: Sequence[Step] = ((None, "green"),),
                threshold_lines: bool = False, no_value: str = "") -> Panel:
     custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 30 if stack else 10,
               "showPoints": "never", "spanNulls": False,
@@ -168,7 +170,7 @@ def timeseries(title: str, description: str, unit: str, targets: List[Dict[str, 
 
 
 def stat(title: str, description: str, unit: str, expr: str, legend: str = "",
-         steps: Sequence[tuple] = ((None, "green"),), w: int = 4, no_value: str = "") -> Panel:
+         steps: Sequence[Step] = ((None, "green"),), w: int = 4, no_value: str = "") -> Panel:
     options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                "colorMode": "value", "graphMode": "area", "textMode": "auto", "justifyMode": "auto",
                "orientation": "auto"}
@@ -177,7 +179,7 @@ def stat(title: str, description: str, unit: str, expr: str, legend: str = "",
 
 
 def table(title: str, description: str, unit: str, expr: str, w: int, h: int = 8,
-          steps: Sequence[tuple] = ((None, "green"),), color_cells: bool = False,
+          steps: Sequence[Step] = ((None, "green"),), color_cells: bool = False,
           rename_value: str = "Value") -> Panel:
     custom = {"align": "auto", "cellOptions": {"type": "color-background" if color_cells else "auto"}}
     organize = {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True},

@@ -327,7 +327,7 @@ def profile_csv(
                 raise InvalidReference(f"{path}: empty CSV file") from None
             if len(set(header)) != len(header):
                 raise InvalidReference(f"{path}: duplicate column names in the header")
-            raw: dict[str, list[str | None]] = {name: [] for name in header}
+            raw: dict[str, list[str]] = {name: [] for name in header}
             for line, row in enumerate(reader, start=2):
                 if not row:
                     continue

@@ -505,7 +505,7 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
     ]
 
 
-def render_groups(thresholds: Thresholds | None = None) -> Tuple[List[dict], List[dict]]:
+def render_groups(thresholds: Thresholds | None = None) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(recording groups, alerting groups) as plain dicts."""
     b = _Builder(thresholds or Thresholds())
     return _recording(b), _alerts(b)
@@ -591,7 +591,7 @@ def render_text(thresholds: Thresholds, prometheus_operator: bool = False) -> st
     return head + to_yaml({"groups": recording + alerting}) + "\n"
 
 
-def _manifest(groups: List[dict]) -> Dict[str, Any]:
+def _manifest(groups: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
