@@ -14,22 +14,26 @@ absolute error's sum out of reach of every later error.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import stat
-from typing import Any, Optional
+from typing import Any
 
 from . import guard
 from .config import MAX_OBSERVED, Settings
+from .multiprocess import UnsafeDirectory, check_directory, multiprocess_dir
+from .reference import as_number, outcome
+from .tokens import InvalidFeedback, SeenTokens, fit_fields, fit_text, sign_prediction, verify_prediction
 
 __all__ = ["FeedbackRecorder", "SECRET_FILE", "shared_secret"]
 
 log = logging.getLogger("mlmonitor")
 
 #: the shared secret's file in the multiprocess directory (not a ``.db``: no scrape reads it)
-SECRET_FILE = ".feedback_secret"
+SECRET_FILE = ".feedback_secret"  # noqa: S105 (a file's name, not a secret)
 
 
 class FeedbackRecorder:
@@ -37,7 +41,6 @@ class FeedbackRecorder:
 
     def __init__(self, settings: Settings, metrics: Any, owner: Any = None) -> None:
         """``metrics``: the sink that counts feedback (or None); ``owner``: who counts its faults."""
-        from .multiprocess import multiprocess_dir
         self.metrics = metrics
         self.owner = owner if owner is not None else metrics
         self.max_age = settings.feedback_max_age
@@ -48,7 +51,7 @@ class FeedbackRecorder:
         self.ephemeral = not secret
         self.secret = secret or os.urandom(32).hex()
         self._warned = False
-        self._seen: Optional[Any] = None
+        self._seen: Any | None = None
 
     def sign(self, model_name: str, model_version: str, predicted: Any) -> str:
         """A prediction id; never raises into the request that asks for it.
@@ -59,9 +62,7 @@ class FeedbackRecorder:
         sent as its text. Should signing still fail, the fault is counted and the id is ``""``,
         which feedback refuses as ``malformed``.
         """
-        from .tokens import fit_fields, sign_prediction
         if self.ephemeral and not self._warned:
-            from .multiprocess import multiprocess_dir
             self._warned = True
             log.warning("mlmonitor: prediction ids are only accepted by this process: set "
                         "MLMONITOR_FEEDBACK_SECRET (32 random bytes, the same for every worker and "
@@ -84,7 +85,6 @@ class FeedbackRecorder:
         regression, anything but a finite number within ``MAX_OBSERVED``). A refused label does
         not use the id up: it can be sent again with a good one.
         """
-        from .tokens import InvalidFeedback, SeenTokens, verify_prediction
         if self._seen is None:
             self._seen = SeenTokens()
         try:
@@ -93,8 +93,8 @@ class FeedbackRecorder:
             profile = reference_for(facts.model_name) if reference_for is not None else None
             regression = profile is not None and profile.regression
             result: Any = _error(facts.predicted, label) if regression else _outcome(facts.predicted, label)
-            if not self._seen.add(facts.token_id):
-                raise InvalidFeedback("duplicate", "this prediction id was already counted here")
+            if not self._seen.add(facts.token_id):  # counted below, as every refusal:
+                raise InvalidFeedback("duplicate", "this prediction id was already counted here")  # noqa: TRY301
         except InvalidFeedback as exc:
             if self.metrics is not None:
                 with guard.guarded("feedback", self.owner):
@@ -112,8 +112,6 @@ class FeedbackRecorder:
 def _outcome(predicted: Any, label: Any) -> str:
     """"correct" / "incorrect"; a label that cannot even be compared (text past Python's digit
     limit, a failing ``__str__``) is ``bad_label``."""
-    from .reference import outcome
-    from .tokens import InvalidFeedback, fit_text
     try:
         if isinstance(predicted, str) and isinstance(label, str):
             label = fit_text(label)  # compared as the prediction was signed: cut the same way
@@ -126,7 +124,6 @@ def _error(predicted: Any, label: Any) -> float:
     """``|predicted - label|``, at most ``MAX_OBSERVED``; ``bad_label`` unless the label is a
     finite number (or numeric text) within ``MAX_OBSERVED``. A signed prediction that is not
     such a number is the model's fault, not the client's: it counts as the largest error."""
-    from .tokens import InvalidFeedback
     truth = _bounded(label)
     if truth is None:
         raise InvalidFeedback("bad_label", f"the label must be a finite number within ±{MAX_OBSERVED:g} "
@@ -137,11 +134,10 @@ def _error(predicted: Any, label: Any) -> float:
     return min(abs(predicted_value - truth), MAX_OBSERVED)
 
 
-def _bounded(value: Any, bound: float = MAX_OBSERVED) -> Optional[float]:
+def _bounded(value: Any, bound: float = MAX_OBSERVED) -> float | None:
     """``value`` as a float within ``±bound``, or None: bools, None, NaN, infinities, text that is
     not a number, and any value whose conversion fails (an int too large for a float, a failing
     ``__float__``) are not numbers here."""
-    from .reference import as_number
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -161,7 +157,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def shared_secret(directory: str) -> Optional[str]:
+def shared_secret(directory: str) -> str | None:
     """The feedback secret of every process on ``directory``: read, or created there once.
 
     Created as a private temporary file (mode 0600), written whole, then hard-linked to
@@ -170,7 +166,6 @@ def shared_secret(directory: str) -> Optional[str]:
     read or replace (see :func:`mlmonitor.multiprocess.check_directory`; a file not ours, not a
     regular file, or readable by group or others) is not used: None, with one log line.
     """
-    from .multiprocess import UnsafeDirectory, check_directory
     path = os.path.join(directory, SECRET_FILE)
     try:
         check_directory(directory, clean=False)
@@ -185,10 +180,8 @@ def shared_secret(directory: str) -> Optional[str]:
                 os.write(fd, secrets.token_hex(32).encode("ascii"))
             finally:
                 os.close(fd)
-            try:
+            with contextlib.suppress(FileExistsError):  # another process was first: use its secret
                 os.link(tmp, path)
-            except FileExistsError:
-                pass  # another process was first: use its secret
         finally:
             os.unlink(tmp)
         return _read_secret(path)

@@ -85,7 +85,6 @@ def post_fork(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """In the worker, the app loaded: redaction again, now on Flask's default handler too
     (Flask is imported with the app)."""
-    from .app_logging import redact_server_logs
     redact_server_logs()
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -20,12 +21,14 @@ from prometheus_client.exposition import choose_encoder
 from . import guard
 from .config import MAX_OBSERVED, Settings, number_in
 from .contract import (CLASS, CORRECT, ERROR_TYPE, HTTP_5XX, INCORRECT, INVALID_INPUT, MODEL_NAME,
-                       MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
+                       LATENCY_THRESHOLD, MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
 from .mlflow import lineage
 from .families import Families, LabelCap, clean_label, families_for, gpu_collector
 from .multiprocess import (AdmittedValues, CheckedCollector, directory_lock, multiprocess_dir,
                            restore_deleted_files)
 from .record import RequestRecord
+from .reference import UNKNOWN_FEATURE
+from .tokens import FEEDBACK_REASONS
 
 __all__ = ["MetricsSink", "Families", "LabelCap", "clean_label", "families_for"]
 
@@ -34,13 +37,12 @@ EXEMPLAR_INTERVAL = 0.1
 CHILD_CACHE_LIMIT = 4096
 
 
-_warned_buckets: set = set()
+_warned_buckets: set[tuple[float, ...]] = set()
 
 
-def warn_if_buckets_miss_the_rules(buckets: Tuple[float, ...]) -> bool:
+def warn_if_buckets_miss_the_rules(buckets: tuple[float, ...]) -> bool:
     """One warning per process when the latency buckets lack the shipped rules' threshold:
     the slow-ratio rules read the bucket at that bound, so they would return nothing."""
-    from .contract import LATENCY_THRESHOLD
     if any(abs(b - LATENCY_THRESHOLD) < 1e-9 for b in buckets) or buckets in _warned_buckets:
         return False
     _warned_buckets.add(buckets)
@@ -56,8 +58,8 @@ def warn_if_buckets_miss_the_rules(buckets: Tuple[float, ...]) -> bool:
 class MetricsSink:
     """Turns finished records into observations and serves the exposition."""
 
-    def __init__(self, settings: Settings, registry: Optional[CollectorRegistry] = None,
-                 references: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
+                 references: Mapping[str, Any] | None = None) -> None:
         """``references``: model name -> reference profile, read at each use (a dict the
         middleware keeps filling as references are set)."""
         self.settings = settings
@@ -70,9 +72,9 @@ class MetricsSink:
         self.exemplars = settings.exemplars and not self.multiprocess
         limit = settings.max_label_values
         path = multiprocess_dir() if self.multiprocess else None
-        self._children: Dict[Any, Any] = {}  # before the caps: a fault of theirs is counted here
+        self._children: dict[Any, Any] = {}  # before the caps: a fault of theirs is counted here
 
-        def cap(label: str, limit: int, preset: Tuple[str, ...] = ()) -> LabelCap:
+        def cap(label: str, limit: int, preset: tuple[str, ...] = ()) -> LabelCap:
             return LabelCap(limit, preset, AdmittedValues(path, label) if path else None, self)
 
         self.cap_model = cap(MODEL_NAME, limit, (settings.model_name,))
@@ -80,10 +82,10 @@ class MetricsSink:
         self.cap_error = cap(ERROR_TYPE, limit, (INVALID_INPUT, HTTP_5XX))
         self.cap_stage = cap(STAGE, limit)
         self.cap_class = cap(CLASS, max(limit, 50))
-        self._http: Dict[Any, Any] = {}
-        self._models: Dict[Any, Any] = {}
+        self._http: dict[Any, Any] = {}
+        self._models: dict[Any, Any] = {}
         self._exemplar_due = 0.0
-        self._seen_models: set = set()
+        self._seen_models: set[tuple[str, str]] = set()
         self._process_next = 0.0
         self._process_cpu_last = 0.0
         self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")
@@ -100,10 +102,10 @@ class MetricsSink:
             found = self._children[key] = family.labels(*labels)
         return found
 
-    def model_labels(self, name: str, version: str) -> Tuple[str, str]:
+    def model_labels(self, name: str, version: str) -> tuple[str, str]:
         return self.cap_model(name), self.cap_version(version)
 
-    def mark_model(self, name: str, version: str) -> Tuple[str, str]:
+    def mark_model(self, name: str, version: str) -> tuple[str, str]:
         labels = self.model_labels(name, version)
         if labels not in self._seen_models:
             self.child(self.f.model_info, *labels, *lineage(name, version)).set(1)
@@ -118,7 +120,7 @@ class MetricsSink:
             if labels[0] == model_name:
                 self.export_reference(labels, model_name)
 
-    def export_reference(self, labels: Tuple[str, str], model_name: str) -> None:
+    def export_reference(self, labels: tuple[str, str], model_name: str) -> None:
         """The reference's shares, per served version, for the drift rules to join with.
 
         The live counters are created at 0 beside them: a series first seen at 1
@@ -147,7 +149,7 @@ class MetricsSink:
                 self.child(self.f.feedback, *labels, outcome)
         self.child(self.f.feature_unknown, *labels)
 
-    def observe(self, labels: Tuple[str, str], profile: Any, features: Any, prediction: Any,
+    def observe(self, labels: tuple[str, str], profile: Any, features: Any, prediction: Any,
                 score: Any, tokens_in: Any, tokens_out: Any, cost: Any) -> None:
         """Model-quality facts of one instance; values that cannot count are ignored.
 
@@ -156,7 +158,6 @@ class MetricsSink:
         once per process (the first ``MAX_UNKNOWN_LOGGED`` names).
         """
         if features is not None and profile is not None:
-            from .reference import UNKNOWN_FEATURE
             items = features.items() if hasattr(features, "items") else ()
             known = 0
             for feature, value in items:
@@ -201,7 +202,6 @@ class MetricsSink:
         self.child(self.f.feedback_absolute_error, *labels).observe(error)
 
     def count_feedback_rejected(self, reason: str) -> None:
-        from .tokens import FEEDBACK_REASONS
         self.child(self.f.feedback_rejected, reason if reason in FEEDBACK_REASONS else "malformed").inc()
 
     # -- per request ------------------------------------------------------------
@@ -252,7 +252,7 @@ class MetricsSink:
         if rec.start > self._process_next:
             self.update_process()
 
-    def _http_children(self, key: Tuple[str, str, int]) -> Tuple[Any, Any]:
+    def _http_children(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
         method, route, code = key
         status = str(code)
         children = (self.child(self.f.http_requests, method, route, status),
@@ -261,7 +261,7 @@ class MetricsSink:
             self._http[key] = children
         return children
 
-    def _model_children(self, key: Tuple[str, str]) -> Tuple[Any, Any, Any]:
+    def _model_children(self, key: tuple[str, str]) -> tuple[Any, Any, Any]:
         labels = self.mark_model(*key)
         children = (labels, self.child(self.f.predictions, *labels),
                     self.child(self.f.prediction_duration, *labels))
@@ -294,7 +294,7 @@ class MetricsSink:
             self.child(self.f.process_memory, self.worker).set(rss)
 
     # -- exposition -------------------------------------------------------------
-    def exposition(self, accept: str) -> Tuple[bytes, str]:
+    def exposition(self, accept: str) -> tuple[bytes, str]:
         """The text (or OpenMetrics) exposition; every worker's values in multiprocess mode."""
         try:
             self.update_process()
@@ -317,10 +317,10 @@ class MetricsSink:
 
 
 MAX_UNKNOWN_LOGGED = 100
-_unknown_logged: set = set()
+_unknown_logged: set[tuple[str, str]] = set()
 
 
-def _warn_unknown(feature: Any, labels: Tuple[str, str]) -> None:
+def _warn_unknown(feature: Any, labels: tuple[str, str]) -> None:
     """Log an unknown feature name once per process and model (at most MAX_UNKNOWN_LOGGED)."""
     key = (labels[0], str(feature)[:128])
     if key in _unknown_logged or len(_unknown_logged) >= MAX_UNKNOWN_LOGGED:
