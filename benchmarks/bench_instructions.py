@@ -22,6 +22,7 @@ not a timing.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import shutil
@@ -59,6 +60,12 @@ def child(config: str, requests: int) -> None:
     _, _, status = request_loop(app, WARMUP)
     if status != 200:
         raise SystemExit(f"{config}: POST /predict answered {status}")
+    # what start-up and warm-up allocated is kept out of later collections: a full collection
+    # walks the whole heap (tens of millions of instructions), and whether one falls among the
+    # measured requests depends on allocations that vary with the clock (exemplars, process
+    # metrics), so without this one run could differ from the next by a full collection
+    gc.collect()
+    gc.freeze()
     if requests:
         request_loop(app, requests)
     provider = handles.get("provider")
