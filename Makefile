@@ -8,7 +8,7 @@ LOWEST ?= .venv-lowest
 MLFLOW_VENV ?= .venv-mlflow
 MLFLOW_LOWEST ?= .venv-mlflow-lowest
 
-.PHONY: demo demo-prometheus demo-mlflow test test-fast test-lowest venv venv-mlflow venv-lowest clean
+.PHONY: demo demo-prometheus demo-mlflow lint test test-fast test-lowest budget venv venv-mlflow venv-lowest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,24 @@ demo-prometheus: $(VENV)/.installed-demo
 demo-mlflow: $(VENV)/.installed-demo $(MLFLOW_VENV)/.installed
 	$(BIN)/python -m example_app.demo --with-mlflow $(if $(PORT),--port $(PORT))
 
-## the whole test suite (real gunicorn, Prometheus, Alertmanager, OTLP receiver on 127.0.0.1)
+## the gates: ruff over the package, mypy --strict on it (rules in pyproject.toml, versions pinned
+## in setup.cfg's `lint` extra); `make test` runs them first
+$(VENV)/.installed-lint: setup.cfg | $(VENV)/.installed-test
+	$(BIN)/pip install -q -e '.[lint]'
+	touch $@
+
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check mlmonitor; ruff=$$?; $(BIN)/mypy && exit $$ruff
+
+## the whole test suite (real gunicorn, Prometheus, Alertmanager, OTLP receiver on 127.0.0.1), after the gates
 ## (two pytest workers, one test file each at a time: most tests wait on real servers)
-test: $(VENV)/.installed-test $(MLFLOW_VENV)/.installed $(MLFLOW_LOWEST)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+test: lint $(VENV)/.installed-test $(MLFLOW_VENV)/.installed $(MLFLOW_LOWEST)/.installed
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not budget"
+
+## the instruction budget (benchmarks/budget.toml): callgrind counts of the request path against
+## the peers' in the same run, alone on the machine's cores (needs Debian's valgrind)
+budget: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m budget -p no:cacheprovider
 
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"

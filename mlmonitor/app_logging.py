@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Iterable, Optional, TextIO, Union
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .config import DEFAULT_REDACT, ENV_PREFIX
 from .guard import report_fault
@@ -32,8 +34,9 @@ SERVER_LOGGERS = ("gunicorn.error", "gunicorn.access", "uvicorn.error", "uvicorn
                   "django.request", "django.server", "werkzeug")
 
 
-def add_request_context(logger: Any, method_name: str, event_dict: dict) -> dict:
-    """structlog processor: adds request_id, trace_id, span_id, model_name, model_version."""
+def add_request_context(logger: WrappedLogger, method_name: str,  # noqa: ARG001 (a structlog processor)
+                        event_dict: EventDict) -> EventDict:
+    """A structlog processor: adds request_id, trace_id, span_id, model_name, model_version."""
     rec = RECORD_VAR.get()  # the record itself: no read-only view to build per log call
     if rec is not None:
         event_dict.setdefault("request_id", rec.request_id)
@@ -57,7 +60,8 @@ class RedactSecrets:
         self.names = frozenset(dict.fromkeys(DEFAULT_REDACT + tuple(n.lower() for n in names)))
         self.redactor = redactor(self.names)
 
-    def __call__(self, logger: Any, method_name: str, event_dict: dict) -> dict:
+    def __call__(self, logger: WrappedLogger, method_name: str,  # noqa: ARG002 (a structlog processor)
+                 event_dict: EventDict) -> EventDict:
         return self.redactor.mapping(event_dict)
 
 
@@ -143,7 +147,7 @@ def _attach(target: logging.Filterer, chosen: RedactRecords) -> None:
     target.addFilter(chosen)
 
 
-def redact_server_logs(*loggers: Union[str, logging.Logger], redact: Iterable[str] = ()) -> RedactRecords:
+def redact_server_logs(*loggers: str | logging.Logger, redact: Iterable[str] = ()) -> RedactRecords:
     """Hide secrets in what the server and the framework log themselves: one call at start-up.
 
     uvicorn's "Exception in ASGI application", gunicorn's "Error handling request", Django's
@@ -179,15 +183,16 @@ class _JSONFormatter(structlog.stdlib.ProcessorFormatter):
         return super().format(record)
 
 
-def _exception_text(logger: Any, method_name: str, event_dict: dict) -> dict:
-    """structlog processor: a stdlib record's traceback already turned into redacted text."""
+def _exception_text(logger: WrappedLogger, method_name: str,  # noqa: ARG001 (a structlog processor)
+                    event_dict: EventDict) -> EventDict:
+    """A structlog processor: a stdlib record's traceback already turned into redacted text."""
     text = event_dict.pop(_EXC_TEXT, None) or getattr(event_dict.get("_record"), _EXC_TEXT, None)
     if text and "exc_info" not in event_dict:
         event_dict.setdefault("exception", text)
     return event_dict
 
 
-def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None,
+def configure_logging(level: int = logging.INFO, stream: TextIO | None = None,
                       max_bytes: int = 16384, redact: Iterable[str] = ()) -> None:
     """Opt-in: route the app's structlog and stdlib logging to JSON lines with request context.
 
@@ -201,7 +206,7 @@ def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None
     stream = stream if stream is not None else sys.stdout
     if pipe_fd(stream)[1]:  # a pipe keeps a write whole up to PIPE_BUF bytes only
         max_bytes = min(max_bytes, PIPE_BUF - 1)
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         add_request_context,
         structlog.processors.add_log_level,
@@ -210,14 +215,14 @@ def configure_logging(level: int = logging.INFO, stream: Optional[TextIO] = None
     ]
     redact_secrets = RedactSecrets(redact)
     structlog.configure(
-        processors=shared + [redact_secrets, SafeJSONRenderer(max_bytes)],
+        processors=[*shared, redact_secrets, SafeJSONRenderer(max_bytes)],
         logger_factory=structlog.WriteLoggerFactory(stream),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_JSONFormatter(
-        foreign_pre_chain=shared[:-1] + [structlog.stdlib.ExtraAdder(), _exception_text],
+        foreign_pre_chain=[*shared[:-1], structlog.stdlib.ExtraAdder(), _exception_text],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, redact_secrets,
                     SafeJSONRenderer(max_bytes)],

@@ -15,7 +15,7 @@ window below and every rule name, rule and dashboard query follows.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 __all__ = [
     # sentinels, floors, buckets
@@ -153,19 +153,19 @@ FEATURE_UNKNOWN_TOTAL = FEATURE_UNKNOWN + "_total"
 JOB = "job"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
-MODEL_LABELS: Tuple[str, ...] = (MODEL_NAME, MODEL_VERSION)
+MODEL_LABELS: tuple[str, ...] = (MODEL_NAME, MODEL_VERSION)
 #: lineage (MLflow run and logged model), on mlmonitor_model_info only: join on model_name,
 #: model_version to see it beside any other family; one value per served version
 RUN_ID = "run_id"
 MODEL_ID = "model_id"
-MODEL_INFO_LABELS: Tuple[str, ...] = MODEL_LABELS + (RUN_ID, MODEL_ID)
+MODEL_INFO_LABELS: tuple[str, ...] = MODEL_LABELS + (RUN_ID, MODEL_ID)
 #: what every per-version aggregation keeps, so an alert names the version that fails
-VERSION_LABELS: Tuple[str, ...] = (JOB, MODEL_NAME, MODEL_VERSION)
+VERSION_LABELS: tuple[str, ...] = (JOB, MODEL_NAME, MODEL_VERSION)
 METHOD = "method"
 ROUTE = "route"
 STATUS = "status"
-HTTP_LABELS: Tuple[str, ...] = (METHOD, ROUTE, STATUS)
-IN_PROGRESS_LABELS: Tuple[str, ...] = (METHOD, ROUTE)
+HTTP_LABELS: tuple[str, ...] = (METHOD, ROUTE, STATUS)
+IN_PROGRESS_LABELS: tuple[str, ...] = (METHOD, ROUTE)
 ERROR_TYPE = "error_type"
 STAGE = "stage"
 CLASS = "class"
@@ -201,9 +201,9 @@ ACCURACY_WINDOW = "1h"
 #: scrape shorter than it changes no recording-rule series and resets no alert's ``for:``
 GAUGE_WINDOW = "5m"
 #: windows of the error and slow ratios (the SLO burn-rate alerts read them)
-SLO_WINDOWS: Tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+SLO_WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 #: latency quantiles recorded per version, as percentages
-LATENCY_QUANTILES: Tuple[str, ...] = ("50", "95", "99")
+LATENCY_QUANTILES: tuple[str, ...] = ("50", "95", "99")
 
 _VERSION = "model_version"
 PREDICTIONS_RATE = f"{_VERSION}:{PREDICTIONS}:rate{RATE_WINDOW}"

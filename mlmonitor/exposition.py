@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import gzip
 import hmac
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
+from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 from . import guard
 from .config import Settings
@@ -27,13 +29,13 @@ class MetricsEndpoint:
         self.expected = expected_auth(settings)
         self.challenge = 'Basic realm="metrics"' if settings.metrics_basic_auth else 'Bearer realm="metrics"'
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         refused = self.refusal(environ)
         if refused is not None:
             return _plain(start_response, *refused)
         return self.serve(environ, start_response)
 
-    def refusal(self, environ: dict) -> Optional[Tuple[str, bytes, list]]:
+    def refusal(self, environ: WSGIEnvironment) -> tuple[str, bytes, list[tuple[str, str]]] | None:
         """(status, body, headers) refusing a scrape (wrong method, no credentials), or None.
         Cheap, collects nothing: an event loop may answer it in place."""
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
@@ -42,7 +44,7 @@ class MetricsEndpoint:
             return "401 Unauthorized", b"unauthorized\n", [("WWW-Authenticate", self.challenge)]
         return None
 
-    def serve(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """The exposition of an admitted scrape: the collection, the encoding and gzip."""
         method = environ.get("REQUEST_METHOD", "GET")
         try:
@@ -71,9 +73,9 @@ class MetricsEndpoint:
         return ok
 
 
-def expected_auth(settings: Settings) -> List[Tuple[bytes, bytes]]:
+def expected_auth(settings: Settings) -> list[tuple[bytes, bytes]]:
     """(lowercase scheme, credentials) pairs that /metrics admits."""
-    expected = []
+    expected: list[tuple[bytes, bytes]] = []
     if settings.metrics_token:
         expected.append((b"bearer", settings.metrics_token.encode()))
     if settings.metrics_basic_auth:
@@ -83,10 +85,7 @@ def expected_auth(settings: Settings) -> List[Tuple[bytes, bytes]]:
 
 def gzip_accepted(accept_encoding: str) -> bool:
     """Whether ``Accept-Encoding`` names gzip (client_python's rule)."""
-    for accepted in accept_encoding.split(","):
-        if accepted.split(";")[0].strip().lower() == "gzip":
-            return True
-    return False
+    return any(accepted.split(";")[0].strip().lower() == "gzip" for accepted in accept_encoding.split(","))
 
 
 #: scrapes an ASGI app admits at once: one is collected (in a thread, off the event loop), the
@@ -96,7 +95,8 @@ MAX_CONCURRENT_SCRAPES = 8
 BUSY = ("503 Service Unavailable", b"too many scrapes at once, retry\n", [("Retry-After", "1")])
 
 
-def _plain(start_response: Callable, status: str, body: bytes, headers: list) -> list:
+def _plain(start_response: StartResponse, status: str, body: bytes,
+           headers: list[tuple[str, str]]) -> list[bytes]:
     start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                            ("Content-Length", str(len(body)))] + headers)
+                            ("Content-Length", str(len(body))), *headers])
     return [body]

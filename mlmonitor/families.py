@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Any, Iterable, Optional, Tuple
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from . import contract as c
 from . import guard
 from .contract import OTHER
-from .gpu import make_gpu_collector
+from .gpu import GpuCollector, make_gpu_collector
 from .multiprocess import AdmittedValues, multiprocess_dir, use_multiprocess_values
 
 __all__ = ["Families", "LabelCap", "clean_label", "families_for", "gpu_collector"]
@@ -25,9 +26,9 @@ MODEL = c.MODEL_LABELS
 
 
 def clean_label(value: object, limit: int = 128) -> str:
-    """A label value that always encodes: text, at most ``limit`` characters, no lone surrogates.
+    r"""A label value that always encodes: text, at most ``limit`` characters, no lone surrogates.
 
-    A lone surrogate (JSON ``"\\ud800"``) in a label would make every later scrape fail.
+    A lone surrogate (JSON ``"\ud800"``) in a label would make every later scrape fail.
     """
     text = (value if type(value) is str else str(value))[:limit]
     if not text.isascii():
@@ -45,7 +46,7 @@ class LabelCap:
     """
 
     def __init__(self, limit: int, preset: Iterable[str] = (),
-                 shared: Optional[AdmittedValues] = None, owner: Any = None) -> None:
+                 shared: AdmittedValues | None = None, owner: Any = None) -> None:
         self.limit = limit
         self.values = set(preset)
         self.lock = threading.Lock()
@@ -87,7 +88,7 @@ class LabelCap:
 class Families:
     """The metric contract of DESIGN.md, created once per registry."""
 
-    def __init__(self, registry: Optional[CollectorRegistry], buckets: Tuple[float, ...]) -> None:
+    def __init__(self, registry: CollectorRegistry | None, buckets: tuple[float, ...]) -> None:
         r = registry
         self.http_requests = Counter(
             c.HTTP_REQUESTS, "HTTP requests seen by mlmonitor.", c.HTTP_LABELS, registry=r)
@@ -181,19 +182,20 @@ class Families:
         except OSError as exc:  # a full metrics disk: serve, and count once it has room
             guard.report_fault("metrics", exc)
 
-_families_by_registry: "weakref.WeakKeyDictionary[Any, Families]" = weakref.WeakKeyDictionary()
-_multiprocess_families: Optional[Families] = None
+_families_by_registry: weakref.WeakKeyDictionary[Any, Families] = weakref.WeakKeyDictionary()
+_multiprocess_families: Families | None = None
 _families_lock = threading.Lock()
 
 
-def families_for(registry: Optional[CollectorRegistry], buckets: Tuple[float, ...]) -> Families:
+def families_for(registry: CollectorRegistry | None, buckets: tuple[float, ...]) -> Families:
     """One Families per registry (and one in multiprocess mode), however many sinks."""
-    global _multiprocess_families
+    global _multiprocess_families  # noqa: PLW0603 (one Families per process in multiprocess mode)
     with _families_lock:
-        if multiprocess_dir() and registry is None:
+        path = multiprocess_dir()
+        if path and registry is None:
             if _multiprocess_families is None:
                 # a worker that boots after the directory was deleted must still start
-                os.makedirs(multiprocess_dir(), mode=0o700, exist_ok=True)  # type: ignore[arg-type]
+                os.makedirs(path, mode=0o700, exist_ok=True)
                 use_multiprocess_values()
                 _multiprocess_families = Families(None, buckets)
             return _multiprocess_families
@@ -207,10 +209,10 @@ def families_for(registry: Optional[CollectorRegistry], buckets: Tuple[float, ..
         return fams
 
 
-_gpu: list = []
+_gpu: list[GpuCollector | None] = []
 
 
-def gpu_collector() -> Any:
+def gpu_collector() -> GpuCollector | None:
     """The NVML collector, looked for once per process; None without pynvml or a GPU."""
     if not _gpu:
         _gpu.append(make_gpu_collector())

@@ -14,26 +14,26 @@ absolute error's sum out of reach of every later error.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import stat
-from typing import Any, Optional
+from typing import Any
 
 from . import guard
 from .config import MAX_OBSERVED, Settings
 from .multiprocess import UnsafeDirectory, check_directory, multiprocess_dir
 from .reference import as_number, outcome
-from .tokens import (InvalidFeedback, SeenTokens, fit_fields, fit_text, sign_prediction,
-                     verify_prediction)
+from .tokens import InvalidFeedback, SeenTokens, fit_fields, fit_text, sign_prediction, verify_prediction
 
 __all__ = ["FeedbackRecorder", "SECRET_FILE", "shared_secret"]
 
 log = logging.getLogger("mlmonitor")
 
 #: the shared secret's file in the multiprocess directory (not a ``.db``: no scrape reads it)
-SECRET_FILE = ".feedback_secret"
+SECRET_FILE = ".feedback_secret"  # noqa: S105 (a file's name, not a secret)
 
 
 class FeedbackRecorder:
@@ -51,7 +51,7 @@ class FeedbackRecorder:
         self.ephemeral = not secret
         self.secret = secret or os.urandom(32).hex()
         self._warned = False
-        self._seen: Optional[Any] = None
+        self._seen: Any | None = None
 
     def sign(self, model_name: str, model_version: str, predicted: Any) -> str:
         """A prediction id; never raises into the request that asks for it.
@@ -93,8 +93,8 @@ class FeedbackRecorder:
             profile = reference_for(facts.model_name) if reference_for is not None else None
             regression = profile is not None and profile.regression
             result: Any = _error(facts.predicted, label) if regression else _outcome(facts.predicted, label)
-            if not self._seen.add(facts.token_id):
-                raise InvalidFeedback("duplicate", "this prediction id was already counted here")
+            if not self._seen.add(facts.token_id):  # counted below, as every refusal:
+                raise InvalidFeedback("duplicate", "this prediction id was already counted here")  # noqa: TRY301
         except InvalidFeedback as exc:
             if self.metrics is not None:
                 with guard.guarded("feedback", self.owner):
@@ -134,7 +134,7 @@ def _error(predicted: Any, label: Any) -> float:
     return min(abs(predicted_value - truth), MAX_OBSERVED)
 
 
-def _bounded(value: Any, bound: float = MAX_OBSERVED) -> Optional[float]:
+def _bounded(value: Any, bound: float = MAX_OBSERVED) -> float | None:
     """``value`` as a float within ``±bound``, or None: bools, None, NaN, infinities, text that is
     not a number, and any value whose conversion fails (an int too large for a float, a failing
     ``__float__``) are not numbers here."""
@@ -157,7 +157,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def shared_secret(directory: str) -> Optional[str]:
+def shared_secret(directory: str) -> str | None:
     """The feedback secret of every process on ``directory``: read, or created there once.
 
     Created as a private temporary file (mode 0600), written whole, then hard-linked to
@@ -180,10 +180,8 @@ def shared_secret(directory: str) -> Optional[str]:
                 os.write(fd, secrets.token_hex(32).encode("ascii"))
             finally:
                 os.close(fd)
-            try:
+            with contextlib.suppress(FileExistsError):  # another process was first: use its secret
                 os.link(tmp, path)
-            except FileExistsError:
-                pass  # another process was first: use its secret
         finally:
             os.unlink(tmp)
         return _read_secret(path)

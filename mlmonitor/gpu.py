@@ -79,10 +79,10 @@ class GpuCollector(Collector):
         return utilization, used, total
 
 
-def make_gpu_collector() -> "GpuCollector | None":
+def make_gpu_collector() -> GpuCollector | None:
     """A collector if NVML is importable and sees a GPU, else None (one debug log line)."""
-    try:  # optional dependency: the [gpu] extra
-        import pynvml
+    try:
+        import pynvml  # noqa: PLC0415 (optional: the gpu extra)
     except ImportError:
         log.debug("mlmonitor: no GPU metrics: pynvml is not installed (pip install 'mlmonitor-serving[gpu]')")
         return None

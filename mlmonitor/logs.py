@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Callable, Optional, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from .config import Settings
 from .guard import report_fault
@@ -29,15 +30,15 @@ from .rendering import PIPE_BUF, _fit, pipe_fd, render_json, valid_utf8
 __all__ = ["LogSink"]
 
 
-_second: tuple = (0, "")
-_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_second: tuple[int, str] = (0, "")
+_json_string = json.encoder.encode_basestring_ascii
 _PLAIN_LINE = ('{"timestamp":"%s","level":"info","event":"request","method":%s,"route":%s,'
                '"status":%d,"duration_ms":%.3f,"request_id":%s,"trace_id":"%s","span_id":"%s"')
 
 
 def _timestamp(now: float) -> str:
     """ISO-8601 UTC with milliseconds; the formatted second is reused within that second."""
-    global _second
+    global _second  # noqa: PLW0603 (the formatted second, reused within that second)
     cached = _second
     whole = int(now)
     if cached[0] != whole:
@@ -77,8 +78,8 @@ class LogSink:
     ``on_dropped(1)``; it is never an error in the request.
     """
 
-    def __init__(self, settings: Settings, stream: Optional[TextIO] = None,
-                 on_dropped: Optional[Callable[[int], None]] = None) -> None:
+    def __init__(self, settings: Settings, stream: TextIO | None = None,
+                 on_dropped: Callable[[int], None] | None = None) -> None:
         self.settings = settings
         self.sample_rate = settings.log_sample_rate
         self.redact = settings.redact_set
@@ -99,7 +100,7 @@ class LogSink:
 
     def finish(self, rec: RequestRecord) -> None:
         failed = _failed(rec)
-        if not failed and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+        if not failed and self.sample_rate < 1.0 and random.random() >= self.sample_rate:  # noqa: S311 (sampling, not secrecy)
             return
         if not failed and not rec.tags and not self.static_tags:
             try:
@@ -160,19 +161,19 @@ class LogSink:
             if rec.stages:
                 totals, counts = stage_totals(rec.stages)
                 text = '%s,"stages_ms":{%s}' % (text, ",".join(
-                    '%s:%.3f' % (_json_string(name), seconds * 1000.0)
+                    "%s:%.3f" % (_json_string(name), seconds * 1000.0)
                     for name, seconds in totals.items()))
                 if counts:
                     text = '%s,"stage_counts":{%s}' % (text, ",".join(
-                        '%s:%d' % (_json_string(name), count) for name, count in counts.items()))
+                        "%s:%d" % (_json_string(name), count) for name, count in counts.items()))
         text += "}"
         return valid_utf8(text) if "\\ud" in text else text
 
-    def line(self, rec: RequestRecord) -> dict:
+    def line(self, rec: RequestRecord) -> dict[str, Any]:
         """The request's log line as a dict, in key order."""
         code = rec.status_code
         level = "error" if (code >= 500 or code == 0) else ("warning" if _failed(rec) else "info")
-        line = {
+        line: dict[str, Any] = {
             "timestamp": _timestamp(time.time()),
             "level": level,
             "event": "request",

@@ -39,7 +39,8 @@ import struct
 import sys
 import tempfile
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from . import guard
 from .contract import COMPONENT, INTERNAL_ERRORS, INTERNAL_ERRORS_HELP, INTERNAL_ERRORS_TOTAL
@@ -61,8 +62,9 @@ OWN_FILE = re.compile(rf"(?:{DB_FILE.pattern})(?:(?:\.\d+\.\d+)?\.tmp|\.bad)?"
 MERGED_KINDS = ("counter", "histogram", "summary")
 
 
-def multiprocess_dir() -> Optional[str]:
-    return os.environ.get(ENV) or os.environ.get("prometheus_multiproc_dir")
+def multiprocess_dir() -> str | None:
+    """The directory of the shared files, if one is set (prometheus-client reads both names)."""
+    return os.environ.get(ENV) or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
 
 
 # -- the directory ------------------------------------------------------------------------
@@ -71,9 +73,9 @@ class UnsafeDirectory(RuntimeError):
     """The multiprocess directory cannot be used safely."""
 
 
-def prepare_multiprocess_dir(path: Optional[str] = None, clean: bool = True) -> str:
+def prepare_multiprocess_dir(path: str | None = None, clean: bool = True) -> str:
     """Create or check the directory, at master start empty it of old files, and use it."""
-    global _created
+    global _created  # noqa: PLW0603 (the directory this master made)
     named = path or multiprocess_dir()
     path = os.path.abspath(named or tempfile.mkdtemp(prefix="mlmonitor-metrics-"))
     if not named:
@@ -118,9 +120,9 @@ def check_directory(path: str, clean: bool = True) -> None:
         os.close(fd)
 
 
-_users: Dict[str, int] = {}  # directory -> fd holding a shared flock for this master's lifetime
+_users: dict[str, int] = {}  # directory -> fd holding a shared flock for this master's lifetime
 #: (path, pid) of the private temporary directory this process made, removed when it exits
-_created: Optional[Tuple[str, int]] = None
+_created: tuple[str, int] | None = None
 
 
 def remove_created_dir() -> bool:
@@ -131,7 +133,7 @@ def remove_created_dir() -> bool:
     path = _created[0]
     fd = _users.get(path)
     if fd is not None:
-        import fcntl  # POSIX only: see the module docstring
+        import fcntl  # noqa: PLC0415 (POSIX only: see the module docstring)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -143,7 +145,7 @@ def remove_created_dir() -> bool:
 def _first_user(path: str, dir_fd: int) -> bool:
     """True unless another live master uses the directory (a USR2 upgrade, a second start):
     its workers' files are live counts and must not be cleaned away."""
-    import fcntl  # POSIX only: see the module docstring
+    import fcntl  # noqa: PLC0415 (POSIX only: see the module docstring)
     if path in _users:
         return True
     fd = os.open(".users", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
@@ -158,9 +160,9 @@ def _first_user(path: str, dir_fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def directory_lock(path: str, exclusive: bool):
-    """flock on ``<dir>/.lock``: merges take it exclusively, scrapes shared."""
-    import fcntl  # POSIX only: see the module docstring
+def directory_lock(path: str, exclusive: bool) -> Iterator[None]:
+    """An flock on ``<dir>/.lock``: merges take it exclusively, scrapes shared."""
+    import fcntl  # noqa: PLC0415 (POSIX only: see the module docstring)
     fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -171,14 +173,14 @@ def directory_lock(path: str, exclusive: bool):
 
 # -- prometheus-client's storage: probed, switched on, blocks reserved ------------------------
 
-def _value_internals() -> Optional[Tuple[dict, Any]]:
+def _value_internals() -> tuple[dict[str, Any], Any] | None:
     """MultiProcessValue's open files and its lock, or None if prometheus-client differs."""
     try:
-        from prometheus_client import values  # lazily: gunicorn imports this module before the directory is set
+        from prometheus_client import values  # noqa: PLC0415 (lazily: see the module docstring)
         cls = values.ValueClass
-        reset = getattr(cls, "_MmapedValue__reset")
-        cells = dict(zip(reset.__code__.co_freevars, reset.__closure__ or ()))
-        inc_cells = dict(zip(cls.inc.__code__.co_freevars, cls.inc.__closure__ or ()))
+        reset = cls._MmapedValue__reset
+        cells = dict(zip(reset.__code__.co_freevars, reset.__closure__ or (), strict=True))
+        inc_cells = dict(zip(cls.inc.__code__.co_freevars, cls.inc.__closure__ or (), strict=True))
         return cells["files"].cell_contents, inc_cells["lock"].cell_contents
     except (AttributeError, KeyError, ValueError, ImportError):
         return None
@@ -189,17 +191,18 @@ def use_multiprocess_values() -> None:
 
     Also when prometheus-client was imported before the directory was set.
     """
-    from prometheus_client import mmap_dict, values  # lazily: gunicorn imports this module before the directory is set
+    from prometheus_client import mmap_dict, values  # noqa: PLC0415 (lazily: see the module docstring)
     if getattr(values.ValueClass, "__name__", "") != "MmapedValue":
         values.ValueClass = values.get_value_class()
     base = getattr(values, "MmapedDict", None)
     if (base is mmap_dict.MmapedDict and hasattr(base, "_init_value")
             and isinstance(getattr(mmap_dict, "_INITIAL_MMAP_SIZE", None), int)):
-        values.MmapedDict = _reserving(base, mmap_dict._INITIAL_MMAP_SIZE)
+        # the name prometheus-client's values module looks up (imported there, not exported)
+        values.MmapedDict = _reserving(base, mmap_dict._INITIAL_MMAP_SIZE)  # type: ignore[attr-defined]
 
 
 def _reserving(base: Any, initial: int) -> Any:
-    class ReservedMmapedDict(base):  # type: ignore[misc, valid-type]
+    class ReservedMmapedDict(base):  # type: ignore[misc]  # the class is probed, so it is Any here
         """prometheus-client's file with its disk blocks reserved before they are mapped.
 
         Writing a mapped page that has no block behind it on a full disk kills the
@@ -266,7 +269,7 @@ def restore_deleted_files() -> int:
             try:
                 with open(tmp, "wb") as out:
                     out.write(mapped._m[:capacity])
-                new_file = open(tmp, "a+b")
+                new_file = open(tmp, "a+b")  # noqa: SIM115 (it stays open behind the new map)
                 new_map = mmap.mmap(new_file.fileno(), capacity)
                 os.rename(tmp, name)
             except BaseException:
@@ -289,14 +292,14 @@ class BadFile(ValueError):
     """The file's layout is broken; none of it can be read."""
 
 
-Entry = Tuple[str, Tuple[str, str, Tuple[Tuple[str, str], ...], str], float, float]
+Entry = tuple[str, tuple[str, str, tuple[tuple[str, str], ...], str], float, float]
 
 
 def _entry_size(key_bytes: int) -> int:
     return 4 + key_bytes + (8 - (key_bytes + 4) % 8) + 16
 
 
-def read_db(name: str, kind: str) -> Tuple[List[Entry], int]:
+def read_db(name: str, kind: str) -> tuple[list[Entry], int]:
     """The good entries of a ``.db`` file and how many were bad; BadFile if the layout is broken.
 
     Never hangs or allocates on a bad length: every length is checked against the file.
@@ -313,7 +316,7 @@ def read_db(name: str, kind: str) -> Tuple[List[Entry], int]:
         data = head + fh.read(used - 8)
     if len(data) < used:
         raise BadFile("truncated")
-    entries: List[Entry] = []
+    entries: list[Entry] = []
     bad = 0
     pos = 8
     while pos < used:
@@ -334,7 +337,7 @@ def read_db(name: str, kind: str) -> Tuple[List[Entry], int]:
     return entries, bad
 
 
-_parsed: Dict[Tuple[str, bytes], Any] = {}  # keys checked before: a scrape parses each once
+_parsed: dict[tuple[str, bytes], Any] = {}  # keys checked before: a scrape parses each once
 _LEGACY_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
@@ -350,7 +353,7 @@ def _parse_key(kind: str, raw: bytes) -> Any:
         return _parsed[cache_key]
     result = None
     try:
-        from prometheus_client.validation import get_legacy_validation  # lazily: gunicorn imports this module before the directory is set
+        from prometheus_client.validation import get_legacy_validation  # noqa: PLC0415 (lazily: see the module docstring)
         metric_name, name, labels, help_text = json.loads(raw.decode("utf-8"))
         texts = [metric_name, name, help_text, *labels.keys(), *labels.values()]
         if all(isinstance(t, str) for t in texts) and metric_name and name and all(labels):
@@ -375,7 +378,7 @@ def _value_ok(kind: str, name: str, value: float) -> bool:
     return value == value and (value >= 0 or name.endswith("_sum"))
 
 
-def write_db(name: str, entries: Iterable[Tuple[str, float, float]]) -> Dict[str, int]:
+def write_db(name: str, entries: Iterable[tuple[str, float, float]]) -> dict[str, int]:
     """A complete file in prometheus-client's layout, written to a temp name and renamed.
 
     Ordinary writes: a full disk raises OSError here, where a memory map would SIGBUS.
@@ -403,7 +406,7 @@ def write_db(name: str, entries: Iterable[Tuple[str, float, float]]) -> Dict[str
     return offsets
 
 
-def set_aside(name: str, good: Optional[List[Entry]] = None) -> None:
+def set_aside(name: str, good: list[Entry] | None = None) -> None:
     """A bad merged file is kept as ``*.bad`` (not ``*.db``, never read again) and its good
     entries take its place at once, so no scrape sees the merged counts missing. If they
     cannot be written, the file is only set aside; the gunicorn master writes it again."""
@@ -432,11 +435,10 @@ class CheckedCollector:
         self.path = path
 
     def collect(self) -> Iterable[Any]:
-        # lazily: gunicorn imports this module before the directory is set
-        from prometheus_client.metrics_core import Metric
-        from prometheus_client.multiprocess import MultiProcessCollector
+        from prometheus_client.metrics_core import Metric  # noqa: PLC0415 (lazily: see the module docstring)
+        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415 (lazily: see the module docstring)
         files = {}
-        faults = []
+        faults: list[tuple[str, int | str]] = []
         for base in sorted(os.listdir(self.path)):
             match = DB_FILE.fullmatch(base)
             if match is not None:
@@ -446,31 +448,36 @@ class CheckedCollector:
         if faults:  # the count just made is in this process's own files: read them again
             for base in [b for b in files if files[b][0][1] == str(os.getpid())]:
                 files[base] = (files[base][0], self._read(base, []))
-        metrics: Dict[str, Any] = {}
+        metrics: dict[str, Metric] = {}
         for (kind, ident), entries in files.values():
             typ = kind.split("_")[0]
             for _key, (metric_name, sample, labels, help_text), value, timestamp in entries:
                 metric = metrics.get(metric_name)
                 if metric is None:
                     metric = metrics[metric_name] = Metric(metric_name, help_text, typ)
+                # label pairs and _multiprocess_mode: the form prometheus-client's own merge
+                # hands to _accumulate_metrics, not Metric's typed API
                 if typ == "gauge":
-                    metric._multiprocess_mode = kind[len("gauge_"):]
-                    metric.add_sample(sample, labels + (("pid", ident),), value, timestamp)
+                    metric._multiprocess_mode = kind[len("gauge_"):]  # type: ignore[attr-defined]
+                    metric.add_sample(sample, labels + (("pid", ident),), value, timestamp)  # type: ignore[arg-type]
                 else:
-                    metric.add_sample(sample, labels, value)
+                    metric.add_sample(sample, labels, value)  # type: ignore[arg-type]
         accumulate = getattr(MultiProcessCollector, "_accumulate_metrics", None)
         if accumulate is None:  # prometheus-client changed: whole files, the bad ones left out
             bad = {base for base, _why in faults}
-            return MultiProcessCollector.merge(
+            whole: Iterable[Metric] = MultiProcessCollector.merge(
                 [os.path.join(self.path, b) for b, (_, e) in files.items() if e and b not in bad],
                 accumulate=True)
-        return accumulate(metrics, True)
+            return whole
+        merged: Iterable[Metric] = accumulate(metrics, True)
+        return merged
 
-    def _read(self, base: str, faults: list) -> List[Entry]:
+    def _read(self, base: str, faults: list[tuple[str, int | str]]) -> list[Entry]:
         """The good entries of one file; a bad one is noted in ``faults`` (a bad merged one set aside)."""
         name = os.path.join(self.path, base)
+        bad: int | str
         try:
-            entries, bad = read_db(name, base.split("_")[0])
+            entries, bad = read_db(name, base.split("_", maxsplit=1)[0])
         except FileNotFoundError:
             return []  # a dead worker's file, merged meanwhile
         except (BadFile, OSError) as exc:
@@ -482,18 +489,18 @@ class CheckedCollector:
         return entries
 
 
-def _why(base: str, bad: Any) -> str:
+def _why(base: str, bad: int | str) -> str:
     return f"{base}: {bad} bad entries left out" if isinstance(bad, int) else f"{base}: {bad}"
 
 
 # -- dead workers: merged by the master ------------------------------------------------------
 
-_kept: Dict[str, Dict[str, List[Tuple[str, float, float]]]] = {}  # dir -> merged file -> entries
-_pending: Dict[str, Set[int]] = {}  # dir -> dead pids whose files could not be merged yet
-_restore_failed: Set[str] = set()
+_kept: dict[str, dict[str, list[tuple[str, float, float]]]] = {}  # dir -> merged file -> entries
+_pending: dict[str, set[int]] = {}  # dir -> dead pids whose files could not be merged yet
+_restore_failed: set[str] = set()
 
 
-def merge_dead_worker(pid: int, path: Optional[str] = None) -> int:
+def merge_dead_worker(pid: int, path: str | None = None) -> int:
     """Fold a dead worker's counters, histograms and summaries into ``<type>_merged.db``.
 
     Returns the files removed. Runs under the directory's exclusive lock (scrapes take
@@ -518,7 +525,7 @@ def merge_dead_worker(pid: int, path: Optional[str] = None) -> int:
 
 def _merge_one(path: str, pid: int) -> int:
     removed = 0
-    failed: Optional[OSError] = None
+    failed: OSError | None = None
     for base in sorted(os.listdir(path)):
         match = DB_FILE.fullmatch(base)
         if match is None or match.group(2) != str(pid):
@@ -526,6 +533,7 @@ def _merge_one(path: str, pid: int) -> int:
         name = os.path.join(path, base)
         kind = match.group(1)
         if kind in MERGED_KINDS:
+            bad: int | str
             try:
                 entries, bad = read_db(name, kind)
             except FileNotFoundError:
@@ -550,12 +558,12 @@ def _merge_one(path: str, pid: int) -> int:
     return removed
 
 
-def _add_to_merged(path: str, kind: str, entries: List[Entry]) -> None:
+def _add_to_merged(path: str, kind: str, entries: list[Entry]) -> None:
     if not entries:
         return
     base = f"{kind}_merged.db"
     name = os.path.join(path, base)
-    total: Dict[str, List[float]] = {}
+    total: dict[str, list[float]] = {}
     for key, value, timestamp in _merged_now(path, base, kind):
         total[key] = [value, timestamp]
     for key, _parsed_key, value, timestamp in entries:
@@ -566,10 +574,11 @@ def _add_to_merged(path: str, kind: str, entries: List[Entry]) -> None:
     _kept.setdefault(path, {})[base] = merged
 
 
-def _merged_now(path: str, base: str, kind: str) -> List[Tuple[str, float, float]]:
+def _merged_now(path: str, base: str, kind: str) -> list[tuple[str, float, float]]:
     """The merged file's entries; what this master last wrote if the file is gone or bad."""
     kept = _kept.get(path, {}).get(base)
     name = os.path.join(path, base)
+    bad: int | str
     try:
         entries, bad = read_db(name, kind)
     except FileNotFoundError:
@@ -584,7 +593,7 @@ def _merged_now(path: str, base: str, kind: str) -> List[Tuple[str, float, float
     return [(key, value, timestamp) for key, _p, value, timestamp in entries]
 
 
-def keep_merged(path: Optional[str] = None) -> int:
+def keep_merged(path: str | None = None) -> int:
     """In the master: write again the merged files it made if they are gone (directory
     deleted, a bad one set aside), so merged counts never go backwards. Cheap: one stat
     per file when nothing is missing. Never raises."""
@@ -623,7 +632,7 @@ class _MasterCounts:
 
     def __init__(self) -> None:
         self.file_base = ""
-        self.offsets: Dict[str, int] = {}
+        self.offsets: dict[str, int] = {}
 
     def start(self, path: str) -> None:
         self.path = path
@@ -684,13 +693,13 @@ class AdmittedValues:
     def __init__(self, path: str, label: str) -> None:
         self.file = os.path.join(path, f"mlmonitor_labels_{label}.jsonl")
 
-    def admit(self, value: str, known: Set[str], limit: int, force: bool = False) -> Tuple[Set[str], bool]:
+    def admit(self, value: str, known: set[str], limit: int, force: bool = False) -> tuple[set[str], bool]:
         """(every admitted value, whether ``value`` is one); raises OSError.
 
         Values this process knows but the file lacks (the directory was deleted) are
         written back first, so the file heals.
         """
-        import fcntl  # POSIX only: see the module docstring
+        import fcntl  # noqa: PLC0415 (POSIX only: see the module docstring)
         try:
             fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         except FileNotFoundError:

@@ -26,9 +26,8 @@ import re
 import struct
 import time
 import types
-from collections.abc import Mapping
-from collections.abc import Sequence as _SequenceABC
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
@@ -107,7 +106,7 @@ def _any(value: Any) -> bytes:
         return b"\x21" + _pack_double(value)
     if isinstance(value, bytes):
         return b"\x3a" + _varint(len(value)) + bytes(value)
-    if isinstance(value, _SequenceABC):
+    if isinstance(value, Sequence):
         body = b"".join([b"\x0a" + _varint(len(v)) + v for v in map(_any, value)])
         return b"\x2a" + _varint(len(body)) + body
     if isinstance(value, Mapping):
@@ -128,11 +127,11 @@ def _int64(value: int) -> bytes:
 
 _CACHE_MAX = 4096
 _PAIR_VALUE_MAX = 256
-_KEYS: Dict[str, bytes] = {}
+_KEYS: dict[str, bytes] = {}
 #: per field tag: (key, str value) -> the encoded field; only str values, as (k, 1) == (k, True)
-_PAIRS: Dict[bytes, Dict[Tuple[str, Any], bytes]] = {}
+_PAIRS: dict[bytes, dict[tuple[str, Any], bytes]] = {}
 #: (key, int value) -> the encoded KeyValue, looked up only for values whose type is int
-_INTS: Dict[Tuple[str, int], bytes] = {}
+_INTS: dict[tuple[str, int], bytes] = {}
 
 
 def _key(key: str) -> bytes:
@@ -153,7 +152,7 @@ def _keyvalue(key: str, value: Any) -> bytes:
     return _varint(len(body)) + body
 
 
-def _attribute(tag: bytes, item: Tuple[str, Any]) -> bytes:
+def _attribute(tag: bytes, item: tuple[str, Any]) -> bytes:
     """One attribute as field ``tag``; b"" for a value OTLP cannot carry (the SDK drops the key too)."""
     key, value = item
     kind = type(value)
@@ -192,10 +191,10 @@ def _attributes(tag: bytes, attributes: Any) -> bytes:
 
 _KINDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
 _STATUS_NO_MESSAGE = {0: b"\x7a\x00", 1: b"\x7a\x02\x18\x01", 2: b"\x7a\x02\x18\x02"}
-_NAMES: Dict[str, bytes] = {}
+_NAMES: dict[str, bytes] = {}
 
 
-def _sdk_classes() -> Tuple[Any, Any, Any]:
+def _sdk_classes() -> tuple[Any, Any, Any]:
     """The SDK classes whose fields ``_span`` may read directly, if they still have them."""
     fields = {"_name", "_context", "_parent", "_kind", "_start_time", "_end_time", "_attributes",
               "_events", "_links", "_status"}
@@ -219,15 +218,16 @@ def _span_context_class() -> Any:
 _SPAN_CONTEXT = _span_context_class()
 
 
-def _probe_flags() -> Tuple[Dict[Any, int], bool, Dict[bool, int], bool]:
+def _probe_flags() -> tuple[dict[Any, int], bool, dict[bool, int], bool]:
     """Span.flags and Link.flags as the installed SDK encoder sets them, read off probe spans.
 
     The SDK's choice changed across versions (none before 1.25, then the
     is_remote bits; W3C trace flags proposed): span flags by parent (None, local,
     remote) and whether the span's trace flags are added; the same for links.
     """
-    try:  # the exporter package is optional (the [otlp] extra)
-        from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import encode_spans
+    try:
+        # optional (the otlp extra), and a private module that may move
+        from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import encode_spans  # noqa: PLC0415
 
         def context(span_id: int, remote: bool = False, sampled: int = 0) -> Any:
             return SpanContext(1, span_id, remote, TraceFlags(sampled))
@@ -285,7 +285,7 @@ def _event(event: Any) -> bytes:
 
 def _link(link: Any) -> bytes:
     context = link.context
-    body = (b"\x0a\x10" + context.trace_id.to_bytes(16, "big")
+    body: bytes = (b"\x0a\x10" + context.trace_id.to_bytes(16, "big")
             + b"\x12\x08" + context.span_id.to_bytes(8, "big")
             + _attributes(b"\x22", link.attributes))  # the SDK encoder leaves the trace state out
     dropped = link.dropped_attributes
@@ -302,19 +302,19 @@ def _link(link: Any) -> bytes:
 def _span(span: Any) -> bytes:
     """One Span message, length-prefixed as field 2 of ScopeSpans."""
     if type(span) is _READABLE_SPAN:  # the SDK's class: its fields, not properties that copy them
-        context, parent, name, kind = span._context, span._parent, span._name, span._kind
-        start, end, status = span._start_time, span._end_time, span._status
-        attributes, events, links = span._attributes, span._events, span._links
+        context, parent, name, kind = span._context, span._parent, span._name, span._kind  # noqa: SLF001 (the SDK's own fields)
+        start, end, status = span._start_time, span._end_time, span._status  # noqa: SLF001
+        attributes, events, links = span._attributes, span._events, span._links  # noqa: SLF001
         # as the properties: a dropped count only from the SDK's bounded containers
         dropped_attributes = attributes.dropped if isinstance(attributes, _BOUNDED_ATTRIBUTES) else 0
         dropped_events = events.dropped if isinstance(events, _BOUNDED_LIST) else 0
         dropped_links = links.dropped if isinstance(links, _BOUNDED_LIST) else 0
         if type(attributes) is _BOUNDED_ATTRIBUTES:
-            attributes = attributes._dict
+            attributes = attributes._dict  # noqa: SLF001
         if type(events) is _BOUNDED_LIST:
-            events = events._dq
+            events = events._dq  # noqa: SLF001
         if type(links) is _BOUNDED_LIST:
-            links = links._dq
+            links = links._dq  # noqa: SLF001
     else:
         context, parent, name, kind = span.get_span_context(), span.parent, span.name, span.kind
         start, end, status = span.start_time, span.end_time, span.status
@@ -383,10 +383,10 @@ def _span(span: Any) -> bytes:
 
 # -- resources and scopes ---------------------------------------------------------------------
 
-_BLOCKS: Dict[int, Tuple[Any, bytes]] = {}
+_BLOCKS: dict[int, tuple[Any, bytes]] = {}
 
 
-def _cached(obj: Any, encode: Any) -> bytes:
+def _cached(obj: Any, encode: Callable[[Any], bytes]) -> bytes:
     """``encode(obj)``, cached by identity; the entry holds ``obj``, so its id is not reused."""
     hit = _BLOCKS.get(id(obj))
     if hit is not None and hit[0] is obj:
@@ -417,8 +417,8 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
     Grouped as the SDK groups: by resource, then by instrumentation scope (dict
     keys, so equal objects share a group), in order of first appearance.
     """
-    groups: Dict[Any, Dict[Any, List[bytes]]] = {}
-    by_identity: Dict[Tuple[int, int], List[bytes]] = {}
+    groups: dict[Any, dict[Any, list[bytes]]] = {}
+    by_identity: dict[tuple[int, int], list[bytes]] = {}
     for span in spans:
         resource = span.resource
         scope = span.instrumentation_scope or None
@@ -484,7 +484,7 @@ def _encode_for_export(spans: Sequence[Any]) -> _Encoded:
     return _Encoded(encode_spans_sliced(spans))
 
 
-def _export_with_fast_encoder(export: Any) -> Optional[Any]:
+def _export_with_fast_encoder(export: Any) -> Any | None:
     """The SDK's own export() with its module's ``encode_spans`` bound to ours, or None.
 
     Same code object, so endpoint, headers, timeout, compression, size limit,
@@ -501,15 +501,15 @@ def _export_with_fast_encoder(export: Any) -> Optional[Any]:
     return function
 
 
-_exporter_class: List[Any] = []
+_exporter_class: list[Any] = []
 
 
 def _fast_exporter_class() -> Any:
     if not _exporter_class:
-        # optional dependency: the [otlp] extra; its class is subclassed on first use
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        # optional: the otlp extra
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
-        namespace: Dict[str, Any] = {
+        namespace: dict[str, Any] = {
             "__module__": __name__,
             "__doc__": "The SDK's OTLP/HTTP span exporter with mlmonitor's encoder.",
         }

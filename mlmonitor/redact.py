@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Mapping
-from typing import Any, Iterable, Tuple
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote_plus
 
 __all__ = ["Redactor", "redactor", "redact_text", "redact_mapping", "redact_query",
@@ -95,8 +96,8 @@ class Redactor:
         lowered = key[:256].lower()
         if lowered in self.names:
             return True
-        for part in _KEY_PARTS.split(lowered):
-            part = part.replace("-", "").replace("_", "")
+        for word in _KEY_PARTS.split(lowered):
+            part = word.replace("-", "").replace("_", "")
             if part and any(part.endswith(n) for n in self.normal):
                 return True
         return False
@@ -135,7 +136,7 @@ class Redactor:
         return "".join(parts)
 
     # -- values ------------------------------------------------------------------------
-    def mapping(self, values: Any) -> dict:
+    def mapping(self, values: Any) -> dict[Any, Any]:
         """A dict copy of any mapping with secret keys' values hidden, at any depth."""
         return self._mapping(values, ())
 
@@ -143,7 +144,7 @@ class Redactor:
         """A copy of a value with secrets hidden: mappings, pair lists, text, nested."""
         return self._value(value, ())
 
-    def _mapping(self, values: Any, path: Tuple[int, ...]) -> dict:
+    def _mapping(self, values: Any, path: tuple[int, ...]) -> dict[Any, Any]:
         out = {}
         inner = path + (id(values),)
         for n, (key, value) in enumerate(values.items()):
@@ -152,7 +153,7 @@ class Redactor:
             out[key] = REDACTED if self.is_secret_key(key) else self._value(value, inner)
         return out
 
-    def _value(self, value: Any, path: Tuple[int, ...]) -> Any:
+    def _value(self, value: Any, path: tuple[int, ...]) -> Any:
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, (Mapping, list, tuple)):
@@ -180,7 +181,7 @@ class Redactor:
         return self.text(_safe_repr(value))  # what the log would show, secrets hidden
 
     # -- exceptions --------------------------------------------------------------------
-    def exception(self, exc: BaseException) -> Tuple[str, str]:
+    def exception(self, exc: BaseException) -> tuple[str, str]:
         """(message, stack) of an exception, secrets hidden, each part read at bounded cost.
 
         The stack is redacted frame by frame (each frame cut at its head, so a name is
@@ -191,9 +192,10 @@ class Redactor:
             parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
         except Exception:
             parts = [f"{type(exc).__name__}: <traceback unavailable>\n"]
-        kept, size = [], 0
-        for part in reversed(parts):  # the most recent parts, up to MAX_SCAN characters in all
-            part = part[:MAX_FRAME_CHARS]
+        kept: list[str] = []
+        size = 0
+        for whole in reversed(parts):  # the most recent parts, up to MAX_SCAN characters in all
+            part = whole[:MAX_FRAME_CHARS]
             size += len(part)
             if size > MAX_SCAN and kept:
                 kept.append("...[%d earlier parts cut]\n" % (len(parts) - len(kept)))
@@ -203,7 +205,7 @@ class Redactor:
         return message, stack
 
 
-def _hide(matches: Iterable["re.Match[str]"], text: str) -> str:
+def _hide(matches: Iterable[re.Match[str]], text: str) -> str:
     """``text`` with each match's value (group 1, positions shared with ``text``) hidden."""
     out = []
     last = 0
@@ -220,7 +222,7 @@ def _hide(matches: Iterable["re.Match[str]"], text: str) -> str:
     return "".join(out)
 
 
-_redactors: dict = {}
+_redactors: dict[frozenset[str], Redactor] = {}
 
 
 def redactor(names: Iterable[str]) -> Redactor:
@@ -240,7 +242,7 @@ def redact_text(text: str, names: Iterable[str]) -> str:
     return redactor(names).text(text)
 
 
-def redact_mapping(values: Any, names: Iterable[str]) -> dict:
+def redact_mapping(values: Any, names: Iterable[str]) -> dict[Any, Any]:
     """A dict copy of a mapping with secret values hidden at any depth."""
     return redactor(names).mapping(values)
 
@@ -250,11 +252,12 @@ def redact_query(query: str, names: Iterable[str]) -> str:
     return redactor(names).query(query)
 
 
-def describe_exception(rec: Any, names: Iterable[str]) -> Tuple[str, str]:
+def describe_exception(rec: Any, names: Iterable[str]) -> tuple[str, str]:
     """The request's exception as (message, stack), secrets hidden, made once per request.
 
     The log line and the span both show it, so it is cached on the record.
     """
     if rec.error_detail is None:
         rec.error_detail = redactor(names).exception(rec.exc)
-    return rec.error_detail
+    detail: tuple[str, str] = rec.error_detail
+    return detail

@@ -189,7 +189,8 @@ class ReferenceProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready profile (a deep copy)."""
-        return json.loads(json.dumps(self._data))
+        copy: dict[str, Any] = json.loads(json.dumps(self._data))
+        return copy
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the profile to one JSON file (atomically: a temp file then a rename)."""
@@ -208,14 +209,14 @@ class ReferenceProfile:
         line, not a traceback.
         """
         profile = read_profile(path, cls, MAX_FILE_BYTES)
-        warning = too_few_rows(profile._data)
+        warning = too_few_rows(profile._data)  # noqa: SLF001 (the profile this class just read)
         if warning:
             logging.getLogger("mlmonitor").warning("reference %s: %s", os.fspath(path), warning)
         return profile
 
     # -- request time --------------------------------------------------------------------------
 
-    def bin_of(self, feature: str, value: Any) -> str | None | _UnknownFeature:
+    def bin_of(self, feature: str, value: Any) -> str | _UnknownFeature | None:
         """The bin label of ``value`` for ``feature``.
 
         Numeric features: ``"00"``, ``"01"``, ... by the right-closed rule in the module docstring;
@@ -278,7 +279,7 @@ class ReferenceProfile:
         """``(le, share of scores <= le)`` of the reference, as the score histogram's buckets."""
         scores = self._data.get("scores")
         if scores:
-            yield from zip(scores["buckets"], scores["cumulative"])
+            yield from zip(scores["buckets"], scores["cumulative"], strict=False)
 
 
 # ---------------------------------------------------------------------------------------------

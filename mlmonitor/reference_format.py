@@ -7,9 +7,11 @@ line, not a traceback.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 from .config import finite_float
 from .contract import CLASSIFICATION, OTHER, REGRESSION, SCORE_BUCKETS
@@ -32,7 +34,10 @@ class InvalidReference(ValueError):
     """A reference file or build input that cannot be used; the message says what and where."""
 
 
-def read_profile(path: str | os.PathLike[str], make: Callable[[Any], Any], max_bytes: int) -> Any:
+Profile = TypeVar("Profile")
+
+
+def read_profile(path: str | os.PathLike[str], make: Callable[[Any], Profile], max_bytes: int) -> Profile:
     """``make(data)`` of the JSON in ``path``; any failure is one :class:`InvalidReference` line."""
     try:
         with open(path, "rb") as handle:
@@ -56,7 +61,8 @@ def read_profile(path: str | os.PathLike[str], make: Callable[[Any], Any], max_b
         raise InvalidReference(f"{path}: not a usable reference profile: {type(exc).__name__}: {exc}") from None
 
 
-def reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> NoReturn:
+    """``json.loads``' ``parse_constant``: NaN and infinities are refused."""
     raise InvalidReference(f"non-finite number {name} in the reference file")
 
 
@@ -69,7 +75,7 @@ def _is_share(value: Any) -> bool:
 
 
 def _clean_label(text: Any) -> Any:
-    """A label text from the file, cleaned as every label value is: a lone surrogate ("\\ud800"
+    r"""A label text from the file, cleaned as every label value is: a lone surrogate ("\ud800"
     in JSON) cannot be encoded, so as a label it would fail every scrape; it becomes "?"."""
     if isinstance(text, str) and not text.isascii():
         return text.encode("utf-8", "replace").decode("utf-8")
@@ -83,8 +89,9 @@ def _cleaned_bins(bins: Any) -> Any:
     for label, share in bins.items():
         key = _clean_label(label)
         if key in out:  # two labels that clean to one are one bin
-            share = out[key] + share if _is_share(out[key]) and _is_share(share) else None
-        out[key] = share
+            out[key] = out[key] + share if _is_share(out[key]) and _is_share(share) else None
+        else:
+            out[key] = share
     return out
 
 
@@ -118,7 +125,7 @@ def _validate_bins(where: str, bins: Any) -> None:
         raise _fail(where, f"shares sum to {sum(bins.values())!r}, not 1")
 
 
-def _validate_edges(where: str, item: dict) -> None:
+def _validate_edges(where: str, item: dict[str, Any]) -> None:
     """Numeric bins: strictly increasing finite edges, bins "00".."kk" (one more than edges)."""
     _validate_bins(where, item.get("bins"))
     edges = item.get("edges")
@@ -127,7 +134,7 @@ def _validate_edges(where: str, item: dict) -> None:
     for e in edges:
         if finite_float(e) is None:
             raise _fail(where, f"edge {e!r:.40} is not a finite number")
-    if any(b <= a for a, b in zip(edges, edges[1:])):
+    if any(b <= a for a, b in itertools.pairwise(edges)):
         raise _fail(where, "'edges' must be strictly increasing")
     if list(item["bins"]) != [f"{i:02d}" for i in range(len(edges) + 1)]:
         raise _fail(where, f"bins must be labelled '00'..'{len(edges):02d}' in order (one more than edges)")
@@ -178,15 +185,13 @@ def validate(data: Any) -> None:
         if OTHER not in classes["bins"]:
             raise InvalidReference(f"classes: bins need '{OTHER}'")
     scores = data.get("scores")
-    if scores is not None:
-        if (
+    if scores is not None and (
             not isinstance(scores, dict)
             or scores.get("buckets") != list(SCORE_BUCKETS)
             or not isinstance(scores.get("cumulative"), list)
             or len(scores["cumulative"]) != len(SCORE_BUCKETS)
-            or not all(_is_share(s) for s in scores["cumulative"])
-        ):
-            raise InvalidReference("'scores' must have buckets 0.1..1.0 and a cumulative share for each")
+            or not all(_is_share(s) for s in scores["cumulative"])):
+        raise InvalidReference("'scores' must have buckets 0.1..1.0 and a cumulative share for each")
     if data.get("task") not in (None, CLASSIFICATION, REGRESSION):
         raise InvalidReference(f"'task' must be {CLASSIFICATION!r} or {REGRESSION!r}, got {data.get('task')!r:.40}")
     outputs = data.get("outputs")

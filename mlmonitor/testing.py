@@ -43,7 +43,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -98,7 +99,7 @@ class Captured:
         return float(sum(s.value for s in family.samples
                          if s.name == name and wanted <= s.labels.items()))
 
-    def _family(self, name: str) -> Tuple[Any, str]:
+    def _family(self, name: str) -> tuple[Any, str]:
         """The family that exposes the sample ``name``, and the suffix it adds (``_total``...)."""
         for family in self.registry.collect():
             for suffix in _SAMPLE_SUFFIXES.get(family.type, ("",)):
@@ -106,23 +107,23 @@ class Captured:
                     return family, suffix
         raise KeyError(f"no metric family exposes {name!r} in this registry")
 
-    def _label_names(self, family: Any) -> Optional[Tuple[str, ...]]:
+    def _label_names(self, family: Any) -> tuple[str, ...] | None:
         """The family's label names: as defined (prometheus-client's collector), else as its
         samples show them; None for a custom collector's family without samples (unknown)."""
         collector = getattr(self.registry, "_names_to_collectors", {}).get(family.name)
         defined = getattr(collector, "_labelnames", None)
         if defined is not None:
             return tuple(defined)
-        seen: Dict[str, None] = {}
+        seen: dict[str, None] = {}
         for sample in family.samples:
             seen.update(dict.fromkeys(k for k in sample.labels if k not in ("le", "quantile")))
         return tuple(seen) if family.samples else None
 
-    def logs(self) -> List[Dict[str, Any]]:
+    def logs(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far, parsed."""
         return [json.loads(line) for line in self.log_stream.getvalue().splitlines()]
 
-    def spans(self) -> List[Any]:
+    def spans(self) -> list[Any]:
         """The finished spans so far (``ReadableSpan``), oldest first."""
         return list(self.exporter.get_finished_spans())
 
@@ -141,7 +142,7 @@ def capture() -> Iterator[Captured]:
 try:
     import pytest
 except ImportError:  # pragma: no cover - pytest is only needed for the fixture
-    mlmonitor_capture: Optional[Any] = None
+    mlmonitor_capture: Any | None = None
 else:
     @pytest.fixture
     def mlmonitor_capture() -> Iterator[Captured]:

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 __all__ = ["sign_prediction", "verify_prediction", "fit_fields", "fit_text", "InvalidFeedback",
            "PredictionFacts", "SeenTokens", "FEEDBACK_REASONS", "MAX_CLOCK_SKEW_S", "MAX_TOKEN_LEN",
@@ -36,7 +36,7 @@ MAX_CLOCK_SKEW_S = 300.0
 #: see :mod:`mlmonitor.feedback`); the values of ``mlmonitor_feedback_rejected_total{reason}``
 FEEDBACK_REASONS = ("malformed", "bad_signature", "expired", "future", "duplicate", "bad_label")
 
-Secret = Union[str, bytes]
+Secret = str | bytes
 
 
 class InvalidFeedback(ValueError):
@@ -81,7 +81,7 @@ def sign_prediction(
     secret: Secret,
     model_name: str,
     model_version: str,
-    predicted: str | int | float | bool,
+    predicted: object,  # a str, int, float or bool signs as itself, anything else as its text
     ts: float | None = None,
 ) -> str:
     """A compact URL-safe prediction id: ``<payload>.<tag>``, payload = base64url JSON of

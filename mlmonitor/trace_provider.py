@@ -8,16 +8,18 @@ Runs at start-up (and once in each forked worker), never per request: the provid
 built from the standard ``OTEL_*`` variables, always with a batching processor, and
 malformed values stop start-up with one line (secrets not echoed). Spans the exporter
 fails to deliver or the full queue drops are counted once, by the newest live trace
-sink that uses this provider.
+sink that uses this provider. The SDK is imported where a provider is built (it takes
+longer to import than all of mlmonitor): an app that brings its own provider never pays for it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import weakref
-from typing import Any, List, Optional
+from typing import Any
 
 from opentelemetry import trace
 
@@ -39,9 +41,9 @@ _configured: Any = None  # the global provider configure_tracing() set
 _fork_generation = [0]
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _fork_generation.__setitem__(0, _fork_generation[0] + 1))
-_built_ever: list = []
+_built_ever: list[Any] = []
 #: trace sinks that count dropped spans (``sink.on_dropped(n)``), held weakly, newest last
-_drop_counters: List["weakref.ref[Any]"] = []
+_drop_counters: list[weakref.ref[Any]] = []
 
 
 def add_drop_counter(sink: Any) -> None:
@@ -56,10 +58,8 @@ def notify_dropped(count: int) -> None:
     for ref in reversed(_drop_counters):
         sink = ref()
         if sink is not None:
-            try:
+            with contextlib.suppress(Exception):
                 sink.on_dropped(count)
-            except Exception:
-                pass
             return
 
 
@@ -68,7 +68,7 @@ def is_built(provider: Any) -> bool:
     return any(provider is built for built in _built_ever)
 
 
-def exporter_names() -> list:
+def exporter_names() -> list[str]:
     names = os.environ.get("OTEL_TRACES_EXPORTER")
     if names is None:
         endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -85,7 +85,7 @@ def _make_exporter(name: str) -> Any:
             log.warning("mlmonitor: OTEL_EXPORTER_OTLP_PROTOCOL=%r is not supported; using "
                         "http/protobuf", protocol)
         try:  # the SDK's exporter for transport, mlmonitor's encoder (~0.12x the SDK's time)
-            from .otlp import FastOTLPSpanExporter  # optional dependency: the [otlp] extra
+            from .otlp import FastOTLPSpanExporter  # noqa: PLC0415 (optional: the otlp extra)
         except ImportError:
             raise ConfigError("OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: "
                               "pip install 'mlmonitor-serving[otlp]'") from None
@@ -96,7 +96,7 @@ def _make_exporter(name: str) -> Any:
         except ValueError as exc:  # exporters before ~1.35 refuse e.g. OTEL_EXPORTER_OTLP_TIMEOUT=abc
             raise ConfigError(f"OTLP exporter settings (OTEL_EXPORTER_OTLP_*): {exc}") from None
     if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # the SDK (~34 ms to import) only when mlmonitor builds the provider
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415 (start-up: see the module docstring)
         return ConsoleSpanExporter()
     raise ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: mlmonitor supports otlp, console or none")
 
@@ -126,7 +126,7 @@ class CountingExporter:
         self.inner = inner
 
     def export(self, spans: Any) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult  # the SDK (~34 ms to import) only when mlmonitor builds the provider
+        from opentelemetry.sdk.trace.export import SpanExportResult  # noqa: PLC0415 (start-up: see the module docstring)
         try:
             result = self.inner.export(spans)
         except Exception:
@@ -144,7 +144,7 @@ class CountingExporter:
 
 
 def _batch_processor(exporter: Any) -> Any:
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # the SDK (~34 ms to import) only when mlmonitor builds the provider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415 (start-up: see the module docstring)
 
     class CountingBatchSpanProcessor(BatchSpanProcessor):
         """Counts the spans the SDK drops silently when its queue is full."""
@@ -156,7 +156,8 @@ def _batch_processor(exporter: Any) -> Any:
                 notify_dropped(1)
             super().on_end(span)
 
-    processor = CountingBatchSpanProcessor(CountingExporter(exporter))
+    # CountingExporter is a SpanExporter by its methods: subclassing would import the SDK at start-up
+    processor = CountingBatchSpanProcessor(CountingExporter(exporter))  # type: ignore[arg-type]
     if not hasattr(getattr(processor, "_batch_processor", None), "_queue"):  # SDK < 1.34
         log.warning("mlmonitor: this opentelemetry-sdk's BatchSpanProcessor differs; spans it "
                     "drops when its queue is full are not counted (failed exports still are)")
@@ -165,9 +166,8 @@ def _batch_processor(exporter: Any) -> Any:
 
 def build_tracer_provider(service_name: str) -> Any:
     """A TracerProvider from OTEL_* variables; raises ConfigError on values that do not parse."""
-    # the SDK (~34 ms to import) only when mlmonitor builds the provider
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 (start-up: see the module docstring)
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider  # noqa: PLC0415 (start-up: see the module docstring)
 
     names = exporter_names()
     exporters = [_make_exporter(name) for name in names]
@@ -197,7 +197,7 @@ def provider_for(settings: Settings, tracer_provider: Any = None) -> Any:
     A provider built before a fork (gunicorn ``--preload``) is replaced in each
     worker by its own, with the worker's ``process.pid`` in the resource.
     """
-    global _built_provider, _built_pid
+    global _built_provider, _built_pid  # noqa: PLW0603 (the process's provider)
     if tracer_provider is not None:
         return tracer_provider
     current = trace.get_tracer_provider()
@@ -214,11 +214,11 @@ def provider_for(settings: Settings, tracer_provider: Any = None) -> Any:
         return _built_provider
 
 
-def configure_tracing(service_name: Optional[str] = None) -> Any:
+def configure_tracing(service_name: str | None = None) -> Any:
     """Opt-in: build a provider from ``OTEL_*`` and set it as the global one (mlmonitor never
     does that on its own), for apps that want OpenTelemetry set up by mlmonitor. Call it once,
     before ``Monitor(app)`` and other instrumentation; returns the provider."""
-    global _built_provider, _built_pid, _configured
+    global _built_provider, _built_pid, _configured  # noqa: PLW0603 (the process's provider)
     provider = build_tracer_provider(service_name or os.environ.get("OTEL_SERVICE_NAME")
                                      or "mlmonitor")
     with _provider_lock:
@@ -243,7 +243,7 @@ def reset_after_fork() -> None:
     The global one ``configure_tracing()`` set stays (OpenTelemetry sets it once per process,
     and the app's other instrumentation and MLflow's connected mode use it): the worker keeps
     it, with the master's ``process.pid`` in its resource, and flushes it on exit."""
-    global _built_provider, _built_pid
+    global _built_provider, _built_pid  # noqa: PLW0603 (the process's provider)
     if _built_provider is not None and _built_provider is _configured:
         _built_pid = os.getpid()
     else:

@@ -29,11 +29,13 @@ trace linked to the caller's span: MLflow keeps a trace without its root ``IN_PR
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from . import __version__
@@ -48,30 +50,25 @@ from .trace_provider import MAX_ATTRIBUTE_LENGTH, _fork_generation, add_drop_cou
 __all__ = ["TraceSink"]
 
 
-def _environ_getter() -> Any:
-    from opentelemetry.propagators.textmap import Getter  # its subclass is built on first use
+class _EnvironGetter(Getter[dict[str, Any]]):
+    """Reads W3C headers straight from the WSGI environ."""
 
-    class EnvironGetter(Getter):
-        """Reads W3C headers straight from the WSGI environ."""
+    def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
+        value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
+        return [value] if value is not None else None
 
-        def get(self, carrier: dict, key: str):  # type: ignore[override]
-            value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
-            return [value] if value is not None else None
-
-        def keys(self, carrier: dict):  # type: ignore[override]
-            return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
-
-    return EnvironGetter()
+    def keys(self, carrier: dict[str, Any]) -> list[str]:
+        return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
 
 
-_GETTER = _environ_getter()
+_GETTER = _EnvironGetter()
 
 
 class TraceSink:
     """Starts and ends the server span of a record; annotates a borrowed one."""
 
     def __init__(self, settings: Settings, tracer_provider: Any = None,
-                 on_dropped: Optional[Callable[[int], None]] = None) -> None:
+                 on_dropped: Callable[[int], None] | None = None) -> None:
         self.settings = settings
         self.redact = settings.redact_set
         self.redactor = redactor(self.redact)
@@ -85,7 +82,7 @@ class TraceSink:
         #: mlmonitor's own provider, until the app sets a global one (then that one is used)
         self.own_provider = (tracer_provider is None and is_built(self.provider)
                              and hasattr(trace, "_TRACER_PROVIDER"))  # the API's global, None until set
-        self.route_paths: Dict[str, str] = {}
+        self.route_paths: dict[str, str] = {}
         #: stages as events on the server span (stage_event) instead of child spans (stage_span)
         self.stage_events = settings.stage_spans == "events"
         self.static_attributes = {
@@ -101,7 +98,7 @@ class TraceSink:
         self.capture_io = settings.capture_io
         #: ``environ -> route or None``: a framework layer's route before the app routes
         #: (MLflow reads the trace name when the span starts)
-        self.route_at_start: Optional[Callable[[dict], Optional[str]]] = None
+        self.route_at_start: Callable[[dict[str, Any]], str | None] | None = None
 
     def start(self, rec: RequestRecord) -> Any:
         """Open the server span and make it current; returns the context token."""
@@ -109,7 +106,7 @@ class TraceSink:
             self.provider = provider_for(self.settings, self.tracer_provider)
             self.tracer = self.provider.get_tracer("mlmonitor", self.version)
             self.generation = _fork_generation[0]
-        if self.own_provider and trace._TRACER_PROVIDER is not None:  # no os.environ read
+        if self.own_provider and trace._TRACER_PROVIDER is not None:  # noqa: SLF001 (no os.environ read)
             self.use_global_provider()
         environ = rec.environ
         parent = extract(environ, getter=_GETTER) if "HTTP_TRACEPARENT" in environ else None
@@ -142,10 +139,10 @@ class TraceSink:
         return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
                                       attributes=attributes, links=links, start_time=rec.start_ns)
 
-    def mlflow_attributes(self, rec: RequestRecord, attributes: Dict[str, Any]) -> Dict[str, Any]:
+    def mlflow_attributes(self, rec: RequestRecord, attributes: dict[str, Any]) -> dict[str, Any]:
         """What MLflow shows of the finished request, from the span's own ``attributes``: its
         name and model as trace tags (JSON text), and the previews."""
-        shown: Dict[str, Any] = {}
+        shown: dict[str, Any] = {}
         if "http.route" in attributes:
             shown["mlflow.traceTag.mlflow.traceName"] = json_text(_utf8(f"{rec.method} {rec.route}"))
         for key in _MLFLOW_TAGGED:
@@ -154,13 +151,13 @@ class TraceSink:
         if self.capture_io:
             previews = rec.environ.get(IO_KEY) if rec.environ is not None else None
             if previews:
-                for key, value in zip(("mlflow.spanInputs", "mlflow.spanOutputs"), previews):
+                for key, value in zip(("mlflow.spanInputs", "mlflow.spanOutputs"), previews, strict=False):
                     text = self.preview(value) if value is not None else None
                     if text is not None:
                         shown[key] = text
         return shown
 
-    def preview(self, value: Any) -> Optional[str]:
+    def preview(self, value: Any) -> str | None:
         """``value``'s capture_io preview (see :mod:`mlmonitor.previews`), safe for OTLP."""
         text = preview(self.redactor, value)
         return None if text is None else _utf8(text)
@@ -171,7 +168,7 @@ class TraceSink:
         self.provider = provider_for(self.settings, None)
         self.tracer = self.provider.get_tracer("mlmonitor", self.version)
 
-    def request_attributes(self, rec: RequestRecord, environ: dict) -> Dict[str, Any]:
+    def request_attributes(self, rec: RequestRecord, environ: dict[str, Any]) -> dict[str, Any]:
         """HTTP semantic-convention attributes known at the start, secrets redacted."""
         path = rec.path
         if path == rec.route:  # a static route: redacted once, the cache bounded by the routes
@@ -207,8 +204,8 @@ class TraceSink:
             rec.span_id = ctx.span_id.to_bytes(8, "big").hex()
             rec.sampled = bool(ctx.trace_flags & 1)
 
-    def annotation(self, rec: RequestRecord) -> Dict[str, Any]:
-        attributes: Dict[str, Any] = {}
+    def annotation(self, rec: RequestRecord) -> dict[str, Any]:
+        attributes: dict[str, Any] = {}
         if rec.is_prediction:
             attributes["ml.model.name"] = _utf8(rec.model_name)
             attributes["ml.model.version"] = _utf8(rec.model_version)
@@ -225,17 +222,18 @@ class TraceSink:
                     attributes["ml.stages_ms." + _utf8(name)] = seconds * 1000.0
                     if name in counts:
                         attributes["ml.stage_counts." + _utf8(name)] = counts[name]
-        for key, value in list(rec.tags.items())[:MAX_TAGS]:
+        for key, tag in list(rec.tags.items())[:MAX_TAGS]:
+            value = tag
             if self.redactor.is_secret_key(key):
                 value = REDACTED
-            elif isinstance(value, str):
-                value = _utf8(self.redactor.text(value[:MAX_ATTRIBUTE_LENGTH]))
-            elif not isinstance(value, (bool, int, float)):
+            elif isinstance(tag, str):
+                value = _utf8(self.redactor.text(tag[:MAX_ATTRIBUTE_LENGTH]))
+            elif not isinstance(tag, (bool, int, float)):
                 # a mapping or list keeps its secret fields hidden; str() of anything never raises here
                 value = _utf8(self.redactor.text(
-                    safe_text(self.redactor.value(value))[:MAX_ATTRIBUTE_LENGTH]))
-            elif type(value) is int and not -(1 << 63) <= value < (1 << 63):
-                value = safe_text(value)[:64]  # OTLP carries int64: one big int would drop the batch
+                    safe_text(self.redactor.value(tag))[:MAX_ATTRIBUTE_LENGTH]))
+            elif type(tag) is int and not -(1 << 63) <= tag < (1 << 63):
+                value = safe_text(tag)[:64]  # OTLP carries int64: one big int would drop the batch
             attributes["ml.tag." + _utf8(str(key)[:64])] = value
         return attributes
 
@@ -295,7 +293,7 @@ class TraceSink:
             span.add_event(name, attributes, start_ns)
 
 
-def _genai_usage(rec: RequestRecord) -> Dict[str, Any]:
+def _genai_usage(rec: RequestRecord) -> dict[str, Any]:
     """OpenTelemetry GenAI attributes of a request that observed tokens: the sums over its
     ``observe(tokens_in=, tokens_out=)`` calls (values the token counter ignores are ignored
     here too), so a trace UI shows usage beside the metrics."""
@@ -318,7 +316,7 @@ _MLFLOW_TAGGED = ("ml.model.name", "ml.model.version", "ml.model.run_id", "ml.mo
 MAX_STACK_CHARS = 4000
 
 
-def _length_limit(span: Any) -> Optional[int]:
+def _length_limit(span: Any) -> int | None:
     """The span's attribute length limit, from its provider (mlmonitor's own:
     ``MAX_ATTRIBUTE_LENGTH``; None: no limit). The SDK cuts a longer text with a warning on
     stderr, once per attribute (each 5xx's stack did)."""
@@ -326,7 +324,7 @@ def _length_limit(span: Any) -> Optional[int]:
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
-def _fit(attributes: Dict[str, Any], limit: Optional[int]) -> Dict[str, Any]:
+def _fit(attributes: dict[str, Any], limit: int | None) -> dict[str, Any]:
     """``attributes`` with each text cut to ``limit`` (redaction can lengthen a cut text)."""
     if limit is not None:
         for key, value in attributes.items():
@@ -336,7 +334,7 @@ def _fit(attributes: Dict[str, Any], limit: Optional[int]) -> Dict[str, Any]:
 
 
 def _utf8(text: str) -> str:
-    """Text that encodes as UTF-8: OTLP's protobuf encoder refuses a lone surrogate (from a
-    client's JSON ``"\\ud800"``) and the whole batch of spans with it."""
+    r"""Text that encodes as UTF-8: OTLP's protobuf encoder refuses a lone surrogate (from a
+    client's JSON ``"\ud800"``) and the whole batch of spans with it."""
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 

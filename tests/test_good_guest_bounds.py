@@ -115,8 +115,8 @@ def test_ci_runs_the_fast_tests_on_the_lowest_versions_after_the_readme_command(
     steps = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
              if line.strip().startswith("make ")]
     # the three venvs are built side by side first (pip waits on the network), then the README's
-    # command, then the lowest versions
-    assert steps == ["make -j3 venv venv-mlflow venv-lowest", "make test", "make test-lowest"]
+    # command (the gates first), the instruction budget, then the lowest versions
+    assert steps == ["make -j3 venv venv-mlflow venv-lowest", "make test", "make budget", "make test-lowest"]
     lowest = tmp_path / "lowest"
     plan = subprocess.run(["make", "-n", "-B", "test-lowest", f"LOWEST={lowest}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

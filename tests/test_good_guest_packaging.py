@@ -164,7 +164,7 @@ def test_the_install_section_gives_both_lines_and_names_every_extra_a_user_insta
     assert "pip install 'mlmonitor-serving[otlp,gunicorn]'" in section
     assert "not yet published on PyPI" in section and "The PyPI project named `mlmonitor` is unrelated" in section
     listed = set(re.findall(r"`(\w+)`(?: \(|,| and|\))", section.split("Extras", 1)[1]))
-    assert listed == extras() - {"test", "dev", "bench"}
+    assert listed == extras() - {"test", "lint", "dev", "bench"}
     fastapi_section = readme.split("\n## ASGI / FastAPI\n", 1)[1][:400]
     assert "pip install 'mlmonitor-serving[fastapi]'" in fastapi_section
 
