@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Optional, TextIO
+from typing import Any, TextIO
+from collections.abc import Awaitable, Callable
 
 from . import guard
 from .config import Settings
@@ -38,7 +39,7 @@ _perf = time.perf_counter
 READ_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage", b"user-agent"))
 
 
-def environ_of(scope: dict, only: Optional[frozenset] = None) -> dict:
+def environ_of(scope: dict, only: frozenset | None = None) -> dict:
     """The WSGI-style view of an ASGI ``http`` scope that the record and the sinks read.
 
     Header names become ``HTTP_*`` keys and repeated headers are joined with ``,`` (as
@@ -74,11 +75,11 @@ class MonitorASGIMiddleware:
     else one is built from the settings here.
     """
 
-    def __init__(self, app: Callable, *, settings: Optional[Settings] = None,
+    def __init__(self, app: Callable, *, settings: Settings | None = None,
                  registry: Any = None, tracer_provider: Any = None,
-                 log_stream: Optional[TextIO] = None,
-                 route_of: Optional[Callable[[dict], Optional[str]]] = None,
-                 recorder: Optional[Recorder] = None, **options: Any) -> None:
+                 log_stream: TextIO | None = None,
+                 route_of: Callable[[dict], str | None] | None = None,
+                 recorder: Recorder | None = None, **options: Any) -> None:
         self.app = app
         self.route_of = route_of
         if recorder is None:

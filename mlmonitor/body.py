@@ -8,7 +8,8 @@ so each chunk and the close run in the request's context: ``observe`` / ``stage`
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -28,7 +29,7 @@ class MonitoredBody:
 
     __slots__ = ("body", "rec", "recorder")
 
-    def __init__(self, body: Iterable[bytes], rec: RequestRecord, recorder: "Recorder") -> None:
+    def __init__(self, body: Iterable[bytes], rec: RequestRecord, recorder: Recorder) -> None:
         self.body = body
         self.rec = rec
         self.recorder = recorder
@@ -62,7 +63,7 @@ class StreamedBody(MonitoredBody):
 
     __slots__ = ("otel",)
 
-    def __init__(self, body: Iterable[bytes], rec: RequestRecord, recorder: "Recorder") -> None:
+    def __init__(self, body: Iterable[bytes], rec: RequestRecord, recorder: Recorder) -> None:
         self.body = body
         self.rec = rec
         self.recorder = recorder

@@ -11,7 +11,8 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Optional
+from collections.abc import Mapping
 
 from .contract import DEFAULT_BUCKETS
 from .lineage import LINEAGE_OK, apply_model_uri, register_lineage
@@ -27,7 +28,7 @@ ENV_PREFIX = "MLMONITOR_"
 #: ``aws_secret_access_key``, ``Ocp-Apim-Subscription-Key``). The families of sentry-python's
 #: scrubber and of common secret scanners. Not bare ``session`` or ``key``: as name suffixes
 #: they would hide ordinary fields (``inference_session``, ``monkey``) and error text.
-DEFAULT_REDACT: Tuple[str, ...] = (
+DEFAULT_REDACT: tuple[str, ...] = (
     # passwords
     "password", "passwd", "pwd", "passphrase",
     # secrets, tokens, API keys
@@ -57,11 +58,11 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true/false")
 
 
-def _parse_list(text: str) -> Tuple[str, ...]:
+def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _parse_floats(text: str) -> Tuple[float, ...]:
+def _parse_floats(text: str) -> tuple[float, ...]:
     return tuple(float(part) for part in _parse_list(text))
 
 
@@ -84,32 +85,32 @@ class Settings:
     metrics: bool = True
     logs: bool = True
     traces: bool = True
-    metrics_path: Optional[str] = "/metrics"
-    metrics_token: Optional[str] = field(default=None, repr=False)
-    metrics_basic_auth: Optional[str] = field(default=None, repr=False)
-    buckets: Tuple[float, ...] = DEFAULT_BUCKETS
+    metrics_path: str | None = "/metrics"
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_basic_auth: str | None = field(default=None, repr=False)
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
     log_sample_rate: float = 1.0
     log_max_bytes: int = 16384
     max_label_values: int = 20
     tags: Mapping[str, str] = field(default_factory=dict)
-    redact: Tuple[str, ...] = DEFAULT_REDACT
+    redact: tuple[str, ...] = DEFAULT_REDACT
     request_id_header: str = "X-Request-ID"
-    prediction_paths: Tuple[str, ...] = ()
-    routes: Tuple[str, ...] = ()
+    prediction_paths: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
     reference: Any = None  # a path to a reference JSON, or a ReferenceProfile
     #: model name -> reference (path or ReferenceProfile), for servers of several models
     references: Mapping[str, Any] = field(default_factory=dict)
-    feedback_secret: Optional[str] = field(default=None, repr=False)
+    feedback_secret: str | None = field(default=None, repr=False)
     feedback_max_age: float = 7 * 24 * 3600.0
     exemplars: bool = True
     #: stages as child spans of the server span, or as events on it (one span per request)
     stage_spans: str = "children"
     #: an MLflow model URI (``models:/name/version``, ``models:/name@alias``, ``runs:/id/model``):
     #: model name, version and lineage from it, resolved once at start-up (mlmonitor.lineage)
-    model_uri: Optional[str] = None
+    model_uri: str | None = None
     #: lineage of the default model: a label of mlmonitor_model_info, a span attribute, a log field
-    model_run_id: Optional[str] = None
-    model_id: Optional[str] = None
+    model_run_id: str | None = None
+    model_id: str | None = None
     #: spans shaped for MLflow (trace name, tags, span type); on by itself when the OTLP headers
     #: carry x-mlflow-experiment-id
     mlflow: bool = False
@@ -244,7 +245,7 @@ def number_in(value: Any, low: float, high: float) -> bool:
     return low <= number <= high  # NaN compares false
 
 
-def finite_float(value: Any) -> Optional[float]:
+def finite_float(value: Any) -> float | None:
     """``value`` as a finite float, or None (bools, text, NaN, infinities, ints too large)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
@@ -288,7 +289,7 @@ def _checked_type(name: str, value: Any) -> Any:
             value = tuple(value)
         except TypeError:
             raise _error(shown, name, "must be a list") from None
-        if kind == Tuple[float, ...]:
+        if kind == tuple[float, ...]:
             numbers = tuple(finite_float(v) for v in value)
             _check(shown, None not in numbers, name, "must be a list of finite numbers")
             return numbers
@@ -311,13 +312,13 @@ def _checked_type(name: str, value: Any) -> Any:
 
 _PARSERS: dict = {
     bool: _parse_bool, int: int, float: float, str: str,
-    Tuple[float, ...]: _parse_floats, Tuple[str, ...]: _parse_list,
+    tuple[float, ...]: _parse_floats, tuple[str, ...]: _parse_list,
     Mapping[str, str]: _parse_tags, Mapping[str, Any]: _parse_tags,
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 #: each setting's type, resolved once; it picks the parser of a text value
 _TYPES = typing.get_type_hints(Settings)
-_TUPLES = (Tuple[float, ...], Tuple[str, ...])
+_TUPLES = (tuple[float, ...], tuple[str, ...])
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

@@ -7,7 +7,7 @@ a request. None of them ever raises into the app because of mlmonitor.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -27,16 +27,16 @@ class Stage:
     """``with stage("inference"):`` times a block and opens a child span (or, with
     ``stage_spans="events"``, adds an event to the server span when the block ends)."""
 
-    __slots__ = ("name", "rec", "span", "token", "started", "event")
+    __slots__ = ("event", "name", "rec", "span", "started", "token")
 
     def __init__(self, name: str) -> None:
         self.name = str(name)[:64]
-        self.rec: Optional[RequestRecord] = None
+        self.rec: RequestRecord | None = None
         self.span: Any = None
         self.token: Any = None
         self.event = False
 
-    def __enter__(self) -> "Stage":
+    def __enter__(self) -> Stage:
         rec = self.rec = RECORD_VAR.get()
         if rec is not None:
             traces = rec.recorder.traces
@@ -106,7 +106,7 @@ def tag(**tags: Any) -> None:
     annotate_borrowed(rec)
 
 
-def set_model_version(model_version: Any, *, model_name: Optional[str] = None) -> None:
+def set_model_version(model_version: Any, *, model_name: str | None = None) -> None:
     """Say which model (and version) answers this request: canary, A/B, shadow, or a server of
     several models, e.g. ``set_model_version("v3", model_name=name)`` in a view serving
     ``/v1/models/<name>:predict``. Call it before ``observe`` so the right reference is used.

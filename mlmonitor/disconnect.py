@@ -17,7 +17,7 @@ prediction counts, without an error. A 4xx or 5xx the app had already sent stand
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from .contract import CLIENT_CLOSED
 from .record import RequestRecord
@@ -54,9 +54,9 @@ class WatchedInput:
     """The request body stream, read through: an ``OSError`` or an end before the declared
     length marks the client gone. Everything else is the stream's own."""
 
-    __slots__ = ("stream", "rec", "left")
+    __slots__ = ("left", "rec", "stream")
 
-    def __init__(self, stream: Any, rec: RequestRecord, length: Optional[int]) -> None:
+    def __init__(self, stream: Any, rec: RequestRecord, length: int | None) -> None:
         self.stream = stream
         self.rec = rec
         #: bytes the headers announced and not read yet; None: chunked (the server raises)
@@ -127,7 +127,7 @@ class WatchedInput:
         return iter(self.readline, b"")
 
 
-def declared_length(environ: dict) -> Optional[int]:
+def declared_length(environ: dict) -> int | None:
     """The body length a request announced; None when it has none (or an unreadable one)."""
     text = environ.get("CONTENT_LENGTH")
     if not text:

@@ -39,7 +39,8 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any
+from collections.abc import Callable
 
 from . import guard, previews
 from .config import resolve
@@ -51,10 +52,10 @@ from .views import ViewLayer, from_model_uri, prediction_view
 __all__ = ["MonitorDjangoMiddleware", "prediction", "set_reference"]
 
 #: (model_name, model_version) of the views marked with @prediction, and the references set
-_declared_models: List[Tuple[Any, Any]] = []
-_declared_references: List[Tuple[str, Any]] = []
+_declared_models: list[tuple[Any, Any]] = []
+_declared_references: list[tuple[str, Any]] = []
 #: the recorders these declarations were applied to (both ways of use), weakly
-_recorders: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
+_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 _lock = threading.Lock()
 MAX_ROUTE = 256
 
@@ -106,7 +107,7 @@ class MonitorDjangoMiddleware:
                                  tracer_provider=tracer_provider, log_stream=log_stream,
                                  route_from_app=True)
         _adopt(self.recorder)
-        self._last_outer: Optional[Recorder] = None
+        self._last_outer: Recorder | None = None
 
     def __call__(self, request: Any) -> Any:
         rec = request.META.get(ENVIRON_KEY)
@@ -186,7 +187,7 @@ class MonitorDjangoMiddleware:
         """The URL pattern is known: it is the route label."""
         rec = request.META.get(ENVIRON_KEY)
         if rec is None or rec.finished:
-            return None
+            return
         try:
             route = _label(request.resolver_match)
             gauge = rec.in_progress
@@ -196,7 +197,7 @@ class MonitorDjangoMiddleware:
             rec.recorder.route_known(rec, route)
         except Exception as exc:
             guard.report_fault("django", exc, rec.recorder)
-        return None
+        return
 
     def process_exception(self, request: Any, exception: BaseException) -> None:
         """Django is about to answer with its error page: keep the exception for the
@@ -204,7 +205,6 @@ class MonitorDjangoMiddleware:
         rec = request.META.get(ENVIRON_KEY)
         if rec is not None and not rec.finished:
             rec.exc = exception
-        return None
 
 
 def _finish_at_close(recorder: Recorder, rec: RequestRecord) -> None:
@@ -244,7 +244,7 @@ class DjangoViews(ViewLayer):
 
     component = "django"
 
-    def record_of(self, args: tuple) -> Optional[RequestRecord]:
+    def record_of(self, args: tuple) -> RequestRecord | None:
         meta = getattr(args[0], "META", None) if args else None
         return meta.get(ENVIRON_KEY) if meta is not None else None
 
@@ -255,9 +255,9 @@ class DjangoViews(ViewLayer):
 DJANGO_VIEWS = DjangoViews()
 
 
-def prediction(view: Optional[Callable] = None, *, model_name: Any = None,
+def prediction(view: Callable | None = None, *, model_name: Any = None,
                model_version: Any = None, reference: Any = None,
-               model_uri: Optional[str] = None) -> Any:
+               model_uri: str | None = None) -> Any:
     """Mark a Django view (``def`` or ``async def``) as a prediction endpoint (``@prediction``
     or with arguments), with the wrapper ``@monitor.prediction`` uses.
 

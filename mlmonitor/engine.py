@@ -26,7 +26,8 @@ import os
 import random
 import re
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable
 
 from opentelemetry import context as otel_context
 
@@ -52,7 +53,7 @@ __all__ = ["Recorder", "NOT_CHARGED"]
 #: model, wrong method): HTTP-only, never charged to a model's prediction or error families
 NOT_CHARGED = frozenset((401, 403, 404, 405))
 #: what :func:`mlmonitor.testing.capture` hands to the recorders created inside it
-_captures: List["Captured"] = []
+_captures: list[Captured] = []
 
 # fullmatch: "$" would also accept a trailing newline and echo it into a response header
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
@@ -60,7 +61,7 @@ _perf = time.perf_counter
 _now_ns = time.time_ns  # the span's start time: wall clock, not perf_counter
 _random_bits = random.getrandbits
 #: what :meth:`Recorder.enter` returns and :meth:`Recorder.leave` takes
-Tokens = Tuple[Any, Any]
+Tokens = tuple[Any, Any]
 
 
 class Recorder:
@@ -71,9 +72,9 @@ class Recorder:
     another instrumentation owns the server span now. Other keyword arguments are settings.
     """
 
-    def __init__(self, *, settings: Optional[Settings] = None, registry: Any = None,
-                 tracer_provider: Any = None, log_stream: Optional[TextIO] = None,
-                 route_from_app: bool = False, borrow_span: Optional[Callable[[], bool]] = None,
+    def __init__(self, *, settings: Settings | None = None, registry: Any = None,
+                 tracer_provider: Any = None, log_stream: TextIO | None = None,
+                 route_from_app: bool = False, borrow_span: Callable[[], bool] | None = None,
                  **options: Any) -> None:
         if _captures:  # inside mlmonitor.testing.capture(): its doubles, unless given here
             capture = _captures[-1]
@@ -86,16 +87,16 @@ class Recorder:
         self.borrow_span = borrow_span
         #: a framework layer's step once a prediction view's model is known (Flask: adopt
         #: FlaskInstrumentor's span); called by the prediction wrapper, faults counted there
-        self.prediction_hook: Optional[Callable[[RequestRecord], None]] = None
+        self.prediction_hook: Callable[[RequestRecord], None] | None = None
         #: model name -> reference profile; the metrics sink reads it at each use
         self.references: dict = {}
         # sinks are built here so that a bad setting fails at start-up, not in a request; each
         # is imported only when on (start-up cost, -X importtime: logs ~135 ms with structlog,
         # metrics ~60 ms with prometheus-client, traces ~33 ms)
-        self.metrics: Optional[MetricsSink] = None
-        self.logs: Optional[LogSink] = None
-        self.traces: Optional[TraceSink] = None
-        self.endpoint: Optional[MetricsEndpoint] = None
+        self.metrics: MetricsSink | None = None
+        self.logs: LogSink | None = None
+        self.traces: TraceSink | None = None
+        self.endpoint: MetricsEndpoint | None = None
         if s.metrics:
             from .exposition import MetricsEndpoint  # start-up cost, see above
             from .metrics import MetricsSink  # start-up cost, see above
@@ -229,7 +230,7 @@ class Recorder:
         except Exception:
             return False
 
-    def match_template(self, path: str) -> Optional[RouteTemplate]:
+    def match_template(self, path: str) -> RouteTemplate | None:
         """The first configured template matching ``path``."""
         return self.route_table.match_template(path)
 
@@ -240,7 +241,7 @@ class Recorder:
         if self.metrics is not None:
             self.metrics.start(rec)
 
-    def begin_prediction(self, rec: RequestRecord, model_name: Optional[str],
+    def begin_prediction(self, rec: RequestRecord, model_name: str | None,
                          model_version: Any) -> None:
         """The request is a prediction of a model (None: the default one); a callable version
         is called now, with no arguments (views call theirs with the view's arguments first)."""

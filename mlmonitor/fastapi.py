@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from .asgi import MonitorASGIMiddleware
 from .config import resolve
@@ -86,7 +86,7 @@ class RouteTemplates:
         #: bytes the cache holds, as counted when adding (at most ``_CACHE_BYTES``)
         self.size = 0
 
-    def __call__(self, scope: dict) -> Optional[str]:
+    def __call__(self, scope: dict) -> str | None:
         method, path = scope.get("method"), scope.get("path")
         key = (method, path)
         cached = self.cache.get(key)
@@ -104,7 +104,7 @@ class RouteTemplates:
         return template
 
 
-def route_template(routes: Any, scope: dict) -> Optional[str]:
+def route_template(routes: Any, scope: dict) -> str | None:
     """The template of the first route matching ``scope`` in full (else of the first partial
     match: a wrong method), mounted routers followed with their prefix."""
     from starlette.routing import Match, Mount  # optional dependency: this module imports none
@@ -116,7 +116,7 @@ def route_template(routes: Any, scope: dict) -> Optional[str]:
         if isinstance(route, Mount):
             inner_routes = route.routes
             if not inner_routes:  # a mounted app without routes (static files, a sub-app)
-                template: Optional[str] = route.path
+                template: str | None = route.path
             else:
                 inner = route_template(inner_routes, {**scope, **child_scope})
                 template = route.path + inner if inner is not None else None

@@ -18,7 +18,7 @@ see the README's configuration table.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from flask import Flask, after_this_request, current_app, has_app_context, request
 
@@ -76,10 +76,10 @@ def attach(app: Flask, options: dict) -> Recorder:
     return recorder
 
 
-def current_recorder() -> Optional[Recorder]:
+def current_recorder() -> Recorder | None:
     """The recorder of the current Flask app, if there is one and it is monitored."""
     if has_app_context():
-        recorder: Optional[Recorder] = current_app.extensions.get(EXTENSION_KEY)
+        recorder: Recorder | None = current_app.extensions.get(EXTENSION_KEY)
         return recorder
     return None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any, List, Optional, Protocol
+from typing import Any, Protocol
 
 from .record import RECORD_VAR
 
@@ -34,7 +34,7 @@ class FaultCounter(Protocol):
 
 #: faults seen in this process, by component; tests read it to prove no hidden faults.
 fault_counts: dict = {}
-_owners: List["weakref.ref[FaultCounter]"] = []
+_owners: list[weakref.ref[FaultCounter]] = []
 _lock = threading.Lock()
 
 
@@ -47,11 +47,11 @@ class guarded:
 
     __slots__ = ("component", "owner")
 
-    def __init__(self, component: str, owner: Optional[FaultCounter] = None) -> None:
+    def __init__(self, component: str, owner: FaultCounter | None = None) -> None:
         self.component = component
         self.owner = owner
 
-    def __enter__(self) -> "guarded":
+    def __enter__(self) -> guarded:
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
@@ -73,7 +73,7 @@ def has_owners() -> bool:
     return any(ref() is not None for ref in _owners)
 
 
-def _default_owner() -> Optional[FaultCounter]:
+def _default_owner() -> FaultCounter | None:
     rec = RECORD_VAR.get()
     if rec is not None and rec.recorder is not None:
         return rec.recorder
@@ -88,8 +88,8 @@ def total_faults() -> int:
     return sum(fault_counts.values())
 
 
-def report_fault(component: str, exc: Optional[BaseException] = None,
-                 owner: Optional[FaultCounter] = None) -> None:
+def report_fault(component: str, exc: BaseException | None = None,
+                 owner: FaultCounter | None = None) -> None:
     """Record one internal fault; never raises."""
     try:
         with _lock:
@@ -105,7 +105,7 @@ def report_fault(component: str, exc: Optional[BaseException] = None,
         pass
 
 
-def _safe_str(exc: Optional[BaseException]) -> str:
+def _safe_str(exc: BaseException | None) -> str:
     try:
         return str(exc)[:300]
     except Exception:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 __all__ = ["LINEAGE_OK", "lineage", "register_lineage", "parse_model_uri", "resolve_model_uri",
            "apply_model_uri", "mlflow_client"]
@@ -21,7 +21,7 @@ __all__ = ["LINEAGE_OK", "lineage", "register_lineage", "parse_model_uri", "reso
 LINEAGE_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
 #: (model name, version) -> (run id, model id): labels of mlmonitor_model_info, span
 #: attributes and log fields; bounded by the models this process declares
-_LINEAGE: Dict[Tuple[str, str], Tuple[str, str]] = {}
+_LINEAGE: dict[tuple[str, str], tuple[str, str]] = {}
 _lock = threading.Lock()
 _NAME = r"[^/@]{1,128}"
 _MODELS = re.compile(rf"models:/({_NAME})(?:/([^/@]{{1,128}})|@([A-Za-z0-9_-]{{1,64}}))/?")
@@ -29,14 +29,14 @@ _LOGGED = re.compile(r"models:/(m-[0-9a-f]{1,64})/?")
 _RUNS = re.compile(r"runs:/([0-9a-zA-Z_-]{1,64})(?:/.*)?")
 
 
-def register_lineage(name: str, version: str, run_id: Optional[str], model_id: Optional[str]) -> None:
+def register_lineage(name: str, version: str, run_id: str | None, model_id: str | None) -> None:
     """Remember a served version's lineage (start-up only)."""
     if run_id or model_id:
         with _lock:
             _LINEAGE[(name, version)] = (_clean(run_id), _clean(model_id))
 
 
-def lineage(name: str, version: str) -> Tuple[str, str]:
+def lineage(name: str, version: str) -> tuple[str, str]:
     """``(run_id, model_id)`` of a served version, ``("", "")`` when unknown."""
     found = _LINEAGE.get((name, version))
     if found is None and _LINEAGE:  # a runs:/ URI without a version: any version of the name
@@ -49,9 +49,9 @@ def _clean(value: Any) -> str:
     return text if LINEAGE_OK(text) else ""
 
 
-def parse_model_uri(uri: str) -> Dict[str, Optional[str]]:
+def parse_model_uri(uri: str) -> dict[str, str | None]:
     """The parts of an MLflow model URI; ValueError when it is none of the known forms."""
-    parts: Dict[str, Optional[str]] = dict(name=None, version=None, alias=None, run_id=None,
+    parts: dict[str, str | None] = dict(name=None, version=None, alias=None, run_id=None,
                                            model_id=None)
     match = _LOGGED.fullmatch(uri)
     if match:
@@ -80,7 +80,7 @@ def mlflow_client() -> Any:
     return MlflowClient()
 
 
-def resolve_model_uri(uri: str) -> Dict[str, Optional[str]]:
+def resolve_model_uri(uri: str) -> dict[str, str | None]:
     """Name, version, run id and model id of ``uri``; an alias is resolved now with MLflow's
     client (ValueError when the registry cannot be reached); for a numbered version the
     run and model ids come from the registry when it answers, else stay unknown."""

@@ -153,18 +153,17 @@ class LogSink:
             rec.status_code, rec.duration * 1000.0, _json_string(rec.request_id),
             rec.trace_id, rec.span_id)
         if rec.is_prediction:
-            text = '%s,"model_name":%s,"model_version":%s' % (
-                text, _json_string(rec.model_name), _json_string(rec.model_version))
+            text = f'{text},"model_name":{_json_string(rec.model_name)},"model_version":{_json_string(rec.model_version)}'
             run_id, model_id = lineage(rec.model_name, rec.model_version)
             if run_id or model_id:  # ids checked at start-up: [A-Za-z0-9_.-], no escaping
-                text = '%s,"model_run_id":"%s","model_id":"%s"' % (text, run_id, model_id)
+                text = f'{text},"model_run_id":"{run_id}","model_id":"{model_id}"'
             if rec.stages:
                 totals, counts = stage_totals(rec.stages)
-                text = '%s,"stages_ms":{%s}' % (text, ",".join(
-                    "%s:%.3f" % (_json_string(name), seconds * 1000.0)
+                text = '{},"stages_ms":{{{}}}'.format(text, ",".join(
+                    f"{_json_string(name)}:{seconds * 1000.0:.3f}"
                     for name, seconds in totals.items()))
                 if counts:
-                    text = '%s,"stage_counts":{%s}' % (text, ",".join(
+                    text = '{},"stage_counts":{{{}}}'.format(text, ",".join(
                         "%s:%d" % (_json_string(name), count) for name, count in counts.items()))
         text += "}"
         return valid_utf8(text) if "\\ud" in text else text

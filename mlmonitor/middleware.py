@@ -16,7 +16,8 @@ Which requests are charged to a model, and how: see :mod:`mlmonitor.engine`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, TextIO
+from typing import Any, TextIO
+from collections.abc import Callable, Iterable
 
 from . import guard
 from .body import MonitoredBody, StreamedBody
@@ -41,10 +42,10 @@ class MonitorMiddleware:
     underneath (its settings, sinks, references and feedback).
     """
 
-    def __init__(self, app: Callable, *, settings: Optional[Settings] = None,
+    def __init__(self, app: Callable, *, settings: Settings | None = None,
                  registry: Any = None, tracer_provider: Any = None,
-                 log_stream: Optional[TextIO] = None, route_from_app: bool = False,
-                 borrow_span: Optional[Callable[[], bool]] = None, **options: Any) -> None:
+                 log_stream: TextIO | None = None, route_from_app: bool = False,
+                 borrow_span: Callable[[], bool] | None = None, **options: Any) -> None:
         self.app = app
         self.recorder = Recorder(settings=settings, registry=registry,
                                  tracer_provider=tracer_provider, log_stream=log_stream,

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 from opentelemetry import trace
 
@@ -35,7 +35,7 @@ def headers_name_mlflow() -> bool:
     return False
 
 
-def _header_experiment_id() -> Optional[str]:
+def _header_experiment_id() -> str | None:
     for variable in ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"):
         for member in os.environ.get(variable, "").split(","):
             key, _, value = member.partition("=")
@@ -64,7 +64,7 @@ def enabled_before_fork() -> bool:
 MIN_CONNECTED = (3, 7)
 
 
-def _installed_version() -> Optional[str]:
+def _installed_version() -> str | None:
     """MLflow's version from its distribution (full, skinny or tracing-only), not importing it."""
     from importlib import metadata  # start-up cost (~9 ms): only the connected mode asks
     for dist in ("mlflow-skinny", "mlflow", "mlflow-tracing"):
@@ -75,7 +75,7 @@ def _installed_version() -> Optional[str]:
     return None
 
 
-def _check_version(version: Optional[str]) -> None:
+def _check_version(version: str | None) -> None:
     """ConfigError naming the installed MLflow when it is older than the connected mode needs."""
     parts = tuple(int(p) for p in re.findall(r"\d+", version or "")[:2])
     if version is not None and parts < MIN_CONNECTED:
@@ -83,7 +83,7 @@ def _check_version(version: Optional[str]) -> None:
                           f"(installed: {version}): pip install 'mlmonitor-serving[mlflow]'")
 
 
-def enable(experiment_id: Optional[str] = None, required: bool = True) -> Any:
+def enable(experiment_id: str | None = None, required: bool = True) -> Any:
     """Connected mode: ``@mlflow.trace`` spans join mlmonitor's server span, one trace.
 
     Call at start-up in each process that serves requests (``Monitor(app, mlflow=True)`` does,

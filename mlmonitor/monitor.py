@@ -22,7 +22,8 @@ Example::
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any
+from collections.abc import Callable
 
 from . import context, fastapi, flask
 from .engine import Recorder
@@ -41,9 +42,9 @@ class Monitor:
 
     def __init__(self, app: Any = None, **options: Any) -> None:
         self.options = options
-        self._view_references: List[Tuple[str, Any]] = []
-        self._view_models: List[Tuple[Any, Any]] = []
-        self._recorders: List[Recorder] = []
+        self._view_references: list[tuple[str, Any]] = []
+        self._view_models: list[tuple[Any, Any]] = []
+        self._recorders: list[Recorder] = []
         if app is not None:
             self.init_app(app)
 
@@ -63,9 +64,9 @@ class Monitor:
             recorder.declare_model(model_name, model_version)
         self._recorders.append(recorder)
 
-    def prediction(self, view: Optional[Callable] = None, *, model_name: Any = None,
+    def prediction(self, view: Callable | None = None, *, model_name: Any = None,
                    model_version: Any = None, reference: Any = None,
-                   model_uri: Optional[str] = None) -> Any:
+                   model_uri: str | None = None) -> Any:
         """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
 
         ``model_name`` and ``model_version`` may be callables, called per request with the

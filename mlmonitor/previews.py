@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Tuple, Type
+from typing import Any
+from collections.abc import Callable
 
 from .record import RequestRecord
 from .redact import MAX_DEPTH, Redactor, safe_text
@@ -59,7 +60,7 @@ def json_within(data: Any) -> Any:
 
 
 def read_json(read: Callable[[int], Any],
-              failures: Tuple[Type[BaseException], ...] = (OSError,)) -> Any:
+              failures: tuple[type[BaseException], ...] = (OSError,)) -> Any:
     """The one bounded read of a request body: at most :data:`MAX_IO_BYTES` + 1 bytes with
     ``read(n)``, parsed by :func:`json_within` (so a longer body gives None). A read failing
     with one of ``failures`` (the client went away, the framework's size limit) gives None."""
@@ -70,7 +71,7 @@ def read_json(read: Callable[[int], Any],
     return json_within(data)
 
 
-def preview(redactor: Redactor, value: Any) -> Optional[str]:
+def preview(redactor: Redactor, value: Any) -> str | None:
     """``value`` as JSON text of at most :data:`PREVIEW_CHARS`, secret fields redacted as in
     logs; a cut one becomes a JSON string of its head, so MLflow still parses it. None when the
     value cannot be shown redacted: never the raw text of unredacted data. (The trace sink

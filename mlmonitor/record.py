@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any
 
 from .contract import CLIENT_CLOSED, HTTP_5XX, INVALID_INPUT, OTHER, UNMATCHED_ROUTE
 
@@ -29,11 +29,11 @@ MAX_TAGS = 32
 
 #: the record of the request served in this context: set by the engine (``Recorder.enter``) and
 #: the streamed body, read by the in-request helpers and the framework layers
-RECORD_VAR: contextvars.ContextVar[Optional["RequestRecord"]] = contextvars.ContextVar(
+RECORD_VAR: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
     "mlmonitor_request", default=None)
 
 
-def current_record() -> Optional["RecordView"]:
+def current_record() -> RecordView | None:
     """A read-only view of the request being served in this context, or None outside one.
 
     The view reads the live record (a tag added later shows), but cannot change it: use
@@ -48,13 +48,13 @@ def current_record() -> Optional["RecordView"]:
     return view
 
 
-def request_id() -> Optional[str]:
+def request_id() -> str | None:
     """The id of the request being served (its ``X-Request-ID``), or None outside one."""
     rec = RECORD_VAR.get()
     return rec.request_id or None if rec is not None else None
 
 
-def trace_id() -> Optional[str]:
+def trace_id() -> str | None:
     """The trace id of the request being served (32 hex digits), or None outside one or when
     it has no trace."""
     rec = RECORD_VAR.get()
@@ -68,25 +68,51 @@ class RequestRecord:
     references), which the in-request helpers and the framework layers report to."""
 
     __slots__ = (
-        "start", "start_ns", "duration", "method", "path", "query", "route", "status_code",
-        "request_id", "trace_id", "span_id", "span", "sampled", "own_span",
-        "is_prediction", "model_name", "model_version", "prediction_seconds", "stages",
-        "exc", "error_type", "tags", "observations", "environ", "recorder", "finished",
-        "in_progress", "error_detail", "first_chunk", "view", "gone_at",
+        "duration",
+        "environ",
+        "error_detail",
+        "error_type",
+        "exc",
+        "finished",
+        "first_chunk",
+        "gone_at",
+        "in_progress",
+        "is_prediction",
+        "method",
+        "model_name",
+        "model_version",
+        "observations",
+        "own_span",
+        "path",
+        "prediction_seconds",
+        "query",
+        "recorder",
+        "request_id",
+        "route",
+        "sampled",
+        "span",
+        "span_id",
+        "stages",
+        "start",
+        "start_ns",
+        "status_code",
+        "tags",
+        "trace_id",
+        "view",
     )
 
     def __init__(self, environ: dict, method: str, start: float, start_ns: int,
-                 recorder: Optional["Recorder"] = None) -> None:
+                 recorder: Recorder | None = None) -> None:
         self.environ = environ
         # None only for a record handed to a sink directly (a sink's own tests)
-        self.recorder: "Recorder" = recorder  # type: ignore[assignment]
+        self.recorder: Recorder = recorder  # type: ignore[assignment]
         self.method = method
         self.start = start
         self.start_ns = start_ns
         self.duration = 0.0
         self.path = environ.get("PATH_INFO", "") or "/"
         self.query = environ.get("QUERY_STRING", "")
-        self.route: Optional[str] = None
+        self.route: str | None = None
         self.status_code = 0
         self.request_id = ""
         self.trace_id = ""
@@ -97,20 +123,20 @@ class RequestRecord:
         self.is_prediction = False
         self.model_name = ""
         self.model_version = ""
-        self.prediction_seconds: Optional[float] = None
-        self.stages: List[Tuple[str, float]] = []
-        self.exc: Optional[BaseException] = None
-        self.error_type: Optional[str] = None
-        self.tags: Dict[str, Any] = {}
-        self.observations: List[Any] = []
+        self.prediction_seconds: float | None = None
+        self.stages: list[tuple[str, float]] = []
+        self.exc: BaseException | None = None
+        self.error_type: str | None = None
+        self.tags: dict[str, Any] = {}
+        self.observations: list[Any] = []
         self.finished = False
         self.in_progress: Any = None
-        self.error_detail: Optional[Tuple[str, str]] = None
+        self.error_detail: tuple[str, str] | None = None
         #: a streamed response: seconds from the start to its first non-empty chunk
-        self.first_chunk: Optional[float] = None
-        self.view: Optional["RecordView"] = None
+        self.first_chunk: float | None = None
+        self.view: RecordView | None = None
         #: the client went away: the status chosen by then (0: none yet); None: it did not
-        self.gone_at: Optional[int] = None
+        self.gone_at: int | None = None
 
 
 class RecordView:
@@ -147,11 +173,11 @@ class RecordView:
         return f"<RecordView {self.method} {self.path} request_id={self.request_id!r}>"
 
 
-def stage_totals(stages: List[Tuple[str, float]]) -> Tuple[Dict[str, float], Dict[str, int]]:
+def stage_totals(stages: list[tuple[str, float]]) -> tuple[dict[str, float], dict[str, int]]:
     """Each stage's seconds summed over its blocks (in first-entered order), and how many blocks
     the repeated ones had: what the stage histogram holds, for the log line and the span."""
-    totals: Dict[str, float] = {}
-    counts: Dict[str, int] = {}
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for name, seconds in stages:
         if name in totals:
             totals[name] += seconds
@@ -161,7 +187,7 @@ def stage_totals(stages: List[Tuple[str, float]]) -> Tuple[Dict[str, float], Dic
     return totals, counts
 
 
-def error_type_of(rec: RequestRecord) -> Optional[str]:
+def error_type_of(rec: RequestRecord) -> str | None:
     """The ``error_type`` of a finished request: the exception class, ``http_5xx``, or
     ``invalid_input`` for a 4xx charged to a model (as ``prediction_errors_total`` counts it);
     None for a success and for a 4xx no model answered (a 401, a 404, a route that is no

@@ -6,7 +6,8 @@ request's path against them; both import this module, which imports nothing of m
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Union
+from collections.abc import Iterable
 
 __all__ = ["RouteTemplate", "RouteTable", "is_template", "MAX_TEMPLATE_PATH"]
 
@@ -15,7 +16,7 @@ MAX_TEMPLATE_PATH = 2048
 _PLACEHOLDER = re.compile(r"<(?:([A-Za-z_][A-Za-z0-9_]*):)?([A-Za-z_][A-Za-z0-9_]*)>"
                           r"|\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]*))?\}")
 #: one segment of a template: its literal text, or (prefix, suffix, digits only)
-Segment = Union[str, Tuple[str, str, bool]]
+Segment = Union[str, tuple[str, str, bool]]
 
 
 def is_template(path: str) -> bool:
@@ -32,12 +33,12 @@ class RouteTemplate:
     ASCII digits only). The work is one comparison per segment: bounded, no backtracking.
     """
 
-    __slots__ = ("template", "segments", "prediction")
+    __slots__ = ("prediction", "segments", "template")
 
     def __init__(self, template: str, prediction: bool = False) -> None:
         self.template = template
         self.prediction = prediction
-        self.segments: List[Segment] = []
+        self.segments: list[Segment] = []
         for part in template.split("/")[1:]:
             found = list(_PLACEHOLDER.finditer(part))
             rest = _PLACEHOLDER.sub("", part)
@@ -56,7 +57,7 @@ class RouteTemplate:
                                  "a template matches one segment per placeholder")
             self.segments.append((part[:match.start()], part[match.end():], converter == "int"))
 
-    def matches(self, parts: List[str]) -> bool:
+    def matches(self, parts: list[str]) -> bool:
         """``parts``: the request path split on ``/`` (after the leading one), same length."""
         for want, got in zip(self.segments, parts):
             if isinstance(want, str):
@@ -77,14 +78,14 @@ class RouteTemplate:
 class RouteTable:
     """The configured paths of one app: exact ones looked up in a set, templates by length."""
 
-    __slots__ = ("prediction_paths", "known", "templates", "max_segments")
+    __slots__ = ("known", "max_segments", "prediction_paths", "templates")
 
     def __init__(self, prediction_paths: Iterable[str], routes: Iterable[str]) -> None:
         prediction_paths, routes = tuple(prediction_paths), tuple(routes)
         self.prediction_paths = frozenset(p for p in prediction_paths if not is_template(p))
         self.known = frozenset(p for p in routes if not is_template(p)) | self.prediction_paths
         #: segment count -> templates of that length, prediction paths first, in the order given
-        self.templates: Dict[int, List[RouteTemplate]] = {}
+        self.templates: dict[int, list[RouteTemplate]] = {}
         for path, prediction in [(p, True) for p in prediction_paths] + \
                 [(p, False) for p in routes]:
             if is_template(path):
@@ -92,7 +93,7 @@ class RouteTable:
                 self.templates.setdefault(len(template.segments), []).append(template)
         self.max_segments = max(self.templates, default=0)
 
-    def match_template(self, path: str) -> Optional[RouteTemplate]:
+    def match_template(self, path: str) -> RouteTemplate | None:
         """The first template matching ``path`` (exact paths are looked up before this)."""
         if len(path) > MAX_TEMPLATE_PATH or path.count("/") > self.max_segments:
             return None

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any
+from collections.abc import Callable
 
 from . import context, guard, previews
 from .config import ConfigError
@@ -34,7 +35,7 @@ class ViewLayer:
     #: the ``component`` of a fault while a prediction begins
     component = "prediction"
 
-    def record_of(self, args: tuple) -> Optional[RequestRecord]:
+    def record_of(self, args: tuple) -> RequestRecord | None:
         """The request's record (None: not a request mlmonitor serves)."""
         return RECORD_VAR.get()
 
@@ -63,7 +64,6 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
                     layer: ViewLayer = VIEWS) -> Callable:
     """``view`` wrapped so that each call is a prediction of the model; sync or async alike.
     Its exceptions pass through untouched (the framework's error handling answers them)."""
-
     dynamic = callable(model_name) or callable(model_version)
     # the default layer finds the record in the context variable: no call per request
     record_of = None if type(layer) is ViewLayer else layer.record_of
@@ -158,7 +158,7 @@ def _with_signature(wrapper: Callable, view: Callable) -> Callable:
     return wrapper
 
 
-def from_model_uri(uri: str, model_name: Any, model_version: Any) -> Tuple[Any, Any]:
+def from_model_uri(uri: str, model_name: Any, model_version: Any) -> tuple[Any, Any]:
     """Name and version of ``@prediction(model_uri=...)``; its lineage registered."""
     try:
         parts = resolve_model_uri(uri)

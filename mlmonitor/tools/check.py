@@ -29,13 +29,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from .. import contract as c
-from ..reference import ReferenceProfile, min_rows
+from mlmonitor import contract as c
+from mlmonitor.reference import ReferenceProfile, min_rows
 from . import rules as rendering
 
 __all__ = ["Finding", "Scrape", "Rules", "run", "add_cli",
@@ -69,11 +70,11 @@ class Finding:
 class Scrape:
     """The samples of one scrape, by sample name (``..._bucket``, ``..._total``): label dicts and values."""
 
-    samples: Dict[str, List[Tuple[Dict[str, str], float]]] = field(default_factory=dict)
+    samples: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
     exemplars: int = 0
 
     @classmethod
-    def from_text(cls, text: str, openmetrics: str = "") -> "Scrape":
+    def from_text(cls, text: str, openmetrics: str = "") -> Scrape:
         scrape = cls()
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -82,23 +83,23 @@ class Scrape:
             scrape.exemplars = sum(s.exemplar is not None for f in om_families(openmetrics) for s in f.samples)
         return scrape
 
-    def get(self, name: str) -> List[Tuple[Dict[str, str], float]]:
+    def get(self, name: str) -> list[tuple[dict[str, str], float]]:
         return self.samples.get(name, [])
 
-    def bounds(self, histogram: str) -> Set[str]:
+    def bounds(self, histogram: str) -> set[str]:
         """The ``le`` values of a histogram's buckets, as the app writes them."""
         return {labels.get("le", "") for labels, _ in self.get(histogram + "_bucket")}
 
     def total(self, name: str, **labels: str) -> float:
         return sum(v for got, v in self.get(name) if all(got.get(k) == w for k, w in labels.items()))
 
-    def versions(self, *names: str) -> Set[Tuple[str, str]]:
+    def versions(self, *names: str) -> set[tuple[str, str]]:
         """(model_name, model_version) pairs with a series in any of ``names``, ``other`` left out."""
         return {(labels[c.MODEL_NAME], labels[c.MODEL_VERSION]) for name in names for labels, _ in self.get(name)
                 if c.MODEL_NAME in labels and c.OTHER not in (labels[c.MODEL_NAME], labels.get(c.MODEL_VERSION))}
 
 
-def _auth_header(token: Optional[str], basic: Optional[str]) -> Dict[str, str]:
+def _auth_header(token: str | None, basic: str | None) -> dict[str, str]:
     if token:
         return {"Authorization": f"Bearer {token}"}
     if basic:
@@ -106,7 +107,7 @@ def _auth_header(token: Optional[str], basic: Optional[str]) -> Dict[str, str]:
     return {}
 
 
-def _get(url: str, headers: Dict[str, str], timeout: float) -> str:
+def _get(url: str, headers: dict[str, str], timeout: float) -> str:
     request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip", **headers})
     with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (the user's own URL)
         body: bytes = resp.read()
@@ -133,10 +134,10 @@ _ABOVE = re.compile(r"\s*>=?\s*" + _NUMBER)
 _RECORD_ABOVE = re.compile(r"(?<![\w:])[A-Za-z_]+:([A-Za-z_][A-Za-z0-9_]*):([a-z]+)[0-9_smhdw]*(?![\w:])"
                            r"(?:\{[^{}]*\})?\s*>=?\s*" + _NUMBER)
 
-Matcher = Tuple[str, str, str]
+Matcher = tuple[str, str, str]
 
 
-def _matchers(text: str) -> Tuple[Matcher, ...]:
+def _matchers(text: str) -> tuple[Matcher, ...]:
     return tuple((m.group(1), m.group(2), _unquote(m.group(3))) for m in _MATCHER.finditer(text))
 
 
@@ -147,10 +148,10 @@ def _unquote(text: str) -> str:
         return text
 
 
-def _rule_exprs(text: str) -> List[str]:
+def _rule_exprs(text: str) -> list[str]:
     """Every ``expr`` of a rule file or PrometheusRule manifest as ``alerts render`` writes them:
     quoted on its line, or a ``|-`` block below it."""
-    out: List[str] = []
+    out: list[str] = []
     lines = text.splitlines()
     for i, line in enumerate(lines):
         key, _, value = line.strip().lstrip("- ").partition(":")
@@ -172,7 +173,7 @@ def _rule_exprs(text: str) -> List[str]:
     return out
 
 
-def _quantiles_above(expr: str) -> Iterator[Tuple[str, float]]:
+def _quantiles_above(expr: str) -> Iterator[tuple[str, float]]:
     """(histogram, N) of every ``histogram_quantile(q, ... metric_bucket ...) > N`` in ``expr``."""
     start = expr.find("histogram_quantile(")
     while start >= 0:
@@ -193,18 +194,18 @@ class Rules:
     """What one rendered rule file asks of the app: its selector, bucket bounds and quantile thresholds."""
 
     source: str
-    selector: Tuple[Matcher, ...] = ()
+    selector: tuple[Matcher, ...] = ()
     #: (histogram, le exactly as written) of every ``le="..."`` matcher
-    bounds: Set[Tuple[str, str]] = field(default_factory=set)
+    bounds: set[tuple[str, str]] = field(default_factory=set)
     #: (histogram, threshold) compared with a quantile of that histogram
-    quantiles: Set[Tuple[str, float]] = field(default_factory=set)
+    quantiles: set[tuple[str, float]] = field(default_factory=set)
     #: thresholds compared with a PSI recording rule
-    psi: Set[float] = field(default_factory=set)
+    psi: set[float] = field(default_factory=set)
 
     @classmethod
-    def from_text(cls, text: str, source: str) -> "Rules":
+    def from_text(cls, text: str, source: str) -> Rules:
         rules = cls(source)
-        common: Optional[Set[Matcher]] = None
+        common: set[Matcher] | None = None
         for expr in _rule_exprs(text):
             for metric, op, number in _RECORD_ABOVE.findall(expr):
                 if op == "p":  # level:metric:p99_5m, a quantile
@@ -225,9 +226,9 @@ class Rules:
         return rules
 
     def selector_text(self) -> str:
-        return "{" + ", ".join(f'{k}{op}{json.dumps(v)}' for k, op, v in self.selector) + "}"
+        return "{" + ", ".join(f"{k}{op}{json.dumps(v)}" for k, op, v in self.selector) + "}"
 
-    def matches(self, labels: Dict[str, str]) -> bool:
+    def matches(self, labels: dict[str, str]) -> bool:
         """Whether a series with ``labels`` passes every matcher (regexes anchored, as in PromQL);
         with ``job`` alone known, only the matchers on ``job``."""
         only_job = set(labels) == {c.JOB}
@@ -247,7 +248,7 @@ def default_rules() -> Rules:
 
 # -- the checks ----------------------------------------------------------------------------------
 
-def check_buckets(scrape: Scrape, rules: Rules) -> List[Finding]:
+def check_buckets(scrape: Scrape, rules: Rules) -> list[Finding]:
     """Every ``le`` the rules select must be one of the app's bucket bounds, spelt the same: a
     matcher on a bound the app lacks selects nothing, so the slow-ratio rules give no series and
     the latency SLO alerts never fire. A quantile threshold off the bounds is interpolated. A
@@ -262,13 +263,13 @@ def check_buckets(scrape: Scrape, rules: Rules) -> List[Finding]:
                 found.append(Finding(NOTE, "buckets", f"{histogram} has no series yet (nothing observed):"
                                                       " its buckets are not checked"))
             continue
-        bounds = sorted((float(b) for b in have if b != "+Inf"))
+        bounds = sorted(float(b) for b in have if b != "+Inf")
         shown = ",".join(_num(b) for b in bounds)
         for _, le in sorted(b for b in rules.bounds if b[0] == histogram):
             if le in have:
                 continue
             same = [b for b in have if b != "+Inf" and _same_number(b, le)]
-            fix = (f"the app writes it le=\"{same[0]}\" and Prometheus compares le as text; render the"
+            fix = (f'the app writes it le="{same[0]}" and Prometheus compares le as text; render the'
                    " rules with mlmonitor alerts render" if same else
                    f"render with --buckets {shown} and a threshold among them, or add {le} to MLMONITOR_BUCKETS")
             found.append(Finding(ERROR, "buckets", f'{rules.source} select {histogram}_bucket{{le="{le}"}},'
@@ -283,7 +284,7 @@ def check_buckets(scrape: Scrape, rules: Rules) -> List[Finding]:
     return found
 
 
-def check_job(rules: Sequence[Rules], target: Optional[Dict[str, str]], where: str) -> List[Finding]:
+def check_job(rules: Sequence[Rules], target: dict[str, str] | None, where: str) -> list[Finding]:
     """The rules judge only series their selector matches: a job name it does not match leaves
     every alert of this app silent (the dashboards' job variable still shows it).
 
@@ -301,7 +302,7 @@ def check_job(rules: Sequence[Rules], target: Optional[Dict[str, str]], where: s
                                   f" with --selector '{{job={job}}}'")]
 
 
-def check_references(scrape: Scrape) -> List[Finding]:
+def check_references(scrape: Scrape) -> list[Finding]:
     """A model version served without a reference has no drift panels and no drift alerts."""
     served = scrape.versions(c.MODEL_INFO, c.PREDICTIONS_TOTAL)
     referenced = scrape.versions(*_REFERENCE_FAMILIES)
@@ -322,7 +323,7 @@ def _rows_at_least(shares: Iterable[float]) -> int:
     return rows
 
 
-def _binned_parts(profile: Any) -> Iterator[Tuple[str, Dict[str, Any]]]:
+def _binned_parts(profile: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """(what, part) of every part of a reference that PSI compares: features, classes, outputs."""
     d = profile.to_dict()
     for item in d["features"]:
@@ -332,7 +333,7 @@ def _binned_parts(profile: Any) -> Iterator[Tuple[str, Dict[str, Any]]]:
             yield name, d[name]
 
 
-def check_reference_rows(scrape: Scrape, profiles: Dict[str, Any], psi_threshold: float) -> List[Finding]:
+def check_reference_rows(scrape: Scrape, profiles: dict[str, Any], psi_threshold: float) -> list[Finding]:
     """A reference of too few rows per bin makes PSI of unshifted traffic cross the threshold.
 
     The rows needed are :func:`mlmonitor.reference.min_rows` of the bins that hold reference
@@ -351,7 +352,7 @@ def check_reference_rows(scrape: Scrape, profiles: Dict[str, Any], psi_threshold
                                      " traffic fires the drift alerts"))
     if profiles:
         return found
-    shares: Dict[Tuple[str, ...], List[float]] = {}
+    shares: dict[tuple[str, ...], list[float]] = {}
     for family, group in ((c.FEATURE_REFERENCE_RATIO, c.FEATURE), (c.REFERENCE_CLASS_RATIO, ""),
                           (c.PREDICTION_REFERENCE_RATIO, "")):
         for labels, value in scrape.get(family):
@@ -367,7 +368,7 @@ def check_reference_rows(scrape: Scrape, profiles: Dict[str, Any], psi_threshold
     return found
 
 
-def check_feedback_secret(scrape: Scrape) -> List[Finding]:
+def check_feedback_secret(scrape: Scrape) -> list[Finding]:
     """Feedback refused as ``bad_signature`` means the worker or replica that answered did not
     know the secret that signed the id: accuracy counts only the feedback that happened to land
     where its prediction was made."""
@@ -381,12 +382,12 @@ def check_feedback_secret(scrape: Scrape) -> List[Finding]:
                                        " feedback; set the same secret on every replica")]
 
 
-def check_internal_errors(scrape: Scrape) -> List[Finding]:
-    """mlmonitor's own faults and dropped telemetry: every panel may be missing what they lost."""
+def check_internal_errors(scrape: Scrape) -> list[Finding]:
+    """Mlmonitor's own faults and dropped telemetry: every panel may be missing what they lost."""
     found = []
     for name, label, what in ((c.INTERNAL_ERRORS_TOTAL, c.COMPONENT, "internal errors"),
                               (c.TELEMETRY_DROPPED_TOTAL, c.SIGNAL, "telemetry dropped")):
-        by: Dict[str, float] = {}
+        by: dict[str, float] = {}
         for labels, value in scrape.get(name):
             by[labels.get(label, "")] = by.get(labels.get(label, ""), 0.0) + value
         parts = [f"{key} {_num(value)}" for key, value in sorted(by.items()) if value > 0]
@@ -396,7 +397,7 @@ def check_internal_errors(scrape: Scrape) -> List[Finding]:
     return found
 
 
-def check_exemplars(scrape: Scrape, features: Optional[Sequence[str]]) -> List[Finding]:
+def check_exemplars(scrape: Scrape, features: Sequence[str] | None) -> list[Finding]:
     """The latency panels ask for exemplars; Prometheus keeps those the app serves only with
     ``--enable-feature=exemplar-storage``. Said only when the app serves exemplars."""
     if not scrape.exemplars or features is None:
@@ -422,7 +423,7 @@ def _same_number(a: str, b: str) -> bool:
 # -- Prometheus ----------------------------------------------------------------------------------
 
 def _same_endpoint(a: str, b: str) -> bool:
-    def key(url: str) -> Tuple[str, str, int, str]:
+    def key(url: str) -> tuple[str, str, int, str]:
         parts = urllib.parse.urlsplit(url)
         host = (parts.hostname or "").lower()
         host = "127.0.0.1" if host in ("localhost", "::1") else host
@@ -430,7 +431,7 @@ def _same_endpoint(a: str, b: str) -> bool:
     return key(a) == key(b)
 
 
-def find_target(prometheus: str, url: str, timeout: float) -> Tuple[Optional[Dict[str, str]], List[Finding]]:
+def find_target(prometheus: str, url: str, timeout: float) -> tuple[dict[str, str] | None, list[Finding]]:
     """The labels of the target Prometheus scrapes at ``url`` (its series carry them), or a finding."""
     data = _get_json(prometheus.rstrip("/") + "/api/v1/targets?state=active", timeout)
     for target in data.get("activeTargets", []):
@@ -445,7 +446,7 @@ def find_target(prometheus: str, url: str, timeout: float) -> Tuple[Optional[Dic
                                            " Prometheus scrapes it: its targets page shows it)")]
 
 
-def prometheus_features(prometheus: str, timeout: float) -> List[str]:
+def prometheus_features(prometheus: str, timeout: float) -> list[str]:
     flags = _get_json(prometheus.rstrip("/") + "/api/v1/status/flags", timeout)
     return [f.strip() for f in str(flags.get("enable-feature", "")).split(",") if f.strip()]
 
@@ -467,9 +468,9 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
         return 1
     rule_sets = [Rules.from_text(_read(path), path) for path in args.rules] or [default_rules()]
     profiles = {path: _load_reference(path) for path in args.reference}
-    findings: List[Finding] = []
-    target: Optional[Dict[str, str]] = None
-    features: Optional[List[str]] = None
+    findings: list[Finding] = []
+    target: dict[str, str] | None = None
+    features: list[str] | None = None
     where = "--job"
     if args.prometheus:
         try:

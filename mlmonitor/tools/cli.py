@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
-from .. import __version__
-from ..reference import ReferenceProfile, too_few_rows
-from ..reference_format import MAX_FILE_BYTES, read_profile
+from mlmonitor import __version__
+from mlmonitor.reference import ReferenceProfile, too_few_rows
+from mlmonitor.reference_format import MAX_FILE_BYTES, read_profile
 from . import check, dashboards, rules
 from .profiling import profile_csv, summarize
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Callable, Sequence
 
-from ..contract import (
+from mlmonitor.contract import (
     ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COST_TOTAL, DRIFT_WINDOW, ERROR_TYPE, FEATURE_BIN_TOTAL,
     FEATURE_DRIFT, FEATURE_MISSING_TOTAL, FEEDBACK_TOTAL, GPU_MEMORY_TOTAL, GPU_MEMORY_USED,
     GPU_UTILIZATION, HTTP_REQUEST_DURATION_BUCKET, HTTP_REQUESTS_IN_PROGRESS, HTTP_REQUESTS_TOTAL,
@@ -37,8 +38,8 @@ from ..contract import (
     PROCESS_CPU_TOTAL, PROCESS_MEMORY, REFERENCE_ACCURACY_MAX, STAGE_DURATION_BUCKET,
     STAGE_DURATION_COUNT, STAGE_DURATION_SUM, TELEMETRY_DROPPED_TOTAL, TIME_TO_FIRST_CHUNK_BUCKET, TOKENS_TOTAL,
     VERSION_LABELS)
-from ..contract import (ABSOLUTE_ERROR_MEAN, FEATURE_UNKNOWN_TOTAL, FEEDBACK_ABSOLUTE_ERROR_BUCKET,
-                       OUTPUT_DRIFT, PREDICTION_BIN_TOTAL, REFERENCE_ABSOLUTE_ERROR_MAX)
+from mlmonitor.contract import (ABSOLUTE_ERROR_MEAN, FEATURE_UNKNOWN_TOTAL, FEEDBACK_ABSOLUTE_ERROR_BUCKET,
+                              OUTPUT_DRIFT, PREDICTION_BIN_TOTAL, REFERENCE_ABSOLUTE_ERROR_MAX)
 
 __all__ = ["DASHBOARDS", "render", "write", "stale"]
 
@@ -56,9 +57,9 @@ VERSION_A = f'{{{MODEL}, model_version="$version_a"}}'
 VERSION_B = f'{{{MODEL}, model_version="$version_b"}}'
 PSI_STEPS = [(None, "green"), (0.1, "yellow"), (0.2, "red")]
 
-Panel = Dict[str, Any]
+Panel = dict[str, Any]
 #: a threshold step: (the value it starts at, None for the base step; its colour)
-Step = Tuple[Optional[float], str]
+Step = tuple[float | None, str]
 
 
 # ---------------------------------------------------------------- PromQL pieces
@@ -109,7 +110,7 @@ FOR_REGRESSORS = (" Regression models only (a reference built with task regressi
                   " classifiers.")
 
 
-def mismatches(sel: str, legend: str, by: str = BY) -> List[Dict[str, Any]]:
+def mismatches(sel: str, legend: str, by: str = BY) -> list[dict[str, Any]]:
     """Feature values missing per feature, and feature names the reference does not know (item 3 of
     issue 16): 0, not a gap, while features are observed and nothing is missing or unknown."""
     binned = f"sum by ({by}, feature) ({rate(FEATURE_BIN_TOTAL, sel, 'increase')})"
@@ -129,23 +130,23 @@ MISMATCH_TEXT = ("Per rate interval: values of reference features that were abse
 # ---------------------------------------------------------------- panels
 
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False,
-           fmt: str = "time_series", exemplar: bool = False) -> Dict[str, Any]:
+           fmt: str = "time_series", exemplar: bool = False) -> dict[str, Any]:
     return {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend or "__auto",
             "range": not instant, "instant": instant, "format": fmt, "exemplar": exemplar,
             "editorMode": "code"}
 
 
-def thresholds(steps: Sequence[Step] = ((None, "green"),)) -> Dict[str, Any]:
+def thresholds(steps: Sequence[Step] = ((None, "green"),)) -> dict[str, Any]:
     return {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
 
 
-def panel(kind: str, title: str, description: str, unit: str, targets: List[Dict[str, Any]],
+def panel(kind: str, title: str, description: str, unit: str, targets: list[dict[str, Any]],
           w: int, h: int = 8, steps: Sequence[Step] = ((None, "green"),),
-          options: Optional[Dict[str, Any]] = None, custom: Optional[Dict[str, Any]] = None,
+          options: dict[str, Any] | None = None, custom: dict[str, Any] | None = None,
           no_value: str = "", **extra: Any) -> Panel:
     for i, t in enumerate(targets):
         t["refId"] = chr(ord("A") + i)
-    defaults: Dict[str, Any] = {"unit": unit, "thresholds": thresholds(steps),
+    defaults: dict[str, Any] = {"unit": unit, "thresholds": thresholds(steps),
                                 "color": {"mode": "palette-classic" if kind == "timeseries" else "thresholds"}}
     if custom:
         defaults["custom"] = custom
@@ -156,7 +157,7 @@ def panel(kind: str, title: str, description: str, unit: str, targets: List[Dict
             "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options or {}, **extra}
 
 
-def timeseries(title: str, description: str, unit: str, targets: List[Dict[str, Any]], w: int = 12,
+def timeseries(title: str, description: str, unit: str, targets: list[dict[str, Any]], w: int = 12,
                stack: bool = False, steps: Sequence[Step] = ((None, "green"),),
                threshold_lines: bool = False, no_value: str = "") -> Panel:
     custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 30 if stack else 10,
@@ -189,7 +190,7 @@ def table(title: str, description: str, unit: str, expr: str, w: int, h: int = 8
                  transformations=[organize])
 
 
-def bargauge(title: str, description: str, unit: str, targets: List[Dict[str, Any]], w: int = 12,
+def bargauge(title: str, description: str, unit: str, targets: list[dict[str, Any]], w: int = 12,
              h: int = 8, no_value: str = "") -> Panel:
     for t in targets:
         t.update(instant=True, range=False)
@@ -216,7 +217,7 @@ def row(title: str) -> Panel:
             "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0}}
 
 
-def layout(panels: List[Panel]) -> List[Panel]:
+def layout(panels: list[Panel]) -> list[Panel]:
     """Ids in order; panels placed left to right, a new line when 24 columns are full, rows full width."""
     x = y = bottom = 0
     for pid, p in enumerate(panels, start=1):
@@ -234,20 +235,20 @@ def layout(panels: List[Panel]) -> List[Panel]:
 
 # ---------------------------------------------------------------- variables
 
-def datasource_var() -> Dict[str, Any]:
+def datasource_var() -> dict[str, Any]:
     return {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
             "current": {}, "hide": 0, "refresh": 1, "regex": "", "multi": False, "includeAll": False,
             "options": []}
 
 
-def query_var(name: str, label: str, query: str, multi: bool = True, sort: int = 1) -> Dict[str, Any]:
+def query_var(name: str, label: str, query: str, multi: bool = True, sort: int = 1) -> dict[str, Any]:
     return {"type": "query", "name": name, "label": label, "datasource": DS, "definition": query,
             "query": {"query": query, "refId": f"PrometheusVariableQueryEditor-{name}"},
             "current": {}, "hide": 0, "refresh": 2, "regex": "", "sort": sort, "multi": multi,
             "includeAll": multi, "allValue": ".+" if multi else None, "options": []}
 
 
-def variables(canary: bool = False) -> List[Dict[str, Any]]:
+def variables(canary: bool = False) -> list[dict[str, Any]]:
     info = MODEL_INFO
     out = [datasource_var(),
            query_var("job", "Job", f"label_values({info}, job)"),
@@ -279,7 +280,7 @@ def scope(p: Panel) -> str:
     return SCOPE_ROUTE if "route" in exprs else SCOPE_JOB
 
 
-def dashboard(uid: str, title: str, description: str, panels: List[Panel], canary: bool = False) -> Dict[str, Any]:
+def dashboard(uid: str, title: str, description: str, panels: list[Panel], canary: bool = False) -> dict[str, Any]:
     kinds = sorted({p["type"] for p in panels if p["type"] != "row"})
     for p in panels:
         if p["type"] != "row":
@@ -317,7 +318,7 @@ def dashboard(uid: str, title: str, description: str, panels: List[Panel], canar
 
 # ---------------------------------------------------------------- the dashboards
 
-def overview() -> Dict[str, Any]:
+def overview() -> dict[str, Any]:
     pred = rate(PREDICTIONS_TOTAL, SEL)
     by_version = "{{model_name}} {{model_version}}"
     latency = PREDICTION_DURATION_BUCKET
@@ -420,7 +421,7 @@ def overview() -> Dict[str, Any]:
                      "Traffic, errors, latency, stages, processes and firing alerts per model version.", panels)
 
 
-def quality() -> Dict[str, Any]:
+def quality() -> dict[str, Any]:
     by_version = "{{model_name}} {{model_version}}"
     drift = _span(DRIFT_WINDOW)
     classes = rate(PREDICTED_CLASS_TOTAL, SEL)
@@ -533,7 +534,7 @@ def quality() -> Dict[str, Any]:
                      " tokens and cost, time to first chunk of streamed answers.", panels)
 
 
-def canary() -> Dict[str, Any]:
+def canary() -> dict[str, Any]:
     by = f"{JOB}, {MODEL_NAME}"
     drift = _span(DRIFT_WINDOW)
     a_b = (("A", VERSION_A), ("B", VERSION_B))
@@ -626,17 +627,17 @@ def canary() -> Dict[str, Any]:
                      canary=True)
 
 
-DASHBOARDS: Dict[str, Callable[[], Dict[str, Any]]] = {
+DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "mlmonitor-overview.json": overview, "mlmonitor-quality.json": quality,
     "mlmonitor-canary.json": canary}
 
 
-def render() -> Dict[str, str]:
+def render() -> dict[str, str]:
     """File name -> JSON text, exactly as committed."""
     return {name: json.dumps(build(), indent=2) + "\n" for name, build in DASHBOARDS.items()}
 
 
-def write(out_dir: str) -> List[str]:
+def write(out_dir: str) -> list[str]:
     """Write the three JSON files into ``out_dir``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -648,13 +649,13 @@ def write(out_dir: str) -> List[str]:
     return written
 
 
-def stale(out_dir: str) -> List[str]:
+def stale(out_dir: str) -> list[str]:
     """Names of the files in ``out_dir`` that are missing or differ from :func:`render`."""
     found = []
     for name, text in render().items():
         try:
             with open(os.path.join(out_dir, name), encoding="utf-8") as fh:
-                current: Optional[str] = fh.read()
+                current: str | None = fh.read()
         except FileNotFoundError:
             current = None
         if current != text:

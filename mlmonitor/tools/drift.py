@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..contract import PSI_FLOOR
+from mlmonitor.contract import PSI_FLOOR
 
 __all__ = ["PSI_FLOOR", "psi"]
 

@@ -29,10 +29,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..contract import CLASSIFICATION, OTHER, REGRESSION, SCORE_BUCKETS
-from ..reference import ReferenceProfile, as_category, as_number, same_value
-from ..reference_format import (FORMAT, FORMAT_VERSION, MAX_BINS, MAX_FEATURES, MAX_TOP_N, MAX_VALUE_LEN,
-                                InvalidReference)
+from mlmonitor.contract import CLASSIFICATION, OTHER, REGRESSION, SCORE_BUCKETS
+from mlmonitor.reference import ReferenceProfile, as_category, as_number, same_value
+from mlmonitor.reference_format import (FORMAT, FORMAT_VERSION, MAX_BINS, MAX_FEATURES, MAX_TOP_N, MAX_VALUE_LEN,
+                                        InvalidReference)
 
 __all__ = ["build_profile", "profile_csv", "summarize"]
 
@@ -124,7 +124,7 @@ def _categorical_profile(values: Iterable[Any], top_n: int) -> dict[str, Any] | 
 
 
 def _columns(data: Any, feature_names: Sequence[str] | None, np: Any) -> dict[str, Any]:
-    """name -> column (a list, or a 1-D numpy array) for the supported input shapes."""
+    """Name -> column (a list, or a 1-D numpy array) for the supported input shapes."""
     if isinstance(data, (str, os.PathLike)):
         raise InvalidReference("use profile_csv(path, ...) for a CSV file")
     if isinstance(data, Mapping):  # name -> column

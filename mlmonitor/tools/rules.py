@@ -41,9 +41,10 @@ import json
 import os
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any
+from collections.abc import Callable
 
-from ..contract import (
+from mlmonitor.contract import (
     ACCURACY, ACCURACY_WINDOW, CLASS_DRIFT, COMPONENT, CORRECT, DEFAULT_BUCKETS, DEFAULT_JOB,
     ERROR_RATIO, ERROR_TYPE, FEATURE_DRIFT, FEEDBACK_RATE, FEEDBACK_TOTAL, GAUGE_WINDOW,
     GPU_MEMORY_TOTAL, GPU_MEMORY_USED, INTERNAL_ERRORS_TOTAL, INVALID_INPUT, INVALID_INPUT_RATE,
@@ -53,9 +54,9 @@ from ..contract import (
     RATE_WINDOW, REFERENCE_ACCURACY, REFERENCE_ACCURACY_MAX, SIGNAL, SLO_WINDOWS,
     TELEMETRY_DROPPED_TOTAL, TIME_TO_FIRST_CHUNK_BUCKET, VERSION_LABELS, Distribution, error_ratio,
     latency_quantile, slow_ratio)
-from ..contract import (ABSOLUTE_ERROR_MEAN, FEEDBACK_ABSOLUTE_ERROR_COUNT, FEEDBACK_ABSOLUTE_ERROR_SUM,
-                       OUTPUT_DRIFT, REFERENCE_ABSOLUTE_ERROR, REFERENCE_ABSOLUTE_ERROR_MAX)
-from ..reference import PSI_THRESHOLD
+from mlmonitor.contract import (ABSOLUTE_ERROR_MEAN, FEEDBACK_ABSOLUTE_ERROR_COUNT, FEEDBACK_ABSOLUTE_ERROR_SUM,
+                              OUTPUT_DRIFT, REFERENCE_ABSOLUTE_ERROR, REFERENCE_ABSOLUTE_ERROR_MAX)
+from mlmonitor.reference import PSI_THRESHOLD
 from .selectors import parse_selector, selector_labels
 
 __all__ = ["Thresholds", "render_groups", "render_files", "render_text", "render_alertmanager",
@@ -106,7 +107,7 @@ class Thresholds:
     gpu_memory_ratio: float = 0.9
     selector: str = f'{JOB}="{DEFAULT_JOB}"'
     runbook_base_url: str = RUNBOOK_BASE
-    buckets: Tuple[float, ...] = DEFAULT_BUCKETS
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
     time_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -161,7 +162,7 @@ def num(value: float) -> str:
     return f"{value:.10g}"
 
 
-def bucket_bound(name: str, value: float, buckets: Tuple[float, ...]) -> float:
+def bucket_bound(name: str, value: float, buckets: tuple[float, ...]) -> float:
     """``value`` if it is one of ``buckets`` (the bound itself), else ValueError naming the nearest bounds."""
     for bound in buckets:
         if abs(bound - value) <= 1e-9 * max(abs(value), 1.0):
@@ -217,9 +218,9 @@ class _Builder:
 
 
 def _alert(name: str, expr: str, severity: str, family: str, for_: str, summary: str,
-           description: str, extra_labels: Dict[str, str] | None = None) -> Dict[str, Any]:
+           description: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
     labels = {"severity": severity, "family": family, **(extra_labels or {})}
-    rule: Dict[str, Any] = {"alert": name, "expr": expr}
+    rule: dict[str, Any] = {"alert": name, "expr": expr}
     if for_:
         rule["for"] = for_
     rule["labels"] = labels
@@ -232,17 +233,17 @@ _WHO = "{{ $labels.model_name }} {{ $labels.model_version }} (job {{ $labels.job
 
 # -- recording rules -----------------------------------------------------------------------------
 
-def slo_windows() -> List[str]:
+def slo_windows() -> list[str]:
     """Windows of the error and slow ratios: the contract's, and every one an alert reads."""
     needed = {*SLO_WINDOWS, RATE_WINDOW, *(w for r in BURN_RATES for w in r[1:3])}
     return sorted(needed, key=parse_duration)
 
 
-def _recording(b: _Builder) -> List[Dict[str, Any]]:
+def _recording(b: _Builder) -> list[dict[str, Any]]:
     t = b.t
     pred, err = PREDICTIONS_TOTAL, PREDICTION_ERRORS_TOTAL
     rate = RATE_WINDOW
-    requests: List[Dict[str, str]] = [
+    requests: list[dict[str, str]] = [
         {"record": PREDICTIONS_RATE,
          "expr": f"sum by ({b.version}) (rate({b.m(pred)}[{b.w(rate)}]))"},
         {"record": PREDICTION_ERRORS_RATE,
@@ -261,7 +262,7 @@ def _recording(b: _Builder) -> List[Dict[str, Any]]:
                      f"(rate({b.m(PREDICTION_DURATION_BUCKET)}[{b.w(rate)}])))"),
         })
 
-    slo: List[Dict[str, str]] = []
+    slo: list[dict[str, str]] = []
     le = f'le="{le_label(t.latency_slo_threshold)}"'
     for win in slo_windows():
         total = f"sum by ({b.version}) (rate({b.m(pred)}[{b.w(win)}]))"
@@ -304,7 +305,7 @@ def _recording(b: _Builder) -> List[Dict[str, Any]]:
     ]
 
 
-def _distribution_rules(b: _Builder, d: Distribution) -> List[Dict[str, str]]:
+def _distribution_rules(b: _Builder, d: Distribution) -> list[dict[str, str]]:
     """PSI of a live counter's bin shares against a reference gauge's shares.
 
     Live counts are summed over workers and replicas first, the reference is
@@ -332,10 +333,10 @@ def _distribution_rules(b: _Builder, d: Distribution) -> List[Dict[str, str]]:
 
 # -- alerting rules ------------------------------------------------------------------------------
 
-def _alerts(b: _Builder) -> List[Dict[str, Any]]:
+def _alerts(b: _Builder) -> list[dict[str, Any]]:
     t = b.t
     rate = RATE_WINDOW
-    model: List[Dict[str, Any]] = [
+    model: list[dict[str, Any]] = [
         _alert("MLModelServerErrorRatioHigh",
                f"{b.m(ERROR_RATIO)} > {num(t.error_ratio)}",
                "critical", "availability", b.w("5m"),
@@ -400,8 +401,8 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                f" {{{{ $labels.model_name }}}} over the last {rate}: hold or roll back the rollout."),
     ]
 
-    slo: List[Dict[str, Any]] = []
-    budgets: Tuple[Tuple[str, str, Callable[[str], str], float, str], ...] = (
+    slo: list[dict[str, Any]] = []
+    budgets: tuple[tuple[str, str, Callable[[str], str], float, str], ...] = (
         ("MLModelAvailabilityBudgetBurn", "availability", error_ratio,
          t.availability_slo, "server errors"),
         ("MLModelLatencyBudgetBurn", "latency", slow_ratio,
@@ -426,7 +427,7 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
 
     feature, classes, output, acc = FEATURE_DRIFT, CLASS_DRIFT, OUTPUT_DRIFT, ACCURACY_WINDOW
 
-    def drift_alert(name: str, d: Distribution, summary: str, what: str) -> Dict[str, Any]:
+    def drift_alert(name: str, d: Distribution, summary: str, what: str) -> dict[str, Any]:
         """PSI of one distribution over its threshold, with enough counts in its window."""
         group = f", {d.group}" if d.group else ""
         return _alert(name,
@@ -435,7 +436,7 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                        f"{b.m(d.total)} * {b.seconds(d.window)} >= {num(t.drift_min_count)}"),
                       "warning", "drift", b.w("15m"), summary,
                       f"The population stability index of {what} of " + _WHO
-                      + f" is {{{{ $value | printf \"%.3f\" }}}} over the last {d.window}"
+                      + f' is {{{{ $value | printf "%.3f" }}}} over the last {d.window}'
                       f" (threshold {num(t.psi_threshold)}).")
 
     quality = [
@@ -464,7 +465,7 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                 f" * {b.seconds(acc)} >= {num(t.mae_min_feedback)}"),
                "warning", "quality", b.w("15m"),
                "Mean absolute error of " + _WHO + " rose above its reference",
-               "Mean absolute error from feedback of " + _WHO + " is {{ $value | printf \"%.4g\" }} over the"
+               "Mean absolute error from feedback of " + _WHO + ' is {{ $value | printf "%.4g" }} over the'
                f" last {acc}, more than {num(t.mae_factor)} times the reference mean absolute error."),
     ]
 
@@ -492,7 +493,7 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
                f"sum by ({b.target}, {SIGNAL}) (increase({b.m(TELEMETRY_DROPPED_TOTAL)}[{b.w('10m')}])) > 0",
                "info", "mlmonitor", "",
                "mlmonitor dropped {{ $labels.signal }} on {{ $labels.instance }}",
-               "mlmonitor dropped {{ $value | printf \"%.0f\" }} {{ $labels.signal }} items over the last 10m"
+               'mlmonitor dropped {{ $value | printf "%.0f" }} {{ $labels.signal }} items over the last 10m'
                " on {{ $labels.instance }} (job {{ $labels.job }}): exporter down or queue full."),
     ]
     for rule in model + slo + quality + platform:
@@ -505,7 +506,7 @@ def _alerts(b: _Builder) -> List[Dict[str, Any]]:
     ]
 
 
-def render_groups(thresholds: Thresholds | None = None) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+def render_groups(thresholds: Thresholds | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(recording groups, alerting groups) as plain dicts."""
     b = _Builder(thresholds or Thresholds())
     return _recording(b), _alerts(b)
@@ -535,7 +536,7 @@ def _scalar(value: Any) -> str:
 def to_yaml(value: Any, indent: int = 0) -> str:
     """Block-style YAML for dicts, lists and scalars; multi-line strings as ``|-`` blocks."""
     pad = " " * indent
-    lines: List[str] = []
+    lines: list[str] = []
     if isinstance(value, dict):
         for key, item in value.items():
             lines.append(_entry(f"{pad}{_scalar(key)}:", item, indent))
@@ -591,7 +592,7 @@ def render_text(thresholds: Thresholds, prometheus_operator: bool = False) -> st
     return head + to_yaml({"groups": recording + alerting}) + "\n"
 
 
-def _manifest(groups: List[Dict[str, Any]]) -> Dict[str, Any]:
+def _manifest(groups: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -680,7 +681,7 @@ def render_alertmanager(thresholds: Thresholds) -> str:
     return _header(thresholds) + _ALERTMANAGER.format(**{k: b.w(v) for k, v in times.items()})
 
 
-def render_files(thresholds: Thresholds, out_dir: str, prometheus_operator: bool = False) -> List[str]:
+def render_files(thresholds: Thresholds, out_dir: str, prometheus_operator: bool = False) -> list[str]:
     """Write the rule files, the Alertmanager config (and the PrometheusRule manifest); return their paths."""
     recording, alerting = render_groups(thresholds)
     head = _header(thresholds)

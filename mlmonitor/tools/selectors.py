@@ -10,11 +10,10 @@ can be injected into the expressions.
 from __future__ import annotations
 
 import re
-from typing import List, Tuple
 
-from ..contract import (BIN, CLASS, COMPONENT, DIRECTION, ERROR_TYPE, FEATURE, GPU, METHOD, MODEL_ID,
-                       MODEL_NAME, MODEL_VERSION, OUTCOME, REASON, ROUTE, RUN_ID, SIGNAL, STAGE, STATUS,
-                       WORKER)
+from mlmonitor.contract import (BIN, CLASS, COMPONENT, DIRECTION, ERROR_TYPE, FEATURE, GPU, METHOD, MODEL_ID,
+                              MODEL_NAME, MODEL_VERSION, OUTCOME, REASON, ROUTE, RUN_ID, SIGNAL, STAGE, STATUS,
+                              WORKER)
 
 __all__ = ["parse_selector", "selector_labels", "regex_error", "SAMPLE_LABELS"]
 
@@ -34,7 +33,7 @@ _RX_CLASSES, _RX_CONTROL = set("dDwWsS"), set("afnrtv")
 _RX_MAX_REPEAT = 1000
 
 
-def parse_selector(text: str) -> List[Tuple[str, str, str]]:
+def parse_selector(text: str) -> list[tuple[str, str, str]]:
     """(name, operator, decoded value) of each matcher of a ``--selector`` (braces stripped).
 
     ValueError, in one line, for anything Prometheus would refuse or read otherwise: a raw
@@ -47,7 +46,7 @@ def parse_selector(text: str) -> List[Tuple[str, str, str]]:
 
     if not text.isprintable():
         raise refuse("a raw control character (a newline?); write it as an escape such as \\n")
-    matchers: List[Tuple[str, str, str]] = []
+    matchers: list[tuple[str, str, str]] = []
     pos = 0
     while text:
         found = _MATCHER.match(text, pos)
@@ -75,7 +74,7 @@ def parse_selector(text: str) -> List[Tuple[str, str, str]]:
     return matchers
 
 
-def selector_labels(text: str) -> Tuple[str, ...]:
+def selector_labels(text: str) -> tuple[str, ...]:
     """The label names of a selector, each once, in order: every aggregation of the rules keeps them."""
     return tuple(dict.fromkeys(name for name, _, _ in parse_selector(text)))
 
@@ -171,7 +170,7 @@ class _Regex:
             weight = max(weight, inner)
         return weight
 
-    def atom(self) -> Tuple[int, bool]:
+    def atom(self) -> tuple[int, bool]:
         char = self.peek()
         self.i += 1
         if char == "(":
@@ -216,7 +215,7 @@ class _Regex:
             if not bounds:
                 raise ValueError("a '{' that is not a repeat count {n}, {n,} or {n,m}: escape it as \\{")
             low, high = int(bounds.group(1)), bounds.group(3)
-            if high and int(high) < low or max(low, int(high or 0)) > _RX_MAX_REPEAT:
+            if (high and int(high) < low) or max(low, int(high or 0)) > _RX_MAX_REPEAT:
                 raise ValueError(f"the repeat count {bounds.group(0)}")
             self.i += bounds.end()
             count = max(low, int(high or 0), 1)
