@@ -39,7 +39,7 @@ _perf = time.perf_counter
 READ_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage", b"user-agent"))
 
 
-def environ_of(scope: dict, only: frozenset | None = None) -> dict:
+def environ_of(scope: dict[str, Any], only: frozenset[bytes] | None = None) -> dict[str, Any]:
     """The WSGI-style view of an ASGI ``http`` scope that the record and the sinks read.
 
     Header names become ``HTTP_*`` keys and repeated headers are joined with ``,`` (as
@@ -75,10 +75,10 @@ class MonitorASGIMiddleware:
     else one is built from the settings here.
     """
 
-    def __init__(self, app: Callable, *, settings: Settings | None = None,
+    def __init__(self, app: Callable[..., Any], *, settings: Settings | None = None,
                  registry: Any = None, tracer_provider: Any = None,
                  log_stream: TextIO | None = None,
-                 route_of: Callable[[dict], str | None] | None = None,
+                 route_of: Callable[[dict[str, Any]], str | None] | None = None,
                  recorder: Recorder | None = None, **options: Any) -> None:
         self.app = app
         self.route_of = route_of
@@ -90,7 +90,7 @@ class MonitorASGIMiddleware:
         self.recorder = recorder
         #: scrapes admitted now, collecting or waiting their turn (see _scrape)
         self.scrapes = 0
-        self._scrape_turn: tuple = (None, None)  # (event loop, its asyncio.Lock)
+        self._scrape_turn: tuple[Any, ...] = (None, None)  # (event loop, its asyncio.Lock)
         self.header_name = recorder.request_id_header.lower().encode("latin-1")
         self.read_headers = READ_HEADERS | {self.header_name}
 
@@ -98,32 +98,35 @@ class MonitorASGIMiddleware:
         """Use a reference profile (object or JSON path) for a model's drift metrics."""
         self.recorder.set_reference(model_name, reference)
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope.get("type") != "http":  # lifespan, websocket: not ours
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         recorder = self.recorder
         try:
             if recorder.metrics_path is not None and scope.get("path") == recorder.metrics_path:
-                return await self._scrape(environ_of(scope), send)
+                await self._scrape(environ_of(scope), send)
+                return
             environ = environ_of(scope, self.read_headers)
             rec = recorder.begin(environ)
             if self.route_of is not None:
                 recorder.route_known(rec, self._route(scope))
         except Exception as exc:
             guard.report_fault("middleware", exc, recorder)
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         tokens = recorder.enter(rec)
         header_name = self.header_name
         trailers = False
         delivered = False  # the last message went out: a disconnect after it is no news
 
-        async def monitored_receive() -> dict:
-            message = await receive()
+        async def monitored_receive() -> dict[str, Any]:
+            message: dict[str, Any] = await receive()
             if not delivered and message.get("type") == "http.disconnect":
                 client_gone(rec)
             return message
 
-        async def monitored_send(message: dict) -> None:
+        async def monitored_send(message: dict[str, Any]) -> None:
             nonlocal trailers, delivered
             kind = message.get("type")
             if kind == "http.response.start":
@@ -172,7 +175,7 @@ class MonitorASGIMiddleware:
         if not rec.finished:  # returned without the last chunk (a stream cut short when its
             self._finish(rec, scope)  # client went away: see mlmonitor.disconnect)
 
-    def _route(self, scope: dict) -> str:
+    def _route(self, scope: dict[str, Any]) -> str:
         try:
             route = self.route_of(scope)  # type: ignore[misc]
         except Exception as exc:
@@ -180,7 +183,7 @@ class MonitorASGIMiddleware:
             route = None
         return route or UNMATCHED_ROUTE
 
-    def _finish(self, rec: RequestRecord, scope: dict) -> None:
+    def _finish(self, rec: RequestRecord, scope: dict[str, Any]) -> None:
         """Hand the record to the sinks; a route the walk before routing could not name (a
         router kind it does not know) is read from what Starlette and FastAPI leave in the
         scope after routing."""
@@ -190,14 +193,15 @@ class MonitorASGIMiddleware:
                 rec.route = path
         self.recorder.finish(rec)
 
-    async def _scrape(self, environ: dict, send: Callable[[dict], Awaitable[None]]) -> None:
+    async def _scrape(self, environ: dict[str, Any], send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         """``/metrics`` off the event loop: collected and encoded in a thread, one scrape at a
         time; up to ``MAX_CONCURRENT_SCRAPES`` wait their turn (no thread, no work), one more
         is refused at once (503, Retry-After) and counted. A refusal for the method or the
         credentials is answered on the loop before any of that. Eight scrapers in a loop had
         as many encoding threads take the GIL from the loop (/predict p99 2.2 -> 80 ms)."""
         endpoint = self.recorder.endpoint
-        assert endpoint is not None  # called only when the recorder serves /metrics
+        if endpoint is None:  # called only when the recorder serves /metrics
+            return
         refused = endpoint.refusal(environ)
         if refused is None and self.scrapes >= MAX_CONCURRENT_SCRAPES:
             refused = BUSY
@@ -224,7 +228,7 @@ class MonitorASGIMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _is_last(kind: Any, message: dict, trailers: bool) -> bool:
+def _is_last(kind: Any, message: dict[str, Any], trailers: bool) -> bool:
     if kind == "http.response.body":
         return not trailers and not message.get("more_body", False)
     if kind == "http.response.trailers":
@@ -240,11 +244,11 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _call_wsgi(app: Callable, environ: dict) -> tuple:
+def _call_wsgi(app: Callable[..., Any], environ: dict[str, Any]) -> tuple[Any, ...]:
     """Run a small WSGI app (the metrics endpoint) and collect its answer."""
-    answer: list = []
+    answer: list[Any] = []
 
-    def start_response(status: str, headers: list, exc_info: Any = None) -> None:
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:  # noqa: ARG001 (WSGI's signature)
         answer[:] = [int(status[:3]), headers]
 
     body = b"".join(app(environ, start_response))

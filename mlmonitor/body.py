@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -34,7 +34,7 @@ class MonitoredBody:
         self.rec = rec
         self.recorder = recorder
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.body
         except Exception as exc:
@@ -51,7 +51,7 @@ class MonitoredBody:
             self.recorder.finish(self.rec)
 
 
-_END = object()
+_END: Any = object()  # next()'s default; Any, so a chunk after the check stays bytes
 _perf = time.perf_counter
 
 
@@ -74,7 +74,7 @@ class StreamedBody(MonitoredBody):
             except Exception as exc:
                 guard.report_fault("traces", exc, recorder)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         # a generator runs in its caller's context: all is reset before each yield
         rec = self.rec
         otel = self.otel

@@ -11,8 +11,8 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
-from collections.abc import Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from .contract import DEFAULT_BUCKETS
 from .lineage import LINEAGE_OK, apply_model_uri, register_lineage
@@ -66,7 +66,7 @@ def _parse_floats(text: str) -> tuple[float, ...]:
     return tuple(float(part) for part in _parse_list(text))
 
 
-def _parse_tags(text: str) -> dict:
+def _parse_tags(text: str) -> dict[str, str]:
     tags = {}
     for part in _parse_list(text):
         key, sep, value = part.partition("=")
@@ -188,7 +188,7 @@ class Settings:
         object.__setattr__(self, "redact", tuple(names))
 
     @property
-    def redact_set(self) -> frozenset:
+    def redact_set(self) -> frozenset[str]:
         return frozenset(self.redact)
 
 
@@ -214,7 +214,8 @@ def _check_template(path: str, name: str) -> None:
             raise _error(path, name, f"not a route template: {exc}") from None
 
 
-def _check(value: Any, ok: bool, name: str, why: str) -> None:
+def _check(value: Any, ok: object, name: str, why: str) -> None:
+    """ConfigError naming the setting unless ``ok`` is truthy (a bool, or a regex match)."""
     if not ok:
         raise _error(value, name, why)
 
@@ -303,14 +304,14 @@ def _checked_type(name: str, value: Any) -> Any:
         ok = isinstance(value, Mapping) and all(_text_ok(k) for k in value)
         _check(shown, ok, name, "must map model names to reference paths or profiles")
         return dict(value)
-    if kind in (str, Optional[str]):
-        ok = (value is None and kind != str) or _text_ok(value) or (
+    if kind in (str, str | None):
+        ok = (value is None and kind is not str) or _text_ok(value) or (
             name == "feedback_secret" and isinstance(value, bytes))  # an HMAC key may be raw bytes
         _check(shown, ok, name, "must be a string of valid UTF-8 text")
     return value
 
 
-_PARSERS: dict = {
+_PARSERS: dict[Any, Callable[[str], Any]] = {
     bool: _parse_bool, int: int, float: float, str: str,
     tuple[float, ...]: _parse_floats, tuple[str, ...]: _parse_list,
     Mapping[str, str]: _parse_tags, Mapping[str, Any]: _parse_tags,
@@ -325,7 +326,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     """Turn a text value (environment, Flask config string) into the field's type."""
     if not isinstance(value, str):
         return value  # Settings checks its type
-    if name in ("metrics_path",) and value.strip() == "":
+    if name == "metrics_path" and value.strip() == "":
         return None
     try:
         return _PARSERS.get(_TYPES[name], str)(value)

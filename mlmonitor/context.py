@@ -7,7 +7,8 @@ a request. None of them ever raises into the app because of mlmonitor.
 from __future__ import annotations
 
 import time
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -15,6 +16,9 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import guard
 from .record import MAX_TAGS, RECORD_VAR, RequestRecord
+
+if TYPE_CHECKING:  # the type only: these helpers reach the engine through the record
+    from .engine import Recorder
 
 __all__ = ["Stage", "stage", "tag", "set_model_version", "observe", "observe_batch",
            "prediction_id", "prediction_ids", "record_feedback", "annotate_borrowed",
@@ -36,7 +40,7 @@ class Stage:
         self.token: Any = None
         self.event = False
 
-    def __enter__(self) -> Stage:
+    def __enter__(self) -> Self:
         rec = self.rec = RECORD_VAR.get()
         if rec is not None:
             traces = rec.recorder.traces
@@ -52,7 +56,8 @@ class Stage:
         self.started = _perf()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         seconds = _perf() - self.started
         rec = self.rec
         if rec is not None:
@@ -81,6 +86,7 @@ class Stage:
 
 
 def stage(name: str) -> Stage:
+    """A :class:`Stage`: times a block as one stage of this request."""
     return Stage(name)
 
 
@@ -119,7 +125,7 @@ def set_model_version(model_version: Any, *, model_name: str | None = None) -> N
         rec.recorder.begin_prediction(rec, model_name or rec.model_name or None, model_version)
 
 
-def _plain(values: Any) -> list:
+def _plain(values: Any) -> list[Any]:
     """A list of plain values from a list, tuple, 1-D numpy array or pandas Series."""
     if values is None:
         return []
@@ -140,7 +146,7 @@ def _names(feature_names: Any, rec: RequestRecord) -> Any:
     return profile.features if profile is not None else None
 
 
-def _feature_rows(features: Any, feature_names: Any, rec: RequestRecord, single: bool) -> list:
+def _feature_rows(features: Any, feature_names: Any, rec: RequestRecord, single: bool) -> list[Any]:
     """Rows as dicts from a dict, rows of dicts, a 2-D array, rows of values, a DataFrame or a
     Series; a row whose columns have no names is ``{}`` (its reference features count missing)."""
     if features is None:
@@ -149,8 +155,8 @@ def _feature_rows(features: Any, feature_names: Any, rec: RequestRecord, single:
         return [features]
     columns = getattr(features, "columns", None)
     if columns is not None and hasattr(features, "itertuples"):  # a pandas DataFrame
-        names = [str(c) for c in columns]
-        return [dict(zip(names, row)) for row in features.itertuples(index=False, name=None)]
+        keys = [str(c) for c in columns]
+        return [dict(zip(keys, row, strict=False)) for row in features.itertuples(index=False, name=None)]
     if hasattr(features, "index") and hasattr(features, "to_dict"):  # a pandas Series: one row
         return [{str(k): v for k, v in features.to_dict().items()}]
     if hasattr(features, "keys") and hasattr(features, "items"):  # another mapping
@@ -158,7 +164,7 @@ def _feature_rows(features: Any, feature_names: Any, rec: RequestRecord, single:
     rows = _plain(features)
     if single or (rows and not _is_row(rows[0])):
         rows = [rows]  # one row of values (a 1-D array, a flat list)
-    names = None
+    names: Any = None
     out = []
     for row in rows:
         if isinstance(row, dict) or hasattr(row, "items"):
@@ -166,7 +172,7 @@ def _feature_rows(features: Any, feature_names: Any, rec: RequestRecord, single:
             continue
         if names is None:
             names = _names(feature_names, rec) or ()
-        out.append(dict(zip(names, _plain(row))) if names and _is_row(row) else {})
+        out.append(dict(zip(names, _plain(row), strict=False)) if names and _is_row(row) else {})
     return out
 
 
@@ -215,7 +221,7 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
     rec = RECORD_VAR.get()
     if rec is None:
         return
-    parts: list = []
+    parts: list[Any] = []
     for kind, values in (("features", features), ("predictions", predictions), ("scores", scores)):
         try:
             if kind == "features":
@@ -240,7 +246,7 @@ def observe_batch(features: Any = None, predictions: Any = None, scores: Any = N
                                      None, None, None))
 
 
-def prediction_ids(predictions: Any) -> list:
+def prediction_ids(predictions: Any) -> list[str]:
     """Signed ids, one per prediction, that carry model, version and class (see record_feedback).
 
     Called inside a request that mlmonitor serves (a ``Monitor`` or a ``MonitorMiddleware``);
@@ -260,7 +266,7 @@ def prediction_id(prediction: Any) -> str:
     return prediction_ids([prediction])[0]
 
 
-def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -> str:
+def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -> str | float:
     """Count ground truth for a signed prediction id; returns "correct" or "incorrect", or for
     a model whose reference is a regression the absolute error (a float, at most ``MAX_OBSERVED``).
 
@@ -275,7 +281,7 @@ def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -
         rec = RECORD_VAR.get()
         if rec is None:
             raise RuntimeError("record_feedback() outside a request needs middleware=")
-        recorder = rec.recorder
+        recorder: Recorder = rec.recorder
     else:  # a MonitorMiddleware or MonitorASGIMiddleware, or a Recorder itself
         recorder = getattr(middleware, "recorder", middleware)
     return recorder.feedback.record(prediction_id, label)

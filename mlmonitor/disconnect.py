@@ -76,7 +76,7 @@ class WatchedInput:
 
     def read(self, *args: Any, **kwargs: Any) -> bytes:
         try:
-            data = self.stream.read(*args, **kwargs)
+            data: bytes = self.stream.read(*args, **kwargs)
         except OSError:
             client_gone(self.rec)
             raise
@@ -85,7 +85,7 @@ class WatchedInput:
 
     def readline(self, *args: Any, **kwargs: Any) -> bytes:
         try:
-            data = self.stream.readline(*args, **kwargs)
+            data: bytes = self.stream.readline(*args, **kwargs)
         except OSError:
             client_gone(self.rec)
             raise
@@ -111,8 +111,8 @@ class WatchedInput:
             self.left -= count
         return count
 
-    def readlines(self, hint: int = -1) -> list:
-        lines = []
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = []
         size = 0
         while True:
             line = self.readline()
@@ -127,7 +127,7 @@ class WatchedInput:
         return iter(self.readline, b"")
 
 
-def declared_length(environ: dict) -> int | None:
+def declared_length(environ: dict[str, Any]) -> int | None:
     """The body length a request announced; None when it has none (or an unreadable one)."""
     text = environ.get("CONTENT_LENGTH")
     if not text:
@@ -139,7 +139,7 @@ def declared_length(environ: dict) -> int | None:
     return length if length > 0 else None
 
 
-def watch_input(environ: dict, rec: RequestRecord) -> None:
+def watch_input(environ: dict[str, Any], rec: RequestRecord) -> None:
     """Read ``wsgi.input`` through :class:`WatchedInput` when the request has a body."""
     length = declared_length(environ)
     if length is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():

@@ -83,9 +83,9 @@ def set_reference(model_name: str, reference: Any) -> None:
         _declared_references.append((model_name, reference))
 
 
-def _settings_of_django() -> tuple:
+def _settings_of_django() -> tuple[Any, ...]:
     """The ``MLMONITOR`` dict and the ``MLMONITOR_*`` settings of the Django project."""
-    from django.conf import settings  # optional dependency: imported when Django runs this
+    from django.conf import settings  # noqa: PLC0415 (optional dependency: imported when Django runs this)
     options = dict(getattr(settings, "MLMONITOR", None) or {})
     flat = {name: getattr(settings, name) for name in dir(settings)
             if name.startswith("MLMONITOR_")}
@@ -96,7 +96,7 @@ class MonitorDjangoMiddleware:
     """Django middleware: route labels from URL patterns, 500s with their exception, and
     (without a ``MonitorMiddleware`` around the WSGI app) the request itself."""
 
-    def __init__(self, get_response: Callable) -> None:
+    def __init__(self, get_response: Callable[..., Any]) -> None:
         self.get_response = get_response
         options, flat = _settings_of_django()
         registry = options.pop("registry", None)
@@ -171,11 +171,14 @@ class MonitorDjangoMiddleware:
 
     def _metrics(self, request: Any) -> Any:
         """``/metrics`` answered by the recorder's endpoint, as a Django response."""
-        from django.http import HttpResponse  # optional dependency: imported when Django runs this
-        answer: dict = {}
+        from django.http import HttpResponse  # noqa: PLC0415 (optional dependency: imported when Django runs this)
+        answer: dict[str, Any] = {}
+        written: list[bytes] = []
 
-        def start_response(status: str, headers: list, exc_info: Any = None) -> None:
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], object]:  # noqa: ARG001 (WSGI's signature)
             answer["status"], answer["headers"] = int(status[:3]), headers
+            return written.append  # WSGI's write(): the endpoint never calls it
 
         body = b"".join(self.recorder.endpoint(request.META, start_response))  # type: ignore[misc]
         response = HttpResponse(body, status=answer["status"])
@@ -183,7 +186,7 @@ class MonitorDjangoMiddleware:
             response[name] = value
         return response
 
-    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:  # noqa: ARG002
         """The URL pattern is known: it is the route label."""
         rec = request.META.get(ENVIRON_KEY)
         if rec is None or rec.finished:
@@ -219,7 +222,7 @@ def watch_request_body(request: Any, rec: RequestRecord) -> None:
     stream = request.__dict__.get("_stream")
     length = declared_length(request.META)
     if stream is not None and length is not None:
-        request._stream = WatchedInput(stream, rec, length)
+        request._stream = WatchedInput(stream, rec, length)  # noqa: SLF001 (Django's own request object)
 
 
 def _label(match: Any) -> str:
@@ -231,7 +234,7 @@ def _label(match: Any) -> str:
 def _pattern_of(request: Any) -> str:
     """The pattern of a request answered before its view ran (an auth middleware's 401):
     resolved now, as Django would have; ``unmatched`` when no pattern matches."""
-    from django.urls import Resolver404, get_resolver  # optional dependency, as above
+    from django.urls import Resolver404, get_resolver  # noqa: PLC0415 (optional dependency, as above)
     try:
         return _label(get_resolver(getattr(request, "urlconf", None)).resolve(request.path_info))
     except Resolver404:
@@ -244,18 +247,19 @@ class DjangoViews(ViewLayer):
 
     component = "django"
 
-    def record_of(self, args: tuple) -> RequestRecord | None:
+    def record_of(self, args: tuple[Any, ...]) -> RequestRecord | None:
         meta = getattr(args[0], "META", None) if args else None
         return meta.get(ENVIRON_KEY) if meta is not None else None
 
-    def previews(self, rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
+    def previews(self, rec: RequestRecord, args: tuple[Any, ...], kwargs: dict[str, Any],  # noqa: ARG002 (ViewLayer's signature)
+                 result: Any) -> None:
         _capture_io(rec, args[0], result)
 
 
 DJANGO_VIEWS = DjangoViews()
 
 
-def prediction(view: Callable | None = None, *, model_name: Any = None,
+def prediction(view: Callable[..., Any] | None = None, *, model_name: Any = None,
                model_version: Any = None, reference: Any = None,
                model_uri: str | None = None) -> Any:
     """Mark a Django view (``def`` or ``async def``) as a prediction endpoint (``@prediction``
@@ -290,8 +294,8 @@ def _capture_io(rec: RequestRecord, request: Any, response: Any) -> None:
     whose Content-Length is within the cap (read through Django, so it stays readable); a body
     of unknown length the view did not read is not read. A streamed response is not read, and a
     larger buffered one is not copied."""
-    from django.core.exceptions import RequestDataTooBig  # optional dependency, as above
-    from django.http.request import RawPostDataException  # optional dependency, as above
+    from django.core.exceptions import RequestDataTooBig  # noqa: PLC0415 (optional dependency, as above)
+    from django.http.request import RawPostDataException  # noqa: PLC0415 (optional dependency, as above)
 
     inputs = outputs = None
     if request.content_type == "application/json":
@@ -299,7 +303,7 @@ def _capture_io(rec: RequestRecord, request: Any, response: Any) -> None:
         known = length.isascii() and length.isdigit() and int(length) <= previews.MAX_IO_BYTES
         if known or "_body" in request.__dict__:  # within the cap, or read by the view
             # the view read the stream itself, a smaller upload limit, or the client went away
-            inputs = previews.read_json(lambda size: request.body,
+            inputs = previews.read_json(lambda _size: request.body,
                                         (RawPostDataException, RequestDataTooBig, OSError))
     container = getattr(response, "_container", None)
     if not getattr(response, "streaming", True) and isinstance(container, list) and \

@@ -89,7 +89,7 @@ class Recorder:
         #: FlaskInstrumentor's span); called by the prediction wrapper, faults counted there
         self.prediction_hook: Callable[[RequestRecord], None] | None = None
         #: model name -> reference profile; the metrics sink reads it at each use
-        self.references: dict = {}
+        self.references: dict[str, Any] = {}
         # sinks are built here so that a bad setting fails at start-up, not in a request; each
         # is imported only when on (start-up cost, -X importtime: logs ~135 ms with structlog,
         # metrics ~60 ms with prometheus-client, traces ~33 ms)
@@ -98,17 +98,17 @@ class Recorder:
         self.traces: TraceSink | None = None
         self.endpoint: MetricsEndpoint | None = None
         if s.metrics:
-            from .exposition import MetricsEndpoint  # start-up cost, see above
-            from .metrics import MetricsSink  # start-up cost, see above
+            from .exposition import MetricsEndpoint  # noqa: PLC0415 (start-up cost, see above)
+            from .metrics import MetricsSink  # noqa: PLC0415 (start-up cost, see above)
             self.metrics = MetricsSink(s, registry, self.references)
             if s.metrics_path is not None:
                 self.endpoint = MetricsEndpoint(s, self.metrics)
         if s.logs:
-            from .logs import LogSink  # start-up cost, see above
+            from .logs import LogSink  # noqa: PLC0415 (start-up cost, see above)
             self.logs = LogSink(s, log_stream, functools.partial(self.count_dropped, "logs")
                                 if self.metrics else None)
         if s.traces:
-            from .traces import TraceSink  # start-up cost, see above
+            from .traces import TraceSink  # noqa: PLC0415 (start-up cost, see above)
             dropped = functools.partial(self.count_dropped, "traces") if self.metrics else None
             self.traces = TraceSink(s, tracer_provider, dropped)
         #: the three sinks in order, each fed the finished record under the guard
@@ -171,7 +171,7 @@ class Recorder:
             guard.report_fault("metrics", exc, self)
 
     # -- the request ----------------------------------------------------------------------
-    def begin(self, environ: dict) -> RequestRecord:
+    def begin(self, environ: dict[str, Any]) -> RequestRecord:
         """A request starts: its record (kept in ``environ``), clock and request id; with
         settings that name routes, its route too (else the app layer calls :meth:`route_known`).
         May raise: the adapter reports the fault and serves the request unmonitored."""

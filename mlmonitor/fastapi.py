@@ -49,7 +49,7 @@ def is_starlette_app(app: Any) -> bool:
                for klass in type(app).__mro__)
 
 
-def attach(app: Any, options: dict) -> Recorder:
+def attach(app: Any, options: dict[str, Any]) -> Recorder:
     """Put the ASGI adapter around ``app``'s middleware stack (before it starts); the app's
     recorder, also kept in ``app.state.mlmonitor``."""
     state = getattr(app, "state", None)
@@ -82,11 +82,11 @@ class RouteTemplates:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.cache: dict = {}
+        self.cache: dict[Any, str | None] = {}
         #: bytes the cache holds, as counted when adding (at most ``_CACHE_BYTES``)
         self.size = 0
 
-    def __call__(self, scope: dict) -> str | None:
+    def __call__(self, scope: dict[str, Any]) -> str | None:
         method, path = scope.get("method"), scope.get("path")
         key = (method, path)
         cached = self.cache.get(key)
@@ -104,10 +104,10 @@ class RouteTemplates:
         return template
 
 
-def route_template(routes: Any, scope: dict) -> str | None:
+def route_template(routes: Any, scope: dict[str, Any]) -> str | None:
     """The template of the first route matching ``scope`` in full (else of the first partial
     match: a wrong method), mounted routers followed with their prefix."""
-    from starlette.routing import Match, Mount  # optional dependency: this module imports none
+    from starlette.routing import Match, Mount  # noqa: PLC0415 (optional dependency: this module imports none)
     partial = None
     for route in routes:
         match, child_scope = route.matches(scope)

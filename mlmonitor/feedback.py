@@ -76,7 +76,7 @@ class FeedbackRecorder:
             guard.report_fault("feedback", exc, self.owner)
             return ""
 
-    def record(self, token: str, label: Any) -> Any:
+    def record(self, token: str, label: Any) -> str | float:
         """"correct" / "incorrect"; for a model with a regression reference, the absolute error
         (a float, observed in the absolute-error histogram, at most ``MAX_OBSERVED``).
 
@@ -92,7 +92,7 @@ class FeedbackRecorder:
             reference_for = getattr(self.metrics, "reference_for", None)
             profile = reference_for(facts.model_name) if reference_for is not None else None
             regression = profile is not None and profile.regression
-            result: Any = _error(facts.predicted, label) if regression else _outcome(facts.predicted, label)
+            result: str | float = _error(facts.predicted, label) if regression else _outcome(facts.predicted, label)
             if not self._seen.add(facts.token_id):  # counted below, as every refusal:
                 raise InvalidFeedback("duplicate", "this prediction id was already counted here")  # noqa: TRY301
         except InvalidFeedback as exc:
@@ -103,9 +103,9 @@ class FeedbackRecorder:
         if self.metrics is not None:
             with guard.guarded("feedback", self.owner):
                 if regression:
-                    self.metrics.count_absolute_error(facts.model_name, facts.model_version, result)
+                    self.metrics.count_absolute_error(facts.model_name, facts.model_version, float(result))
                 else:
-                    self.metrics.count_feedback(facts.model_name, facts.model_version, result)
+                    self.metrics.count_feedback(facts.model_name, facts.model_version, str(result))
         return result
 
 

@@ -18,14 +18,11 @@ see the README's configuration table.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
+import flask.globals
 from flask import Flask, after_this_request, current_app, has_app_context, request
-
-try:  # Flask >= 2.3 keeps the request context in a context variable
-    from flask.globals import _cv_request
-except ImportError:  # pragma: no cover - older Flask
-    _cv_request = None
 from opentelemetry import trace
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
@@ -40,14 +37,18 @@ from .traces import TraceSink
 
 __all__ = ["attach", "is_flask_app", "current_recorder", "EXTENSION_KEY"]
 
+#: Flask >= 2.3 keeps the request context in a context variable (None if a later Flask does not)
+_cv_request: ContextVar[Any] | None = getattr(flask.globals, "_cv_request", None)
+
 EXTENSION_KEY = "mlmonitor"
 
 
 def is_flask_app(app: Any) -> bool:
+    """Whether ``Monitor`` gets the WSGI adapter for this app (else the ASGI one)."""
     return isinstance(app, Flask)
 
 
-def attach(app: Flask, options: dict) -> Recorder:
+def attach(app: Flask, options: dict[str, Any]) -> Recorder:
     """Wrap ``app.wsgi_app`` and add the hooks; the app's recorder, also kept in
     ``app.extensions["mlmonitor"]``."""
     if EXTENSION_KEY in app.extensions:
@@ -103,11 +104,12 @@ def _borrows(app: Flask, recorder: Recorder) -> bool:
     (no global provider set, so mlmonitor traces with its own)."""
     if not getattr(app, "_is_instrumented_by_opentelemetry", False):
         return False
-    traces = recorder.traces
-    return not traces.own_provider or trace._TRACER_PROVIDER is not None  # type: ignore[union-attr]
+    traces = recorder.traces  # set: the engine asks only when it traces
+    provider = trace._TRACER_PROVIDER  # noqa: SLF001 (the global provider, read without os.environ)
+    return traces is None or not traces.own_provider or provider is not None
 
 
-def _route_at_start(app: Flask, environ: dict) -> Any:
+def _route_at_start(app: Flask, environ: dict[str, Any]) -> Any:
     """The URL rule before Flask routes (spans for MLflow only: it reads the name at start)."""
     rule, _ = app.url_map.bind_to_environ(environ).match(return_rule=True)
     return rule.rule

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 from .record import RECORD_VAR
 
@@ -33,12 +34,12 @@ class FaultCounter(Protocol):
 
 
 #: faults seen in this process, by component; tests read it to prove no hidden faults.
-fault_counts: dict = {}
+fault_counts: dict[str, int] = {}
 _owners: list[weakref.ref[FaultCounter]] = []
 _lock = threading.Lock()
 
 
-class guarded:
+class guarded:  # noqa: N801 (used as a function: `with guarded("metrics", owner):`)
     """``with guarded("traces"):`` swallows an ``Exception`` of the block and reports it.
 
     ``BaseException`` (KeyboardInterrupt, SystemExit, GeneratorExit) passes through.
@@ -51,10 +52,11 @@ class guarded:
         self.component = component
         self.owner = owner
 
-    def __enter__(self) -> guarded:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
         if kind is None or not issubclass(kind, Exception):
             return False
         report_fault(self.component, exc, self.owner)
@@ -85,6 +87,7 @@ def _default_owner() -> FaultCounter | None:
 
 
 def total_faults() -> int:
+    """Faults counted in this process so far, every component together."""
     return sum(fault_counts.values())
 
 

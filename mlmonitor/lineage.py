@@ -51,8 +51,8 @@ def _clean(value: Any) -> str:
 
 def parse_model_uri(uri: str) -> dict[str, str | None]:
     """The parts of an MLflow model URI; ValueError when it is none of the known forms."""
-    parts: dict[str, str | None] = dict(name=None, version=None, alias=None, run_id=None,
-                                           model_id=None)
+    parts: dict[str, str | None] = {"name": None, "version": None, "alias": None, "run_id": None,
+                                    "model_id": None}
     match = _LOGGED.fullmatch(uri)
     if match:
         parts["model_id"] = match.group(1)
@@ -60,7 +60,7 @@ def parse_model_uri(uri: str) -> dict[str, str | None]:
     match = _MODELS.fullmatch(uri)
     if match:
         parts.update(name=match.group(1), version=match.group(2), alias=match.group(3))
-        if parts["version"] in ("latest",) or (parts["version"] and not parts["version"].isdigit()):
+        if parts["version"] == "latest" or (parts["version"] and not parts["version"].isdigit()):
             raise ValueError(f"mlmonitor setting model_uri={uri!r}: a registered model's version "
                               "must be a number (or use models:/name@alias)")
         return parts
@@ -76,7 +76,7 @@ def mlflow_client() -> Any:
     """MLflow's client with bounded retries: start-up must not hang on a server that is down."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    from mlflow import MlflowClient  # optional dependency: only an alias or run id needs it
+    from mlflow import MlflowClient  # noqa: PLC0415 (optional dependency: only an alias or run id needs it)
     return MlflowClient()
 
 

@@ -153,7 +153,8 @@ class LogSink:
             rec.status_code, rec.duration * 1000.0, _json_string(rec.request_id),
             rec.trace_id, rec.span_id)
         if rec.is_prediction:
-            text = f'{text},"model_name":{_json_string(rec.model_name)},"model_version":{_json_string(rec.model_version)}'
+            text = (f'{text},"model_name":{_json_string(rec.model_name)},'
+                    f'"model_version":{_json_string(rec.model_version)}')
             run_id, model_id = lineage(rec.model_name, rec.model_version)
             if run_id or model_id:  # ids checked at start-up: [A-Za-z0-9_.-], no escaping
                 text = f'{text},"model_run_id":"{run_id}","model_id":"{model_id}"'

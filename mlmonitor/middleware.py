@@ -42,7 +42,7 @@ class MonitorMiddleware:
     underneath (its settings, sinks, references and feedback).
     """
 
-    def __init__(self, app: Callable, *, settings: Settings | None = None,
+    def __init__(self, app: Callable[..., Iterable[bytes]], *, settings: Settings | None = None,
                  registry: Any = None, tracer_provider: Any = None,
                  log_stream: TextIO | None = None, route_from_app: bool = False,
                  borrow_span: Callable[[], bool] | None = None, **options: Any) -> None:
@@ -59,7 +59,7 @@ class MonitorMiddleware:
         """One fault of mlmonitor, in this app's metrics (an owner for :mod:`mlmonitor.guard`)."""
         self.recorder.count_fault(component)
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         recorder = self.recorder
         if recorder.metrics_path is not None and environ.get("PATH_INFO") == recorder.metrics_path:
             return recorder.endpoint(environ, start_response)  # type: ignore[misc]
@@ -74,7 +74,7 @@ class MonitorMiddleware:
             guard.report_fault("middleware", exc, recorder)
         tokens = recorder.enter(rec)
 
-        def monitored_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
+        def monitored_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             try:
                 rec.status_code = int(status[:3])
                 wanted = recorder.request_id_header_lower

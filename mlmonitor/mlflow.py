@@ -50,7 +50,7 @@ def json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-_enabled: list = []
+_enabled: list[Any] = []
 
 
 def enabled_before_fork() -> bool:
@@ -66,7 +66,7 @@ MIN_CONNECTED = (3, 7)
 
 def _installed_version() -> str | None:
     """MLflow's version from its distribution (full, skinny or tracing-only), not importing it."""
-    from importlib import metadata  # start-up cost (~9 ms): only the connected mode asks
+    from importlib import metadata  # noqa: PLC0415 (start-up cost (~9 ms): only the connected mode asks)
     for dist in ("mlflow-skinny", "mlflow", "mlflow-tracing"):
         try:
             return metadata.version(dist)
@@ -129,8 +129,8 @@ def enable(experiment_id: str | None = None, required: bool = True) -> Any:
             raise ConfigError("MLFLOW_EXPERIMENT_NAME: no such experiment")
         experiment = found.experiment_id
     try:  # optional dependency: the [mlflow] extra, checked above
-        import mlflow
-        from mlflow.entities.trace_location import MlflowExperimentLocation
+        import mlflow  # noqa: PLC0415
+        from mlflow.entities.trace_location import MlflowExperimentLocation  # noqa: PLC0415
         if experiment is not None:
             mlflow.tracing.set_destination(MlflowExperimentLocation(experiment_id=str(experiment)))
         mlflow.tracing.enable()

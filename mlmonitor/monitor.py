@@ -64,7 +64,7 @@ class Monitor:
             recorder.declare_model(model_name, model_version)
         self._recorders.append(recorder)
 
-    def prediction(self, view: Callable | None = None, *, model_name: Any = None,
+    def prediction(self, view: Callable[..., Any] | None = None, *, model_name: Any = None,
                    model_version: Any = None, reference: Any = None,
                    model_uri: str | None = None) -> Any:
         """Mark a view as a prediction endpoint (``@monitor.prediction`` or with arguments).
@@ -100,7 +100,7 @@ class Monitor:
             recorder.set_reference(model_name, reference)
         self._view_references.append((model_name, reference))
 
-    def record_feedback(self, prediction_id: str, label: Any) -> str:
+    def record_feedback(self, prediction_id: str, label: Any) -> str | float:
         """Count ground truth for a signed prediction id (see :mod:`mlmonitor.feedback`)."""
         rec = RECORD_VAR.get()
         recorder = rec.recorder if rec is not None else self._recorder()

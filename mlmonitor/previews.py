@@ -121,7 +121,7 @@ def _redacted_key(redactor: Redactor, key: Any) -> str:
     return redactor.text(_key(key))
 
 
-def _head(value: Any, budget: list, depth: int = 0, key_text: Callable[[Any], str] = _key) -> Any:
+def _head(value: Any, budget: list[int], depth: int = 0, key_text: Callable[[Any], str] = _key) -> Any:
     """The head of a JSON-like value, in document order, about as much as its JSON can show in
     ``budget[0]`` characters (each text cut at its head, so a name is never separated from its
     value), every key as ``key_text`` makes it: a large body is read no further than its
@@ -140,17 +140,17 @@ def _head(value: Any, budget: list, depth: int = 0, key_text: Callable[[Any], st
         budget[0] -= 2
         mapping = model or isinstance(value, Mapping)
         out: Any = {} if mapping else []
-        for item in (iter(value) if model else value.items() if mapping else value):
+        for entry in (iter(value) if model else value.items() if mapping else value):
             if budget[0] <= 0:
                 budget[0] = -1
                 break
             if mapping:
-                key, item = item
+                key, item = entry
                 key = key_text(key)
                 budget[0] -= len(key) + 4
                 out[key] = _head(item, budget, depth + 1, key_text)
             else:
-                out.append(_head(item, budget, depth + 1, key_text))
+                out.append(_head(entry, budget, depth + 1, key_text))
         return out
     budget[0] -= 8  # something the redactor renders as text
     return value

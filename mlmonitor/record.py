@@ -101,7 +101,7 @@ class RequestRecord:
         "view",
     )
 
-    def __init__(self, environ: dict, method: str, start: float, start_ns: int,
+    def __init__(self, environ: dict[str, Any], method: str, start: float, start_ns: int,
                  recorder: Recorder | None = None) -> None:
         self.environ = environ
         # None only for a record handed to a sink directly (a sink's own tests)

@@ -14,6 +14,7 @@ import re
 import os
 import select
 import stat
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from .redact import TRUNCATED_MARK
@@ -33,7 +34,7 @@ def _lone_to_fffd(match: re.Match[str]) -> str:
 
 
 def valid_utf8(text: str) -> str:
-    """JSON text with each lone surrogate escape (``\\ud800``) made ``\\ufffd``.
+    r"""JSON text with each lone surrogate escape (``\ud800``) made ``\ufffd``.
 
     json writes a lone surrogate from client text as an escape that strict UTF-8
     parsers reject; pairs (emoji) are kept. Same length, so size caps still hold.
@@ -63,7 +64,7 @@ def _safe_repr(obj: Any) -> str:
             return "<unrepresentable>"
 
 
-def _sanitize(obj: Any, depth: int, seen: set, max_str: int) -> Any:
+def _sanitize(obj: Any, depth: int, seen: set[int], max_str: int) -> Any:
     """A JSON-safe copy: string keys, finite floats, no cycles, bounded depth and strings."""
     if obj is None or isinstance(obj, (bool, int)):
         if obj is None or type(obj) is bool:
@@ -116,7 +117,7 @@ def safe_text(obj: Any) -> str:
         return _safe_repr(obj)
 
 
-def render_json(event: dict, max_bytes: int = 16384) -> str:
+def render_json(event: Mapping[str, Any], max_bytes: int = 16384) -> str:
     """One strict-JSON line (ASCII, so bytes == characters), never raising, at most max_bytes.
 
     Valid UTF-8 too: a lone surrogate becomes U+FFFD (see :func:`valid_utf8`).
@@ -124,7 +125,7 @@ def render_json(event: dict, max_bytes: int = 16384) -> str:
     return valid_utf8(_render(event, max_bytes))
 
 
-def _render(event: dict, max_bytes: int) -> str:
+def _render(event: Mapping[str, Any], max_bytes: int) -> str:
     try:
         text = _encode(event)
     except Exception:
@@ -155,7 +156,7 @@ def _render(event: dict, max_bytes: int) -> str:
     return text
 
 
-def _fit(line: dict, limit: int, max_bytes: int) -> str:
+def _fit(line: dict[str, Any], limit: int, max_bytes: int) -> str:
     """The line in at most ``limit`` bytes: the stack's oldest part goes first, then the
     end of the error message, then whatever render_json's own cap cuts."""
     text = render_json(line, max_bytes)
@@ -190,11 +191,12 @@ class SafeJSONRenderer:
     def __init__(self, max_bytes: int = 16384) -> None:
         self.max_bytes = max_bytes
 
-    def __call__(self, logger: Any, method_name: str, event_dict: dict) -> str:
+    def __call__(self, logger: Any, method_name: str,  # noqa: ARG002 (structlog's renderer)
+                 event_dict: MutableMapping[str, Any]) -> str:
         return render_json(event_dict, self.max_bytes)
 
 
-def pipe_fd(stream: Any) -> tuple:
+def pipe_fd(stream: Any) -> tuple[Any, ...]:
     """(fd, is a pipe or FIFO) of a stream; (None, False) for one without a file descriptor."""
     try:
         fd = stream.fileno()

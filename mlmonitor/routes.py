@@ -6,7 +6,6 @@ request's path against them; both import this module, which imports nothing of m
 from __future__ import annotations
 
 import re
-from typing import Union
 from collections.abc import Iterable
 
 __all__ = ["RouteTemplate", "RouteTable", "is_template", "MAX_TEMPLATE_PATH"]
@@ -16,7 +15,7 @@ MAX_TEMPLATE_PATH = 2048
 _PLACEHOLDER = re.compile(r"<(?:([A-Za-z_][A-Za-z0-9_]*):)?([A-Za-z_][A-Za-z0-9_]*)>"
                           r"|\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]*))?\}")
 #: one segment of a template: its literal text, or (prefix, suffix, digits only)
-Segment = Union[str, tuple[str, str, bool]]
+Segment = str | tuple[str, str, bool]
 
 
 def is_template(path: str) -> bool:
@@ -59,7 +58,7 @@ class RouteTemplate:
 
     def matches(self, parts: list[str]) -> bool:
         """``parts``: the request path split on ``/`` (after the leading one), same length."""
-        for want, got in zip(self.segments, parts):
+        for want, got in zip(self.segments, parts, strict=False):
             if isinstance(want, str):
                 if want != got:
                     return False

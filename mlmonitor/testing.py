@@ -132,11 +132,11 @@ class Captured:
 def capture() -> Iterator[Captured]:
     """Monitors created inside use fresh doubles; see the module docstring."""
     captured = Captured()
-    engine._captures.append(captured)
+    engine._captures.append(captured)  # noqa: SLF001 (the engine's hook for this function only)
     try:
         yield captured
     finally:
-        engine._captures.remove(captured)
+        engine._captures.remove(captured)  # noqa: SLF001 (as above)
 
 
 try:

@@ -12,6 +12,7 @@ FastAPI: the endpoint's parameters as keywords; Django: the request, then the UR
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
@@ -35,11 +36,12 @@ class ViewLayer:
     #: the ``component`` of a fault while a prediction begins
     component = "prediction"
 
-    def record_of(self, args: tuple) -> RequestRecord | None:
+    def record_of(self, args: tuple[Any, ...]) -> RequestRecord | None:  # noqa: ARG002 (a framework's layer reads them)
         """The request's record (None: not a request mlmonitor serves)."""
         return RECORD_VAR.get()
 
-    def previews(self, rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
+    def previews(self, rec: RequestRecord, args: tuple[Any, ...], kwargs: dict[str, Any],  # noqa: ARG002 (as above)
+                 result: Any) -> None:
         """``capture_io``: the view's parsed arguments and its result."""
         keep_io(rec, kwargs, result)
 
@@ -47,7 +49,7 @@ class ViewLayer:
 VIEWS = ViewLayer()
 
 
-def model_of(value: Any, recorder: Recorder, component: str, args: tuple, kwargs: dict) -> Any:
+def model_of(value: Any, recorder: Recorder, component: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A name or version of a prediction view: a callable is called with the view's arguments
     (the one rule); a fault counts and gives None (the default), never raises into the view."""
     if not callable(value):
@@ -60,15 +62,15 @@ def model_of(value: Any, recorder: Recorder, component: str, args: tuple, kwargs
     return str(value)[:128] if value is not None and value != "" else None
 
 
-def prediction_view(view: Callable, model_name: Any, model_version: Any,
-                    layer: ViewLayer = VIEWS) -> Callable:
+def prediction_view(view: Callable[..., Any], model_name: Any, model_version: Any,
+                    layer: ViewLayer = VIEWS) -> Callable[..., Any]:
     """``view`` wrapped so that each call is a prediction of the model; sync or async alike.
     Its exceptions pass through untouched (the framework's error handling answers them)."""
     dynamic = callable(model_name) or callable(model_version)
     # the default layer finds the record in the context variable: no call per request
     record_of = None if type(layer) is ViewLayer else layer.record_of
 
-    def begin(rec: RequestRecord, args: tuple, kwargs: dict) -> None:
+    def begin(rec: RequestRecord, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         recorder = rec.recorder
         try:  # every prediction: a try costs nothing, guarded() ~2-4k instructions
             if dynamic:
@@ -83,7 +85,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
         except Exception as exc:
             guard.report_fault(layer.component, exc, recorder)
 
-    def previews(rec: RequestRecord, args: tuple, kwargs: dict, result: Any) -> None:
+    def previews(rec: RequestRecord, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
         """``capture_io``: the layer's previews, once the view returned."""
         if rec.environ is not None:
             try:
@@ -137,7 +139,7 @@ def prediction_view(view: Callable, model_name: Any, model_version: Any,
     return _with_signature(monitored_view, view)
 
 
-def keep_io(rec: RequestRecord, kwargs: dict, result: Any) -> None:
+def keep_io(rec: RequestRecord, kwargs: dict[str, Any], result: Any) -> None:
     """``capture_io=True`` (MLflow previews): the view's parsed arguments (FastAPI hands the
     JSON body to the view, as a dict or a pydantic model) and the JSON-like value it returned,
     kept as they are (the preview reads only their heads; no request stream is read here).
@@ -147,14 +149,13 @@ def keep_io(rec: RequestRecord, kwargs: dict, result: Any) -> None:
     previews.keep(rec, inputs or None, previews.json_like(result))
 
 
-def _with_signature(wrapper: Callable, view: Callable) -> Callable:
+def _with_signature(wrapper: Callable[..., Any], view: Callable[..., Any]) -> Callable[..., Any]:
     """The view's signature with its annotations evaluated where the view was written: a
     framework that reads string annotations (``from __future__ import annotations``) in the
     wrapper's module would not find them (FastAPI before 0.116 answered 422)."""
-    try:
+    # a name only known to type checkers: leave the signature as it is
+    with contextlib.suppress(Exception):
         wrapper.__signature__ = inspect.signature(view, eval_str=True)  # type: ignore[attr-defined]
-    except Exception:  # a name only known to type checkers: leave the signature as it is
-        pass
     return wrapper
 
 

@@ -108,7 +108,7 @@ def _auth_header(token: str | None, basic: str | None) -> dict[str, str]:
 
 
 def _get(url: str, headers: dict[str, str], timeout: float) -> str:
-    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip", **headers})
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip", **headers})  # noqa: S310 (as below)
     with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (the user's own URL)
         body: bytes = resp.read()
         if resp.headers.get("Content-Encoding", "").lower() == "gzip":
@@ -177,8 +177,9 @@ def _quantiles_above(expr: str) -> Iterator[tuple[str, float]]:
     """(histogram, N) of every ``histogram_quantile(q, ... metric_bucket ...) > N`` in ``expr``."""
     start = expr.find("histogram_quantile(")
     while start >= 0:
-        depth, end = 0, start + len("histogram_quantile")
-        for end in range(end, len(expr)):
+        depth, first = 0, start + len("histogram_quantile")
+        end = first
+        for end in range(first, len(expr)):
             depth += {"(": 1, ")": -1}.get(expr[end], 0)
             if depth == 0:
                 break
@@ -383,7 +384,7 @@ def check_feedback_secret(scrape: Scrape) -> list[Finding]:
 
 
 def check_internal_errors(scrape: Scrape) -> list[Finding]:
-    """Mlmonitor's own faults and dropped telemetry: every panel may be missing what they lost."""
+    """The faults of mlmonitor itself and dropped telemetry: every panel may be missing what they lost."""
     found = []
     for name, label, what in ((c.INTERNAL_ERRORS_TOTAL, c.COMPONENT, "internal errors"),
                               (c.TELEMETRY_DROPPED_TOTAL, c.SIGNAL, "telemetry dropped")):

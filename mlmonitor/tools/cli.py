@@ -199,6 +199,7 @@ def _add_dashboards(subparsers: Any) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mlmonitor`` command's parser: ``check``, ``reference``, ``alerts``, ``dashboards``."""
     parser = argparse.ArgumentParser(prog="mlmonitor", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlmonitor {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``mlmonitor`` command; its exit status (2: a bad input or file, one line on stderr)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

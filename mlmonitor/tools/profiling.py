@@ -41,10 +41,10 @@ _MISSING_TEXT = frozenset({"", "na", "nan", "null", "none"})
 
 def _numpy() -> Any:
     try:
-        import numpy
+        import numpy as np  # noqa: PLC0415 (optional dependency)
     except ImportError:
         return None
-    return numpy
+    return np
 
 
 def _quantile_edges(sorted_values: Sequence[float], bins: int) -> list[float]:
@@ -98,9 +98,7 @@ def _is_missing(value: Any) -> bool:
         return True
     if isinstance(value, float) and value != value:
         return True
-    if isinstance(value, str) and value.strip().lower() in _MISSING_TEXT:
-        return True
-    return False
+    return isinstance(value, str) and value.strip().lower() in _MISSING_TEXT
 
 
 def _top_shares(keys: Iterable[str], top_n: int) -> tuple[dict[str, float], int]:
@@ -124,7 +122,7 @@ def _categorical_profile(values: Iterable[Any], top_n: int) -> dict[str, Any] | 
 
 
 def _columns(data: Any, feature_names: Sequence[str] | None, np: Any) -> dict[str, Any]:
-    """Name -> column (a list, or a 1-D numpy array) for the supported input shapes."""
+    """The columns by name (a list, or a 1-D numpy array each) of the supported input shapes."""
     if isinstance(data, (str, os.PathLike)):
         raise InvalidReference("use profile_csv(path, ...) for a CSV file")
     if isinstance(data, Mapping):  # name -> column
@@ -134,7 +132,7 @@ def _columns(data: Any, feature_names: Sequence[str] | None, np: Any) -> dict[st
         return columns
     if hasattr(data, "columns") and hasattr(data, "to_numpy") and hasattr(data, "__getitem__"):
         names = [str(c) for c in data.columns]  # a pandas DataFrame, duck-typed: pandas stays optional
-        return {name: data[col].to_numpy() for name, col in zip(names, data.columns)}
+        return {name: data[col].to_numpy() for name, col in zip(names, data.columns, strict=False)}
     if np is not None and isinstance(data, np.ndarray):
         if data.ndim != 2:
             raise InvalidReference(f"expected a 2-D array, got {data.ndim}-D")
@@ -284,7 +282,7 @@ def build_profile(
         data_out["outputs"] = {"edges": outputs["edges"], "bins": outputs["bins"], "count": outputs["count"]}
         truth = _numbers(labels) if labels is not None and predictions is not None else None
         if truth is not None:
-            pairs = [(p, y) for p, y in zip(numbers, truth) if p is not None and y is not None]
+            pairs = [(p, y) for p, y in zip(numbers, truth, strict=False) if p is not None and y is not None]
             if pairs:
                 data_out["mae"] = sum(abs(p - y) for p, y in pairs) / len(pairs)
         class_source = None
@@ -300,7 +298,7 @@ def build_profile(
     if scores is not None:
         data_out["scores"] = _score_histogram(_as_list(scores))
     if predictions is not None and labels is not None and rows and task != REGRESSION:
-        data_out["accuracy"] = sum(same_value(p, y) for p, y in zip(predictions, labels)) / rows
+        data_out["accuracy"] = sum(same_value(p, y) for p, y in zip(predictions, labels, strict=False)) / rows
     return ReferenceProfile(data_out)
 
 
@@ -333,7 +331,7 @@ def profile_csv(
                     continue
                 if len(row) != len(header):
                     raise InvalidReference(f"{path}:{line}: {len(row)} cells for {len(header)} columns")
-                for name, cell in zip(header, row):
+                for name, cell in zip(header, row, strict=False):
                     raw[name].append(cell)
     except (csv.Error, UnicodeDecodeError) as exc:  # a NUL byte, an oversized field, not UTF-8
         raise InvalidReference(f"{path}: not a readable UTF-8 CSV file: {exc}") from None

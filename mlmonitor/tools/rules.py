@@ -1,4 +1,4 @@
-"""Mlmonitor's Prometheus recording and alerting rules, rendered from the metric contract.
+r"""Mlmonitor's Prometheus recording and alerting rules, rendered from the metric contract.
 
 Offline: runs when the rules are rendered (``mlmonitor alerts render``, at release
 or when a user changes a threshold), never in a request. Owns the rule
@@ -11,8 +11,8 @@ The shipped files in ``alerts/`` are this module's output with default threshold
 them in sync. Change a threshold, SLO target, selector or runbook address by
 rendering again, never by editing the YAML by hand::
 
-    mlmonitor alerts render --error-ratio 0.02 --latency-p99 1.0 \\
-        --selector '{job="my-model"}' --runbook-base-url https://wiki.example.com/runbooks \\
+    mlmonitor alerts render --error-ratio 0.02 --latency-p99 1.0 \
+        --selector '{job="my-model"}' --runbook-base-url https://wiki.example.com/runbooks \
         --availability-slo 0.995 --out-dir my-alerts/
 
 Every read, of a raw series (``up`` included) and of a recording rule alike, carries
@@ -255,12 +255,11 @@ def _recording(b: _Builder) -> list[dict[str, Any]]:
                   f"  or 0 * {b.m(PREDICTIONS_RATE)}\n)\n"
                   f"/ ({b.m(PREDICTIONS_RATE)} > 0)")},
     ]
-    for q in LATENCY_QUANTILES:
-        requests.append({
-            "record": latency_quantile(q),
-            "expr": (f"histogram_quantile(0.{q}, sum by ({b.version}, le) "
-                     f"(rate({b.m(PREDICTION_DURATION_BUCKET)}[{b.w(rate)}])))"),
-        })
+    requests.extend({
+        "record": latency_quantile(q),
+        "expr": (f"histogram_quantile(0.{q}, sum by ({b.version}, le) "
+                 f"(rate({b.m(PREDICTION_DURATION_BUCKET)}[{b.w(rate)}])))"),
+    } for q in LATENCY_QUANTILES)
 
     slo: list[dict[str, str]] = []
     le = f'le="{le_label(t.latency_slo_threshold)}"'
@@ -348,7 +347,8 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
                "warning", "input", b.w("5m"),
                f"Invalid-input ratio spike for {_WHO}",
                "{{ $value | humanizePercentage }} of predictions of " + _WHO
-               + f" were rejected as invalid input over the last {rate} (threshold {num(t.invalid_input_ratio * 100)}%):"
+               + f" were rejected as invalid input over the last {rate}"
+               f" (threshold {num(t.invalid_input_ratio * 100)}%):"
                " a client or schema change upstream?"),
         _alert("MLModelLatencyP99High",
                f"{b.m(LATENCY_P99)} > {num(t.latency_p99)}",

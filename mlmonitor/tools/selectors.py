@@ -116,13 +116,13 @@ def _unquote(quoted: str) -> str | None:
 
 
 def regex_error(rx: str) -> str | None:
-    """Why ``rx`` is not in the plain RE2 subset the rules accept, or None.
+    r"""Why ``rx`` is not in the plain RE2 subset the rules accept, or None.
 
     The subset: literals, ``.``, ``^``, ``$``, ``|``, ``(...)``, ``(?:...)``, ``(?i)``-style
-    flags, classes ``[a-z\\d]``, the escapes ``\\d \\w \\s \\b \\A \\z`` (and their negations),
+    flags, classes ``[a-z\d]``, the escapes ``\d \w \s \b \A \z`` (and their negations),
     an escaped punctuation character, ``* + ? {n} {n,} {n,m}`` (``m`` <= 1000, nested counts
     multiplied <= 1000), each optionally lazy. Everything here parses the same in RE2 (Go,
-    Prometheus); what is left out (look-arounds, back references, ``\\p{..}``, ``[[:alpha:]]``,
+    Prometheus); what is left out (look-arounds, back references, ``\p{..}``, ``[[:alpha:]]``,
     possessive or nested repetitions) is refused rather than guessed at.
     """
     try:
@@ -242,7 +242,7 @@ class _Regex:
         self.i += 1
 
     def class_char(self) -> str | None:
-        """One character of a class (None for \\d-style escapes)."""
+        r"""One character of a class (None for \d-style escapes)."""
         char = self.peek()
         if char == "":
             raise ValueError("an unclosed '['")
