@@ -10,7 +10,9 @@ its URL patterns are not paths; this middleware adds what only Django knows:
 * :func:`prediction` marks a view (``def`` or ``async def``) as a prediction endpoint, with
   the same wrapper as ``@monitor.prediction``.
 
-Two ways to use it (list it first in ``MIDDLEWARE``, so it sees every answer):
+The middleware is sync and async capable: under Django's ASGI handler it runs on the event
+loop, so an ``async def`` view is called without a hop to a thread. Two ways to use it (list it
+first in ``MIDDLEWARE``, so it sees every answer):
 
 * **alone**: the middleware owns the request (metrics, one log line, a span, ``/metrics``).
   Settings come from the ``MLMONITOR`` dict in Django's settings (the keyword arguments of
@@ -42,10 +44,12 @@ import weakref
 from typing import Any
 from collections.abc import Callable
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+
 from . import guard, previews
 from .config import resolve
 from .disconnect import WatchedInput, declared_length, gone_at_close
-from .engine import Recorder
+from .engine import Recorder, Tokens
 from .record import ENVIRON_KEY, UNMATCHED_ROUTE, RequestRecord
 from .views import ViewLayer, from_model_uri, prediction_view
 
@@ -96,6 +100,9 @@ class MonitorDjangoMiddleware:
     """Django middleware: route labels from URL patterns, 500s with their exception, and
     (without a ``MonitorMiddleware`` around the WSGI app) the request itself."""
 
+    sync_capable = True
+    async_capable = True  # under Django's ASGI handler: no thread hop around async views
+
     def __init__(self, get_response: Callable[..., Any]) -> None:
         self.get_response = get_response
         options, flat = _settings_of_django()
@@ -108,12 +115,61 @@ class MonitorDjangoMiddleware:
                                  route_from_app=True)
         _adopt(self.recorder)
         self._last_outer: Recorder | None = None
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request: Any) -> Any:
+        if self.is_async:
+            return self._acall(request)
         rec = request.META.get(ENVIRON_KEY)
-        if rec is None:
-            return self._serve(request)
-        # a MonitorMiddleware around the WSGI app owns the request
+        if rec is not None:  # a MonitorMiddleware around the WSGI app owns the request
+            self._outer(rec)
+            response = self.get_response(request)
+            self._outer_answered(request, rec)
+            return response
+        recorder = self.recorder
+        if recorder.metrics_path is not None and request.path_info == recorder.metrics_path:
+            return self._metrics(request)
+        started = self._begin(request)
+        if started is None:
+            return self.get_response(request)
+        rec, tokens = started
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:  # Django answers most exceptions itself; not this one
+            self._failed(rec, exc)
+            raise
+        finally:
+            recorder.leave(tokens)
+        return self._answered(request, rec, response)
+
+    async def _acall(self, request: Any) -> Any:
+        """:meth:`__call__` under Django's ASGI handler: the same steps, the rest awaited."""
+        rec = request.META.get(ENVIRON_KEY)
+        if rec is not None:  # an outer layer owns the request
+            self._outer(rec)
+            response = await self.get_response(request)
+            self._outer_answered(request, rec)
+            return response
+        recorder = self.recorder
+        if recorder.metrics_path is not None and request.path_info == recorder.metrics_path:
+            return await sync_to_async(self._metrics)(request)  # collected off the event loop
+        started = self._begin(request)
+        if started is None:
+            return await self.get_response(request)
+        rec, tokens = started
+        try:
+            response = await self.get_response(request)
+        except BaseException as exc:
+            self._failed(rec, exc)
+            raise
+        finally:
+            recorder.leave(tokens)
+        return self._answered(request, rec, response)
+
+    def _outer(self, rec: RequestRecord) -> None:
+        """The outer layer's recorder gets the declared models and references once."""
         recorder = rec.recorder
         if recorder is not self._last_outer:
             try:
@@ -121,39 +177,38 @@ class MonitorDjangoMiddleware:
             except Exception as exc:
                 guard.report_fault("django", exc, recorder)
             self._last_outer = recorder
-        response = self.get_response(request)
+
+    def _outer_answered(self, request: Any, rec: RequestRecord) -> None:
         if rec.route is None and not rec.finished:
             try:
-                recorder.route_known(rec, _pattern_of(request))
+                rec.recorder.route_known(rec, _pattern_of(request))
             except Exception as exc:
-                guard.report_fault("django", exc, recorder)
-        return response
+                guard.report_fault("django", exc, rec.recorder)
 
-    def _serve(self, request: Any) -> Any:
-        """Alone: the engine's lifecycle, on Django's request and response objects."""
+    def _begin(self, request: Any) -> tuple[RequestRecord, Tokens] | None:
+        """Alone: the request begins and its context is entered (None: a fault, unmonitored)."""
         recorder = self.recorder
-        if recorder.metrics_path is not None and request.path_info == recorder.metrics_path:
-            return self._metrics(request)
         try:
             rec = recorder.begin(request.META)
         except Exception as exc:
             guard.report_fault("middleware", exc, recorder)
-            return self.get_response(request)
+            return None
         try:
             watch_request_body(request, rec)  # a body that ends early: the client went away
         except Exception as exc:
             guard.report_fault("django", exc, recorder)
-        tokens = recorder.enter(rec)
-        try:
-            response = self.get_response(request)
-        except BaseException as exc:  # Django answers most exceptions itself; not this one
-            if rec.exc is None:
-                rec.exc = exc
-            rec.status_code = 0
-            recorder.finish(rec)
-            raise
-        finally:
-            recorder.leave(tokens)
+        return rec, recorder.enter(rec)
+
+    def _failed(self, rec: RequestRecord, exc: BaseException) -> None:
+        if rec.exc is None:
+            rec.exc = exc
+        rec.status_code = 0
+        self.recorder.finish(rec)
+
+    def _answered(self, request: Any, rec: RequestRecord, response: Any) -> Any:
+        """Django's response: its status and route, the request id header, and the record
+        finished now or, for a streamed response, when Django closes it."""
+        recorder = self.recorder
         try:
             rec.status_code = response.status_code
             if rec.route is None:

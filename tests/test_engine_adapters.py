@@ -175,6 +175,19 @@ def test_a_django_async_prediction_view_is_charged_to_the_model_its_callable_nam
     assert all(line["request_id"] == r["X-Request-ID"] for line, r in zip(lines, responses))
 
 
+def test_the_django_middleware_is_async_under_an_async_chain_and_sync_under_a_sync_one():
+    from asgiref.sync import iscoroutinefunction
+
+    from mlmonitor.django import MonitorDjangoMiddleware
+
+    async def get_response(request):
+        return None
+
+    with capture():
+        assert iscoroutinefunction(MonitorDjangoMiddleware(get_response))
+        assert not iscoroutinefunction(MonitorDjangoMiddleware(lambda request: None))
+
+
 def _post(url: str) -> int:
     request = urllib.request.Request(url, data=BODY.encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
