@@ -199,7 +199,10 @@ def test_broken_otlp_endpoint_costs_no_latency_or_answers_and_drops_are_counted(
     print(f"\n[{endpoint}] p99 {fault_p99 * 1000:.1f} ms vs healthy {healthy_p99 * 1000:.1f} ms "
           f"(ratio {fault_p99 / healthy_p99:.2f}); shutdown {elapsed:.1f}s; dropped spans "
           f"{total(values, 'mlmonitor_telemetry_dropped_total', signal='traces'):.0f}")
-    assert fault_p99 < healthy_p99 * 3 + 0.05
+    # what this guards against is an exporter on the request path: a synchronous span processor
+    # adds about 1 s a request when the collector is down; the slack keeps a loaded machine's
+    # jitter (0.14 s p99 seen beside a full test run) from failing it
+    assert fault_p99 < healthy_p99 * 3 + 0.5
     assert not any("Traceback" in line for line in g.stderr_lines), "\n".join(g.stderr_lines[-30:])
     if endpoint != "slow":
         assert total(values, "mlmonitor_telemetry_dropped_total", signal="traces") > 0
