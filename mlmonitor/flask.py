@@ -84,7 +84,9 @@ def _wrap_hooks(app: Flask) -> None:
     preprocess, process = app.preprocess_request, app.process_response
 
     def preprocess_request() -> Any:
-        _before_request()
+        rec = RECORD_VAR.get()  # set by this app's middleware, which runs around this step
+        if rec is not None and not rec.finished:
+            _before_request(rec)
         return preprocess()
 
     def process_response(response: Any) -> Any:
@@ -165,12 +167,11 @@ def _current_request() -> Any:
     return ctx.request if ctx is not None else request
 
 
-def _before_request() -> None:
-    rec = RECORD_VAR.get()  # set by this app's middleware, which runs around this hook
-    if rec is None or rec.finished:
-        return
+def _before_request(rec: RequestRecord) -> None:
+    """The URL rule is the route; FlaskInstrumentor's span is borrowed if it has one."""
     try:  # every request: a try, not guarded()
-        rule = _current_request().url_rule
+        ctx = _cv_request.get(None) if _cv_request is not None else None  # _current_request()
+        rule = (ctx.request if ctx is not None else request).url_rule
         rec.recorder.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
         if rec.span is None and rec.recorder.traces is not None:
             _borrow_span(rec)
@@ -202,10 +203,12 @@ def _after_request_last(response: Any) -> Any:
         if rec.route is None:
             rule = _current_request().url_rule
             rec.recorder.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
-        if not response.is_sequence and type(response.response) is ClosingIterator \
+        sequence = response.is_sequence
+        if not sequence and type(response.response) is ClosingIterator \
                 and response.status_code >= 400 and not response.direct_passthrough:
             response.make_sequence()  # an HTTPException's page (abort, 404, 500): a few bytes
-        if response.is_sequence:
+            sequence = response.is_sequence
+        if sequence:
             rec.environ[MATERIALISED] = True
         if rec.recorder.settings.capture_io and rec.is_prediction:
             _capture_io(rec, response)
