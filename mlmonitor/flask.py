@@ -49,8 +49,8 @@ def is_flask_app(app: Any) -> bool:
 
 
 def attach(app: Flask, options: dict[str, Any]) -> Recorder:
-    """Wrap ``app.wsgi_app`` and add the hooks; the app's recorder, also kept in
-    ``app.extensions["mlmonitor"]``."""
+    """Wrap ``app.wsgi_app`` and the app's request steps (:func:`_wrap_hooks`); the app's
+    recorder, also kept in ``app.extensions["mlmonitor"]``."""
     if EXTENSION_KEY in app.extensions:
         raise RuntimeError("mlmonitor is already registered on this Flask app; "
                            "call Monitor(app) or monitor.init_app(app) once per app")
