@@ -250,7 +250,7 @@ class MonitorDjangoMiddleware:
             route = _label(request.resolver_match)
             gauge = rec.in_progress
             if gauge is not None and rec.route != route:  # labelled by path before Django ran
-                gauge.dec()
+                gauge.inc(-1)  # the gauge child's value (see MetricsSink.start)
                 rec.in_progress = None
             rec.recorder.route_known(rec, route)
         except Exception as exc:

@@ -264,7 +264,9 @@ class Recorder:
                 settle(rec)  # the client went away: 499, see mlmonitor.disconnect
             if rec.is_prediction and rec.status_code in NOT_CHARGED:
                 rec.is_prediction = False  # the model was never reached: HTTP-only
-            rec.error_type = error_type_of(rec)
+            code = rec.status_code
+            # a 1xx-3xx answer without an exception has none (error_type_of's last line)
+            rec.error_type = None if 0 < code < 400 and rec.exc is None else error_type_of(rec)
         except Exception as exc:
             guard.report_fault("middleware", exc, self)
         for name, sink in self._sinks:  # try, not guarded(): no object and no calls per sink

@@ -49,8 +49,8 @@ def is_flask_app(app: Any) -> bool:
 
 
 def attach(app: Flask, options: dict[str, Any]) -> Recorder:
-    """Wrap ``app.wsgi_app`` and add the hooks; the app's recorder, also kept in
-    ``app.extensions["mlmonitor"]``."""
+    """Wrap ``app.wsgi_app`` and the app's request steps (:func:`_wrap_hooks`); the app's
+    recorder, also kept in ``app.extensions["mlmonitor"]``."""
     if EXTENSION_KEY in app.extensions:
         raise RuntimeError("mlmonitor is already registered on this Flask app; "
                            "call Monitor(app) or monitor.init_app(app) once per app")
@@ -69,12 +69,31 @@ def attach(app: Flask, options: dict[str, Any]) -> Recorder:
         if traces.mlflow:  # named from the start
             traces.route_at_start = lambda environ: _route_at_start(app, environ)
     app.wsgi_app = middleware  # type: ignore[method-assign]
-    # first of the app's hooks (an auth hook may answer before the others run), and the
-    # after-request hook last (it sees the response the app really sends)
-    app.before_request_funcs.setdefault(None, []).insert(0, _before_request)
-    app.after_request_funcs.setdefault(None, []).insert(0, _after_request_last)
+    _wrap_hooks(app)
     app.extensions[EXTENSION_KEY] = recorder
     return recorder
+
+
+def _wrap_hooks(app: Flask) -> None:
+    """Ours before the app's before-request hooks (an auth hook may answer before the others
+    run) and after its after-request hooks (it sees the response the app really sends).
+
+    Wrapped around the app's own two steps, not registered as hooks: Flask asks of each hook,
+    in every request, whether it is a coroutine function (``ensure_sync``, ~60 bytecodes each).
+    """
+    preprocess, process = app.preprocess_request, app.process_response
+
+    def preprocess_request() -> Any:
+        rec = RECORD_VAR.get()  # set by this app's middleware, which runs around this step
+        if rec is not None and not rec.finished:
+            _before_request(rec)
+        return preprocess()
+
+    def process_response(response: Any) -> Any:
+        return _after_request_last(process(response))
+
+    app.preprocess_request = preprocess_request  # type: ignore[method-assign]
+    app.process_response = process_response  # type: ignore[method-assign]
 
 
 def current_recorder() -> Recorder | None:
@@ -148,12 +167,11 @@ def _current_request() -> Any:
     return ctx.request if ctx is not None else request
 
 
-def _before_request() -> None:
-    rec = RECORD_VAR.get()  # set by this app's middleware, which runs around this hook
-    if rec is None or rec.finished:
-        return
+def _before_request(rec: RequestRecord) -> None:
+    """The URL rule is the route; FlaskInstrumentor's span is borrowed if it has one."""
     try:  # every request: a try, not guarded()
-        rule = _current_request().url_rule
+        ctx = _cv_request.get(None) if _cv_request is not None else None  # _current_request()
+        rule = (ctx.request if ctx is not None else request).url_rule
         rec.recorder.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
         if rec.span is None and rec.recorder.traces is not None:
             _borrow_span(rec)
@@ -185,10 +203,12 @@ def _after_request_last(response: Any) -> Any:
         if rec.route is None:
             rule = _current_request().url_rule
             rec.recorder.route_known(rec, rule.rule if rule is not None else UNMATCHED_ROUTE)
-        if not response.is_sequence and type(response.response) is ClosingIterator \
+        sequence = response.is_sequence
+        if not sequence and type(response.response) is ClosingIterator \
                 and response.status_code >= 400 and not response.direct_passthrough:
             response.make_sequence()  # an HTTPException's page (abort, 404, 500): a few bytes
-        if response.is_sequence:
+            sequence = response.is_sequence
+        if sequence:
             rec.environ[MATERIALISED] = True
         if rec.recorder.settings.capture_io and rec.is_prediction:
             _capture_io(rec, response)

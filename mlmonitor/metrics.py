@@ -63,16 +63,6 @@ def _observer(child: Any) -> Observer:
     return child, child._upper_bounds, child._buckets, child._sum  # noqa: SLF001 (see _FAST)
 
 
-def _observe(observer: Observer, amount: float, exemplar: dict[str, str] | None) -> None:
-    """``child.observe(amount, exemplar)``: the first bucket whose bound is >= amount, and the sum."""
-    child, bounds, buckets, total = observer
-    if bounds is None or exemplar is not None or amount != amount:  # NaN: no bucket, as observe()
-        child.observe(amount, exemplar)
-        return
-    total.inc(amount)
-    buckets[bisect_left(bounds, amount)].inc(1)
-
-
 def warn_if_buckets_miss_the_rules(buckets: tuple[float, ...]) -> bool:
     """One warning per process when the latency buckets lack the shipped rules' threshold:
     the slow-ratio rules read the bucket at that bound, so they would return nothing."""
@@ -116,6 +106,7 @@ class MetricsSink:
         self.cap_stage = cap(STAGE, limit)
         self.cap_class = cap(CLASS, max(limit, 50))
         self._http: dict[Any, Any] = {}
+        self._gauges: dict[tuple[str, str], Any] = {}  # (method, route) -> in-progress value
         self._models: dict[Any, Any] = {}
         self._exemplar_due = 0.0
         self._seen_models: set[tuple[str, str]] = set()
@@ -239,23 +230,24 @@ class MetricsSink:
 
     # -- per request ------------------------------------------------------------
     def start(self, rec: RequestRecord) -> None:
-        """Count the request as in progress once its route is known."""
-        if rec.route is not None and rec.in_progress is None:
-            gauge = self.child(self.f.in_progress, rec.method, rec.route)
-            if _FAST:
-                gauge._value.inc(1)  # noqa: SLF001 (see _FAST)
-            else:
-                gauge.inc()
+        """Count the request as in progress once its route is known; ``rec.in_progress`` is
+        then what ``inc(-1)`` takes it back on (the gauge child's value, or the child)."""
+        route = rec.route
+        if route is not None and rec.in_progress is None:
+            key = (rec.method, route)
+            gauge = self._gauges.get(key)
+            if gauge is None:
+                gauge = _counter(self.child(self.f.in_progress, *key))
+                if len(self._gauges) < CHILD_CACHE_LIMIT:
+                    self._gauges[key] = gauge
+            gauge.inc(1)
             rec.in_progress = gauge
 
     def finish(self, rec: RequestRecord) -> None:
         """The body is closed: count the request, its prediction and its observations."""
         gauge = rec.in_progress
         if gauge is not None:
-            if _FAST:
-                gauge._value.inc(-1)  # noqa: SLF001 (see _FAST)
-            else:
-                gauge.dec()
+            gauge.inc(-1)
             rec.in_progress = None
         exemplar = None
         if self.exemplars and rec.sampled and rec.start >= self._exemplar_due:
@@ -266,19 +258,32 @@ class MetricsSink:
         http = self._http.get(key)
         if http is None:
             http = self._http_children(key)
-        http[0].inc(1)
-        _observe(http[1], rec.duration, exemplar)
+        counter, (child, bounds, buckets, total) = http
+        counter.inc(1)
+        seconds = rec.duration
+        # child.observe(seconds, exemplar) written out, here and below (see _FAST): the first
+        # bucket whose bound is >= seconds, and the sum; NaN falls to observe(), no bucket
+        if bounds is None or exemplar is not None or seconds != seconds:
+            child.observe(seconds, exemplar)
+        else:
+            total.inc(seconds)
+            buckets[bisect_left(bounds, seconds)].inc(1)
         if rec.is_prediction:
             model_key = (rec.model_name, rec.model_version)
             model = self._models.get(model_key)
             if model is None:
                 model = self._model_children(model_key)
-            labels = model[0]
-            model[1].inc(1)
+            labels, counter, (child, bounds, buckets, total) = model
+            counter.inc(1)
             if rec.error_type:
                 self.child(self.f.prediction_errors, *labels, self.cap_error(rec.error_type)).inc()
-            seconds = rec.prediction_seconds if rec.prediction_seconds is not None else rec.duration
-            _observe(model[2], seconds, exemplar)
+            if rec.prediction_seconds is not None:
+                seconds = rec.prediction_seconds
+            if bounds is None or exemplar is not None or seconds != seconds:
+                child.observe(seconds, exemplar)
+            else:
+                total.inc(seconds)
+                buckets[bisect_left(bounds, seconds)].inc(1)
             if rec.first_chunk is not None:
                 self.child(self.f.time_to_first_chunk, *labels).observe(rec.first_chunk)
             for stage, stage_seconds in rec.stages:

@@ -108,7 +108,8 @@ def prediction_view(view: Callable[..., Any], model_name: Any, model_version: An
                 raise
             finally:
                 rec.prediction_seconds = _perf() - started
-                context.annotate_borrowed(rec)
+                if rec.span is not None and not rec.own_span:  # a borrowed span: no call else
+                    context.annotate_borrowed(rec)
             if rec.recorder.settings.capture_io:
                 previews(rec, args, kwargs, result)
             return result
@@ -130,7 +131,8 @@ def prediction_view(view: Callable[..., Any], model_name: Any, model_version: An
             raise
         finally:
             rec.prediction_seconds = _perf() - started
-            context.annotate_borrowed(rec)
+            if rec.span is not None and not rec.own_span:  # a borrowed span: no call else
+                context.annotate_borrowed(rec)
         if rec.recorder.settings.capture_io:
             previews(rec, args, kwargs, result)
         return result
