@@ -145,14 +145,15 @@ def test_auth_hook_registered_before_monitor_that_answers_401_keeps_the_route(ml
     assert [line["route"] for line in monitored.logs()] == ["/predict", "/predict"]
 
 
-def test_a_hook_put_before_mlmonitors_afterwards_still_gets_the_route(mlmonitor_capture):
+def test_a_hook_put_first_afterwards_still_gets_the_route(mlmonitor_capture):
+    """mlmonitor reads the route before any before_request hook runs, even one put first by hand."""
     app = Flask(__name__)
     Monitor(app, **IRIS)
 
     def deny():
         abort(403)
 
-    app.before_request_funcs.setdefault(None, []).insert(0, deny)  # runs before mlmonitor's
+    app.before_request_funcs.setdefault(None, []).insert(0, deny)  # the first hook: it answers
     app.get("/items/<int:item>")(lambda item: "ok")
     assert app.test_client().get("/items/3").status_code == 403
     assert mlmonitor_capture.value("mlmonitor_http_requests_total", method="GET",
