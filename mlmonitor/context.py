@@ -16,6 +16,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import guard
 from .record import MAX_TAGS, RECORD_VAR, RequestRecord
+from .traces import link_feedback
 
 if TYPE_CHECKING:  # the type only: these helpers reach the engine through the record
     from .engine import Recorder
@@ -256,8 +257,10 @@ def prediction_ids(predictions: Any) -> list[str]:
         raise RuntimeError("prediction_ids() is called inside a request mlmonitor serves")
     recorder = rec.recorder
     settings = recorder.settings
+    # a sampled span's ids ride in the id, for feedback to link to; an unsampled id stays short
+    context = (rec.trace_id, rec.span_id) if rec.sampled and rec.trace_id else None
     return [recorder.feedback.sign(rec.model_name or settings.model_name,
-                                   rec.model_version or settings.model_version, p)
+                                   rec.model_version or settings.model_version, p, context)
             for p in predictions]
 
 
@@ -277,14 +280,19 @@ def record_feedback(prediction_id: str, label: Any, *, middleware: Any = None) -
     ``mlmonitor_feedback_rejected_total{reason}``. ``middleware``, needed outside a request:
     the app's ``MonitorMiddleware`` or ``MonitorASGIMiddleware``, or its ``Recorder``.
     """
+    rec = RECORD_VAR.get()
     if middleware is None:
-        rec = RECORD_VAR.get()
         if rec is None:
             raise RuntimeError("record_feedback() outside a request needs middleware=")
         recorder: Recorder = rec.recorder
     else:  # a MonitorMiddleware or MonitorASGIMiddleware, or a Recorder itself
         recorder = getattr(middleware, "recorder", middleware)
-    return recorder.feedback.record(prediction_id, label)
+    facts, result = recorder.feedback.check(prediction_id, label)
+    if rec is not None:  # only a verified, first-seen id gets here: a forged or replayed one raised
+        rec.prediction_trace_id = facts.trace_id
+        with guard.guarded("traces", rec.recorder):
+            link_feedback(rec.span, facts.trace_id, facts.span_id, result)
+    return result
 
 
 MAX_OBSERVATIONS = 1024

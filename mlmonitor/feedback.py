@@ -26,7 +26,8 @@ from . import guard
 from .config import MAX_OBSERVED, Settings
 from .multiprocess import UnsafeDirectory, check_directory, multiprocess_dir
 from .reference import as_number, outcome
-from .tokens import InvalidFeedback, SeenTokens, fit_fields, fit_text, sign_prediction, verify_prediction
+from .tokens import (InvalidFeedback, PredictionFacts, SeenTokens, fit_fields, fit_text, sign_prediction,
+                     verify_prediction)
 
 __all__ = ["FeedbackRecorder", "SECRET_FILE", "shared_secret"]
 
@@ -53,14 +54,16 @@ class FeedbackRecorder:
         self._warned = False
         self._seen: Any | None = None
 
-    def sign(self, model_name: str, model_version: str, predicted: Any) -> str:
+    def sign(self, model_name: str, model_version: str, predicted: Any,
+             trace_context: tuple[str, str] | None = None) -> str:
         """A prediction id; never raises into the request that asks for it.
 
         Values that do not fit an id are made to fit (:func:`mlmonitor.tokens.fit_fields`): name
         and version cut to 128 characters, a predicted value longer than 128 bytes as text cut at a
         character boundary (feedback then compares labels cut the same way), a non-finite float
         sent as its text. Should signing still fail, the fault is counted and the id is ``""``,
-        which feedback refuses as ``malformed``.
+        which feedback refuses as ``malformed``. ``trace_context``: the trace and span ids (hex)
+        of a sampled prediction's span, for feedback to link to.
         """
         if self.ephemeral and not self._warned:
             self._warned = True
@@ -71,7 +74,8 @@ class FeedbackRecorder:
         try:  # once per id of a batch: a try, not guarded()
             if type(predicted).__module__ == "numpy" and getattr(predicted, "size", 0) == 1:
                 predicted = predicted.item()  # a numpy scalar signs as the number it holds
-            return sign_prediction(self.secret, *fit_fields(model_name, model_version, predicted))
+            return sign_prediction(self.secret, *fit_fields(model_name, model_version, predicted),
+                                   trace_context=trace_context)
         except Exception as exc:
             guard.report_fault("feedback", exc, self.owner)
             return ""
@@ -85,6 +89,11 @@ class FeedbackRecorder:
         regression, anything but a finite number within ``MAX_OBSERVED``). A refused label does
         not use the id up: it can be sent again with a good one.
         """
+        return self.check(token, label)[1]
+
+    def check(self, token: str, label: Any) -> tuple[PredictionFacts, str | float]:
+        """:meth:`record`, also returning the verified id's facts (its trace context): they
+        exist only once the signature, age, label and duplicate checks have passed."""
         if self._seen is None:
             self._seen = SeenTokens()
         try:
@@ -106,7 +115,7 @@ class FeedbackRecorder:
                     self.metrics.count_absolute_error(facts.model_name, facts.model_version, float(result))
                 else:
                     self.metrics.count_feedback(facts.model_name, facts.model_version, str(result))
-        return result
+        return facts, result
 
 
 def _outcome(predicted: Any, label: Any) -> str:

@@ -152,6 +152,8 @@ class LogSink:
             _json_string(route) if route is not None else "null",
             rec.status_code, rec.duration * 1000.0, _json_string(rec.request_id),
             rec.trace_id, rec.span_id)
+        if rec.prediction_trace_id:  # hex from a verified id: no escaping
+            text = f'{text},"prediction_trace_id":"{rec.prediction_trace_id}"'
         if rec.is_prediction:
             text = (f'{text},"model_name":{_json_string(rec.model_name)},'
                     f'"model_version":{_json_string(rec.model_version)}')
@@ -185,6 +187,8 @@ class LogSink:
             "trace_id": rec.trace_id,
             "span_id": rec.span_id,
         }
+        if rec.prediction_trace_id:
+            line["prediction_trace_id"] = rec.prediction_trace_id
         if rec.is_prediction:
             line["model_name"] = rec.model_name
             line["model_version"] = rec.model_version

@@ -85,6 +85,7 @@ class RequestRecord:
         "own_span",
         "path",
         "prediction_seconds",
+        "prediction_trace_id",
         "query",
         "recorder",
         "request_id",
@@ -124,6 +125,8 @@ class RequestRecord:
         self.model_name = ""
         self.model_version = ""
         self.prediction_seconds: float | None = None
+        #: a feedback request: the trace id of the prediction it judges ("" if none)
+        self.prediction_trace_id = ""
         self.stages: list[tuple[str, float]] = []
         self.exc: BaseException | None = None
         self.error_type: str | None = None

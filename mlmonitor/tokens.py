@@ -4,7 +4,9 @@ A prediction id is ``<payload>.<tag>``: the payload is base64url JSON of the mod
 version, predicted value, timestamp and a nonce; the tag an HMAC-SHA256 of it,
 truncated to 128 bits. :func:`verify_prediction` refuses forged, malformed,
 expired and future ids with :class:`InvalidFeedback`, whose ``reason`` is a
-safe metric label. Nothing here imports the rest of mlmonitor.
+safe metric label. The id of a traced, sampled prediction also carries its trace and
+span ids (a seventh payload field, 24 bytes as base64url), so feedback can link to
+that span from any worker; ids without it stay valid. Nothing here imports the rest of mlmonitor.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ _TOKEN_VERSION = 1
 _TAG_BYTES = 16  # 128-bit truncated HMAC-SHA256 tag
 MAX_NAME_CHARS = 128  # model name and version: the label cap, whatever their UTF-8 size
 MAX_PREDICTED_BYTES = 128  # the predicted value, as UTF-8 text
-#: the longest id: three fields of 128 characters, each JSON-escaped to at most 6 bytes a character
+#: the longest id: three fields of 128 characters, each JSON-escaped to at most 6 bytes a character,
+#: and the trace context (about 3,200 characters)
 MAX_TOKEN_LEN = 4096
 MAX_CLOCK_SKEW_S = 300.0
 #: why feedback is refused: the id's faults, then ``bad_label`` (a label that cannot be counted,
@@ -56,6 +59,9 @@ class PredictionFacts:
     predicted: str | int | float | bool
     ts: int
     token_id: str
+    #: the prediction's trace and span ids (32 and 16 hex digits), "" when it was not sampled
+    trace_id: str = ""
+    span_id: str = ""
 
 
 def _b64(data: bytes) -> str:
@@ -83,6 +89,7 @@ def sign_prediction(
     model_version: str,
     predicted: object,  # a str, int, float or bool signs as itself, anything else as its text
     ts: float | None = None,
+    trace_context: tuple[str, str] | None = None,
 ) -> str:
     """A compact URL-safe prediction id: ``<payload>.<tag>``, payload = base64url JSON of
     ``[1, model_name, model_version, predicted, ts, nonce]``, tag = HMAC-SHA256 truncated to 128 bits.
@@ -91,8 +98,10 @@ def sign_prediction(
     The payload is signed, not encrypted: the client can read the predicted value.
     Raises ValueError for a value that does not fit (model name or version over 128 characters,
     predicted over 128 bytes as text, a non-finite float, a lone surrogate); :func:`fit_fields`
-    makes any values fit.
+    makes any values fit. ``trace_context``: the prediction's trace and span ids as hex (32 and
+    16 digits, not all zero), signed with the rest; leave it out for an unsampled request.
     """
+    context = _trace_field(trace_context) if trace_context is not None else None
     if isinstance(predicted, float) and not math.isfinite(predicted):
         raise ValueError("predicted must be finite")
     if not isinstance(predicted, (str, int, float, bool)):
@@ -104,8 +113,33 @@ def sign_prediction(
         raise ValueError(f"predicted longer than {MAX_PREDICTED_BYTES} bytes")
     stamp = int(time.time() if ts is None else ts)
     body = [_TOKEN_VERSION, str(model_name), str(model_version), predicted, stamp, _b64(_secrets.token_bytes(6))]
+    if context is not None:
+        body.append(context)
     payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     return f"{payload}.{_b64(_tag(_key(secret), payload))}"
+
+
+def _trace_field(trace_context: tuple[str, str]) -> str:
+    """Trace and span ids as one base64url field of 24 bytes; ValueError if not valid ids."""
+    trace_id, span_id = trace_context
+    try:
+        raw = bytes.fromhex(trace_id) + bytes.fromhex(span_id)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 24 or len(trace_id) != 32 or not any(raw[:16]) or not any(raw[16:]):
+        raise ValueError("trace_context must be a valid trace id and span id in hex")
+    return _b64(raw)
+
+
+def _trace_ids(field: object) -> tuple[str, str]:
+    """The trace and span ids of a signed id's seventh field; ``malformed`` if it is not one."""
+    try:
+        raw = _unb64(field) if isinstance(field, str) and len(field) == 32 else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 24 or not any(raw[:16]) or not any(raw[16:]):
+        raise InvalidFeedback("malformed", "bad trace context")
+    return raw[:16].hex(), raw[16:].hex()
 
 
 def fit_fields(model_name: Any, model_version: Any, predicted: Any) -> tuple[str, str, str | int | float | bool]:
@@ -173,7 +207,7 @@ def verify_prediction(
         raise InvalidFeedback("bad_signature")
     try:
         body = json.loads(raw)
-        version, model_name, model_version, predicted, stamp, nonce = body
+        version, model_name, model_version, predicted, stamp, nonce, *rest = body
     except (ValueError, TypeError):
         raise InvalidFeedback("malformed", "bad payload") from None
     if (
@@ -184,8 +218,10 @@ def verify_prediction(
         or not isinstance(stamp, int)
         or isinstance(stamp, bool)
         or not isinstance(nonce, str)
+        or len(rest) > 1
     ):
         raise InvalidFeedback("malformed", "unsupported payload")
+    trace_id, span_id = _trace_ids(rest[0]) if rest else ("", "")
     current = time.time() if now is None else now
     if stamp > current + MAX_CLOCK_SKEW_S:
         raise InvalidFeedback("future", "timestamp ahead of this clock")
@@ -193,7 +229,7 @@ def verify_prediction(
         raise InvalidFeedback("expired", f"prediction is {int(current - stamp)} s old, limit {max_age_s:g} s")
     if seen is not None and not seen.add(nonce):
         raise InvalidFeedback("duplicate", "this prediction id was already counted here")
-    return PredictionFacts(model_name, model_version, predicted, stamp, nonce)
+    return PredictionFacts(model_name, model_version, predicted, stamp, nonce, trace_id, span_id)
 
 
 class SeenTokens:

@@ -36,7 +36,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import __version__
 from .config import MAX_OBSERVED, Settings, number_in
@@ -291,6 +291,23 @@ class TraceSink:
             if exc is not None:
                 attributes["error.type"] = type(exc).__qualname__
             span.add_event(name, attributes, start_ns)
+
+
+def link_feedback(span: Any, trace_id: str, span_id: str, result: str | float) -> None:
+    """The feedback request's span gets the outcome and a link to the judged prediction's span.
+
+    Linked after the span started (``Span.add_link``, in the SDK since 1.23): the prediction id
+    is verified inside the request. No link when the prediction was not sampled.
+    """
+    if span is None or not span.is_recording():
+        return
+    if trace_id:
+        span.add_link(SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
+                                  trace_flags=TraceFlags(TraceFlags.SAMPLED)))
+    if isinstance(result, str):
+        span.set_attribute("ml.feedback.outcome", result)
+    else:
+        span.set_attribute("ml.feedback.absolute_error", float(result))
 
 
 def _genai_usage(rec: RequestRecord) -> dict[str, Any]:
