@@ -18,8 +18,8 @@ from .contract import DEFAULT_BUCKETS
 from .lineage import LINEAGE_OK, apply_model_uri, register_lineage
 from .routes import RouteTemplate, is_template
 
-__all__ = ["ConfigError", "Settings", "resolve", "DEFAULT_BUCKETS", "DEFAULT_REDACT", "ENV_PREFIX",
-           "LOG_FIELDS"]
+__all__ = ["ConfigError", "Settings", "resolve", "excluded_urls_pattern", "parse_list", "DEFAULT_BUCKETS",
+           "DEFAULT_REDACT", "ENV_PREFIX", "LOG_FIELDS"]
 
 ENV_PREFIX = "MLMONITOR_"
 
@@ -58,17 +58,18 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true/false")
 
 
-def _parse_list(text: str) -> tuple[str, ...]:
+def parse_list(text: str) -> tuple[str, ...]:
+    """Comma-separated entries, stripped, empty ones dropped (an empty regex would match all)."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _parse_floats(text: str) -> tuple[float, ...]:
-    return tuple(float(part) for part in _parse_list(text))
+    return tuple(float(part) for part in parse_list(text))
 
 
 def _parse_tags(text: str) -> dict[str, str]:
     tags = {}
-    for part in _parse_list(text):
+    for part in parse_list(text):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise ValueError("expected key=value pairs separated by commas")
@@ -118,6 +119,11 @@ class Settings:
     capture_io: bool = False
     #: MLflow backend: a request with an incoming traceparent starts a new root linked to it
     mlflow_new_root: bool = False
+    #: regexes searched in the request path (``/healthz``, ``^/ready$``): a matching request
+    #: writes no log line and opens no span (probes); the format of ``OTEL_PYTHON_EXCLUDED_URLS``
+    excluded_urls: tuple[str, ...] = ()
+    #: excluded requests are left out of the metrics too (default: probes are still counted)
+    exclude_from_metrics: bool = False
 
     def __post_init__(self) -> None:
         """Check every value now: one that passed here must never fail inside a request."""
@@ -180,6 +186,7 @@ class Settings:
                 raise ConfigError(str(exc)) from None
         if self.model_run_id or self.model_id:  # given, or found from model_uri above
             register_lineage(self.model_name, self.model_version, self.model_run_id, self.model_id)
+        excluded_urls_pattern(self.excluded_urls, "excluded_urls")  # ConfigError now, not per request
         redact = self.redact
         _check(redact, len(redact) <= 100 and all(0 < len(n) <= 64 for n in redact), "redact",
                "at most 100 names of 1..64 characters")
@@ -199,10 +206,25 @@ _SECRETS = frozenset({"metrics_token", "metrics_basic_auth", "feedback_secret"})
 LOG_FIELDS = ("timestamp", "level", "event", "method", "route", "status", "duration_ms",
               "request_id", "trace_id", "span_id", "model_name", "model_version", "stages_ms",
               "stage_counts", "tags", "error_type", "error", "stack", "truncated", "model_run_id",
-              "model_id", "prediction_trace_id")
+              "model_id")
 _PATH_OK = re.compile(r"/[!-~]{0,1023}").fullmatch  # PATH_INFO is latin-1 of raw bytes: ASCII only
 _TOKEN_OK = re.compile(r"[!-~]{1,4096}").fullmatch
 _HEADER_OK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}").fullmatch  # RFC 9110 token
+
+
+def excluded_urls_pattern(entries: tuple[str, ...], name: str) -> re.Pattern[str] | None:
+    """One compiled regex for a list of excluded-URL regexes (any of them searched in the path),
+    or None for none; ConfigError naming the setting for a bad list."""
+    _check(entries, len(entries) <= 100 and all(0 < len(e) <= 1024 for e in entries), name,
+           "at most 100 regexes of 1..1024 characters")
+    if not entries:
+        return None
+    for entry in (*entries, "|".join(entries)):  # joined as OpenTelemetry's ExcludeList joins them
+        try:
+            pattern = re.compile(entry)
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise _error(entry, name, f"not a regular expression: {exc}") from None
+    return pattern
 
 
 def _check_template(path: str, name: str) -> None:
@@ -285,7 +307,7 @@ def _checked_type(name: str, value: Any) -> Any:
         return number
     if kind in _TUPLES:
         if isinstance(value, str):
-            value = _parse_list(value)
+            value = parse_list(value)
         try:
             value = tuple(value)
         except TypeError:
@@ -313,7 +335,7 @@ def _checked_type(name: str, value: Any) -> Any:
 
 _PARSERS: dict[Any, Callable[[str], Any]] = {
     bool: _parse_bool, int: int, float: float, str: str,
-    tuple[float, ...]: _parse_floats, tuple[str, ...]: _parse_list,
+    tuple[float, ...]: _parse_floats, tuple[str, ...]: parse_list,
     Mapping[str, str]: _parse_tags, Mapping[str, Any]: _parse_tags,
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

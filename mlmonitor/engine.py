@@ -32,7 +32,7 @@ from collections.abc import Callable
 from opentelemetry import context as otel_context
 
 from . import guard
-from .config import ConfigError, Settings, resolve
+from .config import ConfigError, Settings, excluded_urls_pattern, parse_list, resolve
 from .disconnect import settle
 from .feedback import FeedbackRecorder
 from .record import (ENVIRON_KEY, KNOWN_METHODS, OTHER, RECORD_VAR, UNMATCHED_ROUTE, RequestRecord,
@@ -48,10 +48,15 @@ if TYPE_CHECKING:  # the sinks are imported when a Recorder turns them on (see _
     from .testing import Captured
     from .traces import TraceSink
 
-__all__ = ["Recorder", "NOT_CHARGED"]
+__all__ = ["Recorder", "NOT_CHARGED", "EXCLUDED_KEY", "NO_SPAN", "NO_LOG", "NO_METRICS"]
 #: statuses that say the request never reached a model (not authenticated, not allowed, no such
 #: model, wrong method): HTTP-only, never charged to a model's prediction or error families
 NOT_CHARGED = frozenset((401, 403, 404, 405))
+#: the environ key of an excluded request's bits (set only for one): what it is left out of
+EXCLUDED_KEY = "mlmonitor.excluded"
+NO_SPAN, NO_LOG, NO_METRICS = 1, 2, 4
+#: OpenTelemetry's own list for its instrumentations (opentelemetry-util-http): spans only
+OTEL_EXCLUDED_URLS = "OTEL_PYTHON_EXCLUDED_URLS"
 #: what :func:`mlmonitor.testing.capture` hands to the recorders created inside it
 _captures: list[Captured] = []
 
@@ -116,6 +121,10 @@ class Recorder:
             ("metrics", self.metrics and self.metrics.finish),
             ("traces", self.traces and self.traces.finish),
             ("logs", self.logs and self.logs.finish)) if fn)
+        self._excluders = self._build_excluders(s)
+        #: an excluded request's bits -> the sinks it still goes to
+        self._sinks_for = {bits: tuple((name, fn) for name, fn in self._sinks if not bits & _BIT[name])
+                           for bits in range(8)}
         #: the path ``/metrics`` is served at (None: not served)
         self.metrics_path = s.metrics_path if self.endpoint is not None else None
         table = RouteTable(s.prediction_paths, s.routes)
@@ -135,6 +144,29 @@ class Recorder:
         guard.add_owner(self)  # counts faults outside any request while it is the newest app
 
     # -- start-up and outside requests ----------------------------------------------------
+    @staticmethod
+    def _build_excluders(s: Settings) -> tuple[tuple[Callable[[str], Any], int], ...] | None:
+        """(search, bits) per excluded-URL list: ``excluded_urls`` (no span, no log line, and
+        no metrics if asked) and OpenTelemetry's ``OTEL_PYTHON_EXCLUDED_URLS`` (no span); None
+        when both are empty, so that a request pays for one ``is None`` test."""
+        excluders = []
+        pattern = excluded_urls_pattern(s.excluded_urls, "excluded_urls")
+        if pattern is not None:
+            excluders.append((pattern.search, NO_SPAN | NO_LOG | (NO_METRICS if s.exclude_from_metrics else 0)))
+        otel = excluded_urls_pattern(parse_list(os.environ.get(OTEL_EXCLUDED_URLS, "")), OTEL_EXCLUDED_URLS)
+        if otel is not None:
+            excluders.append((otel.search, NO_SPAN))
+        return tuple(excluders) or None
+
+    def _exclude(self, rec: RequestRecord, excluders: tuple[tuple[Callable[[str], Any], int], ...]) -> None:
+        """Mark an excluded request (its path matches a list) once, at its start."""
+        bits = 0
+        for search, bit in excluders:
+            if search(rec.path):
+                bits |= bit
+        if bits:
+            rec.environ[EXCLUDED_KEY] = bits
+
     def count_fault(self, component: str) -> None:
         """One fault of mlmonitor, in this app's metrics (see :mod:`mlmonitor.guard`)."""
         if self.metrics is not None:
@@ -184,6 +216,8 @@ class Recorder:
         rec.request_id = (incoming if incoming and _REQUEST_ID_OK(incoming)
                           else _random_bits(128).to_bytes(16, "big").hex())
         environ[ENVIRON_KEY] = rec
+        if self._excluders is not None:
+            self._exclude(rec, self._excluders)
         if not self.route_from_app:
             path = rec.path
             if path in self.known_routes:
@@ -198,7 +232,8 @@ class Recorder:
                         self.begin_prediction(rec, None, None)
                 else:
                     rec.route = UNMATCHED_ROUTE
-            if self.metrics is not None:
+            if self.metrics is not None and not (
+                    self._excluders is not None and rec.environ.get(EXCLUDED_KEY, 0) & NO_METRICS):
                 self.metrics.start(rec)
         return rec
 
@@ -207,7 +242,8 @@ class Recorder:
         owns the server span), open its span as the current one; :meth:`leave` undoes both."""
         record_token = RECORD_VAR.set(rec)
         context_token = None
-        if self.traces is not None and not (self.borrow_span is not None and self._borrowing()):
+        if self.traces is not None and not (self.borrow_span is not None and self._borrowing()) and not (
+                self._excluders is not None and rec.environ.get(EXCLUDED_KEY, 0) & NO_SPAN):
             try:
                 context_token = self.traces.start(rec)
             except Exception as exc:
@@ -238,7 +274,8 @@ class Recorder:
         """The app layer (Flask, Starlette, Django) found the route: label with it and count
         the request in progress."""
         rec.route = route
-        if self.metrics is not None:
+        if self.metrics is not None and not (
+                self._excluders is not None and rec.environ.get(EXCLUDED_KEY, 0) & NO_METRICS):
             self.metrics.start(rec)
 
     def begin_prediction(self, rec: RequestRecord, model_name: str | None,
@@ -269,9 +306,15 @@ class Recorder:
             rec.error_type = None if 0 < code < 400 and rec.exc is None else error_type_of(rec)
         except Exception as exc:
             guard.report_fault("middleware", exc, self)
-        for name, sink in self._sinks:  # try, not guarded(): no object and no calls per sink
+        sinks = self._sinks
+        if self._excluders is not None:
+            sinks = self._sinks_for[rec.environ.get(EXCLUDED_KEY, 0)]
+        for name, sink in sinks:  # try, not guarded(): no object and no calls per sink
             try:
                 sink(rec)
             except Exception as exc:
                 guard.report_fault(name, exc, self)
         rec.environ = None  # type: ignore[assignment]  # let the environ go with the request
+
+#: which sink each exclusion bit keeps a request out of
+_BIT = {"traces": NO_SPAN, "logs": NO_LOG, "metrics": NO_METRICS}

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from mlmonitor import __version__
 from mlmonitor.reference import ReferenceProfile, too_few_rows
 from mlmonitor.reference_format import MAX_FILE_BYTES, read_profile
-from . import check, dashboards, rules
+from . import check, dashboards, kubernetes, rules
 from .profiling import profile_csv, summarize
 
 
@@ -144,6 +144,17 @@ def _add_alerts(subparsers: Any) -> None:
         description="Render mlmonitor's Prometheus rules. With --out-dir: the recording and alerting rule"
                     " files and alertmanager.yml (and the PrometheusRule manifest); without it: one rule"
                     " file with every group (or the manifest) on standard output.")
+    _add_thresholds(render)
+    render.add_argument("--out-dir", help="write the files into this folder (default: the rules to standard"
+                                          " output)")
+    render.add_argument("--prometheus-operator", action="store_true",
+                        help="also write prometheus-operator/mlmonitor-prometheusrule.yaml (without"
+                             " --out-dir: print that manifest instead of the rule file)")
+    render.set_defaults(func=_render_alerts)
+
+
+def _add_thresholds(render: argparse.ArgumentParser) -> None:
+    """One option per field of :class:`rules.Thresholds` (``alerts render``, ``kubernetes render``)."""
     for f in fields(rules.Thresholds):
         default = f.default
         shown = "" if f.name == "latency_slo_threshold" else f" (default: {_shown(default)})"
@@ -151,12 +162,6 @@ def _add_alerts(subparsers: Any) -> None:
         render.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
                             metavar="BOUNDS" if f.name == "buckets" else None,
                             help=_THRESHOLD_HELP[f.name] + shown)
-    render.add_argument("--out-dir", help="write the files into this folder (default: the rules to standard"
-                                          " output)")
-    render.add_argument("--prometheus-operator", action="store_true",
-                        help="also write prometheus-operator/mlmonitor-prometheusrule.yaml (without"
-                             " --out-dir: print that manifest instead of the rule file)")
-    render.set_defaults(func=_render_alerts)
 
 
 def _shown(value: Any) -> str:
@@ -199,7 +204,7 @@ def _add_dashboards(subparsers: Any) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``mlmonitor`` command's parser: ``check``, ``reference``, ``alerts``, ``dashboards``."""
+    """The ``mlmonitor`` command's parser: ``check``, ``reference``, ``alerts``, ``dashboards``, ``kubernetes``."""
     parser = argparse.ArgumentParser(prog="mlmonitor", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlmonitor {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reference(subparsers)
     _add_alerts(subparsers)
     _add_dashboards(subparsers)
+    _add_thresholds(kubernetes.add_cli(subparsers))
     return parser
 
 
