@@ -206,7 +206,7 @@ _SECRETS = frozenset({"metrics_token", "metrics_basic_auth", "feedback_secret"})
 LOG_FIELDS = ("timestamp", "level", "event", "method", "route", "status", "duration_ms",
               "request_id", "trace_id", "span_id", "model_name", "model_version", "stages_ms",
               "stage_counts", "tags", "error_type", "error", "stack", "truncated", "model_run_id",
-              "model_id")
+              "model_id", "prediction_trace_id")
 _PATH_OK = re.compile(r"/[!-~]{0,1023}").fullmatch  # PATH_INFO is latin-1 of raw bytes: ASCII only
 _TOKEN_OK = re.compile(r"[!-~]{1,4096}").fullmatch
 _HEADER_OK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}").fullmatch  # RFC 9110 token
