@@ -312,3 +312,9 @@ def received(receiver):
              "links": [(link.trace_id.hex(), link.span_id.hex()) for link in span.links]}
             for request in requests for rs in request.resource_spans for ss in rs.scope_spans
             for span in ss.spans]
+
+
+def test_prediction_trace_id_is_a_reserved_log_field():
+    from mlmonitor import ConfigError  # noqa: PLC0415 (only this test needs it)
+    with pytest.raises(ConfigError, match="tags"):
+        Monitor(Flask(__name__), registry=CollectorRegistry(), tags={"prediction_trace_id": "x"})
