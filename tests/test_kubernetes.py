@@ -271,6 +271,8 @@ def test_without_out_dir_the_objects_go_to_stdout():
     (("--name", "My_App"), "not a Kubernetes name"),
     (("--labels", "team"), "not KEY=VALUE"),
     (("--monitor", "node"), "invalid choice"),
+    (("--release-label", "kube prometheus"), "not a Kubernetes label"),
+    (("--labels", "team=risk/ml"), "not a Kubernetes label"),
 ])
 def test_bad_options_are_refused_in_one_line(args, why):
     proc = mlmonitor("kubernetes", "render", *args)
