@@ -339,13 +339,13 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
         _alert("MLModelServerErrorRatioHigh",
                f"{b.m(ERROR_RATIO)} > {num(t.error_ratio)}",
                "critical", "availability", b.w("5m"),
-               f"Server error ratio above {num(t.error_ratio * 100)}% for {_WHO}",
+               f"Server error ratio of a model version above {num(t.error_ratio * 100)}%.",
                "{{ $value | humanizePercentage }} of predictions of " + _WHO
                + f" failed with a server error over the last {rate} (threshold {num(t.error_ratio * 100)}%)."),
         _alert("MLModelInvalidInputRatioHigh",
                f"{b.m(INVALID_INPUT_RATIO)} > {num(t.invalid_input_ratio)}",
                "warning", "input", b.w("5m"),
-               f"Invalid-input ratio spike for {_WHO}",
+               "Invalid-input ratio spike for a model version.",
                "{{ $value | humanizePercentage }} of predictions of " + _WHO
                + f" were rejected as invalid input over the last {rate}"
                f" (threshold {num(t.invalid_input_ratio * 100)}%):"
@@ -353,7 +353,7 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
         _alert("MLModelLatencyP99High",
                f"{b.m(LATENCY_P99)} > {num(t.latency_p99)}",
                "warning", "latency", b.w("5m"),
-               f"p99 prediction latency above {num(t.latency_p99)}s for {_WHO}",
+               f"P99 prediction latency of a model version above {num(t.latency_p99)}s.",
                "p99 prediction latency of " + _WHO
                + f" is {{{{ $value | humanizeDuration }}}} over the last {rate}"
                + f" (threshold {num(t.latency_p99)}s)."),
@@ -362,7 +362,7 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
                (f"histogram_quantile(0.95, sum by ({b.version}, le) "
                 f"(rate({b.m(TIME_TO_FIRST_CHUNK_BUCKET)}[{b.w(rate)}])))\n> {num(t.ttfc_p95)}"),
                "warning", "latency", b.w("5m"),
-               f"Time to first chunk p95 above {num(t.ttfc_p95)}s for {_WHO}",
+               f"Time to first chunk p95 of a model version above {num(t.ttfc_p95)}s.",
                "p95 time from request start to the first streamed chunk of " + _WHO
                + f" is {{{{ $value | humanizeDuration }}}} over the last {rate}"
                + f" (threshold {num(t.ttfc_p95)}s)."),
@@ -371,10 +371,10 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
                 f"and on ({b.version})\n"
                 f"sum by ({b.version}) (rate({b.m(PREDICTIONS_TOTAL)}[{b.w('1h')}])) > 0"),
                "warning", "traffic", b.w("5m"),
-               f"Predictions stopped for {_WHO}",
+               "Predictions stopped for a model version.",
                _WHO + f" served predictions in the last hour but none in the last {rate}."),
         _alert("MLModelTargetDown", f"{b.m('up')} == 0", "critical", "traffic", b.w("2m"),
-               "Scrape target {{ $labels.instance }} of job {{ $labels.job }} is down",
+               "A scrape target selected by mlmonitor's rules is down.",
                "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 2m:"
                " the server is down or /metrics fails."),
         _alert("MLModelCanaryErrorsWorse",
@@ -386,7 +386,7 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
                 f"  > on ({b.model}) group_left ()\n"
                 f"  (2 * min by ({b.model}) ({b.m(ERROR_RATIO)}))"),
                "warning", "canary", b.w("10m"),
-               "{{ $labels.model_name }} {{ $labels.model_version }} has more errors than another version",
+               "A model version has more server errors than another version of its model.",
                "Server error ratio of " + _WHO + " is {{ $value | humanizePercentage }}, more than"
                f" {num(t.canary_error_delta * 100)} percentage points above, and twice, the best other version of"
                f" {{{{ $labels.model_name }}}} over the last {rate}: hold or roll back the rollout."),
@@ -395,7 +395,7 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
                 f"  > on ({b.model}) group_left ()\n"
                 f"  ({num(t.canary_latency_factor)} * min by ({b.model}) ({b.m(LATENCY_P99)}))"),
                "warning", "canary", b.w("10m"),
-               "{{ $labels.model_name }} {{ $labels.model_version }} is slower than another version",
+               "A model version is slower than another version of its model.",
                "p99 prediction latency of " + _WHO + " is {{ $value | humanizeDuration }}, more than"
                f" {num(t.canary_latency_factor)} times the best other version of"
                f" {{{{ $labels.model_name }}}} over the last {rate}: hold or roll back the rollout."),
@@ -419,7 +419,7 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
             windows = " or ".join(f"{num(f)}x over {lw} and {sw}" for _, lw, sw, f, _ in pairs)
             slo.append(_alert(
                 name, expr, severity, family, b.w(pairs[0][4]),
-                f"{_WHO} burns its {num(target * 100)}% SLO error budget too fast",
+                f"A model version burns the error budget of its {num(target * 100)}% {family} SLO too fast.",
                 f"The share of {what} of " + _WHO + " burns the error budget of its"
                 f" {num(target * 100)}% SLO at {windows} (long-window value"
                 " {{ $value | humanizePercentage }}).",
@@ -441,21 +441,21 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
 
     quality = [
         drift_alert("MLModelFeatureDrift", feature,
-                    "Feature {{ $labels.feature }} drifted for " + _WHO,
+                    "A feature's distribution drifted from its reference.",
                     "feature {{ $labels.feature }}"),
         drift_alert("MLModelPredictionDrift", classes,
-                    "Predicted-class distribution drifted for " + _WHO, "the predicted classes"),
+                    "Predicted-class distribution drifted from its reference.", "the predicted classes"),
         _alert("MLModelAccuracyDrop",
                (f"{b.m(ACCURACY)}\n"
                 f"  < on ({b.version}) ({b.m(REFERENCE_ACCURACY_MAX)} - {num(t.accuracy_drop)})\n"
                 f"and on ({b.version})\n"
                 f"{b.m(FEEDBACK_RATE)} * {b.seconds(acc)} >= {num(t.accuracy_min_feedback)}"),
                "warning", "quality", b.w("15m"),
-               "Accuracy of " + _WHO + " dropped below its reference",
+               "Accuracy of a model version dropped below its reference.",
                "Accuracy from feedback of " + _WHO + " is {{ $value | humanizePercentage }} over the last"
                f" {acc}, more than {num(t.accuracy_drop * 100)} points below the reference accuracy."),
         # regression models: drift of the numeric outputs, and live MAE against the reference's
-        drift_alert("MLModelOutputDrift", output, "Output distribution drifted for " + _WHO,
+        drift_alert("MLModelOutputDrift", output, "Output distribution drifted from its reference.",
                     "the predicted values (regression output bins)"),
         _alert("MLModelAbsoluteErrorHigh",
                (f"{b.m(ABSOLUTE_ERROR_MEAN)}\n"
@@ -464,7 +464,7 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
                 f"sum by ({b.version}) (rate({b.m(FEEDBACK_ABSOLUTE_ERROR_COUNT)}[{b.w(acc)}]))"
                 f" * {b.seconds(acc)} >= {num(t.mae_min_feedback)}"),
                "warning", "quality", b.w("15m"),
-               "Mean absolute error of " + _WHO + " rose above its reference",
+               "Mean absolute error of a model version rose above its reference.",
                "Mean absolute error from feedback of " + _WHO + ' is {{ $value | printf "%.4g" }} over the'
                f" last {acc}, more than {num(t.mae_factor)} times the reference mean absolute error."),
     ]
@@ -473,26 +473,26 @@ def _alerts(b: _Builder) -> list[dict[str, Any]]:
         _alert("MLModelProcessMemoryHigh",
                f"{b.gauge(PROCESS_MEMORY)} > {num(t.memory_bytes)}",
                "warning", "resources", b.w("10m"),
-               "Worker memory high on {{ $labels.instance }} (job {{ $labels.job }})",
-               "Resident memory of worker {{ $labels.worker }} on {{ $labels.instance }} is"
+               f"Worker resident memory above {num(t.memory_bytes / 2**30)}GiB.",
+               "Resident memory of worker {{ $labels.worker }} on {{ $labels.instance }} (job {{ $labels.job }}) is"
                " {{ $value | humanize1024 }}B" + f" (threshold {num(t.memory_bytes / 2**30)}GiB)."),
         _alert("MLModelGPUMemoryHigh",
                (f"{b.gauge(GPU_MEMORY_USED)}\n"
                 f"/ ({b.gauge(GPU_MEMORY_TOTAL)} > 0)\n> {num(t.gpu_memory_ratio)}"),
                "warning", "resources", b.w("5m"),
-               "GPU memory above " + num(t.gpu_memory_ratio * 100) + "% on {{ $labels.instance }}",
+               f"GPU memory use above {num(t.gpu_memory_ratio * 100)}%.",
                "GPU memory use on {{ $labels.instance }} (job {{ $labels.job }}) is"
                " {{ $value | humanizePercentage }}" + f" (threshold {num(t.gpu_memory_ratio * 100)}%)."),
         _alert("MLMonitorInternalErrors",
                f"sum by ({b.target}, {COMPONENT}) (increase({b.m(INTERNAL_ERRORS_TOTAL)}[{b.w('5m')}])) > 0",
                "warning", "mlmonitor", "",
-               "mlmonitor internal errors in {{ $labels.component }} on {{ $labels.instance }}",
+               "Internal errors in mlmonitor: telemetry was lost.",
                "mlmonitor's {{ $labels.component }} failed {{ $value | printf \"%.0f\" }} times over the last 5m"
                " on {{ $labels.instance }} (job {{ $labels.job }}); requests were served, telemetry was lost."),
         _alert("MLMonitorTelemetryDropped",
                f"sum by ({b.target}, {SIGNAL}) (increase({b.m(TELEMETRY_DROPPED_TOTAL)}[{b.w('10m')}])) > 0",
                "info", "mlmonitor", "",
-               "mlmonitor dropped {{ $labels.signal }} on {{ $labels.instance }}",
+               "Telemetry dropped by mlmonitor: exporter down or queue full.",
                'mlmonitor dropped {{ $value | printf "%.0f" }} {{ $labels.signal }} items over the last 10m'
                " on {{ $labels.instance }} (job {{ $labels.job }}): exporter down or queue full."),
     ]
