@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from mlmonitor import __version__
 from mlmonitor.reference import ReferenceProfile, too_few_rows
 from mlmonitor.reference_format import MAX_FILE_BYTES, read_profile
-from . import check, dashboards, kubernetes, rules
+from . import check, dashboards, kubernetes, mixin, rules
 from .profiling import profile_csv, summarize
 
 
@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_alerts(subparsers)
     _add_dashboards(subparsers)
     _add_thresholds(kubernetes.add_cli(subparsers))
+    mixin.add_cli(subparsers)
     return parser
 
 
