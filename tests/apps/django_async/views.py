@@ -3,13 +3,11 @@ import asyncio
 import json
 
 from django.http import JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 
 import mlmonitor
 from mlmonitor.django import prediction
 
 
-@csrf_exempt
 @prediction(model_name=lambda request, name: name, model_version=lambda request, name: f"{name}-7")
 async def predict(request, name):
     rows = json.loads(request.body)["instances"]
