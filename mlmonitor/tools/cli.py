@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from mlmonitor import __version__
 from mlmonitor.reference import ReferenceProfile, too_few_rows
 from mlmonitor.reference_format import MAX_FILE_BYTES, read_profile
-from . import check, dashboards, kubernetes, mixin, rules
+from . import check, dashboards, kubernetes, mixin, outputs, rules
 from .profiling import profile_csv, summarize
 
 
@@ -177,16 +177,7 @@ def _shown(value: Any) -> str:
 # -- mlmonitor dashboards render -----------------------------------------------------------------
 
 def _render_dashboards(args: argparse.Namespace) -> int:
-    if args.check is not None:
-        found = dashboards.stale(args.check)
-        if found:
-            print(f"mlmonitor: stale in {args.check}: {', '.join(found)};"
-                  f" run `mlmonitor dashboards render --out-dir {args.check}`", file=sys.stderr)
-            return 1
-        return 0
-    for path in dashboards.write(args.out_dir):
-        print(path)
-    return 0
+    return outputs.write_or_check(dashboards.render, args, "dashboards render")
 
 
 def _add_dashboards(subparsers: Any) -> None:

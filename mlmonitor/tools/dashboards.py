@@ -25,7 +25,6 @@ hint, unless two different versions are chosen.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 from collections.abc import Callable, Sequence
 
@@ -40,6 +39,7 @@ from mlmonitor.contract import (
     VERSION_LABELS)
 from mlmonitor.contract import (ABSOLUTE_ERROR_MEAN, FEATURE_UNKNOWN_TOTAL, FEEDBACK_ABSOLUTE_ERROR_BUCKET,
                               OUTPUT_DRIFT, PREDICTION_BIN_TOTAL, REFERENCE_ABSOLUTE_ERROR_MAX)
+from . import outputs
 
 __all__ = ["DASHBOARDS", "render", "write", "stale"]
 
@@ -639,25 +639,9 @@ def render() -> dict[str, str]:
 
 def write(out_dir: str) -> list[str]:
     """Write the three JSON files into ``out_dir``; return their paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for name, text in render().items():
-        path = os.path.join(out_dir, name)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        written.append(path)
-    return written
+    return outputs.write_texts(render(), out_dir)
 
 
 def stale(out_dir: str) -> list[str]:
     """Names of the files in ``out_dir`` that are missing or differ from :func:`render`."""
-    found = []
-    for name, text in render().items():
-        try:
-            with open(os.path.join(out_dir, name), encoding="utf-8") as fh:
-                current: str | None = fh.read()
-        except FileNotFoundError:
-            current = None
-        if current != text:
-            found.append(name)
-    return found
+    return outputs.stale_texts(render(), out_dir)

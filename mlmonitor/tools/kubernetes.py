@@ -9,13 +9,12 @@ second copy of either; object names derive from ``--name`` so two apps' renders 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from . import dashboards, rules
+from . import dashboards, outputs, rules
 
 API = "monitoring.coreos.com/v1"
 #: client-side ``kubectl apply`` keeps the object in an annotation limited to this many bytes
@@ -122,14 +121,7 @@ def render(o: Options) -> dict[str, str]:
 
 def write(o: Options, out_dir: str) -> list[str]:
     """Write :func:`render`'s files into ``out_dir``; return their paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for name, text in render(o).items():
-        path = os.path.join(out_dir, name)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        written.append(path)
-    return written
+    return outputs.write_texts(render(o), out_dir)
 
 
 # -- the command ---------------------------------------------------------------------------------
