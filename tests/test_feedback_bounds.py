@@ -6,11 +6,8 @@ hostile label can then no longer absorb every later error in the absolute error'
 from __future__ import annotations
 
 import io
-import json
 import math
 import random
-import urllib.error
-import urllib.request
 from decimal import Decimal
 
 import pytest
@@ -19,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from example_app import model
 from example_app.app import create_app
-from helpers.gunicorn_proc import GunicornProcess, http_get
+from helpers.gunicorn_proc import GunicornProcess, http_get, post_json
 from mlmonitor.config import MAX_OBSERVED, Settings, number_in
 from mlmonitor.feedback import FeedbackRecorder
 from mlmonitor.metrics import MetricsSink
@@ -205,30 +202,21 @@ def _scrape(url):
 
 @pytest.mark.slow
 def test_under_gunicorn_hostile_labels_are_refused_and_the_live_mae_still_moves(tmp_path):
-    def post(url, body):
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
-
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "MLMONITOR_TRACES": "false"}
     with GunicornProcess(workers=2, env=env) as server:
         def predict():
-            status, body = post(server.url + "/v1/models/diabetes:predict", {"features": ROWS[0]})
+            status, body = post_json(server.url + "/v1/models/diabetes:predict", {"features": ROWS[0]})
             assert status == 200, body
             return body["prediction"], body["prediction_id"]
 
         for label in (1e300, 1.7e308, 1.7e308, -1e300):
-            status, body = post(server.url + "/v1/models/diabetes:feedback",
+            status, body = post_json(server.url + "/v1/models/diabetes:feedback",
                                 {"prediction_id": predict()[1], "label": label})
             assert status == 400 and "bad_label" in body["error"], body
         before = _scrape(server.url)
         for _ in range(40):
             predicted, pid = predict()
-            status, body = post(server.url + "/v1/models/diabetes:feedback",
+            status, body = post_json(server.url + "/v1/models/diabetes:feedback",
                                 {"prediction_id": pid, "label": predicted + 5})
             assert status == 200, body
         after = _scrape(server.url)

@@ -5,7 +5,6 @@ Under ``uvicorn --workers 3`` with no MLMONITOR_FEEDBACK_SECRET, feedback for id
 workers is accepted."""
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -14,13 +13,11 @@ import stat
 import subprocess
 import sys
 import textwrap
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers.gunicorn_proc import REPO, free_port, http_get
+from helpers.gunicorn_proc import REPO, free_port, http_get, post_json
 from helpers.promstack import wait_for
 from mlmonitor.config import Settings
 from mlmonitor.feedback import SECRET_FILE, FeedbackRecorder, shared_secret
@@ -160,16 +157,6 @@ APP = textwrap.dedent("""
 """)
 
 
-def _post(url, body):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def _ready(url):
     try:
         return http_get(url + "/healthz", timeout=2)[0] == 200 or None
@@ -197,9 +184,9 @@ def test_uvicorn_workers_accept_feedback_for_ids_other_workers_minted(tmp_path):
         wait_for(lambda: _ready(url), timeout=60, what="uvicorn answers")
 
         def round_trip(i):
-            status, minted = _post(url + "/predict", {"value": f"c{i % 3}"})
+            status, minted = post_json(url + "/predict", {"value": f"c{i % 3}"})
             assert status == 200, minted
-            status, counted = _post(url + "/feedback", {"id": minted["id"], "label": f"c{i % 3}"})
+            status, counted = post_json(url + "/feedback", {"id": minted["id"], "label": f"c{i % 3}"})
             return minted["pid"], status, counted
 
         def crossed():  # send until 20 ids were checked by a worker that did not mint them

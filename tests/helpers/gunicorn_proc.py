@@ -41,6 +41,17 @@ def http_get(url: str, timeout: float = 60.0) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
+def post_json(url: str, body: Any, timeout: float = 60.0) -> tuple[int, Any]:
+    """Status and JSON answer of a POST of ``body`` as JSON; HTTP errors are returned, not raised."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
