@@ -316,18 +316,22 @@ def run_query(promurl: str, expr: str) -> Tuple[List[Dict[str, Any]], str]:
 EXAMPLES = {"flask": {}, "asgi": {"app": "example_app.asgi:app", "args": ("-k", "uvicorn.workers.UvicornWorker")}}
 
 
+def scaled_rules_and_app_env(tmp_path: Path) -> Tuple[List[str], Dict[str, str]]:
+    """The shipped rules with windows divided by 60 (names keep their nominal windows), so drift and
+    accuracy rules have values and an alert fires within seconds; and the example app's environment."""
+    rules = render_files(Thresholds(time_scale=60, selector=f'job="{JOB}"'), str(tmp_path / "rules"))
+    (tmp_path / "multiproc").mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "MLMONITOR_TRACES": "false",
+           "MLMONITOR_FEEDBACK_SECRET": "dashboards-test-secret-0123456789abcdef", "CANARY_FRACTION": "0.5"}
+    return [r for r in rules if r.endswith(".rules.yml")], env
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
 def test_every_panel_returns_data_from_a_real_prometheus(tmp_path, example):
     """The same dashboards, unchanged, for the Flask example and the FastAPI one."""
     require_binary("prometheus")
-    # the shipped rules, windows divided by 60 (names keep their nominal windows): drift and accuracy
-    # rules have values and an alert fires within seconds
-    rules = render_files(Thresholds(time_scale=60, selector=f'job="{JOB}"'), str(tmp_path / "rules"))
-    rules = [r for r in rules if r.endswith(".rules.yml")]
-    (tmp_path / "multiproc").mkdir()
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "MLMONITOR_TRACES": "false",
-           "MLMONITOR_FEEDBACK_SECRET": "dashboards-test-secret-0123456789abcdef", "CANARY_FRACTION": "0.5"}
+    rules, env = scaled_rules_and_app_env(tmp_path)
     with GunicornProcess(workers=2, env=env, **EXAMPLES[example]) as app, \
             Prometheus(tmp_path, {JOB: [f"127.0.0.1:{app.port}"]}, rules) as prom:
         wait_for(lambda: query(prom.url, f'up{{job="{JOB}"}} == 1'), 30, what="first scrape")
@@ -448,11 +452,7 @@ def test_idle_routes_and_versions_without_feedback_show_no_nan_in_any_panel(tmp_
     """Issue 25, item 6c: after a burst on every model, route and version (with feedback), only
     iris v1 keeps traffic and feedback; the idle ones show nothing in every panel, never NaN."""
     require_binary("prometheus")
-    rules = render_files(Thresholds(time_scale=60, selector=f'job="{JOB}"'), str(tmp_path / "rules"))
-    rules = [r for r in rules if r.endswith(".rules.yml")]
-    (tmp_path / "multiproc").mkdir()
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "MLMONITOR_TRACES": "false",
-           "MLMONITOR_FEEDBACK_SECRET": "dashboards-test-secret-0123456789abcdef", "CANARY_FRACTION": "0.5"}
+    rules, env = scaled_rules_and_app_env(tmp_path)
     window = "5s"
     values = {**LINT_VALUES, "__rate_interval": window}
     by_version = f"sum by (le, model_name, model_version) (rate({{0}}{{{{job=\"{JOB}\"}}}}[{window}]))"
