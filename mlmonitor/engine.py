@@ -48,12 +48,11 @@ if TYPE_CHECKING:  # the sinks are imported when a Recorder turns them on (see _
     from .testing import Captured
     from .traces import TraceSink
 
-__all__ = ["Recorder", "NOT_CHARGED", "EXCLUDED_KEY", "NO_SPAN", "NO_LOG", "NO_METRICS"]
+__all__ = ["Recorder", "NOT_CHARGED", "NO_SPAN", "NO_LOG", "NO_METRICS"]
 #: statuses that say the request never reached a model (not authenticated, not allowed, no such
 #: model, wrong method): HTTP-only, never charged to a model's prediction or error families
 NOT_CHARGED = frozenset((401, 403, 404, 405))
-#: the environ key of an excluded request's bits (set only for one): what it is left out of
-EXCLUDED_KEY = "mlmonitor.excluded"
+#: what an excluded request is left out of (``RequestRecord.excluded``, set once in begin)
 NO_SPAN, NO_LOG, NO_METRICS = 1, 2, 4
 #: OpenTelemetry's own list for its instrumentations (opentelemetry-util-http): spans only
 OTEL_EXCLUDED_URLS = "OTEL_PYTHON_EXCLUDED_URLS"
@@ -164,8 +163,7 @@ class Recorder:
         for search, bit in excluders:
             if search(rec.path):
                 bits |= bit
-        if bits:
-            rec.environ[EXCLUDED_KEY] = bits
+        rec.excluded = bits
 
     def count_fault(self, component: str) -> None:
         """One fault of mlmonitor, in this app's metrics (see :mod:`mlmonitor.guard`)."""
@@ -232,8 +230,7 @@ class Recorder:
                         self.begin_prediction(rec, None, None)
                 else:
                     rec.route = UNMATCHED_ROUTE
-            if self.metrics is not None and not (
-                    self._excluders is not None and rec.environ.get(EXCLUDED_KEY, 0) & NO_METRICS):
+            if self.metrics is not None and not rec.excluded & NO_METRICS:
                 self.metrics.start(rec)
         return rec
 
@@ -242,8 +239,8 @@ class Recorder:
         owns the server span), open its span as the current one; :meth:`leave` undoes both."""
         record_token = RECORD_VAR.set(rec)
         context_token = None
-        if self.traces is not None and not (self.borrow_span is not None and self._borrowing()) and not (
-                self._excluders is not None and rec.environ.get(EXCLUDED_KEY, 0) & NO_SPAN):
+        if self.traces is not None and not rec.excluded & NO_SPAN and not (
+                self.borrow_span is not None and self._borrowing()):
             try:
                 context_token = self.traces.start(rec)
             except Exception as exc:
@@ -274,8 +271,7 @@ class Recorder:
         """The app layer (Flask, Starlette, Django) found the route: label with it and count
         the request in progress."""
         rec.route = route
-        if self.metrics is not None and not (
-                self._excluders is not None and rec.environ.get(EXCLUDED_KEY, 0) & NO_METRICS):
+        if self.metrics is not None and not rec.excluded & NO_METRICS:
             self.metrics.start(rec)
 
     def begin_prediction(self, rec: RequestRecord, model_name: str | None,
@@ -306,9 +302,7 @@ class Recorder:
             rec.error_type = None if 0 < code < 400 and rec.exc is None else error_type_of(rec)
         except Exception as exc:
             guard.report_fault("middleware", exc, self)
-        sinks = self._sinks
-        if self._excluders is not None:
-            sinks = self._sinks_for[rec.environ.get(EXCLUDED_KEY, 0)]
+        sinks = self._sinks_for[rec.excluded] if rec.excluded else self._sinks
         for name, sink in sinks:  # try, not guarded(): no object and no calls per sink
             try:
                 sink(rec)

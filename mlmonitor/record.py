@@ -73,6 +73,7 @@ class RequestRecord:
         "error_detail",
         "error_type",
         "exc",
+        "excluded",
         "finished",
         "first_chunk",
         "gone_at",
@@ -127,6 +128,8 @@ class RequestRecord:
         self.prediction_seconds: float | None = None
         #: a feedback request: the trace id of the prediction it judges ("" if none)
         self.prediction_trace_id = ""
+        #: what an excluded URL leaves this request out of (engine's NO_SPAN | NO_LOG | NO_METRICS)
+        self.excluded = 0
         self.stages: list[tuple[str, float]] = []
         self.exc: BaseException | None = None
         self.error_type: str | None = None
