@@ -6,6 +6,7 @@ Every value is parsed and checked once, at start-up; a bad one raises
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -212,19 +213,25 @@ _TOKEN_OK = re.compile(r"[!-~]{1,4096}").fullmatch
 _HEADER_OK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}").fullmatch  # RFC 9110 token
 
 
+@functools.lru_cache(maxsize=16)
 def excluded_urls_pattern(entries: tuple[str, ...], name: str) -> re.Pattern[str] | None:
     """One compiled regex for a list of excluded-URL regexes (any of them searched in the path),
-    or None for none; ConfigError naming the setting for a bad list."""
+    or None for none; ConfigError naming the setting (and the bad entry) for a bad list. Cached:
+    the settings check it and the engine uses it, compiled once."""
     _check(entries, len(entries) <= 100 and all(0 < len(e) <= 1024 for e in entries), name,
            "at most 100 regexes of 1..1024 characters")
     if not entries:
         return None
-    for entry in (*entries, "|".join(entries)):  # joined as OpenTelemetry's ExcludeList joins them
-        try:
-            pattern = re.compile(entry)
-        except (re.error, RecursionError, OverflowError) as exc:
-            raise _error(entry, name, f"not a regular expression: {exc}") from None
-    return pattern
+    joined = "|".join(entries)  # as OpenTelemetry's ExcludeList joins them
+    try:
+        return re.compile(joined)
+    except (re.error, RecursionError, OverflowError) as exc:
+        for entry in entries:  # name the entry at fault, if one is wrong alone
+            try:
+                re.compile(entry)
+            except (re.error, RecursionError, OverflowError) as bad:
+                raise _error(entry, name, f"not a regular expression: {bad}") from None
+        raise _error(joined, name, f"not a regular expression: {exc}") from None
 
 
 def _check_template(path: str, name: str) -> None:

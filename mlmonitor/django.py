@@ -112,7 +112,7 @@ class MonitorDjangoMiddleware:
         # built now, so that a bad setting or reference fails at start-up, not in a request
         self.recorder = Recorder(settings=resolve(options, flat), registry=registry,
                                  tracer_provider=tracer_provider, log_stream=log_stream,
-                                 route_from_app=True)
+                                 route_from_app=True, framework="DJANGO")
         _adopt(self.recorder)
         self._last_outer: Recorder | None = None
         self.is_async = iscoroutinefunction(get_response)

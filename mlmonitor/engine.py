@@ -54,7 +54,8 @@ __all__ = ["Recorder", "NOT_CHARGED", "NO_SPAN", "NO_LOG", "NO_METRICS"]
 NOT_CHARGED = frozenset((401, 403, 404, 405))
 #: what an excluded request is left out of (``RequestRecord.excluded``, set once in begin)
 NO_SPAN, NO_LOG, NO_METRICS = 1, 2, 4
-#: OpenTelemetry's own list for its instrumentations (opentelemetry-util-http): spans only
+#: OpenTelemetry's own list for its instrumentations (opentelemetry-util-http): spans only;
+#: ``OTEL_PYTHON_<FRAMEWORK>_EXCLUDED_URLS``, when set, takes its place for that framework
 OTEL_EXCLUDED_URLS = "OTEL_PYTHON_EXCLUDED_URLS"
 #: what :func:`mlmonitor.testing.capture` hands to the recorders created inside it
 _captures: list[Captured] = []
@@ -73,13 +74,16 @@ class Recorder:
 
     ``route_from_app``: the app names the route (a framework layer calls :meth:`route_known`)
     instead of ``routes`` / ``prediction_paths``. ``borrow_span``: a callable saying whether
-    another instrumentation owns the server span now. Other keyword arguments are settings.
+    another instrumentation owns the server span now. ``framework``: the app's framework as
+    OpenTelemetry's variables spell it (``FLASK``, ``FASTAPI``, ``STARLETTE``, ``DJANGO``), whose
+    ``OTEL_PYTHON_<framework>_EXCLUDED_URLS`` is read before ``OTEL_PYTHON_EXCLUDED_URLS``.
+    Other keyword arguments are settings.
     """
 
     def __init__(self, *, settings: Settings | None = None, registry: Any = None,
                  tracer_provider: Any = None, log_stream: TextIO | None = None,
                  route_from_app: bool = False, borrow_span: Callable[[], bool] | None = None,
-                 **options: Any) -> None:
+                 framework: str | None = None, **options: Any) -> None:
         if _captures:  # inside mlmonitor.testing.capture(): its doubles, unless given here
             capture = _captures[-1]
             registry = capture.registry if registry is None else registry
@@ -120,7 +124,7 @@ class Recorder:
             ("metrics", self.metrics and self.metrics.finish),
             ("traces", self.traces and self.traces.finish),
             ("logs", self.logs and self.logs.finish)) if fn)
-        self._excluders = self._build_excluders(s)
+        self._excluders = self._build_excluders(s, framework)
         #: an excluded request's bits -> the sinks it still goes to
         self._sinks_for = {bits: tuple((name, fn) for name, fn in self._sinks if not bits & _BIT[name])
                            for bits in range(8)}
@@ -144,15 +148,19 @@ class Recorder:
 
     # -- start-up and outside requests ----------------------------------------------------
     @staticmethod
-    def _build_excluders(s: Settings) -> tuple[tuple[Callable[[str], Any], int], ...] | None:
+    def _build_excluders(s: Settings, framework: str | None) -> tuple[tuple[Callable[[str], Any], int], ...] | None:
         """(search, bits) per excluded-URL list: ``excluded_urls`` (no span, no log line, and
-        no metrics if asked) and OpenTelemetry's ``OTEL_PYTHON_EXCLUDED_URLS`` (no span); None
-        when both are empty, so that a request pays for one ``is None`` test."""
+        no metrics if asked) and OpenTelemetry's list (no span); None when both are empty, so
+        that a request pays for one ``is None`` test. OpenTelemetry's list is the framework's
+        variable when it is set, even empty, else the generic one: the precedence of
+        opentelemetry-util-http's ``get_excluded_urls(framework)``."""
         excluders = []
         pattern = excluded_urls_pattern(s.excluded_urls, "excluded_urls")
         if pattern is not None:
             excluders.append((pattern.search, NO_SPAN | NO_LOG | (NO_METRICS if s.exclude_from_metrics else 0)))
-        otel = excluded_urls_pattern(parse_list(os.environ.get(OTEL_EXCLUDED_URLS, "")), OTEL_EXCLUDED_URLS)
+        own = f"OTEL_PYTHON_{framework}_EXCLUDED_URLS"
+        name = own if framework and own in os.environ else OTEL_EXCLUDED_URLS
+        otel = excluded_urls_pattern(parse_list(os.environ.get(name, "")), name)
         if otel is not None:
             excluders.append((otel.search, NO_SPAN))
         return tuple(excluders) or None

@@ -62,9 +62,10 @@ def attach(app: Any, options: dict[str, Any]) -> Recorder:
     registry = options.pop("registry", None)
     tracer_provider = options.pop("tracer_provider", None)
     log_stream = options.pop("log_stream", None)
+    fastapi = any(klass.__module__.split(".")[0] == "fastapi" for klass in type(app).__mro__)
     recorder = Recorder(settings=resolve(options), registry=registry,
                         tracer_provider=tracer_provider, log_stream=log_stream,
-                        route_from_app=True)
+                        route_from_app=True, framework="FASTAPI" if fastapi else "STARLETTE")
     route_of = RouteTemplates(app)
     build = app.build_middleware_stack
 

@@ -61,7 +61,8 @@ def attach(app: Flask, options: dict[str, Any]) -> Recorder:
     settings = resolve(options, app.config)
     middleware = MonitorMiddleware(
         app.wsgi_app, settings=settings, registry=registry, tracer_provider=tracer_provider,
-        log_stream=log_stream, route_from_app=True, borrow_span=lambda: _borrows(app, recorder))
+        log_stream=log_stream, route_from_app=True, borrow_span=lambda: _borrows(app, recorder),
+        framework="FLASK")
     recorder = middleware.recorder
     traces = recorder.traces
     if traces is not None:

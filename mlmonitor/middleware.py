@@ -38,18 +38,20 @@ class MonitorMiddleware:
 
     The keyword arguments are those of :class:`~mlmonitor.engine.Recorder`: the settings,
     ``registry``, ``tracer_provider``, ``log_stream``, ``route_from_app`` (the app names the
-    route, as the Flask layer and Django do) and ``borrow_span``. ``recorder``: the engine
+    route, as the Flask layer and Django do), ``borrow_span`` and ``framework``. ``recorder``: the engine
     underneath (its settings, sinks, references and feedback).
     """
 
     def __init__(self, app: Callable[..., Iterable[bytes]], *, settings: Settings | None = None,
                  registry: Any = None, tracer_provider: Any = None,
                  log_stream: TextIO | None = None, route_from_app: bool = False,
-                 borrow_span: Callable[[], bool] | None = None, **options: Any) -> None:
+                 borrow_span: Callable[[], bool] | None = None, framework: str | None = None,
+                 **options: Any) -> None:
         self.app = app
         self.recorder = Recorder(settings=settings, registry=registry,
                                  tracer_provider=tracer_provider, log_stream=log_stream,
-                                 route_from_app=route_from_app, borrow_span=borrow_span, **options)
+                                 route_from_app=route_from_app, borrow_span=borrow_span,
+                                 framework=framework, **options)
 
     def set_reference(self, model_name: str, reference: Any) -> None:
         """Use a reference profile (object or JSON path) for a model's drift metrics."""

@@ -4,15 +4,19 @@ unless ``exclude_from_metrics`` is on; OpenTelemetry's ``OTEL_PYTHON_EXCLUDED_UR
 out of spans; a bad regex fails at start-up."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import uuid
 
 import pytest
 from werkzeug.test import Client
 
 from helpers.gunicorn_proc import GunicornProcess, http_get
-from mlmonitor import ConfigError, MonitorMiddleware
+from helpers.otlp import OTLPReceiver
+from mlmonitor import ConfigError, MonitorMiddleware, config
 from mlmonitor.config import resolve
 from mlmonitor.testing import capture
 
@@ -120,6 +124,82 @@ def test_otel_python_excluded_urls_keeps_spans_out_but_not_log_lines(monkeypatch
         assert [line["route"] for line in monitored.logs()] == ["/healthz", "/items"]
 
 
+def _starlette(**options):
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from mlmonitor import Monitor
+    app = Starlette(routes=[Route(p, lambda request: PlainTextResponse("ok")) for p in ("/healthz", "/items")])
+    Monitor(app, **options)
+    return TestClient(app).get
+
+
+#: the framework layers and the variable OpenTelemetry's instrumentation of each reads first
+OWN_VARIABLE = {"flask": (_flask, "OTEL_PYTHON_FLASK_EXCLUDED_URLS"),
+                "fastapi": (_fastapi, "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS"),
+                "starlette": (_starlette, "OTEL_PYTHON_STARLETTE_EXCLUDED_URLS"),
+                "django": (_django, "OTEL_PYTHON_DJANGO_EXCLUDED_URLS")}
+
+
+def _span_paths(monitored, get):
+    """Which of /healthz and /items open a server span."""
+    for path in ("/healthz", "/items"):
+        assert get(path).status_code == 200
+    return sorted(p for p in ("/healthz", "/items")
+                  if any(p in s.name for s in monitored.spans() if s.parent is None))
+
+
+@pytest.mark.parametrize("framework", OWN_VARIABLE)
+def test_the_frameworks_own_otel_variable_comes_before_the_generic_one(framework, monkeypatch):
+    """As opentelemetry-util-http's get_excluded_urls(FRAMEWORK): the framework's variable
+    when set, else OTEL_PYTHON_EXCLUDED_URLS; another framework's variable is not read."""
+    make, own = OWN_VARIABLE[framework]
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "healthz")
+    other = "OTEL_PYTHON_DJANGO_EXCLUDED_URLS" if framework != "django" else "OTEL_PYTHON_FLASK_EXCLUDED_URLS"
+    monkeypatch.setenv(other, "healthz,items")
+    with capture() as monitored:
+        assert _span_paths(monitored, make()) == ["/items"]
+    monkeypatch.setenv(own, "items")
+    with capture() as monitored:
+        get = make()
+        assert _span_paths(monitored, get) == ["/healthz"]
+        assert len(monitored.logs()) == 2  # spans only
+    monkeypatch.setenv(own, "")  # set but empty: nothing excluded, as in OpenTelemetry
+    with capture() as monitored:
+        assert _span_paths(monitored, make()) == ["/healthz", "/items"]
+
+
+def test_plain_wsgi_reads_the_generic_otel_variable_only(monkeypatch):
+    monkeypatch.setenv("OTEL_PYTHON_FLASK_EXCLUDED_URLS", "items")
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "healthz")
+    with capture() as monitored:
+        assert _span_paths(monitored, _wsgi(routes=["/healthz", "/items"])) == ["/items"]
+
+
+def test_a_bad_regex_in_the_frameworks_variable_fails_start_up_naming_it(monkeypatch):
+    monkeypatch.setenv("OTEL_PYTHON_FLASK_EXCLUDED_URLS", "/a,(b")
+    with pytest.raises(ConfigError, match="mlmonitor setting OTEL_PYTHON_FLASK_EXCLUDED_URLS="):
+        _flask()
+
+
+def test_each_list_is_compiled_once_at_start_up(monkeypatch):
+    """The settings check the list and the engine uses it: one compile of the joined regex."""
+    compiled = []
+    real = re.compile
+    monkeypatch.setattr(config.re, "compile", lambda p, *a: compiled.append(p) or real(p, *a))
+    mine, otel = f"^/probe-{uuid.uuid4().hex}$", f"^/otel-{uuid.uuid4().hex}$"
+    monkeypatch.setenv("OTEL_PYTHON_FLASK_EXCLUDED_URLS", otel)
+    with capture() as monitored:
+        get = _flask(excluded_urls=[mine, "^/ready$"])
+        for _ in range(3):
+            get("/items")
+        assert len(monitored.logs()) == 3
+    assert [p for p in compiled if isinstance(p, str) and ("/probe-" in p or "/otel-" in p)] == [
+        f"{mine}|^/ready$", otel]
+
+
 def test_the_environment_variables_are_comma_separated_regexes():
     settings = resolve({}, environ={"MLMONITOR_EXCLUDED_URLS": " /healthz , ^/ready$,,",
                                     "MLMONITOR_EXCLUDE_FROM_METRICS": "true"})
@@ -154,17 +234,25 @@ def test_a_bad_regex_in_the_environment_stops_a_process_with_one_line():
         "mlmonitor.config.ConfigError: mlmonitor setting excluded_urls='[oops': not a regular expression")
 
 
-def test_gunicorn_probes_leave_no_log_line(tmp_path):
-    env = {"MLMONITOR_EXCLUDED_URLS": "^/healthz$", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    server = GunicornProcess(workers=2, env=env)
-    with server:
-        for _ in range(50):
-            assert http_get(server.url + "/healthz")[0] == 200
-        for _ in range(4):  # not excluded: these are logged
-            assert http_get(server.url + "/no-such-page")[0] == 404
-        status, text = http_get(server.url + "/metrics")
-        assert status == 200
-    # stopped: every worker has exited and its stdout is read to the end
+def test_gunicorn_probes_leave_no_log_line_and_no_span(tmp_path):
+    with OTLPReceiver() as receiver:
+        env = {"MLMONITOR_EXCLUDED_URLS": "^/healthz$", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+               "MLMONITOR_TRACES": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+               "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        server = GunicornProcess(workers=2, env=env)
+        with server:
+            for _ in range(50):
+                assert http_get(server.url + "/healthz")[0] == 200
+            for _ in range(4):  # not excluded: these are logged and traced
+                assert http_get(server.url + "/no-such-page")[0] == 404
+            status, text = http_get(server.url + "/metrics")
+            assert status == 200
+        # stopped: every worker has exited, flushed its spans, and its stdout is read to the end
+        spans = receiver.wait_for(4, timeout=60)
+    assert len(spans) == 4
+    assert all(s["attributes"].get("http.status_code", s["attributes"].get("http.response.status_code")) == 404
+               for s in spans)
+    assert not [s for s in spans if "healthz" in json.dumps(s, default=str)]
     assert [line["status"] for line in server.json_lines() if "route" in line] == [404] * 4
     assert not [line for line in server.stdout_lines if "healthz" in line]
     assert "mlmonitor_http_requests_total" in text
