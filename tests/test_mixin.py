@@ -7,13 +7,16 @@ would set in ``_config`` and compare it with the CLI's rule files and dashboard 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import _gojsonnet
+import promql_parser as pp
 import pytest
 import yaml
 
 from mlmonitor.tools import cli, mixin, rules
+from test_dashboards import LINT_VALUES, substitute
 
 REPO = Path(__file__).resolve().parents[1]
 MIXIN = REPO / "mixin"
@@ -88,10 +91,77 @@ def test_every_threshold_of_the_cli_is_a_mixin_knob():
     assert set(out) == knobs
 
 
-def test_the_mixins_dashboards_equal_the_shipped_json():
+def cli_dashboards(tmp_path: Path) -> dict:
+    """The dashboards as `mlmonitor dashboards render` writes them."""
+    assert cli.main(["dashboards", "render", "--out-dir", str(tmp_path)]) == 0
+    return {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+
+
+def queries(dashboards: dict) -> list[str]:
+    """Every PromQL text of the dashboards: panel targets and variable queries."""
+    found: list[str] = []
+
+    def walk(node: object, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, k)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, key)
+        elif key in ("expr", "query", "definition") and isinstance(node, str) and node != "prometheus":
+            found.append(node)
+
+    walk(dashboards)
+    return found
+
+
+def reads(query: str) -> list[set[tuple[str, str, str]]]:
+    """The label matchers (name, op, value) of every series read of a query (promql-parser's AST,
+    Grafana's variables substituted as the dashboard lint does)."""
+    variable = re.fullmatch(r"label_values\((.+), \w+\)", query)
+    found: list[set[tuple[str, str, str]]] = []
+
+    def visit(node: object) -> None:
+        if isinstance(node, pp.VectorSelector):
+            found.append({(m.name, str(m.op).rsplit(".", 1)[-1], m.value) for m in node.matchers.matchers})
+
+    pp.walk(pp.parse(substitute(variable[1] if variable else query, LINT_VALUES)), visit)
+    return found
+
+
+def test_with_an_empty_selector_the_mixins_dashboards_are_what_dashboards_render_writes(tmp_path):
+    rendered = cli_dashboards(tmp_path)
     shipped = {p.name: json.loads(p.read_text()) for p in (REPO / "grafana" / "dashboards").glob("*.json")}
-    assert evaluate()["dashboards"] == shipped
+    assert evaluate("{ selector: '' }")["dashboards"] == rendered == shipped
     assert len(shipped) == 3
+
+
+def test_the_mixins_default_dashboards_read_through_the_default_selector(tmp_path):
+    """The rendered JSON, with the default ``job="mlmonitor"`` first in every read and nothing else changed."""
+    default = evaluate()["dashboards"]
+    text = json.dumps(default)
+    assert json.loads(text.replace('job=\\"mlmonitor\\", ', "").replace('{job=\\"mlmonitor\\"}', "")) \
+        == cli_dashboards(tmp_path)
+    every = [read for query in queries(default) for read in reads(query)]
+    assert len(every) > 100
+    assert all(("job", "Equal", "mlmonitor") in read for read in every)
+
+
+def test_a_selector_override_reaches_every_read_of_every_dashboard_query(tmp_path):
+    rendered = cli_dashboards(tmp_path)
+    custom = evaluate("{ selector: '{namespace=\"override-probe\", job=~\"app-.*\"}' }")["dashboards"]
+    texts = queries(custom)
+    assert len(texts) == len(queries(rendered)) > 100
+    variables = [t for t in texts if t.startswith("label_values(")]
+    assert len(variables) >= 9  # job, model and version(s) of each dashboard
+    every = [read for query in texts for read in reads(query)]
+    assert len(every) > len(texts)
+    for read in every:
+        assert {("namespace", "Equal", "override-probe"), ("job", "Re", "app-.*")} <= read
+    # the job variable offers only the jobs the selector takes; the rest is the rendered JSON
+    assert {t for t in variables if t.endswith(", job)")} == {
+        'label_values(mlmonitor_model_info{namespace="override-probe", job=~"app-.*"}, job)'}
+    assert set(custom) == set(rendered)
 
 
 def test_a_selector_override_reaches_every_read_of_every_rule():
@@ -108,3 +178,18 @@ def test_a_selector_override_reaches_every_read_of_every_rule():
 def test_a_latency_threshold_off_the_buckets_is_refused():
     with pytest.raises(RuntimeError, match="latencyP99 is not a bucket bound"):
         evaluate("{ thresholds+: { latencyP99: 0.3 } }")
+
+
+def test_the_readmes_mixin_example_renders_the_rules_and_dashboards_with_its_config(tmp_path):
+    """The jsonnet block of the README, evaluated as written (the repository as the vendor folder)."""
+    readme = (REPO / "README.md").read_text()
+    block, = re.findall(r"```jsonnet\n(// my-mixin.jsonnet\n.*?)```", readme, flags=re.DOTALL)
+    files = json.loads(_gojsonnet.evaluate_snippet("my-mixin.jsonnet", block, jpathdir=[str(REPO)]))
+    boards = [p.name for p in (REPO / "grafana" / "dashboards").glob("*.json")]
+    assert sorted(files) == sorted(["alerts.yml", "rules.yml", *boards])
+    config = re.search(r"selector: '([^']*)'", block)[1]
+    alerting, recording = cli_rules(tmp_path, "--selector", config, "--error-ratio", "0.02")
+    assert yaml.safe_load(files["alerts.yml"]) == alerting
+    assert yaml.safe_load(files["rules.yml"]) == recording
+    every = [read for name in boards for query in queries(json.loads(files[name])) for read in reads(query)]
+    assert every and all(("job", "Equal", "my-model") in read for read in every)

@@ -6,8 +6,10 @@ once with placeholders for what ``_config`` sets (the selector, each threshold, 
 and this module turns each placeholder into a jsonnet ``%(key)s`` reference to values computed
 from ``$._config``. A threshold renders as a :class:`_Knob`, a float that remembers the jsonnet
 expression of every value derived from it (``errorRatio * 100``), so the mixin formats the same
-numbers as the CLI. The dashboards are the JSON of :mod:`mlmonitor.tools.dashboards`, inline, so the
-mixin folder works alone when jsonnet-bundler vendors it.
+numbers as the CLI. The dashboards are the JSON of :mod:`mlmonitor.tools.dashboards`, inline (so the
+mixin folder works alone when jsonnet-bundler vendors it), with the selector placeholder put in every
+read of a series (:func:`select`): ``_config.selector`` reaches their queries as it reaches the
+rules, and an empty selector gives the JSON of ``dashboards render`` exactly.
 """
 from __future__ import annotations
 
@@ -164,6 +166,8 @@ def _literal(text: str) -> str:
 
 def _jsonnet(value: Any, values: _Values, indent: int) -> str:
     pad = "  " * indent
+    if not value and isinstance(value, dict | list):
+        return json.dumps(value)
     if isinstance(value, dict):
         items = [f"{pad}  {json.dumps(k)}: {_jsonnet(v, values, indent + 1)},\n" for k, v in value.items()]
         return "{\n" + "".join(items) + pad + "}"
@@ -209,6 +213,26 @@ _LIB = """\
     if std.length(std.findSubstr('{alert}', p)) > 0 then std.strReplace(p, '{alert}', anchor) else p + '#' + anchor,
 """
 
+#: where a dashboard query reads series: each label-matcher list, and label_values() of a bare metric
+_READS = re.compile(r"\{|(?<=label_values\()([A-Za-z_:][A-Za-z0-9_:]*)(?=, )")
+#: the dashboard fields that hold PromQL (panel targets, variable queries)
+_QUERY_KEYS = {"expr", "query", "definition"}
+
+
+def select(dashboard: Any, selector: str) -> Any:
+    """``dashboard`` (JSON data) with ``selector``'s matchers first in every read of a series of its
+    queries, as ``alerts render --selector`` puts them in every read of the rules."""
+    def read(found: re.Match[str]) -> str:
+        return f"{found[1]}{{{selector}}}" if found[1] else f"{{{selector}, "
+
+    if isinstance(dashboard, dict):
+        return {k: _READS.sub(read, v) if k in _QUERY_KEYS and isinstance(v, str) else select(v, selector)
+                for k, v in dashboard.items()}
+    if isinstance(dashboard, list):
+        return [select(item, selector) for item in dashboard]
+    return dashboard
+
+
 FILES = ("mixin.libsonnet", "config.libsonnet", "lib.libsonnet", "alerts.libsonnet", "rules.libsonnet",
          "dashboards.libsonnet", "jsonnetfile.json")
 
@@ -249,7 +273,8 @@ def render() -> dict[str, str]:
 
     alerts_text = hidden("prometheusAlerts", alerting)
     rules_text = hidden("prometheusRules", recording)
-    boards = "".join(f"    {json.dumps(name)}: {text.rstrip()},\n" for name, text in dashboards.render().items())
+    boards = "".join(f"    {json.dumps(name)}: {_jsonnet(select(json.loads(text), _SELECTOR), values, 2)},\n"
+                     for name, text in dashboards.render().items())
     return {
         "mixin.libsonnet": HEADER + "(import 'config.libsonnet')\n+ (import 'alerts.libsonnet')\n"
                                     "+ (import 'rules.libsonnet')\n+ (import 'dashboards.libsonnet')\n",
@@ -257,7 +282,8 @@ def render() -> dict[str, str]:
         "lib.libsonnet": HEADER + "{\n" + _LIB + values.jsonnet() + "}\n",
         "alerts.libsonnet": alerts_text,
         "rules.libsonnet": rules_text,
-        "dashboards.libsonnet": HEADER + "{\n  grafanaDashboards+:: {\n" + boards + "  },\n}\n",
+        "dashboards.libsonnet": HEADER + "local lib = import 'lib.libsonnet';\n\n{\n  grafanaDashboards+:: {\n"
+                                "    local c = $._config,\n    local v = lib.values(c),\n" + boards + "  },\n}\n",
         "jsonnetfile.json": json.dumps({"version": 1, "dependencies": [], "legacyImports": True}, indent=2) + "\n",
     }
 
