@@ -8,7 +8,10 @@ kustomize`` for the directory, and promtool for the PrometheusRule's rules.
 from __future__ import annotations
 
 import copy
+import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -23,7 +26,7 @@ from cloudcoil.models.prometheus_operator import v1 as operator
 
 from helpers.promstack import promtool_test, require_binary
 from mlmonitor import contract
-from mlmonitor.tools import dashboards, kubernetes, rules
+from mlmonitor.tools import cli, dashboards, kubernetes, rules
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy" / "kubernetes"
@@ -333,3 +336,83 @@ def test_kubectl_kustomize_renders_the_example_directory(tmp_path):
                           check=False, env={**os.environ, "KUBECONFIG": os.devnull})
     assert proc.returncode == 0, proc.stderr
     assert {d["metadata"]["namespace"] for d in yaml.safe_load_all(proc.stdout)} == {"ml"}
+
+
+# -- what a user gets ---------------------------------------------------------------------------------
+
+def _kustomize(directory: Path) -> subprocess.CompletedProcess:
+    """What ``kubectl apply -k directory`` would send (no cluster here)."""
+    return subprocess.run([require_binary("kubectl"), "kustomize", str(directory)], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "KUBECONFIG": os.devnull})
+
+
+def readme_commands() -> list[list[str]]:
+    """The commands of the shell block of the README's "On Kubernetes" section, as written."""
+    section = (REPO / "README.md").read_text().split("\n## On Kubernetes\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_following_the_readme_gives_objects_the_checks_accept(tmp_path, monkeypatch):
+    """Run the README's render command as written, then what its `kubectl apply -k` applies: every object
+    passes its schema (unknown fields refused), the sizes, the release label and promtool."""
+    commands = readme_commands()
+    assert [argv[:2] for argv in commands] == [["mlmonitor", "kubernetes"], ["kubectl", "apply"]]
+    monkeypatch.chdir(tmp_path)  # the README's relative --out-dir lands here
+    render, apply = commands
+    assert cli.main(render[1:]) == 0
+    option = dict(zip(render[3::2], render[4::2]))
+    assert apply[2:] == ["-k", option["--out-dir"]]
+    built = _kustomize(tmp_path / option["--out-dir"])
+    assert built.returncode == 0, built.stderr
+    docs = list(yaml.safe_load_all(built.stdout))
+    monitor = "PodMonitor" if option.get("--monitor") == "pod" else "ServiceMonitor"
+    assert sorted(d["kind"] for d in docs) == sorted(
+        [monitor, "PrometheusRule"] + ["ConfigMap"] * len(dashboards.DASHBOARDS))
+    for doc in docs:
+        assert errors(doc) == [], doc["metadata"]["name"]
+        assert doc["metadata"]["namespace"] == option["--namespace"]
+        assert doc["metadata"]["labels"]["release"] == option["--release-label"]
+        limit = 256 * 1024 if doc["kind"] == "ConfigMap" else 512 * 1024
+        assert len(yaml.safe_dump(doc).encode()) < limit
+    scrape, = (d for d in docs if d["kind"] == monitor)
+    assert [e["port"] for e in scrape["spec"]["endpoints"]] == [option["--port-name"]]
+    rule, = (d for d in docs if d["kind"] == "PrometheusRule")
+    spec = tmp_path / "spec.yml"
+    spec.write_text(yaml.safe_dump(rule["spec"], sort_keys=False))
+    check = subprocess.run([require_binary("promtool"), "check", "rules", str(spec)], capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    selector = option["--selector"].strip("{}")
+    assert all(selector in r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
+
+
+SIDE_BY_SIDE = {
+    "two names": [("--name", "app-a", "--selector", '{job="app-a"}'),
+                  ("--name", "app-b", "--selector", '{job="app-b"}', "--no-dashboards")],
+    "two namespaces": [("--name", "my-model", "--namespace", "team-a", "--selector",
+                        '{namespace="team-a", job="my-model"}'),
+                       ("--name", "my-model", "--namespace", "team-b", "--selector",
+                        '{namespace="team-b", job="my-model"}', "--no-dashboards", "--monitor", "pod")],
+}
+
+
+@pytest.mark.parametrize("case", SIDE_BY_SIDE)
+def test_two_renders_apply_side_by_side_in_one_kustomization(tmp_path, case):
+    """kustomize refuses two objects of one kind, name and namespace: both renders in one build pass it,
+    and the dashboards (fixed uids, rendered once as the README says) are there once."""
+    for n, options in enumerate(SIDE_BY_SIDE[case]):
+        assert cli.main(["kubernetes", "render", *options, "--release-label", "kps",
+                         "--out-dir", str(tmp_path / f"app-{n}")]) == 0
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["app-0", "app-1"]}))
+    built = _kustomize(tmp_path)
+    assert built.returncode == 0, built.stderr
+    docs = list(yaml.safe_load_all(built.stdout))
+    ids = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
+    assert len(ids) == len(set(ids)) == 2 * 2 + len(dashboards.DASHBOARDS)
+    uids = [json.loads(text)["uid"] for d in docs if d["kind"] == "ConfigMap" for text in d["data"].values()]
+    assert sorted(uids) == sorted(set(uids)) and len(uids) == len(dashboards.DASHBOARDS)
+    # the same render twice would collide, and kustomize says so
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["app-0", "app-0-again"]}))
+    shutil.copytree(tmp_path / "app-0", tmp_path / "app-0-again")
+    assert _kustomize(tmp_path).returncode != 0
