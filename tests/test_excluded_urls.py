@@ -259,3 +259,13 @@ def test_gunicorn_probes_leave_no_log_line_and_no_span(tmp_path):
     probes = [line for line in text.splitlines() if line.startswith("mlmonitor_http_requests_total{")
               and 'route="/healthz"' in line]
     assert probes and float(probes[0].rsplit(" ", 1)[1]) >= 50  # counted: exclude_from_metrics is off
+
+
+def test_the_cost_benchmark_runs_and_reports_each_configuration():
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_excluded.py")
+    done = subprocess.run([sys.executable, script, "--rounds", "1", "--requests", "50", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert set(report["us_per_request"]) == {"bare", "full", "excluded", "excluded_all"}
+    assert set(report["added_cost_vs_full"]) == {"excluded", "excluded_all"}
