@@ -326,15 +326,19 @@ class MetricsSink:
 
     def histogram(self, observer: Observer, seconds: float, rec: RequestRecord | None) -> None:
         """``observe(seconds)``, with an exemplar of ``rec`` (a sampled request) if its bucket is due."""
-        child, bounds, _buckets, _total, due = observer
-        if rec is None or seconds != seconds:
-            child.observe(seconds)
+        child, bounds, buckets, total, due = observer
+        if bounds is None or seconds != seconds:  # NaN: observe() takes it, in no bucket
+            if rec is not None and seconds == seconds and rec.start >= due[0]:
+                self.exemplar(observer, 0, seconds, rec)
+            else:
+                child.observe(seconds)
             return
-        i = bisect_left(bounds, seconds) if bounds is not None else 0
-        if rec.start >= due[i]:
+        i = bisect_left(bounds, seconds)
+        if rec is not None and rec.start >= due[i]:
             self.exemplar(observer, i, seconds, rec)
         else:
-            child.observe(seconds)
+            total.inc(seconds)
+            buckets[i].inc(1)
 
     def exemplar(self, observer: Observer, i: int, seconds: float, rec: RequestRecord) -> None:
         """Observe with an exemplar in bucket ``i``; the next one there is due in EXEMPLAR_INTERVAL

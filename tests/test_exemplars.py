@@ -316,3 +316,38 @@ def test_multiprocess_exemplars_match_what_prometheus_client_renders_in_one_proc
     theirs = found_in(generate_openmetrics(registry).decode())
     assert len(theirs) > 12
     assert ours == theirs
+
+
+# -- through a real app: the exemplar is the request's span ------------------------------------
+
+def test_the_exemplar_of_a_scrape_is_the_trace_and_span_of_the_request():
+    from flask import Flask
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from mlmonitor import Monitor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = Flask(__name__)
+    monitor = Monitor(app, model_name="iris", tracer_provider=provider, registry=CollectorRegistry())
+
+    @app.post("/predict")
+    @monitor.prediction
+    def predict():
+        return {"y": 1}
+
+    client = app.test_client()
+    assert client.post("/predict", json={"x": 1}).status_code == 200
+    scraped = client.get("/metrics", headers={"Accept": OPENMETRICS})
+    assert scraped.content_type.startswith("application/openmetrics-text")
+    found = found_in(scraped.get_data(as_text=True))
+    server = [s for s in exporter.get_finished_spans() if s.parent is None]
+    assert len(server) == 1
+    ids = (f"{server[0].context.trace_id:032x}", f"{server[0].context.span_id:016x}")
+    assert {(trace, span) for trace, span, _v in found.values()} == {ids}
+    assert {name for name, _labels in found} == {
+        "mlmonitor_http_request_duration_seconds_bucket", "mlmonitor_prediction_duration_seconds_bucket"}
+    assert "trace_id" not in client.get("/metrics").get_data(as_text=True)
