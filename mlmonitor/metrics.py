@@ -361,7 +361,8 @@ class MetricsSink:
             key = keys[i]
             if key is not None:
                 file.write(key[0], key[1], rec.trace_id, rec.span_id, seconds)
-        except Exception as exc:  # e.g. a full disk when the file is made: exemplars stop, counts go on
+        except Exception as exc:  # e.g. a full disk when the file is made: one fault, then no more
+            file.failed = True  # exemplars in this worker; its counts go on
             guard.report_fault("exemplars", exc, self)
 
     def _http_children(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
