@@ -141,20 +141,39 @@ class ExemplarFile:
         return True
 
 
-def _decode(payload: bytes) -> tuple[tuple[str, tuple[tuple[str, str], ...]], tuple[str, str, float, float]] | None:
-    """A checked slot's (key, exemplar), or None if its content is not one."""
+Key = tuple[str, tuple[tuple[str, str], ...]]
+_keys: dict[bytes, Key | None] = {}  # keys parsed before: a scrape parses each once
+
+
+def _parse_key(raw: bytes) -> Key | None:
+    """(sample name, sorted label pairs) of a well-formed key, else None."""
+    if raw in _keys:
+        return _keys[raw]
+    result = None
     try:
-        value, timestamp = _VALUES.unpack_from(payload)
-        ids = payload[_VALUES.size:_VALUES.size + _IDS]
-        name, labels = json.loads(payload[_VALUES.size + _IDS:].decode("utf-8"))
+        name, labels = json.loads(raw.decode("utf-8"))
         pairs = tuple(sorted(labels.items()))
-    except (ValueError, TypeError, AttributeError, struct.error):
+        if isinstance(name, str) and all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+            result = (name, pairs)
+    except (ValueError, TypeError, AttributeError):
+        result = None
+    if len(_keys) > 20_000:
+        _keys.clear()
+    _keys[raw] = result
+    return result
+
+
+def _decode(payload: bytes) -> tuple[Key, tuple[str, str, float, float]] | None:
+    """A checked slot's (key, exemplar), or None if its content is not one."""
+    if len(payload) <= _VALUES.size + _IDS:
         return None
-    if (not _HEX.fullmatch(ids) or not isinstance(name, str) or value != value
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs)):
+    value, timestamp = _VALUES.unpack_from(payload)
+    ids = payload[_VALUES.size:_VALUES.size + _IDS]
+    key = _parse_key(payload[_VALUES.size + _IDS:])
+    if key is None or value != value or not _HEX.fullmatch(ids):
         return None
     text = ids.decode("ascii")
-    return (name, pairs), (text[:32], text[32:], value, timestamp)
+    return key, (text[:32], text[32:], value, timestamp)
 
 
 def read_file(name: str, found: Found, oldest: float) -> int:
