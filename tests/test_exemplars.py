@@ -351,3 +351,55 @@ def test_the_exemplar_of_a_scrape_is_the_trace_and_span_of_the_request():
     assert {name for name, _labels in found} == {
         "mlmonitor_http_request_duration_seconds_bucket", "mlmonitor_prediction_duration_seconds_bucket"}
     assert "trace_id" not in client.get("/metrics").get_data(as_text=True)
+
+
+WRITER = r"""
+import sys
+from mlmonitor import exemplars
+out = exemplars.ExemplarFile(sys.argv[1])
+keys = [k for i in range(5000) for k in exemplars.bucket_keys("h", {"route": f"/r{i}"}, ["0.1"])]
+print("writing", flush=True)
+n = 0
+while True:
+    slot, key = keys[n % len(keys)]
+    out.write(slot, key, f"{n:032x}", f"{n:016x}", 0.05)
+    n += 1
+"""
+
+
+@pytest.mark.internal_errors_expected
+def test_a_worker_killed_while_writing_leaves_a_readable_file(prom):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(prom)], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    found, faults = exemplars.read_all(str(prom))
+    assert len(found) > 100
+    assert sum(bad for _base, bad in faults) <= 1  # at most the slot being written
+
+
+RESTORE = r"""
+import json, os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+sys.path.insert(0, "tests")
+from test_exemplars import record
+from mlmonitor.config import resolve
+from mlmonitor.metrics import MetricsSink
+sink = MetricsSink(resolve({"model_name": "iris", "model_version": "v1"}))
+sink.finish(record(0))
+os.remove(os.path.join(sys.argv[1], f"exemplars_{os.getpid()}.db"))
+sink.update_process()
+sink.finish(record(1))
+print(sink.exposition("application/openmetrics-text")[0].decode())
+"""
+
+
+def test_an_exemplar_file_deleted_under_a_worker_is_made_again(prom):
+    done = subprocess.run([sys.executable, "-c", RESTORE, str(prom)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {trace for trace, _s, _v in found_in(done.stdout.rstrip("\n") + "\n").values()} == {f"{2:032x}"}
