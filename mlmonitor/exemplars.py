@@ -133,11 +133,17 @@ class ExemplarFile:
                   _HEAD.size + slot * SLOT_SIZE)
 
     def reopen_if_gone(self) -> bool:
-        """The file was deleted under this worker (directory removed): start a new one."""
-        if self.pid != os.getpid() or os.path.exists(os.path.join(self.path, f"exemplars_{self.pid}.db")):
+        """The file was deleted under this worker (directory removed): start a new one.
+        OSError if it cannot be made (then exemplars stay off in this process)."""
+        if (self.failed or self.pid != os.getpid()
+                or os.path.exists(os.path.join(self.path, f"exemplars_{self.pid}.db"))):
             return False
         with self._lock:
-            self.open()
+            try:
+                self.open()
+            except OSError:
+                self.failed = True
+                raise
         return True
 
 
