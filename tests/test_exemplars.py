@@ -26,7 +26,7 @@ from helpers.tmpfs import fill, small_tmpfs
 from mlmonitor import exemplars, guard
 from mlmonitor.config import Settings, resolve
 from mlmonitor.metrics import EXEMPLAR_INTERVAL, MetricsSink
-from mlmonitor.multiprocess import CheckedCollector, merge_dead_worker
+from mlmonitor.multiprocess import CheckedCollector, check_directory, merge_dead_worker
 from mlmonitor.record import RequestRecord
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -403,3 +403,12 @@ def test_an_exemplar_file_deleted_under_a_worker_is_made_again(prom):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert {trace for trace, _s, _v in found_in(done.stdout.rstrip("\n") + "\n").values()} == {f"{2:032x}"}
+
+
+def test_a_master_start_removes_the_last_runs_exemplar_files_only(prom):
+    ours = ["exemplars_41.db", "exemplars_merged.db", "exemplars_merged.db.7.tmp"]
+    theirs = ["exemplars.txt", "exemplars_x.db"]
+    for name in ours + theirs:
+        (prom / name).write_bytes(b"x")
+    check_directory(str(prom), clean=True)
+    assert sorted(p.name for p in prom.iterdir() if p.name != ".users") == sorted(theirs)
