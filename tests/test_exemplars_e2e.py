@@ -2,8 +2,8 @@
 workers for the Flask app, uvicorn workers for the FastAPI one), one worker SIGKILLed midway,
 spans exported over OTLP/HTTP to a real receiver, and a real Prometheus with exemplar storage
 scraping ``/metrics`` (it asks for OpenMetrics itself). Every exemplar Prometheus returns for the
-request and prediction latency buckets names a trace the receiver got and a log line the app
-wrote, for both model versions, before and after the kill.
+request, prediction and stage latency buckets names a trace the receiver got and a log line the
+app wrote; request and prediction ones cover both model versions, before and after the kill.
 
 No client timeouts decide anything: each step waits on a condition with a generous deadline."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 from helpers.gunicorn_proc import REPO, GunicornProcess, http_get
 from helpers.otlp import OTLPReceiver
 from helpers.promstack import Prometheus, query, wait_for
-from mlmonitor.contract import HTTP_REQUEST_DURATION_BUCKET, PREDICTION_DURATION_BUCKET
+from mlmonitor.contract import HTTP_REQUEST_DURATION_BUCKET, PREDICTION_DURATION_BUCKET, STAGE_DURATION_BUCKET
 
 pytestmark = pytest.mark.slow
 
@@ -143,8 +143,8 @@ def run_stack(tmp_path: Path, app: str, args: Tuple[str, ...] = (), plain: bool 
                 and all(v == set(VERSIONS) for v in c.values()) and c,
                 DEADLINE, what="exemplars of both versions scraped after the kill")
             time.sleep(3)  # a few more scrapes: what the last ones stored is compared too
-            result["exemplars"] = {bucket: exemplars(prom, bucket, start)
-                                   for bucket in (HTTP_REQUEST_DURATION_BUCKET, PREDICTION_DURATION_BUCKET)}
+            result["exemplars"] = {bucket: exemplars(prom, bucket, start) for bucket in
+                                   (HTTP_REQUEST_DURATION_BUCKET, PREDICTION_DURATION_BUCKET, STAGE_DURATION_BUCKET)}
             result["check"] = [mlmonitor_check(server.url + "/metrics", p.url) for p in (prom, *others)]
             result["replaced"] = after - before
     finally:
@@ -180,6 +180,9 @@ def assert_every_exemplar_is_followed_to_its_span_and_log_line(result: Dict[str,
             if bucket == PREDICTION_DURATION_BUCKET:
                 assert series["model_version"] == line["model_version"]
                 assert series["model_name"] == line["model_name"] == "iris"
+            elif bucket == STAGE_DURATION_BUCKET:
+                assert (series["model_name"], series["model_version"]) == (line["model_name"], line["model_version"])
+                assert series["stage"] in line["stages_ms"]
             else:
                 assert (series["route"], series["status"]) == (line["route"], str(line["status"]))
                 assert value * 1000 == pytest.approx(line["duration_ms"], abs=0.01)  # the same request's time
