@@ -1,5 +1,6 @@
-"""Exemplars end to end (issue 27): the example app under real gunicorn with two workers (sync
-workers for the Flask app, uvicorn workers for the FastAPI one), one worker SIGKILLed midway,
+"""Exemplars end to end (issue 27): the example app under real servers with two workers (gunicorn
+with sync workers for the Flask app; gunicorn with uvicorn workers, and ``uvicorn --workers 2``,
+for the FastAPI one), one worker SIGKILLed midway and replaced by the server,
 spans exported over OTLP/HTTP to a real receiver, and a real Prometheus with exemplar storage
 scraping ``/metrics`` (it asks for OpenMetrics itself). Every exemplar Prometheus returns for the
 request, prediction and stage latency buckets names a trace the receiver got and a log line the
@@ -18,7 +19,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 import pytest
 
@@ -57,9 +58,28 @@ def traffic(url: str, count: int, offset: int) -> List[Tuple[str, str]]:
 
 
 def workers(master: int) -> Set[int]:
-    """The master's live child processes (gunicorn's workers)."""
+    """The master's worker processes: its children, but for multiprocessing's resource tracker
+    (uvicorn starts its workers with multiprocessing)."""
     children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return {int(pid) for pid in children}
+    return {int(pid) for pid in children if b"resource_tracker" not in _cmdline(int(pid))}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b"resource_tracker"
+
+
+def uvicorn_workers(env: Dict[str, str]) -> GunicornProcess:
+    """``uvicorn --workers 2`` for the FastAPI example, started, read and stopped as the gunicorn
+    helper does it (own process group, output captured, stopped by PID); no gunicorn hooks, so a
+    fresh metrics directory, as the README says for ``uvicorn --workers``."""
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
+    server = GunicornProcess(env=env)
+    server.command = [sys.executable, "-m", "uvicorn", "example_app.asgi:app", "--host", "127.0.0.1",
+                      "--port", str(server.port), "--workers", "2", "--log-level", "warning"]
+    return server
 
 
 def lines_by_trace(server: GunicornProcess) -> Dict[str, Dict[str, Any]]:
@@ -102,14 +122,16 @@ def mlmonitor_check(metrics_url: str, prometheus: str) -> List[str]:
     return [line for line in proc.stdout.splitlines() if ": exemplars: " in line]
 
 
-def run_stack(tmp_path: Path, app: str, args: Tuple[str, ...] = (), plain: bool = False) -> Dict[str, Any]:
+def run_stack(tmp_path: Path, app: str, args: Tuple[str, ...] = (), plain: bool = False,
+              server_of: Callable[[Dict[str, str]], GunicornProcess] | None = None) -> Dict[str, Any]:
     """The whole run; what the assertions need, gathered once the servers are stopped. ``plain``:
-    a second Prometheus, without exemplar storage, scrapes the app too (for ``mlmonitor check``)."""
+    a second Prometheus, without exemplar storage, scrapes the app too (for ``mlmonitor check``);
+    ``server_of(env)``: another server than gunicorn with ``app`` and ``args``."""
     receiver = OTLPReceiver().__enter__()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "MLMONITOR_FEEDBACK_SECRET": "e" * 32,
            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
            "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_SERVICE_NAME": "iris-exemplars", "CANARY_FRACTION": "0.5"}
-    server = GunicornProcess(app=app, workers=2, env=env, args=args)
+    server = server_of(env) if server_of else GunicornProcess(app=app, workers=2, env=env, args=args)
     result: Dict[str, Any] = {}
     start = time.time() - 5
     try:
@@ -204,5 +226,12 @@ def test_gunicorn_sync_workers_exemplars_lead_to_spans_and_log_lines_across_a_ki
 def test_gunicorn_uvicorn_workers_exemplars_lead_to_spans_and_log_lines_across_a_killed_worker(tmp_path):
     result = run_stack(tmp_path, "example_app.asgi:app", ("-k", "uvicorn.workers.UvicornWorker"))
     assert len(result["replaced"]) == 1
+    assert result["check"] == [[]]
+    assert_every_exemplar_is_followed_to_its_span_and_log_line(result)
+
+
+def test_uvicorn_workers_exemplars_lead_to_spans_and_log_lines_across_a_killed_worker(tmp_path):
+    result = run_stack(tmp_path, "example_app.asgi:app", server_of=uvicorn_workers)
+    assert len(result["replaced"]) == 1  # uvicorn's supervisor started a new worker
     assert result["check"] == [[]]
     assert_every_exemplar_is_followed_to_its_span_and_log_line(result)
