@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from . import guard
@@ -50,10 +51,11 @@ CHILD_CACHE_LIMIT = 4096
 _warned_buckets: set[tuple[float, ...]] = set()
 
 #: whether a child's inc() is its value's inc() after the observable check (a labelled child
-#: always passes it) and observe() the sum's and the bucket's (probed: off if prometheus-client differs)
+#: always passes it) and observe() the sum's and the bucket's, with an exemplar the bucket's
+#: set_exemplar() (probed: off if prometheus-client differs)
 _FAST = ({"_raise_if_not_observable", "_value"} <= set(Counter.inc.__code__.co_names)
          and {"_raise_if_not_observable", "_is_most_recent", "_value"} <= set(Gauge.inc.__code__.co_names)
-         and {"_raise_if_not_observable", "_sum", "_upper_bounds", "_buckets"}
+         and {"_raise_if_not_observable", "_sum", "_upper_bounds", "_buckets", "set_exemplar"}
          <= set(Histogram.observe.__code__.co_names))
 #: a histogram child as the request path updates it: (child, upper bounds, bucket values, sum value,
 #: each bucket's next due time for an exemplar)
@@ -343,14 +345,19 @@ class MetricsSink:
     def exemplar(self, observer: Observer, i: int, seconds: float, rec: RequestRecord) -> None:
         """Observe with an exemplar in bucket ``i``; the next one there is due in EXEMPLAR_INTERVAL
         (Prometheus keeps one a bucket a scrape: a few a second are plenty)."""
-        child, bounds, _buckets, _total, due = observer
+        child, bounds, buckets, total, due = observer
         due[i] = rec.start + EXEMPLAR_INTERVAL
         file = self.exemplar_file
-        if file is None:
-            child.observe(seconds, {"trace_id": rec.trace_id, "span_id": rec.span_id})
+        if bounds is None:
+            child.observe(seconds, None if file else {"trace_id": rec.trace_id, "span_id": rec.span_id})
             return
-        child.observe(seconds)  # first: a fault of the exemplar's never costs the count
-        if bounds is None or file.failed or not rec.trace_id:
+        total.inc(seconds)  # first: a fault of the exemplar's never costs the count
+        buckets[i].inc(1)
+        if file is None:  # observe(seconds, exemplar) without checking our own two hex labels again
+            buckets[i].set_exemplar(Exemplar({"trace_id": rec.trace_id, "span_id": rec.span_id}, seconds,
+                                             time.time()))
+            return
+        if file.failed or not rec.trace_id:
             return
         try:
             keys = self._exemplar_keys.get(id(child))
