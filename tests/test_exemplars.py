@@ -290,9 +290,9 @@ def test_the_text_exposition_is_the_same_with_and_without_exemplars(prom):
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_multiprocess_exemplars_match_what_prometheus_client_renders_in_one_process(prom):
-    """Differential: the same observations, through mlmonitor's multiprocess storage and through
-    prometheus-client's own single-process histograms, give the same exemplar per bucket."""
+def test_exemplars_match_what_prometheus_client_renders_in_one_process(prom):
+    """Differential: the same observations, through mlmonitor's multiprocess storage, its single-process
+    sink and prometheus-client's own histograms' observe(v, exemplar), give the same exemplar per bucket."""
     observations = [{"n": n, "duration": d, "version": v}
                     for n, (d, v) in enumerate([(0.003, "v1"), (0.2, "v1"), (0.003, "v2"), (7.0, "v2"),
                                                 (0.004, "v1"), (0.0001, "v2"), (0.3, "v1")])]
@@ -316,6 +316,10 @@ def test_multiprocess_exemplars_match_what_prometheus_client_renders_in_one_proc
     theirs = found_in(generate_openmetrics(registry).decode())
     assert len(theirs) > 12
     assert ours == theirs
+    single = single_sink()  # mlmonitor's single-process way: the bucket's exemplar set directly
+    for args in observations:
+        single.finish(record(**args))
+    assert found_in(single.exposition(OPENMETRICS)[0].decode()) == theirs
 
 
 # -- through a real app: the exemplar is the request's span ------------------------------------
