@@ -913,7 +913,7 @@ local lib = import 'lib.libsonnet';
         {
           "type": "timeseries",
           "title": "Prediction latency p50 / p95 / p99",
-          "description": "Quantiles of the prediction handler's time per version, from histogram buckets summed by le (never an average of percentiles). Exemplars link to traces in single-process mode. Follows the Job, Model and Version selection.",
+          "description": "Quantiles of the prediction handler's time per version, from histogram buckets summed by le (never an average of percentiles). Exemplars (the dots) open the trace of one request in a bucket: docs/exemplars.md. Follows the Job, Model and Version selection.",
           "datasource": {
             "type": "prometheus",
             "uid": "${datasource}",
@@ -3491,7 +3491,7 @@ local lib = import 'lib.libsonnet';
               "range": true,
               "instant": false,
               "format": "time_series",
-              "exemplar": false,
+              "exemplar": true,
               "editorMode": "code",
             },
             {
@@ -3505,7 +3505,7 @@ local lib = import 'lib.libsonnet';
               "range": true,
               "instant": false,
               "format": "time_series",
-              "exemplar": false,
+              "exemplar": true,
               "editorMode": "code",
             },
           ],

@@ -104,6 +104,8 @@ class Settings:
     references: Mapping[str, Any] = field(default_factory=dict)
     feedback_secret: str | None = field(default=None, repr=False)
     feedback_max_age: float = 7 * 24 * 3600.0
+    #: the trace and span id of sampled requests as exemplars on the latency histograms, served to
+    #: OpenMetrics scrapes, in multiprocess mode too (``MLMONITOR_EXEMPLARS=false`` turns them off)
     exemplars: bool = True
     #: stages as child spans of the server span, or as events on it (one span per request)
     stage_spans: str = "children"

@@ -8,6 +8,11 @@ updated through their value objects, as their own ``inc()`` and ``observe()`` do
 the three nested calls of each (see ``_FAST``). With ``PROMETHEUS_MULTIPROC_DIR``
 set, values go to prometheus-client's mmap files and the exposition aggregates every
 worker through the checked multiprocess collector.
+
+Exemplars (the trace and span id of a sampled request) go on the latency histograms, at most
+one per bucket of a series every ``EXEMPLAR_INTERVAL``: through prometheus-client's own
+``observe(v, exemplar)`` in one process, into this worker's exemplar file
+(:mod:`mlmonitor.exemplars`) in multiprocess mode, where prometheus-client drops them.
 """
 from __future__ import annotations
 
@@ -20,12 +25,15 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 from . import guard
 from .config import MAX_OBSERVED, Settings, number_in
 from .contract import (CLASS, CORRECT, ERROR_TYPE, HTTP_5XX, INCORRECT, INVALID_INPUT, LATENCY_THRESHOLD,
                        MODEL_NAME, MODEL_VERSION, OTHER, STAGE, UNMATCHED_ROUTE)
 from .families import Families, LabelCap, clean_label, families_for, gpu_collector
+from .exemplars import ExemplarFile, bucket_keys
 from .lineage import lineage
 from .multiprocess import (AdmittedValues, CheckedCollector, directory_lock, multiprocess_dir,
                            restore_deleted_files)
@@ -43,13 +51,15 @@ CHILD_CACHE_LIMIT = 4096
 _warned_buckets: set[tuple[float, ...]] = set()
 
 #: whether a child's inc() is its value's inc() after the observable check (a labelled child
-#: always passes it) and observe() the sum's and the bucket's (probed: off if prometheus-client differs)
+#: always passes it) and observe() the sum's and the bucket's, with an exemplar the bucket's
+#: set_exemplar() (probed: off if prometheus-client differs)
 _FAST = ({"_raise_if_not_observable", "_value"} <= set(Counter.inc.__code__.co_names)
          and {"_raise_if_not_observable", "_is_most_recent", "_value"} <= set(Gauge.inc.__code__.co_names)
-         and {"_raise_if_not_observable", "_sum", "_upper_bounds", "_buckets"}
+         and {"_raise_if_not_observable", "_sum", "_upper_bounds", "_buckets", "set_exemplar"}
          <= set(Histogram.observe.__code__.co_names))
-#: a histogram child as the request path updates it: (child, upper bounds, bucket values, sum value)
-Observer = tuple[Any, Any, Any, Any]
+#: a histogram child as the request path updates it: (child, upper bounds, bucket values, sum value,
+#: each bucket's next due time for an exemplar)
+Observer = tuple[Any, Any, Any, Any, list[float]]
 
 
 def _counter(child: Any) -> Any:
@@ -59,8 +69,9 @@ def _counter(child: Any) -> Any:
 
 def _observer(child: Any) -> Observer:
     if not _FAST:
-        return child, None, None, None
-    return child, child._upper_bounds, child._buckets, child._sum  # noqa: SLF001 (see _FAST)
+        return child, None, None, None, [0.0]
+    bounds = child._upper_bounds  # noqa: SLF001 (see _FAST)
+    return child, bounds, child._buckets, child._sum, [0.0] * len(bounds)  # noqa: SLF001 (see _FAST)
 
 
 def warn_if_buckets_miss_the_rules(buckets: tuple[float, ...]) -> bool:
@@ -92,9 +103,12 @@ class MetricsSink:
         self.registry = registry
         self.f = families_for(registry, settings.buckets)
         warn_if_buckets_miss_the_rules(settings.buckets)
-        self.exemplars = settings.exemplars and not self.multiprocess
-        limit = settings.max_label_values
+        self.exemplars = settings.exemplars
         path = multiprocess_dir() if self.multiprocess else None
+        #: this worker's exemplar file (multiprocess mode): None where prometheus-client keeps them
+        self.exemplar_file = ExemplarFile(path) if path and self.exemplars else None
+        self._exemplar_keys: dict[int, list[tuple[int, bytes] | None]] = {}  # id(child) -> per bucket
+        limit = settings.max_label_values
         self._children: dict[Any, Any] = {}  # before the caps: a fault of theirs is counted here
 
         def cap(label: str, limit: int, preset: tuple[str, ...] = ()) -> LabelCap:
@@ -108,7 +122,7 @@ class MetricsSink:
         self._http: dict[Any, Any] = {}
         self._gauges: dict[tuple[str, str], Any] = {}  # (method, route) -> in-progress value
         self._models: dict[Any, Any] = {}
-        self._exemplar_due = 0.0
+        self._observers: dict[Any, Observer] = {}
         self._seen_models: set[tuple[str, str]] = set()
         self._process_next = 0.0
         self._process_cpu_last = 0.0
@@ -249,52 +263,114 @@ class MetricsSink:
         if gauge is not None:
             gauge.inc(-1)
             rec.in_progress = None
-        exemplar = None
-        if self.exemplars and rec.sampled and rec.start >= self._exemplar_due:
-            # Prometheus keeps one exemplar per bucket a scrape: a few a second are plenty
-            self._exemplar_due = rec.start + EXEMPLAR_INTERVAL
-            exemplar = {"trace_id": rec.trace_id}
+        sampled = self.exemplars and rec.sampled
         key = (rec.method, rec.route or UNMATCHED_ROUTE, rec.status_code or 500)
         http = self._http.get(key)
         if http is None:
             http = self._http_children(key)
-        counter, (child, bounds, buckets, total) = http
+        counter, observer = http
+        _child, bounds, buckets, total, due = observer
         counter.inc(1)
         seconds = rec.duration
-        # child.observe(seconds, exemplar) written out, here and below (see _FAST): the first
-        # bucket whose bound is >= seconds, and the sum; NaN falls to observe(), no bucket
-        if bounds is None or exemplar is not None or seconds != seconds:
-            child.observe(seconds, exemplar)
+        # child.observe(seconds) written out, here and below (see _FAST): the first bucket whose
+        # bound is >= seconds, and the sum; NaN falls to observe(), no bucket. A sampled
+        # request whose bucket is due for an exemplar takes the longer way.
+        if bounds is None or seconds != seconds:
+            self.histogram(observer, seconds, rec if sampled else None)
         else:
-            total.inc(seconds)
-            buckets[bisect_left(bounds, seconds)].inc(1)
+            i = bisect_left(bounds, seconds)
+            if sampled and rec.start >= due[i]:
+                self.exemplar(observer, i, seconds, rec)
+            else:
+                total.inc(seconds)
+                buckets[i].inc(1)
         if rec.is_prediction:
             model_key = (rec.model_name, rec.model_version)
             model = self._models.get(model_key)
             if model is None:
                 model = self._model_children(model_key)
-            labels, counter, (child, bounds, buckets, total) = model
+            labels, counter, observer = model
+            _child, bounds, buckets, total, due = observer
             counter.inc(1)
             if rec.error_type:
                 self.child(self.f.prediction_errors, *labels, self.cap_error(rec.error_type)).inc()
             if rec.prediction_seconds is not None:
                 seconds = rec.prediction_seconds
-            if bounds is None or exemplar is not None or seconds != seconds:
-                child.observe(seconds, exemplar)
+            if bounds is None or seconds != seconds:
+                self.histogram(observer, seconds, rec if sampled else None)
             else:
-                total.inc(seconds)
-                buckets[bisect_left(bounds, seconds)].inc(1)
+                i = bisect_left(bounds, seconds)
+                if sampled and rec.start >= due[i]:
+                    self.exemplar(observer, i, seconds, rec)
+                else:
+                    total.inc(seconds)
+                    buckets[i].inc(1)
             if rec.first_chunk is not None:
-                self.child(self.f.time_to_first_chunk, *labels).observe(rec.first_chunk)
+                self.histogram(self.observer(self.f.time_to_first_chunk, *labels), rec.first_chunk,
+                               rec if sampled else None)
             for stage, stage_seconds in rec.stages:
-                self.child(self.f.stage_duration, *labels,
-                           self.cap_stage(stage)).observe(stage_seconds)
+                self.histogram(self.observer(self.f.stage_duration, *labels, self.cap_stage(stage)),
+                               stage_seconds, rec if sampled else None)
             if rec.observations:
                 profile = self.reference_for(rec.model_name)
                 for observation in rec.observations:
                     self.observe(labels, profile, *observation)
         if rec.start > self._process_next:
             self.update_process()
+
+    # -- histograms and their exemplars -------------------------------------------
+    def observer(self, family: Any, *labels: str) -> Observer:
+        key = (id(family),) + labels
+        found = self._observers.get(key)
+        if found is None:
+            found = self._observers[key] = _observer(self.child(family, *labels))
+        return found
+
+    def histogram(self, observer: Observer, seconds: float, rec: RequestRecord | None) -> None:
+        """``observe(seconds)``, with an exemplar of ``rec`` (a sampled request) if its bucket is due."""
+        child, bounds, buckets, total, due = observer
+        if bounds is None or seconds != seconds:  # NaN: observe() takes it, in no bucket
+            if rec is not None and seconds == seconds and rec.start >= due[0]:
+                self.exemplar(observer, 0, seconds, rec)
+            else:
+                child.observe(seconds)
+            return
+        i = bisect_left(bounds, seconds)
+        if rec is not None and rec.start >= due[i]:
+            self.exemplar(observer, i, seconds, rec)
+        else:
+            total.inc(seconds)
+            buckets[i].inc(1)
+
+    def exemplar(self, observer: Observer, i: int, seconds: float, rec: RequestRecord) -> None:
+        """Observe with an exemplar in bucket ``i``; the next one there is due in EXEMPLAR_INTERVAL
+        (Prometheus keeps one a bucket a scrape: a few a second are plenty)."""
+        child, bounds, buckets, total, due = observer
+        due[i] = rec.start + EXEMPLAR_INTERVAL
+        file = self.exemplar_file
+        if bounds is None:
+            child.observe(seconds, None if file else {"trace_id": rec.trace_id, "span_id": rec.span_id})
+            return
+        total.inc(seconds)  # first: a fault of the exemplar's never costs the count
+        buckets[i].inc(1)
+        if file is None:  # observe(seconds, exemplar) without checking our own two hex labels again
+            buckets[i].set_exemplar(Exemplar({"trace_id": rec.trace_id, "span_id": rec.span_id}, seconds,
+                                             time.time()))
+            return
+        if file.failed or not rec.trace_id:
+            return
+        try:
+            keys = self._exemplar_keys.get(id(child))
+            if keys is None:
+                labels = dict(zip(child._labelnames, child._labelvalues, strict=True))  # noqa: SLF001 (see _FAST)
+                keys = self._exemplar_keys[id(child)] = bucket_keys(
+                    child._name, labels, [floatToGoString(b) for b in bounds])  # noqa: SLF001 (see _FAST)
+            key = keys[i]
+            if key is not None:
+                file.write(key[0], key[1], rec.trace_id, rec.span_id, seconds)
+        except Exception as exc:  # e.g. a full disk when the file is made: one fault, then no more
+            file.failed = True  # exemplars in this worker; its counts go on
+            guard.report_fault("exemplars", exc, self)
 
     def _http_children(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
         method, route, code = key
@@ -324,6 +400,8 @@ class MetricsSink:
         self._process_next = time.perf_counter() + PROCESS_UPDATE_INTERVAL
         if self.multiprocess:
             restore_deleted_files()
+            if self.exemplar_file is not None:
+                self.exemplar_file.reopen_if_gone()
         if self._process_pid != os.getpid():  # made before a fork (gunicorn --preload)
             self._process_pid = os.getpid()
             self.worker = os.environ.get("MLMONITOR_WORKER_SLOT", "0")  # set by post_fork
@@ -345,12 +423,13 @@ class MetricsSink:
         except Exception as exc:  # e.g. a full disk: the other files still answer
             guard.report_fault("metrics", exc, self)
         encoder, content_type = choose_encoder(accept)
+        openmetrics = content_type.startswith("application/openmetrics-text")
         if self.multiprocess:
             path = multiprocess_dir()
             if not path or not os.path.isdir(path):
                 raise FileNotFoundError(f"multiprocess directory {path} is gone")  # -> 503
             registry = CollectorRegistry()
-            registry.register(CheckedCollector(path))
+            registry.register(CheckedCollector(path, exemplars=self.exemplars and openmetrics))
             gpu = gpu_collector()
             if gpu is not None:
                 registry.register(gpu)

@@ -15,7 +15,10 @@ Why each part is here:
 * prometheus-client's own files get their disk blocks reserved before they are
   mapped, so a full disk raises OSError in a worker (counted) instead of SIGBUS;
 * label caps are shared by every process on the directory (one small file per label),
-  so worker restarts cannot multiply the number of series.
+  so worker restarts cannot multiply the number of series;
+* exemplars, which prometheus-client drops here, are kept per worker by
+  :mod:`mlmonitor.exemplars`: an OpenMetrics scrape puts them on the merged buckets, and
+  a dead worker's are folded into one merged file with its counts.
 
 The internals used (MmapedDict's fields, MultiProcessValue's closure, the collector's
 accumulation) are probed first; when they differ the features that need them are off.
@@ -42,7 +45,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import guard
+from . import exemplars, guard
 from .contract import COMPONENT, INTERNAL_ERRORS, INTERNAL_ERRORS_HELP, INTERNAL_ERRORS_TOTAL
 
 __all__ = ["ENV", "DB_FILE", "OWN_FILE", "MERGED_KINDS", "multiprocess_dir", "UnsafeDirectory",
@@ -58,7 +61,8 @@ _MODES = "all|liveall|min|livemin|max|livemax|sum|livesum|mostrecent|livemostrec
 DB_FILE = re.compile(rf"(counter|histogram|summary|gauge_(?:{_MODES}))_([A-Za-z0-9-]+|master_\d+)\.db")
 #: every name mlmonitor may remove: the above, their temp / set-aside copies, the label files
 OWN_FILE = re.compile(rf"(?:{DB_FILE.pattern})(?:(?:\.\d+\.\d+)?\.tmp|\.bad)?"
-                      r"|mlmonitor_labels_[A-Za-z_][A-Za-z0-9_]*\.jsonl")
+                      r"|mlmonitor_labels_[A-Za-z_][A-Za-z0-9_]*\.jsonl"
+                      rf"|(?:{exemplars.FILE.pattern})(?:\.\d+\.tmp)?")
 MERGED_KINDS = ("counter", "histogram", "summary")
 
 
@@ -428,15 +432,23 @@ class CheckedCollector:
 
     A bad entry or file is left out and counted (``exposition``); a bad merged file is
     set aside, and the master writes it again from what it merged. Files that are not
-    prometheus-client's (an app's ``customers.db``) are not read.
+    prometheus-client's (an app's ``customers.db``) are not read. With ``exemplars``
+    (an OpenMetrics scrape) every worker's exemplars go on the merged buckets; a bad
+    exemplar slot or file is left out and counted (``exemplars``).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, exemplars: bool = False) -> None:
         self.path = path
+        self.exemplars = exemplars
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.metrics_core import Metric  # noqa: PLC0415 (lazily: see the module docstring)
         from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415 (lazily: see the module docstring)
+        found: exemplars.Found = {}
+        if self.exemplars:  # first: a fault counted here is in this process's files read below
+            found, exemplar_faults = exemplars.read_all(self.path)
+            for base, why in exemplar_faults:
+                guard.report_fault("exemplars", ValueError(_why(base, why)))
         files = {}
         faults: list[tuple[str, int | str]] = []
         for base in sorted(os.listdir(self.path)):
@@ -468,8 +480,10 @@ class CheckedCollector:
             whole: Iterable[Metric] = MultiProcessCollector.merge(
                 [os.path.join(self.path, b) for b, (_, e) in files.items() if e and b not in bad],
                 accumulate=True)
+            exemplars.attach(whole, found)
             return whole
         merged: Iterable[Metric] = accumulate(metrics, True)
+        exemplars.attach(merged, found)
         return merged
 
     def _read(self, base: str, faults: list[tuple[str, int | str]]) -> list[Entry]:
@@ -525,6 +539,14 @@ def merge_dead_worker(pid: int, path: str | None = None) -> int:
 
 def _merge_one(path: str, pid: int) -> int:
     removed = 0
+    try:
+        merged, faults = exemplars.merge_dead(path, pid)
+        removed += merged
+        for base, why in faults:
+            guard.report_fault("exemplars", ValueError(_why(base, why)))
+    except OSError as exc:  # the dead worker's exemplars are lost, its counts are not
+        removed += 1
+        guard.report_fault("exemplars", exc)
     failed: OSError | None = None
     for base in sorted(os.listdir(path)):
         match = DB_FILE.fullmatch(base)

@@ -328,13 +328,15 @@ def test_successes_are_sampled_but_errors_always_logged():
     assert [line["status"] for line in h.lines()] == [500, 400]
 
 
-def test_exemplars_carry_the_trace_id_in_openmetrics():
+def test_exemplars_carry_the_trace_and_span_id_in_openmetrics():
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
     h = make()
     h.request("POST", "/predict", json={})
     text = h.request("GET", "/metrics",
                      headers={"Accept": "application/openmetrics-text; version=1.0.0"}).get_data(as_text=True)
-    trace_id = h.lines()[0]["trace_id"]
-    assert f'# {{trace_id="{trace_id}"}}' in text
+    line = h.lines()[0]
+    found = [s.exemplar.labels for f in openmetrics_families(text) for s in f.samples if s.exemplar]
+    assert found and all(e == {"trace_id": line["trace_id"], "span_id": line["span_id"]} for e in found)
 
 
 def test_init_app_pattern_and_double_registration():

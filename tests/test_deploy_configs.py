@@ -6,6 +6,7 @@ what can go wrong without running it (missing mounted files, ports open beyond l
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,3 +95,33 @@ def test_grafana_provisioning_points_at_the_mounted_dashboards():
     datasources = yaml.safe_load(
         (REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert datasources["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def _expand(value: str, environ: dict) -> str:
+    """Grafana's interpolation of a provisioned value: ``$NAME`` and ``${NAME}``, unset -> empty."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: environ.get(m.group(1) or m.group(2), ""), value)
+
+
+def test_grafana_links_exemplar_trace_ids_to_a_trace_datasource_named_by_the_environment():
+    text = (REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    prometheus = yaml.safe_load(text)["datasources"][0]
+    [link] = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    assert link["name"] == "trace_id"  # the exemplar label mlmonitor writes, the OpenTelemetry key
+    assert set(link) <= {"name", "datasourceUid", "url", "urlDisplayLabel"}
+    # no hard-coded uid: Grafana fills it from MLMONITOR_TRACES_DATASOURCE_UID when it loads the file
+    assert link["datasourceUid"] == "${MLMONITOR_TRACES_DATASOURCE_UID}"
+    assert _expand(link["datasourceUid"], {"MLMONITOR_TRACES_DATASOURCE_UID": "traces"}) == "traces"
+    assert "MLMONITOR_TRACES_DATASOURCE_UID" in text.split("apiVersion")[0]  # said in the header
+    # the commented trace datasources, uncommented one at a time, are datasources of that same uid
+    block = text[text.index("#  - name: Traces"):]
+    entries = [e for e in re.split(r"\n#\n", block) if e.strip()]
+    kinds = set()
+    for entry in entries:
+        uncommented = "\n".join(line[1:] for line in entry.splitlines())
+        [datasource] = yaml.safe_load("datasources:\n" + uncommented)["datasources"]
+        assert datasource["uid"] == link["datasourceUid"]
+        assert datasource["url"].startswith("http://")
+        kinds.add(datasource["type"])
+    assert kinds == {"tempo", "jaeger"}
+    services = {url.split("//")[1].split(":")[0] for url in re.findall(r"url: (http://\S+)", block)}
+    assert "jaeger" in services and "jaeger" in COMPOSE["services"]  # the compose stack's Jaeger

@@ -367,7 +367,7 @@ def overview() -> dict[str, Any]:
         row("Latency"),
         timeseries("Prediction latency p50 / p95 / p99", "Quantiles of the prediction handler's time per"
                    " version, from histogram buckets summed by le (never an average of percentiles)."
-                   " Exemplars link to traces in single-process mode.", "s",
+                   " Exemplars (the dots) open the trace of one request in a bucket: docs/exemplars.md.", "s",
                    [target(quantile(q, latency, SEL), f"{by_version} p{int(q * 100)}", exemplar=True)
                     for q in (0.5, 0.95, 0.99)]),
         timeseries("HTTP latency p50 / p99 by route", "Wall time until the response body was closed, per"
@@ -517,8 +517,8 @@ def quality() -> dict[str, Any]:
                    " time from the request's start to its first non-empty body chunk, per version, from"
                    f" {TIME_TO_FIRST_CHUNK_BUCKET} summed by le; the full duration is the prediction latency."
                    " Empty for models that do not stream.", "s",
-                   [target(quantile(q, TIME_TO_FIRST_CHUNK_BUCKET, SEL), f"{by_version} p{int(q * 100)}")
-                    for q in (0.5, 0.95)], w=8),
+                   [target(quantile(q, TIME_TO_FIRST_CHUNK_BUCKET, SEL), f"{by_version} p{int(q * 100)}",
+                           exemplar=True) for q in (0.5, 0.95)], w=8),
         timeseries("LLM tokens / s", "Tokens per second per version by direction (input / output), from"
                    " monitor.observe(tokens_in=, tokens_out=), inside a stream too. Empty for models that report"
                    " no tokens.", "short",

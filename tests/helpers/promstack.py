@@ -151,14 +151,16 @@ class _Server:
 
 class Prometheus(_Server):
     """Prometheus scraping ``targets`` (job -> ["host:port", ...]) every second, evaluating
-    ``rule_files`` every second and sending alerts to ``alertmanager_url`` if given."""
+    ``rule_files`` every second and sending alerts to ``alertmanager_url`` if given; ``features``
+    are passed to ``--enable-feature`` (e.g. ``("exemplar-storage",)``)."""
 
     name = "prometheus"
 
     def __init__(self, workdir: Path, targets: Mapping[str, Sequence[str]],
                  rule_files: Sequence[str | Path] = (), alertmanager_url: Optional[str] = None,
-                 interval: str = "1s") -> None:
+                 interval: str = "1s", features: Sequence[str] = ()) -> None:
         super().__init__(workdir)
+        self.features = list(features)
         self.binary = require_binary("prometheus")
         config: Dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval,
@@ -179,7 +181,17 @@ class Prometheus(_Server):
         return [self.binary, f"--config.file={self.config_path}",
                 f"--storage.tsdb.path={self.dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
-                "--rules.alert.resend-delay=1s", "--log.level=warn"]
+                "--rules.alert.resend-delay=1s", "--log.level=warn",
+                *(f"--enable-feature={feature}" for feature in self.features)]
+
+    def exemplars(self, expr: str, start: float, end: float) -> List[Dict[str, Any]]:
+        """``/api/v1/query_exemplars``: ``[{"seriesLabels": {...}, "exemplars": [{"labels": {...},
+        "value": "0.01", "timestamp": 1700000000.1}, ...]}, ...]`` between ``start`` and ``end`` (unix s)."""
+        params = urllib.parse.urlencode({"query": expr, "start": start, "end": end})
+        body = _get_json(f"{self.url}/api/v1/query_exemplars?{params}")
+        if body.get("status") != "success":
+            raise ValueError(f"query_exemplars {expr!r} failed: {body}")
+        return body["data"] or []
 
     def alerts(self) -> List[Dict[str, Any]]:
         """Alerts Prometheus holds now (pending and firing)."""
