@@ -125,3 +125,19 @@ def test_grafana_links_exemplar_trace_ids_to_a_trace_datasource_named_by_the_env
     assert kinds == {"tempo", "jaeger"}
     services = {url.split("//")[1].split(":")[0] for url in re.findall(r"url: (http://\S+)", block)}
     assert "jaeger" in services and "jaeger" in COMPOSE["services"]  # the compose stack's Jaeger
+
+
+def test_compose_keeps_exemplars_and_links_them_to_its_jaeger():
+    prometheus = COMPOSE["services"]["prometheus"]["command"]
+    assert "--enable-feature=exemplar-storage" in prometheus
+    grafana = COMPOSE["services"]["grafana"]
+    environ = {k: str(v) for k, v in grafana["environment"].items()}
+    mounted = {v.split(":")[1]: REPO / v.split(":")[0] for v in grafana["volumes"]}
+    datasources = [d for target, source in mounted.items()
+                   if target.startswith("/etc/grafana/provisioning/datasources/")
+                   for d in yaml.safe_load(source.read_text())["datasources"]]
+    [prometheus_ds] = [d for d in datasources if d["type"] == "prometheus"]
+    [link] = prometheus_ds["jsonData"]["exemplarTraceIdDestinations"]
+    [traces] = [d for d in datasources if _expand(d["uid"], environ) == _expand(link["datasourceUid"], environ)]
+    assert traces["type"] == "jaeger" and traces["url"] == "http://jaeger:16686"
+    assert _expand(link["datasourceUid"], environ)  # set: the dots link to a trace
