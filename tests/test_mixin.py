@@ -193,3 +193,19 @@ def test_the_readmes_mixin_example_renders_the_rules_and_dashboards_with_its_con
     assert yaml.safe_load(files["rules.yml"]) == recording
     every = [read for name in boards for query in queries(json.loads(files[name])) for read in reads(query)]
     assert every and all(("job", "Equal", "my-model") in read for read in every)
+
+
+@pytest.mark.parametrize("selector", ['job="app-b"', '{namespace="prod", job=~"app-.*"}'])
+def test_dashboards_render_with_a_selector_is_the_mixins_dashboards_with_that_selector(tmp_path, selector):
+    assert cli.main(["dashboards", "render", "--selector", selector, "--out-dir", str(tmp_path)]) == 0
+    rendered = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert rendered == evaluate(f"{{ selector: {json.dumps(selector)} }}")["dashboards"]
+    assert rendered != {p.name: json.loads(p.read_text()) for p in (REPO / "grafana" / "dashboards").glob("*.json")}
+    assert cli.main(["dashboards", "render", "--selector", selector, "--check", str(tmp_path)]) == 0
+    assert cli.main(["dashboards", "render", "--check", str(tmp_path)]) == 1
+
+
+def test_dashboards_render_refuses_a_selector_in_one_line(tmp_path, capsys):
+    assert cli.main(["dashboards", "render", "--selector", 'job="unterminated', "--out-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not list(tmp_path.iterdir())

@@ -177,7 +177,7 @@ def _shown(value: Any) -> str:
 # -- mlmonitor dashboards render -----------------------------------------------------------------
 
 def _render_dashboards(args: argparse.Namespace) -> int:
-    return outputs.write_or_check(dashboards.render, args, "dashboards render")
+    return outputs.write_or_check(lambda: dashboards.render(args.selector), args, "dashboards render")
 
 
 def _add_dashboards(subparsers: Any) -> None:
@@ -189,6 +189,9 @@ def _add_dashboards(subparsers: Any) -> None:
     where.add_argument("--out-dir", help="write the three files into this folder")
     where.add_argument("--check", metavar="DIR",
                        help="write nothing; exit 1 naming each file in DIR that differs from the output")
+    render.add_argument("--selector", default="",
+                        help="label matchers (as alerts render's --selector) first in every read of a series,"
+                             " the job variable included: the dashboards of one app; default: every job")
     render.set_defaults(func=_render_dashboards)
 
 

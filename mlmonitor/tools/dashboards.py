@@ -25,6 +25,7 @@ hint, unless two different versions are chosen.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from collections.abc import Callable, Sequence
 
@@ -40,8 +41,9 @@ from mlmonitor.contract import (
 from mlmonitor.contract import (ABSOLUTE_ERROR_MEAN, FEATURE_UNKNOWN_TOTAL, FEEDBACK_ABSOLUTE_ERROR_BUCKET,
                               OUTPUT_DRIFT, PREDICTION_BIN_TOTAL, REFERENCE_ABSOLUTE_ERROR_MAX)
 from . import outputs
+from .selectors import parse_selector
 
-__all__ = ["DASHBOARDS", "render", "write", "stale"]
+__all__ = ["DASHBOARDS", "render", "select", "write", "stale"]
 
 GRAFANA_VERSION = "10.4.0"
 SCHEMA_VERSION = 39
@@ -632,16 +634,42 @@ DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "mlmonitor-canary.json": canary}
 
 
-def render() -> dict[str, str]:
-    """File name -> JSON text, exactly as committed."""
-    return {name: json.dumps(build(), indent=2) + "\n" for name, build in DASHBOARDS.items()}
+#: where a dashboard query reads series: each label-matcher list, and label_values() of a bare metric
+_READS = re.compile(r"\{|(?<=label_values\()([A-Za-z_:][A-Za-z0-9_:]*)(?=, )")
+#: the dashboard fields that hold PromQL (panel targets, variable queries)
+_QUERY_KEYS = {"expr", "query", "definition"}
 
 
-def write(out_dir: str) -> list[str]:
+def select(dashboard: Any, selector: str) -> Any:
+    """``dashboard`` (JSON data) with ``selector``'s matchers first in every read of a series of its
+    queries, as ``alerts render --selector`` puts them in every read of the rules."""
+    def read(found: re.Match[str]) -> str:
+        return f"{found[1]}{{{selector}}}" if found[1] else f"{{{selector}, "
+
+    if isinstance(dashboard, dict):
+        return {k: _READS.sub(read, v) if k in _QUERY_KEYS and isinstance(v, str) else select(v, selector)
+                for k, v in dashboard.items()}
+    if isinstance(dashboard, list):
+        return [select(item, selector) for item in dashboard]
+    return dashboard
+
+
+def render(selector: str = "") -> dict[str, str]:
+    """File name -> JSON text, exactly as committed; with ``selector`` (``alerts render``'s
+    ``--selector``, braces optional) first in every read of a series, as the mixin's ``_config``."""
+    selector = selector.strip()
+    if selector.startswith("{") and selector.endswith("}"):
+        selector = selector[1:-1].strip()
+    parse_selector(selector)  # ValueError in one line, as alerts render says it
+    return {name: json.dumps(select(build(), selector) if selector else build(), indent=2) + "\n"
+            for name, build in DASHBOARDS.items()}
+
+
+def write(out_dir: str, selector: str = "") -> list[str]:
     """Write the three JSON files into ``out_dir``; return their paths."""
-    return outputs.write_texts(render(), out_dir)
+    return outputs.write_texts(render(selector), out_dir)
 
 
-def stale(out_dir: str) -> list[str]:
+def stale(out_dir: str, selector: str = "") -> list[str]:
     """Names of the files in ``out_dir`` that are missing or differ from :func:`render`."""
-    return outputs.stale_texts(render(), out_dir)
+    return outputs.stale_texts(render(selector), out_dir)

@@ -21,6 +21,7 @@ from typing import Any
 
 from mlmonitor.contract import DEFAULT_BUCKETS
 from . import dashboards, outputs, rules
+from .dashboards import select
 
 __all__ = ["FILES", "render"]
 
@@ -213,24 +214,6 @@ _LIB = """\
     if std.length(std.findSubstr('{alert}', p)) > 0 then std.strReplace(p, '{alert}', anchor) else p + '#' + anchor,
 """
 
-#: where a dashboard query reads series: each label-matcher list, and label_values() of a bare metric
-_READS = re.compile(r"\{|(?<=label_values\()([A-Za-z_:][A-Za-z0-9_:]*)(?=, )")
-#: the dashboard fields that hold PromQL (panel targets, variable queries)
-_QUERY_KEYS = {"expr", "query", "definition"}
-
-
-def select(dashboard: Any, selector: str) -> Any:
-    """``dashboard`` (JSON data) with ``selector``'s matchers first in every read of a series of its
-    queries, as ``alerts render --selector`` puts them in every read of the rules."""
-    def read(found: re.Match[str]) -> str:
-        return f"{found[1]}{{{selector}}}" if found[1] else f"{{{selector}, "
-
-    if isinstance(dashboard, dict):
-        return {k: _READS.sub(read, v) if k in _QUERY_KEYS and isinstance(v, str) else select(v, selector)
-                for k, v in dashboard.items()}
-    if isinstance(dashboard, list):
-        return [select(item, selector) for item in dashboard]
-    return dashboard
 
 
 FILES = ("mixin.libsonnet", "config.libsonnet", "lib.libsonnet", "alerts.libsonnet", "rules.libsonnet",
