@@ -189,7 +189,8 @@ def _step(pending: _Pending) -> tuple[bool, str] | None:
             return True, "the trace is not in MLflow (yet)"
         return exc.code == 429 or exc.code >= 500, f"HTTP {exc.code}"
     except (OSError, ValueError) as exc:  # refused, reset, timed out, no such host
-        return True, f"{type(exc).__name__}: {exc}"
+        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        return True, f"{type(cause).__name__}: {cause}"
     if pending.checked:
         pending.parts.pop(0)
         return None
