@@ -1,14 +1,16 @@
 """The feedback request's latency with MLflow up and down (issue 29), in one run.
 
-Two copies of one small Flask app run under gunicorn (2 sync workers each, ``-c
-python:mlmonitor.gunicorn``, spans over OTLP to MLflow: ``x-mlflow-experiment-id``), one pointed at a
-live ``mlflow server`` (sqlite, from .venv-mlflow), one at a port where nothing listens. Each first
-serves ``--requests`` predictions (each returns a signed id that carries its trace context); then
-their feedback goes out alternately to the two apps, ``--rate`` a second each, one connection a
-request, and the client times each answer. With MLflow up every feedback is written as two
-assessments on its trace; with it down both are tried for ~30 s and dropped. The run checks what
-really happened: the assessments MLflow holds, and ``mlmonitor_telemetry_dropped_total{signal=
-"assessments"}`` of the down app. Prints median, p90, p99 and worst latency per app.
+Three copies of one small Flask app run under gunicorn (2 sync workers each, ``-c
+python:mlmonitor.gunicorn``): two send their spans over OTLP to MLflow (``x-mlflow-experiment-id``),
+one to a live ``mlflow server`` (sqlite, from .venv-mlflow), one to a port where nothing listens; the
+third, the baseline, traces without exporting anything (no MLflow, no assessments). Each first serves
+``--requests`` predictions (each returns a signed id that carries its trace context); then their
+feedback goes out to the three apps in turn (the order rotating), ``--rate`` a second each, one
+connection a request, and the client times each answer. With MLflow up every feedback is written as
+two assessments on its trace; with it down both are tried for ~30 s and dropped. The run checks what
+really happened: the traces MLflow holds with ground truth, and the down app's
+``mlmonitor_telemetry_dropped_total{signal="assessments"}``. Prints median, p90, p99 and worst
+latency per app.
 
 Run: python benchmarks/bench_feedback_mlflow.py [--requests N] [--rate R] [--quick] [--out PATH]
 (needs .venv-mlflow: make venv-mlflow)
@@ -155,15 +157,16 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         wait_up(mlflow_url + "/health", procs[0], 240)
         apps = {}
-        for name, endpoint in (("up", mlflow_url), ("down", f"http://127.0.0.1:{free_port()}")):
+        for name, endpoint in (("up", mlflow_url), ("down", f"http://127.0.0.1:{free_port()}"), ("off", None)):
             port = free_port()
             metrics = tmp / f"prom-{name}"
             metrics.mkdir()
             env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MLFLOW_", "MLMONITOR_"))}
             env.update({"PYTHONPATH": str(tmp), "PROMETHEUS_MULTIPROC_DIR": str(metrics),
-                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint + "/v1/traces",
-                        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-mlflow-experiment-id=0",
                         "OTEL_BSP_SCHEDULE_DELAY": "500"})
+            env.update({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint + "/v1/traces",
+                        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-mlflow-experiment-id=0"}
+                       if endpoint else {"OTEL_TRACES_EXPORTER": "none"})
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "python:mlmonitor.gunicorn", "--workers", "2",
                  "--bind", f"127.0.0.1:{port}", "feedback_app:app"], cwd=tmp, env=env,
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         interval = 1.0 / args.rate
         started = time.monotonic()
         for i in range(count):
-            order = list(apps) if i % 2 == 0 else list(reversed(apps))
+            order = list(apps)[i % 3:] + list(apps)[:i % 3]
             for name in order:
                 status, answer, took = post(apps[name], "/feedback", {"id": ids[name][i], "label": "setosa"})
                 if status != 200:
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2)
         report = {"requests": count, "rate_per_s": args.rate, "quick": args.quick,
                   "mlflow_up": summary(ms["up"]), "mlflow_down": summary(ms["down"]),
+                  "no_mlflow": summary(ms["off"]),
                   "traces_with_ground_truth": landed, "assessments_dropped_while_down": dropped}
     finally:
         for proc in reversed(procs):
@@ -203,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     proc.wait()
     print(f"feedback requests: {count} per app at {args.rate:g}/s, 2 sync gunicorn workers each")
     print(f"{'MLflow':8} {'median':>8} {'p90':>8} {'p99':>8} {'max':>8}  (ms, client side)")
-    for name in ("up", "down"):
-        row = report[f"mlflow_{name}"]
+    for name, key in (("up", "mlflow_up"), ("down", "mlflow_down"), ("none", "no_mlflow")):
+        row = report[key]
         print(f"{name:8} {row['median_ms']:8.2f} {row['p90_ms']:8.2f} {row['p99_ms']:8.2f} {row['max_ms']:8.2f}")
     print(f"traces with ground truth in MLflow: {landed} of {count}; assessments dropped while down: "
           f"{dropped:g} of {2 * count}")

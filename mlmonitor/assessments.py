@@ -34,19 +34,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import guard
-from .contract import ASSESSMENTS
+from .contract import ASSESSMENTS, CORRECT, TELEMETRY_DROPPED_TOTAL
 from .previews import preview
 from .config import DEFAULT_REDACT
 from .redact import Redactor, redactor
 
-__all__ = ["GROUND_TRUTH", "CORRECT", "ABSOLUTE_ERROR", "SOURCE", "MAX_QUEUED", "RETRY_DELAYS_S",
+__all__ = ["GROUND_TRUTH", "ABSOLUTE_ERROR", "SOURCE", "MAX_QUEUED", "RETRY_DELAYS_S",
            "assessments_for", "submit"]
 
 log = logging.getLogger("mlmonitor")
 
-#: the assessments' names: what a query filters on (``feedback.correct = 'false'``)
+#: the assessments' names: what a query filters on (``feedback.correct = 'false'``; the
+#: classifier's judgement is named as its outcome, :data:`mlmonitor.contract.CORRECT`)
 GROUND_TRUTH = "ground_truth"
-CORRECT = "correct"
 ABSOLUTE_ERROR = "absolute_error"
 SOURCE = {"source_type": "CODE", "source_id": "mlmonitor"}
 #: feedback waiting to be sent, and again waiting to be retried, per process
@@ -213,8 +213,8 @@ def _drop(pending: _Pending, reason: str) -> None:
         _warned[0] = True
         where = redactor(DEFAULT_REDACT).text(pending.url.split("/api/", 1)[0])
         log.warning("mlmonitor: feedback could not be written to MLflow at %s as assessments (%s); "
-                    "counted in mlmonitor_telemetry_dropped_total{signal=%r}, not logged again",
-                    where, reason, ASSESSMENTS)
+                    "counted in %s{signal=%r}, not logged again",
+                    where, reason, TELEMETRY_DROPPED_TOTAL, ASSESSMENTS)
     if pending.dropped is not None:
         try:
             pending.dropped(ASSESSMENTS, len(pending.parts))

@@ -376,3 +376,20 @@ def test_no_assessment_without_mlflow_as_the_trace_backend(monkeypatch):
             listener.accept()
     finally:
         listener.close()
+
+
+@pytest.mark.slow
+def test_the_mlflow_demo_counts_the_traces_that_carry_ground_truth():
+    """``make demo-mlflow``: the example app's feedback (sent by the load generator) lands on the
+    traces in MLflow, and the summary says on how many."""
+    import sys  # noqa: PLC0415 (only this test runs a command)
+    mlflow_tool("mlflow")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "PROMETHEUS_MULTIPROC_DIR", "MLMONITOR_", "MLFLOW_"))}
+    run = subprocess.run([sys.executable, "-m", "example_app.demo", "--with-mlflow", "--once",
+                          "--requests", "20", "--workers", "2"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [line] = [line for line in run.stdout.splitlines() if "traces with ground truth:" in line]
+    labelled, judged = int(line.split(":")[1].split()[0]), int(line.split("(of ")[1].split()[0])
+    assert judged > 0 and 0 < labelled <= judged, line
