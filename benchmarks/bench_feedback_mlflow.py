@@ -126,12 +126,26 @@ def with_expectation(url: str) -> int:
             return count
 
 
-def dropped_assessments(port: int) -> float:
+def dropped(port: int) -> dict[str, float]:
+    """The app's ``mlmonitor_telemetry_dropped_total`` by signal (spans, assessments, ...)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith('mlmonitor_telemetry_dropped_total{signal="assessments"}'):
-                return float(line.split()[-1])
-    return 0.0
+        lines = response.read().decode().splitlines()
+    prefix = 'mlmonitor_telemetry_dropped_total{signal="'
+    return {line[len(prefix):].split('"')[0]: float(line.split()[-1]) for line in lines if line.startswith(prefix)}
+
+
+def traces(url: str) -> int:
+    """All traces of the Default experiment (the predictions' and the feedbacks')."""
+    count, token = 0, ""
+    while True:
+        query = f"&page_token={token}" if token else ""
+        request = urllib.request.Request(f"{url}/api/2.0/mlflow/traces?experiment_ids=0&max_results=500{query}")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        count += len(answer.get("traces", []))
+        token = answer.get("next_page_token", "")
+        if not token:
+            return count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,14 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(max(0.0, started + (i + 1) * interval - time.monotonic()))
         deadline = time.monotonic() + 120
         while True:  # what happened behind the answers
-            landed, dropped = with_expectation(mlflow_url), dropped_assessments(apps["down"])
-            if (landed >= count and dropped >= 2 * count) or time.monotonic() > deadline:
+            landed, lost = with_expectation(mlflow_url), {name: dropped(port) for name, port in apps.items()}
+            done = landed + lost["up"].get("assessments", 0) // 2
+            if (done >= count and lost["down"].get("assessments", 0) >= 2 * count) or time.monotonic() > deadline:
                 break
             time.sleep(2)
         report = {"requests": count, "rate_per_s": args.rate, "quick": args.quick,
                   "mlflow_up": summary(ms["up"]), "mlflow_down": summary(ms["down"]),
                   "no_mlflow": summary(ms["off"]),
-                  "traces_with_ground_truth": landed, "assessments_dropped_while_down": dropped}
+                  "traces_in_mlflow": traces(mlflow_url), "traces_with_ground_truth": landed,
+                  "dropped": lost}
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -210,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, key in (("up", "mlflow_up"), ("down", "mlflow_down"), ("none", "no_mlflow")):
         row = report[key]
         print(f"{name:8} {row['median_ms']:8.2f} {row['p90_ms']:8.2f} {row['p99_ms']:8.2f} {row['max_ms']:8.2f}")
-    print(f"traces with ground truth in MLflow: {landed} of {count}; assessments dropped while down: "
-          f"{dropped:g} of {2 * count}")
+    print(f"traces in MLflow: {report['traces_in_mlflow']} (predictions and feedback); with ground truth: "
+          f"{landed} of {count}")
+    print(f"dropped (mlmonitor_telemetry_dropped_total by signal): {json.dumps(lost)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     return 0
