@@ -4,8 +4,9 @@ A verified, first-seen feedback whose prediction was traced and sampled becomes 
 on that prediction's trace: the expectation ``ground_truth`` (the label, redacted and capped as
 previews are) and a feedback judging the prediction, ``correct`` (true or false) for a
 classifier, ``absolute_error`` for a regressor; their source is ``CODE`` / ``mlmonitor``. MLflow
-names a trace it got from OpenTelemetry ``tr-`` and the trace id's 32 hex digits (3.7 to 3.17,
-over OTLP and in the connected mode). They go to MLflow's REST API
+names a trace it got from OpenTelemetry ``tr-`` and the trace id's 32 hex digits (its
+``generate_mlflow_trace_id_from_otel_trace_id``, the same in 3.7 and 3.17, over OTLP and in the
+connected mode). They go to MLflow's REST API
 (``POST /api/3.0/mlflow/traces/<id>/assessments``), so the OTLP path needs no MLflow installed.
 
 The request only puts them in a bounded queue; one daemon thread per process sends them, started
