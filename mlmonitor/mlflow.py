@@ -52,7 +52,7 @@ def assessment_server() -> tuple[str, dict[str, str]] | None:
     server's URL and the headers to send it, or None when traces do not go to MLflow.
 
     The connected mode's tracking server (MLflow's tracking URI); else, when the OTLP headers
-    name an MLflow experiment, ``MLFLOW_TRACKING_URI`` or the OTLP endpoint without its
+    name an MLflow experiment, ``MLFLOW_TRACKING_URI`` or else the OTLP endpoint without its
     ``/v1/traces`` (an MLflow server serves both), with the OTLP headers (their credentials).
     ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` authenticate as
     MLflow's own client does. Only an http(s) server: a local store (files, sqlite) or
@@ -63,12 +63,14 @@ def assessment_server() -> tuple[str, dict[str, str]] | None:
         connected = sys.modules.get("mlflow")  # imported by enable(): its tracking URI, set in code too
         uri = connected.get_tracking_uri() if connected is not None else os.environ.get("MLFLOW_TRACKING_URI")
     elif headers_name_mlflow():
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or _otlp_server()
-        for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
-            for member in os.environ.get(variable, "").split(","):
-                key, _, value = member.partition("=")
-                if value.strip() and key.strip().lower() != "x-mlflow-experiment-id":
-                    headers[key.strip()] = unquote(value.strip())
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # the OTLP endpoint's own server: its headers (credentials) go there, nowhere else
+            uri = _otlp_server()
+            for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+                for member in os.environ.get(variable, "").split(","):
+                    key, _, value = member.partition("=")
+                    if value.strip() and key.strip().lower() != "x-mlflow-experiment-id":
+                        headers[key.strip()] = unquote(value.strip())
     else:
         return None
     if not uri or urlsplit(uri).scheme not in ("http", "https"):

@@ -393,3 +393,23 @@ def test_the_mlflow_demo_counts_the_traces_that_carry_ground_truth():
     [line] = [line for line in run.stdout.splitlines() if "traces with ground truth:" in line]
     labelled, judged = int(line.split(":")[1].split()[0]), int(line.split("(of ")[1].split()[0])
     assert judged > 0 and 0 < labelled <= judged, line
+
+
+def test_the_server_is_mlflows_and_the_otlp_credentials_go_only_to_the_otlp_endpoint(monkeypatch):
+    from mlmonitor import mlflow as connected  # noqa: PLC0415 (only this test asks it directly)
+    monkeypatch.setattr(connected, "_enabled", [])  # not the connected mode
+    for name in (*OTEL_VARIABLES, "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://mlflow.example:5000/prefix/v1/traces")
+    assert connected.assessment_server() is None  # traces to a backend that is not MLflow
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-mlflow-experiment-id=3,Authorization=Basic%20abc")
+    assert connected.assessment_server() == ("https://mlflow.example:5000/prefix", {"Authorization": "Basic abc"})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000/")  # another host: not the OTLP credentials
+    assert connected.assessment_server() == ("http://tracking:5000", {})
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ann")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+    assert connected.assessment_server() == ("http://tracking:5000", {"Authorization": "Basic YW5uOnB3"})
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0k")
+    assert connected.assessment_server() == ("http://tracking:5000", {"Authorization": "Bearer t0k"})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # a local store: no server to write to
+    assert connected.assessment_server() is None
