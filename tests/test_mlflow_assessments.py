@@ -300,7 +300,7 @@ def test_the_queue_is_bounded_a_full_one_drops_and_counts(monkeypatch):
     hanging.daemon_threads = True
     threading.Thread(target=hanging.serve_forever, daemon=True).start()
     monkeypatch.setattr(assessments, "MAX_QUEUED", 3)
-    monkeypatch.setattr(assessments, "TIMEOUT_S", 2.0)
+    monkeypatch.setattr(assessments, "TIMEOUT_S", 5.0)  # longer than the ten requests take
     monkeypatch.setattr(assessments, "RETRY_DELAYS_S", ())
     monkeypatch.setattr(assessments._Process, "sender", None)  # a fresh queue of 3
     try:
