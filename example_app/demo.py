@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
+from mlmonitor.assessments import GROUND_TRUTH
 from mlmonitor.contract import DEFAULT_JOB
 from mlmonitor.tools.drift import psi
 
@@ -288,6 +289,24 @@ def mlflow_traces(url: str) -> int:
         return len(json.loads(response.read()).get("traces", []))
 
 
+def mlflow_expectations(url: str) -> int:
+    """How many traces of the Default experiment carry the ground truth that feedback wrote on them
+    (an expectation; MLflow's REST API, counted here: MLflow 3.7 cannot filter on its presence)."""
+    count, token = 0, ""
+    while True:
+        body = {"locations": [{"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": "0"}}],
+                "max_results": 500, **({"page_token": token} if token else {})}
+        request = urllib.request.Request(url + "/api/3.0/mlflow/traces/search", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+        count += sum(any(a.get("assessment_name") == GROUND_TRUTH and "expectation" in a
+                         for a in trace.get("assessments", [])) for trace in answer.get("traces", []))
+        token = answer.get("next_page_token", "")
+        if not token:
+            return count
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 def burst(url: str, requests: int, seed: int) -> List[Dict[str, Any]]:
@@ -404,6 +423,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except OSError as exc:
                 traced = f"not readable ({exc})"
             print(f"  traces in MLflow so far:   {traced}  ({mlflow_url}/#/experiments/0; more may still arrive)")
+            judged = sum(numbers["feedback"].values())
+            try:
+                labelled: Any = wait_http_count(lambda: mlflow_expectations(mlflow_url), 120, judged)
+            except OSError as exc:
+                labelled = f"not readable ({exc})"
+            print(f"  traces with ground truth:  {labelled}  (of {judged} feedback; the wrong ones: "
+                  "mlflow.search_traces(filter_string=\"feedback.correct = 'false'\"))")
         line = example_log_line(app.lines)
         print("Example JSON log line (stdout of the app):")
         print(f"  {line}" if line else "  (no JSON log line seen)")

@@ -42,7 +42,7 @@ __all__ = [
     "MODEL_INFO_LABELS", "METHOD", "ROUTE",
     "STATUS", "HTTP_LABELS", "IN_PROGRESS_LABELS", "ERROR_TYPE", "STAGE", "CLASS", "FEATURE", "BIN",
     "OUTCOME", "DIRECTION", "COMPONENT", "SIGNAL", "WORKER", "GPU", "REASON", "INVALID_INPUT",
-    "HTTP_5XX", "CLIENT_CLOSED", "CORRECT", "INCORRECT",
+    "HTTP_5XX", "CLIENT_CLOSED", "CORRECT", "INCORRECT", "ASSESSMENTS",
     # recording rules
     "RATE_WINDOW", "DRIFT_WINDOW", "ACCURACY_WINDOW", "SLO_WINDOWS", "LATENCY_QUANTILES",
     "PREDICTIONS_RATE", "PREDICTION_ERRORS_RATE", "INVALID_INPUT_RATE", "INVALID_INPUT_RATIO",
@@ -188,6 +188,8 @@ CLIENT_CLOSED = 499
 #: ``outcome`` values of feedback
 CORRECT = "correct"
 INCORRECT = "incorrect"
+#: ``signal`` of feedback that did not reach MLflow as assessments on the prediction's trace
+ASSESSMENTS = "assessments"
 
 # -- recording rules: windows and names ----------------------------------------------------------
 

@@ -22,9 +22,11 @@ import secrets
 import stat
 from typing import Any
 
-from . import guard
+from . import assessments, guard
 from .config import MAX_OBSERVED, Settings
+from .mlflow import assessment_server
 from .multiprocess import UnsafeDirectory, check_directory, multiprocess_dir
+from .redact import redactor
 from .reference import as_number, outcome
 from .tokens import (InvalidFeedback, PredictionFacts, SeenTokens, fit_fields, fit_text, sign_prediction,
                      verify_prediction)
@@ -53,6 +55,10 @@ class FeedbackRecorder:
         self.secret = secret or os.urandom(32).hex()
         self._warned = False
         self._seen: Any | None = None
+        self.redact = redactor(settings.redact_set)
+        #: where assessments go (see :func:`mlmonitor.mlflow.assessment_server`), asked at the first
+        #: feedback that has a trace: the connected mode is set up after the app (gunicorn's post_fork)
+        self._mlflow: Any = _NOT_ASKED
 
     def sign(self, model_name: str, model_version: str, predicted: Any,
              trace_context: tuple[str, str] | None = None) -> str:
@@ -115,7 +121,25 @@ class FeedbackRecorder:
                     self.metrics.count_absolute_error(facts.model_name, facts.model_version, float(result))
                 else:
                     self.metrics.count_feedback(facts.model_name, facts.model_version, str(result))
+        if facts.trace_id:
+            self._assess(facts, _bounded(label) if regression else label, result)
         return facts, result
+
+    def _assess(self, facts: PredictionFacts, label: Any, result: str | float) -> None:
+        """Queue the assessments of a verified feedback for its prediction's trace in MLflow."""
+        try:
+            if self._mlflow is _NOT_ASKED:
+                self._mlflow = assessment_server()
+            if self._mlflow is not None:
+                parts = assessments.assessments_for(facts.model_name, facts.model_version, label, result,
+                                                    self.redact)
+                assessments.submit(self._mlflow, facts.trace_id, facts.token_id, parts,
+                                   getattr(self.owner, "count_dropped", None), self.owner)
+        except Exception as exc:
+            guard.report_fault("feedback", exc, self.owner)
+
+
+_NOT_ASKED = object()
 
 
 def _outcome(predicted: Any, label: Any) -> str:

@@ -9,12 +9,15 @@ URI lives in :mod:`mlmonitor.lineage`.
 """
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import logging
 import os
 import re
+import sys
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from opentelemetry import trace
 
@@ -23,7 +26,7 @@ from .lineage import mlflow_client
 from .redact import redactor
 from .trace_provider import configure_tracing, exporter_names
 
-__all__ = ["headers_name_mlflow", "json_text", "enable", "enabled_before_fork"]
+__all__ = ["headers_name_mlflow", "json_text", "enable", "enabled_before_fork", "assessment_server"]
 
 log = logging.getLogger("mlmonitor")
 
@@ -42,6 +45,55 @@ def _header_experiment_id() -> str | None:
             if key.strip().lower() == "x-mlflow-experiment-id" and value.strip():
                 return value.strip()
     return None
+
+
+def assessment_server() -> tuple[str, dict[str, str]] | None:
+    """Where feedback goes as assessments (:mod:`mlmonitor.assessments`): the MLflow tracking
+    server's URL and the headers to send it, or None when traces do not go to MLflow.
+
+    The connected mode's tracking server (MLflow's tracking URI); else, when the OTLP headers
+    name an MLflow experiment, ``MLFLOW_TRACKING_URI`` or else the OTLP endpoint without its
+    ``/v1/traces`` (an MLflow server serves both), with the OTLP headers (their credentials).
+    ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` authenticate as
+    MLflow's own client does. Only an http(s) server: a local store (files, sqlite) or
+    Databricks gets none, said once in the log.
+    """
+    headers: dict[str, str] = {}
+    if _enabled:
+        connected = sys.modules.get("mlflow")  # imported by enable(): its tracking URI, set in code too
+        uri = connected.get_tracking_uri() if connected is not None else os.environ.get("MLFLOW_TRACKING_URI")
+    elif headers_name_mlflow():
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # the OTLP endpoint's own server: its headers (credentials) go there, nowhere else
+            uri = _otlp_server()
+            for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+                for member in os.environ.get(variable, "").split(","):
+                    key, _, value = member.partition("=")
+                    if value.strip() and key.strip().lower() != "x-mlflow-experiment-id":
+                        headers[key.strip()] = unquote(value.strip())
+    else:
+        return None
+    if not uri or urlsplit(uri).scheme not in ("http", "https"):
+        log.info("mlmonitor: feedback is not written to MLflow as assessments: the tracking URI is "
+                 "not an http(s) server")
+        return None
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    elif user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {pair}"
+    return str(uri).rstrip("/"), headers
+
+
+def _otlp_server() -> str | None:
+    """The server of the OTLP traces endpoint: the signal's URL less ``/v1/traces``, or the
+    base endpoint; None when neither is set (the default endpoint is a collector)."""
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip().rstrip("/")
+    if endpoint:
+        return endpoint.removesuffix("/v1/traces")
+    return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/") or None
 
 
 def json_text(value: Any) -> str:

@@ -14,6 +14,7 @@ import time
 from flask import Flask, jsonify, request
 
 from mlmonitor import Monitor
+from mlmonitor.tokens import InvalidFeedback
 
 LOGS = io.StringIO() if __name__ == "__main__" else None
 app = Flask(__name__)
@@ -33,7 +34,17 @@ def model(features):
 def predict():
     with monitor.stage("inference"):
         out = model(request.get_json()["x"])
-    return jsonify(y=out)
+    return jsonify(y=out, id=monitor.prediction_id(out[0]), pid=os.getpid())
+
+
+@app.post("/feedback")
+def feedback():
+    body = request.get_json()
+    time.sleep(float(request.args.get("sleep", 0)))  # holds this worker: the next goes to the other
+    try:
+        return jsonify(result=monitor.record_feedback(body["id"], body["label"]), pid=os.getpid())
+    except InvalidFeedback as exc:
+        return jsonify(refused=exc.reason, pid=os.getpid()), 400
 
 
 @app.get("/healthz")
