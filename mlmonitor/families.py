@@ -165,7 +165,8 @@ class Families:
         self.internal_errors = Counter(
             c.INTERNAL_ERRORS, c.INTERNAL_ERRORS_HELP, (c.COMPONENT,), registry=r)
         self.telemetry_dropped = Counter(
-            c.TELEMETRY_DROPPED, "Spans or log lines dropped (queue full, exporter down).",
+            c.TELEMETRY_DROPPED, "Spans, log lines or MLflow assessments dropped (queue full, exporter down),"
+            " and scrapes refused.",
             (c.SIGNAL,), registry=r)
         self.process_memory = Gauge(
             c.PROCESS_MEMORY, "Resident memory of each worker.", (c.WORKER,),
@@ -177,7 +178,7 @@ class Families:
         try:
             for component in ("guard", "merge") if r is None else ("guard",):
                 self.internal_errors.labels(component)
-            for signal in ("traces", "logs"):
+            for signal in ("traces", "logs", c.ASSESSMENTS):
                 self.telemetry_dropped.labels(signal)
         except OSError as exc:  # a full metrics disk: serve, and count once it has room
             guard.report_fault("metrics", exc)
