@@ -146,6 +146,28 @@ def test_a_fifo_directory_or_symlink_in_the_directory_is_counted_never_a_hang(pr
     assert 'mlmonitor_predictions_total{model_name="m",model_version="v"} 1.0' in text
 
 
+# -- a histogram caught half made: the OpenMetrics scrape stays valid -----------------------------
+
+def test_a_histogram_series_without_its_inf_bucket_yet_still_parses(prom):
+    """A scrape racing a new series' creation (prometheus-client writes ``_sum``, then the buckets,
+    ``+Inf`` last), or a worker killed inside it, sees buckets without ``+Inf``: found by 8
+    OpenMetrics scrapers against the app under gunicorn. The scrape adds ``+Inf`` from the count."""
+    from mlmonitor.multiprocess import write_db
+
+    def key(sample: str, **labels: str) -> str:
+        return json.dumps(["h_seconds", sample, {"route": "/r", **labels}, "help"], sort_keys=True)
+    write_db(str(prom / "histogram_1.db"), [(key("h_seconds_sum"), 0.5, 0.0),
+                                            (key("h_seconds_bucket", le="0.1"), 2.0, 0.0),
+                                            (key("h_seconds_bucket", le="1.0"), 1.0, 0.0)])
+    write_db(str(prom / "histogram_2.db"), [(key("h_seconds_sum"), 0.0, 0.0),
+                                            (key("h_seconds_bucket", le="0.1"), 0.0, 0.0)])
+    parsed = samples(scrape(prom))
+    assert parsed[("h_seconds_bucket", (("le", "+Inf"), ("route", "/r")))] == 3.0
+    assert parsed[("h_seconds_count", (("route", "/r"),))] == 3.0
+    text = scrape(prom, openmetrics=False)
+    assert 'h_seconds_bucket{le="+Inf",route="/r"} 3.0' in text
+
+
 # -- uvicorn --workers: no hooks, dead workers' files must not pile up ----------------------------
 
 def test_a_dead_workers_file_is_removed_once_it_has_nothing_left_to_serve(prom):
@@ -183,3 +205,147 @@ def test_a_scrape_reads_the_directory_once_per_collect(prom):
     first = [s.exemplar for m in collector.collect() for s in m.samples if s.exemplar]
     assert len(first) == 3
     assert first == [s.exemplar for m in collector.collect() for s in m.samples if s.exemplar]
+
+
+# -- real servers: an outsider's Starlette app under gunicorn and uvicorn --workers ------------------
+
+OUTSIDER_APP = "tests.apps.exemplar_models:app"
+DEADLINE = 180.0  # seconds for any one condition on a loaded 2-core machine
+HOSTILE_NAME = "模" * 128  # at the model name cap, 384 bytes of UTF-8
+LONG_STAGE = "s" * 128  # a stage name is cut to 64 characters: with the hostile name, beyond a 512-byte slot
+
+
+def outsider_env(tmp_path: Path, receiver_endpoint: str, **extra: str) -> dict:
+    return {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"), "OTEL_EXPORTER_OTLP_ENDPOINT": receiver_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_SERVICE_NAME": "outsider", **extra}
+
+
+def predict(url: str, name: str, version: str, stage: str = "", sleep: float = 0.0) -> int:
+    """One prediction's status; the timeout guards against a hang only."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    path = f"/models/{urllib.parse.quote(name, safe='')}/versions/{urllib.parse.quote(version, safe='')}/predict"
+    body = json.dumps({"x": [1, 2, 3], "stage": stage or None, "sleep": sleep}).encode()
+    request = urllib.request.Request(url + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:  # its worker was SIGKILLed while serving it
+        return 0
+
+
+def openmetrics(url: str) -> str:
+    import urllib.request
+    request = urllib.request.Request(url + "/metrics", headers={"Accept": OPENMETRICS})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        return response.read().decode()
+
+
+def samples(text: str) -> dict:
+    """(name, sorted labels) -> value of every sample, parsed by prometheus-client's OpenMetrics parser."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(parsed: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in parsed.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
+
+
+def requests_for(n: int, offset: int = 0) -> list:
+    """Several models, many versions (beyond the cap of 20: ``other``), the hostile name, the long stage."""
+    names = ("glucose", "pressure", HOSTILE_NAME)
+    return [(names[i % 3], f"v{i % 30}", LONG_STAGE if i % 5 == 0 else "", 0.02 if i % 11 == 0 else 0.0)
+            for i in range(offset, offset + n)]
+
+
+@pytest.mark.slow
+@pytest.mark.internal_errors_expected  # the junk put into the directory is counted, in the workers
+def test_gunicorn_three_workers_killed_repeatedly_under_scrapes_and_junk(tmp_path):
+    """The outsider app under gunicorn (3 uvicorn workers), traffic of hostile labels, 8 OpenMetrics
+    scrapers at once, junk in the directory, a worker SIGKILLed three times mid-traffic: every
+    request served, every prediction counted, every scrape parsed, the junk counted, the exemplar
+    files bounded, and Prometheus keeps exemplars of the hostile series that name received traces."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers.gunicorn_proc import GunicornProcess, http_get
+    from helpers.otlp import OTLPReceiver
+    from helpers.promstack import Prometheus, query, require_binary, wait_for
+    from test_exemplars_e2e import workers
+
+    with OTLPReceiver() as receiver:
+        env = outsider_env(tmp_path, receiver.endpoint)
+        server = GunicornProcess(app=OUTSIDER_APP, config="python:mlmonitor.gunicorn", workers=3, env=env,
+                                 args=("-k", "uvicorn.workers.UvicornWorker"))
+        with server, Prometheus(tmp_path / "prom", targets={"outsider": [server.url.split("//")[1]]},
+                                features=("exemplar-storage",)) as prom:
+            start = time.time() - 5
+            directory = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+            os.mkfifo(directory / "exemplars_999999999.db")  # never a live pid: a FIFO would hang a plain open
+            (directory / "exemplars_123.db").mkdir()
+            (directory / "exemplars_7.db").write_bytes(b"garbage" * 1000)
+            scrapes: list = []
+            lost: list = []  # scrapes on a worker as it was killed
+            stop = threading.Event()
+
+            def scraper() -> None:
+                while not stop.is_set():
+                    try:
+                        text = openmetrics(server.url)
+                    except OSError as exc:
+                        lost.append(exc)
+                        continue
+                    scrapes.append(samples(text))
+            with ThreadPoolExecutor(8 + 4) as pool:
+                scrapers = [pool.submit(scraper) for _ in range(8)]
+                sent = 0
+                for _kill in range(3):
+                    batch = requests_for(60, sent)
+                    answers = pool.map(lambda r: predict(server.url, *r), batch)
+                    victim = min(workers(server.pid))
+                    os.kill(victim, signal.SIGKILL)  # while the batch is in flight
+                    codes = list(answers)
+                    sent += len(batch)
+                    wait_for(lambda v=victim: (w := workers(server.pid)) and len(w) == 3 and v not in w,
+                             DEADLINE, what="gunicorn replaced the killed worker")
+                    assert set(codes) <= {200, 0}, codes  # a request on the killed worker is lost
+                stop.set()
+                for each in scrapers:
+                    each.result()
+            codes = [predict(server.url, *r) for r in requests_for(30, sent)]  # and all is well after
+            assert set(codes) == {200}
+            wait_for(lambda: http_get(server.url + "/healthz")[0] == 200, DEADLINE)
+            final = samples(openmetrics(server.url))
+            served = [line for line in server.json_lines() if line.get("route", "").startswith("/models/")]
+            assert total(final, "mlmonitor_predictions_total") == len(served)
+            assert total(final, "mlmonitor_predictions_total", model_name=HOSTILE_NAME) == len(
+                [line for line in served if line.get("model_name") == HOSTILE_NAME])
+            assert total(final, "mlmonitor_internal_errors_total", component="exemplars") > 0  # the junk
+            assert total(final, "mlmonitor_internal_errors_total", component="guard") == 0
+            assert len(scrapes) > 8 and len(lost) <= 8 * 3, (len(scrapes), lost)
+            files = sorted(p.name for p in directory.iterdir() if p.name.startswith("exemplars_"))
+            live = {f"exemplars_{pid}.db" for pid in workers(server.pid)}
+            junk = {"exemplars_999999999.db", "exemplars_123.db", "exemplars_7.db"}
+            assert set(files) - junk - live <= {"exemplars_merged.db"}, files  # the killed ones were merged
+
+            def hostile_exemplars() -> list:
+                found = prom.exemplars(f'mlmonitor_stage_duration_seconds_bucket{{model_name="{HOSTILE_NAME}",'
+                                       f'stage="{LONG_STAGE[:64]}"}}', start, time.time() + 60)
+                return [e for series in found for e in series["exemplars"]]
+            stored = wait_for(hostile_exemplars, DEADLINE, what="Prometheus stored the hostile series' exemplars")
+            assert query(prom.url, f'count(mlmonitor_predictions_total{{model_name="{HOSTILE_NAME}"}})')
+            text = http_get(server.url + "/metrics")[1]
+        with receiver.lock:
+            traces = {span["trace_id"] for span in receiver.spans}
+    assert {e["labels"]["trace_id"] for e in stored} & traces
+    assert "# {" not in text and "trace_id" not in text  # the classic text carries none
+    checked = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text, capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
