@@ -483,6 +483,7 @@ class CheckedCollector:
             exemplars.attach(whole, found)
             return whole
         merged: Iterable[Metric] = accumulate(metrics, True)
+        _add_missing_inf(merged)
         exemplars.attach(merged, found)
         return merged
 
@@ -501,6 +502,25 @@ class CheckedCollector:
             if base.endswith("_merged.db"):
                 set_aside(name, entries)
         return entries
+
+
+def _add_missing_inf(metrics: Iterable[Any]) -> None:
+    """Give a histogram series caught without its ``+Inf`` bucket (a scrape racing the series'
+    creation, which writes ``+Inf`` last, or a worker killed inside it) that bucket: it holds
+    the count. Without it an OpenMetrics parser refuses the whole scrape."""
+    from prometheus_client.samples import Sample  # noqa: PLC0415 (lazily: see the module docstring)
+    for metric in metrics:
+        if metric.type != "histogram":
+            continue
+        bucket, count = metric.name + "_bucket", metric.name + "_count"
+        complete = {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+                    for s in metric.samples if s.name == bucket and s.labels.get("le") == "+Inf"}
+        samples: list[Any] = []
+        for s in metric.samples:  # +Inf just before its count, where prometheus-client puts it
+            if s.name == count and tuple(sorted(s.labels.items())) not in complete:
+                samples.append(Sample(bucket, {**s.labels, "le": "+Inf"}, s.value))
+            samples.append(s)
+        metric.samples = samples
 
 
 def _why(base: str, bad: int | str) -> str:
