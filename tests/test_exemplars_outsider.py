@@ -349,3 +349,89 @@ def test_gunicorn_three_workers_killed_repeatedly_under_scrapes_and_junk(tmp_pat
     checked = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text, capture_output=True,
                              text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def uvicorn_workers(env: dict, count: int):
+    """``uvicorn --workers N`` for the outsider app (no hooks: a fresh directory, as the README says)."""
+    from helpers.gunicorn_proc import GunicornProcess
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir()
+    server = GunicornProcess(env=env)
+    server.command = [sys.executable, "-m", "uvicorn", OUTSIDER_APP, "--host", "127.0.0.1",
+                      "--port", str(server.port), "--workers", str(count), "--log-level", "warning"]
+    return server
+
+
+@pytest.mark.slow
+def test_uvicorn_workers_killed_workers_files_stay_until_they_have_nothing_to_serve(tmp_path):
+    """``uvicorn --workers 3`` has no merge hook: each SIGKILLed worker leaves its exemplar file
+    (1 MiB), served until its exemplars are MAX_AGE old; then the next scrape removes it."""
+    import signal
+
+    from helpers.otlp import OTLPReceiver
+    from helpers.promstack import wait_for
+    from test_exemplars_e2e import workers
+
+    with OTLPReceiver() as receiver, uvicorn_workers(outsider_env(tmp_path, receiver.endpoint), 3) as server:
+        directory = tmp_path / "multiproc"
+        killed = []
+        for round_ in range(2):
+            wait_for(lambda: len(workers(server.pid)) == 3, DEADLINE, what="three workers")
+            for request in requests_for(30, 30 * round_):
+                assert predict(server.url, *request) == 200
+            sent = 30 * (round_ + 1)  # counted just after the hand-off: wait, then kill (see the README)
+            wait_for(lambda n=sent: total(samples(openmetrics(server.url)), "mlmonitor_predictions_total") == n,
+                     DEADLINE, what="every answered prediction counted")
+            mine = {int(p.name[len("exemplars_"):-3]) for p in directory.glob("exemplars_[0-9]*.db")}
+            victim = min(workers(server.pid) & mine)  # a worker that has written exemplars
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+            wait_for(lambda v=victim: (w := workers(server.pid)) and len(w) == 3 and v not in w,
+                     DEADLINE, what="uvicorn replaced the killed worker")
+        for request in requests_for(30, 60):
+            assert predict(server.url, *request) == 200
+        dead_files = {directory / f"exemplars_{pid}.db" for pid in killed}
+        assert all(path.exists() for path in dead_files)  # served for MAX_AGE, as the docs say
+        first = samples(openmetrics(server.url))
+        assert total(first, "mlmonitor_predictions_total") == 90
+        old = time.time() - exemplars.MAX_AGE - 5
+        for path in dead_files:
+            os.utime(path, (old, old))  # their newest exemplar ten minutes old
+        wait_for(lambda: openmetrics(server.url) and not any(p.exists() for p in dead_files), DEADLINE,
+                 what="a scrape removed the dead workers' files")
+        live = {f"exemplars_{pid}.db" for pid in workers(server.pid)}
+        assert {p.name for p in directory.glob("exemplars_*")} <= live
+        assert total(samples(openmetrics(server.url)), "mlmonitor_predictions_total") == 90
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", [{"MLMONITOR_EXEMPLARS": "false"}, {"OTEL_TRACES_SAMPLER": "always_off"},
+                                 {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.3"}],
+                         ids=["exemplars off", "sampler always_off", "sampler ratio 0.3"])
+def test_exemplars_off_or_unsampled_under_gunicorn(tmp_path, env):
+    """Off or unsampled: no exemplar file, no exemplar in the OpenMetrics scrape; with a ratio
+    sampler every exemplar names a trace the receiver got."""
+    from helpers.gunicorn_proc import GunicornProcess
+    from helpers.otlp import OTLPReceiver
+    from helpers.promstack import wait_for
+
+    with OTLPReceiver() as receiver:
+        server = GunicornProcess(app=OUTSIDER_APP, config="python:mlmonitor.gunicorn", workers=3,
+                                 env=outsider_env(tmp_path, receiver.endpoint, **env),
+                                 args=("-k", "uvicorn.workers.UvicornWorker"))
+        with server:
+            for request in requests_for(60):
+                assert predict(server.url, *request) == 200
+            text = openmetrics(server.url)
+            files = [p.name for p in (tmp_path / "multiproc").iterdir() if p.name.startswith("exemplars_")]
+            found = found_in(text)
+            if "OTEL_TRACES_SAMPLER_ARG" in env:
+                traces = {e[0] for e in found.values()}
+                wait_for(lambda: traces <= {s["trace_id"] for s in receiver.wait_for(1, timeout=1)}, DEADLINE,
+                         what="every exemplar's trace received")
+    assert total(samples(text), "mlmonitor_predictions_total") == 60
+    if "OTEL_TRACES_SAMPLER_ARG" in env:
+        assert found and files
+        assert len({s["trace_id"] for s in receiver.spans}) < 60  # a ratio: some requests unsampled
+    else:
+        assert found == {} and files == []
+        assert bool(receiver.spans) == ("MLMONITOR_EXEMPLARS" in env)  # traces stay on with exemplars off
