@@ -435,3 +435,39 @@ def test_exemplars_off_or_unsampled_under_gunicorn(tmp_path, env):
     else:
         assert found == {} and files == []
         assert bool(receiver.spans) == ("MLMONITOR_EXEMPLARS" in env)  # traces stay on with exemplars off
+
+
+@pytest.mark.slow
+@pytest.mark.internal_errors_expected  # the full disk, in the worker
+def test_a_full_disk_under_gunicorn_costs_one_fault_and_no_request(tmp_path):
+    """The metrics directory on a small tmpfs, full once the worker's value files exist: sampled
+    requests are still answered and counted; the exemplar file cannot be made, one fault."""
+    import urllib.request
+
+    from helpers.gunicorn_proc import GunicornProcess
+    from helpers.otlp import OTLPReceiver
+    from helpers.tmpfs import fill, small_tmpfs
+
+    with OTLPReceiver() as receiver, small_tmpfs(tmp_path / "tmpfs", "16m") as mount:
+        env = outsider_env(tmp_path, receiver.endpoint, PROMETHEUS_MULTIPROC_DIR=str(mount / "multiproc"),
+                           MLMONITOR_EXCLUDED_URLS="^/healthz$")  # the readiness polls: no span, no exemplar
+        server = GunicornProcess(app=OUTSIDER_APP, config="python:mlmonitor.gunicorn", workers=1, env=env,
+                                 args=("-k", "uvicorn.workers.UvicornWorker"))
+        with server:
+            unsampled = urllib.request.Request(  # the parent said no: the value files, no exemplar file
+                server.url + "/models/glucose/versions/v1/predict", method="POST",
+                data=json.dumps({"x": [1, 2, 3]}).encode(), headers={
+                    "Content-Type": "application/json", "traceparent": f"00-{'a' * 32}-{'b' * 16}-00"})
+            with urllib.request.urlopen(unsampled, timeout=300) as response:
+                assert response.status == 200
+            openmetrics(server.url)
+            assert not list((mount / "multiproc").glob("exemplars_*"))
+            filler = fill(mount)
+            codes = [predict(server.url, "glucose", "v1") for _ in range(20)]
+            full = samples(openmetrics(server.url))
+            filler.unlink()
+            files = [p.name for p in (mount / "multiproc").iterdir() if p.name.startswith("exemplars_")]
+    assert codes == [200] * 20
+    assert total(full, "mlmonitor_predictions_total", model_name="glucose", model_version="v1") == 21
+    assert total(full, "mlmonitor_internal_errors_total", component="exemplars") == 1
+    assert files == []
