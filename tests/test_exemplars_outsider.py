@@ -74,12 +74,13 @@ def exemplar_series(text: str) -> dict:
 
 # -- label values at the caps: every series keeps its exemplar ---------------------------------
 
-@pytest.mark.parametrize("char", ["m", "é", "模", "🙂"])
+@pytest.mark.parametrize("char", ["m", "é", "模", "🙂", '"\\\n{}#'])
 def test_labels_at_their_128_character_caps_keep_their_exemplars(prom, char):
     """name, version and stage of 128 characters each (the caps; the stage key is ~500 bytes of
     ASCII and 1.5 kB of emoji, beyond a 512-byte slot) still get their exemplar on the prediction
-    and stage histograms, and the OpenMetrics text parses."""
-    name, version, stage = char * 128, "v" + char * 127, "s" + char * 127
+    and stage histograms, and the OpenMetrics text parses; so do quotes, backslashes, newlines."""
+    text = char * 128
+    name, version, stage = text[:128], "v" + text[:127], "s" + text[:127]
     out = run_worker(prom, [[name, version, stage, 0.004]])
     assert out["faults"] == {}
     text = scrape(prom)
@@ -269,10 +270,11 @@ def requests_for(n: int, offset: int = 0) -> list:
 @pytest.mark.internal_errors_expected  # the junk put into the directory is counted, in the workers
 def test_gunicorn_three_workers_killed_repeatedly_under_scrapes_and_junk(tmp_path):
     """The outsider app under gunicorn (3 uvicorn workers), traffic of hostile labels, 8 OpenMetrics
-    scrapers at once, junk in the directory, a worker SIGKILLed three times mid-traffic: every
+    scrapers at once and 4 that never read, junk in the directory, a worker SIGKILLed three times mid-traffic: every
     request served, every prediction counted, every scrape parsed, the junk counted, the exemplar
     files bounded, and Prometheus keeps exemplars of the hostile series that name received traces."""
     import signal
+    import socket
     from concurrent.futures import ThreadPoolExecutor
 
     from helpers.gunicorn_proc import GunicornProcess, http_get
@@ -291,6 +293,11 @@ def test_gunicorn_three_workers_killed_repeatedly_under_scrapes_and_junk(tmp_pat
             os.mkfifo(directory / "exemplars_999999999.db")  # never a live pid: a FIFO would hang a plain open
             (directory / "exemplars_123.db").mkdir()
             (directory / "exemplars_7.db").write_bytes(b"garbage" * 1000)
+            stalled = []  # scrapers that ask for OpenMetrics and never read the answer
+            for _ in range(4):
+                sock = socket.create_connection(("127.0.0.1", server.port))
+                sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {OPENMETRICS}\r\n\r\n".encode())
+                stalled.append(sock)
             scrapes: list = []
             lost: list = []  # scrapes on a worker as it was killed
             stop = threading.Event()
@@ -319,6 +326,8 @@ def test_gunicorn_three_workers_killed_repeatedly_under_scrapes_and_junk(tmp_pat
                 stop.set()
                 for each in scrapers:
                     each.result()
+            for sock in stalled:
+                sock.close()
             codes = [predict(server.url, *r) for r in requests_for(30, sent)]  # and all is well after
             assert set(codes) == {200}
             wait_for(lambda: http_get(server.url + "/healthz")[0] == 200, DEADLINE)
