@@ -92,6 +92,21 @@ def test_labels_at_their_128_character_caps_keep_their_exemplars(prom, char):
         (("model_name", name), ("model_version", version))}
 
 
+def test_the_file_stays_bounded_with_100k_distinct_long_keys(prom):
+    """100,000 distinct buckets whose keys are stored by digest: one file of FILE_SIZE, at most SLOTS
+    exemplars, every one readable."""
+    out = exemplars.ExemplarFile(str(prom))
+    route = "/r" + "x" * 500
+    for n in range(100_000):
+        key = exemplars.bucket_keys("h", {"route": f"{route}{n}"}, ["0.1"])[0]
+        assert key is not None and key[1].startswith(b"#")
+        out.write(key[0], key[1], f"{n:032x}", f"{n:016x}", 0.05)
+    assert [p.name for p in prom.iterdir()] == [f"exemplars_{os.getpid()}.db"]
+    assert (prom / f"exemplars_{os.getpid()}.db").stat().st_size == exemplars.FILE_SIZE
+    found, faults = exemplars.read_all(str(prom))
+    assert not faults and exemplars.SLOTS * 0.9 < len(found) <= exemplars.SLOTS
+
+
 def test_a_long_keys_exemplar_survives_its_workers_death(prom):
     """The master's merge keeps a long key's exemplar (stored by digest) like any other."""
     long = "x" * 128
