@@ -162,6 +162,23 @@ def test_a_fifo_directory_or_symlink_in_the_directory_is_counted_never_a_hang(pr
     assert 'mlmonitor_predictions_total{model_name="m",model_version="v"} 1.0' in text
 
 
+@pytest.mark.internal_errors_expected
+@pytest.mark.parametrize("base", ["counter_4242.db", "counter_merged.db", "exemplars_4242.db", "exemplars_merged.db"])
+def test_a_fifo_never_hangs_the_masters_merge_of_a_dead_worker(prom, base):
+    """gunicorn's child_exit merges a dead worker's files into the merged ones: a FIFO named like
+    either would have blocked the master in open() for good."""
+    good = run_worker(prom, [["m", "v", "inference", 0.004]])["pid"]
+    os.mkfifo(prom / base)
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(
+        [merge_dead_worker(pid, str(prom)) for pid in (4242, good)]), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert done, "the merge hung"
+    assert not list(prom.glob(f"*_{good}.db"))  # the real dead worker's files were merged all the same
+    assert 'mlmonitor_predictions_total{model_name="m",model_version="v"} 1.0' in scrape_in_time(prom)
+
+
 # -- a histogram caught half made: the OpenMetrics scrape stays valid -----------------------------
 
 def test_a_histogram_series_without_its_inf_bucket_yet_still_parses(prom):
