@@ -446,8 +446,9 @@ def test_uvicorn_workers_killed_workers_files_stay_until_they_have_nothing_to_se
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env", [{"MLMONITOR_EXEMPLARS": "false"}, {"OTEL_TRACES_SAMPLER": "always_off"},
+                                 {"OTEL_SDK_DISABLED": "true"},
                                  {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.3"}],
-                         ids=["exemplars off", "sampler always_off", "sampler ratio 0.3"])
+                         ids=["exemplars off", "sampler always_off", "sdk disabled", "sampler ratio 0.3"])
 def test_exemplars_off_or_unsampled_under_gunicorn(tmp_path, env):
     """Off or unsampled: no exemplar file, no exemplar in the OpenMetrics scrape; with a ratio
     sampler every exemplar names a trace the receiver got."""
