@@ -480,6 +480,7 @@ class CheckedCollector:
             whole: Iterable[Metric] = MultiProcessCollector.merge(
                 [os.path.join(self.path, b) for b, (_, e) in files.items() if e and b not in bad],
                 accumulate=True)
+            _add_missing_inf(whole)
             exemplars.attach(whole, found)
             return whole
         merged: Iterable[Metric] = accumulate(metrics, True)
