@@ -7,12 +7,18 @@ worker keeps its own in ``exemplars_<pid>.db`` beside the value files:
   key, the newest exemplar overwrites it (a collision too), so the file never grows;
 * each slot is length + crc32 + payload, written with one ``pwrite``: a worker killed
   mid-write, or bytes corrupted later, cost that slot only, and the reader counts it;
+* a bucket's key (sample name and labels as JSON) too long for a slot (capped labels can
+  reach ~1.5 kB) is stored as ``#`` and its blake2b digest, matched at the scrape by digest;
+* only regular files are read, opened without blocking: a FIFO or a device named like
+  an exemplar file is a counted fault, never a hung scrape;
 * the whole file is allocated when the worker first writes an exemplar: a full disk
   fails there once (the caller counts it and stops), never inside a later request;
 * the scrape reads every worker's file and the dead workers' merged file, newest
   exemplar per bucket wins, and exemplars older than ``MAX_AGE`` are left out;
 * when a worker dies, the master folds its file into ``exemplars_merged.db`` (written
-  whole, renamed) and removes it, so files do not pile up with worker restarts.
+  whole, renamed) and removes it, so files do not pile up with worker restarts; without
+  the master's hooks (``uvicorn --workers``) a scrape removes a dead worker's file once
+  everything in it is older than ``MAX_AGE``.
 
 Standard library only: the multiprocess storage imports this module, not the reverse.
 """
@@ -20,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
+import stat
 import struct
 import threading
 import time
@@ -76,14 +84,33 @@ def encode(key: bytes, trace_id: str, span_id: str, value: float, timestamp: flo
     return _SLOT_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def _key(sample: str, labels: dict[str, str]) -> bytes:
+    return json.dumps([sample, labels], sort_keys=True, ensure_ascii=False).encode("utf-8", "replace")
+
+
+def _digest(key: bytes) -> bytes:
+    """What a slot holds for a key too long for it (never JSON: it starts with ``#``)."""
+    return b"#" + hashlib.blake2b(key, digest_size=16).hexdigest().encode("ascii")
+
+
 def bucket_keys(name: str, labels: dict[str, str], bounds: Iterable[str]) -> list[tuple[int, bytes] | None]:
-    """(slot, key) per bucket of one histogram series (None for a key too long for a slot):
-    the sample name and labels, with ``le``, as the multiprocess collector writes them."""
+    """(slot, key) per bucket of one histogram series: the sample name and labels, with
+    ``le``, as the multiprocess collector writes them (their digest if too long)."""
     keys: list[tuple[int, bytes] | None] = []
     for le in bounds:
-        key = json.dumps([name + "_bucket", {**labels, "le": le}], sort_keys=True).encode("utf-8")
-        keys.append((_slot_of(key), key) if len(key) <= _MAX_KEY else None)
+        key = _key(name + "_bucket", {**labels, "le": le})
+        keys.append((_slot_of(key), key if len(key) <= _MAX_KEY else _digest(key)))
     return keys
+
+
+def open_regular(name: str) -> int:
+    """A read-only descriptor of ``name`` if it is a regular file, not a link (a FIFO would block a plain
+    ``open``, a device never end); OSError otherwise."""
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", os.path.basename(name))
+    return fd
 
 
 class ExemplarFile:
@@ -149,12 +176,16 @@ class ExemplarFile:
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 _keys: dict[bytes, Key | None] = {}  # keys parsed before: a scrape parses each once
+_DIGEST = re.compile(rb"#[0-9a-f]{32}")
 
 
 def _parse_key(raw: bytes) -> Key | None:
-    """(sample name, sorted label pairs) of a well-formed key, else None."""
+    """(sample name, sorted label pairs) of a well-formed key, ``(digest, ())`` for a long
+    key's digest, else None."""
     if raw in _keys:
         return _keys[raw]
+    if _DIGEST.fullmatch(raw):
+        return (raw.decode("ascii"), ())
     result = None
     try:
         name, labels = json.loads(raw.decode("utf-8"))
@@ -185,7 +216,7 @@ def _decode(payload: bytes) -> tuple[Key, tuple[str, str, float, float]] | None:
 def read_file(name: str, found: Found, oldest: float) -> int:
     """Add the file's exemplars newer than ``oldest`` to ``found`` (newest wins); returns the
     bad slots. BadExemplarFile if the file is not one; FileNotFoundError if it is gone."""
-    with open(name, "rb") as fh:
+    with open(open_regular(name), "rb") as fh:
         data = fh.read(FILE_SIZE + 1)
     if not data or data[:_HEAD.size] == bytes(_HEAD.size):
         return 0  # a worker's file being made: nothing in it yet
@@ -217,7 +248,8 @@ def read_all(path: str, now: float | None = None) -> tuple[Found, list[tuple[str
     found: Found = {}
     faults: list[tuple[str, int | str]] = []
     for base in sorted(os.listdir(path)):
-        if not FILE.fullmatch(base):
+        match = FILE.fullmatch(base)
+        if match is None or _remove_if_stale(path, base, match.group(1), oldest):
             continue
         try:
             bad = read_file(os.path.join(path, base), found, oldest)
@@ -231,11 +263,30 @@ def read_all(path: str, now: float | None = None) -> tuple[Found, list[tuple[str
     return found, faults
 
 
+def _remove_if_stale(path: str, base: str, ident: str, oldest: float) -> bool:
+    """Remove a dead worker's file with nothing left to serve (last written before ``oldest``):
+    without gunicorn's hooks (``uvicorn --workers``) nobody else would, and each restart adds one."""
+    name = os.path.join(path, base)
+    try:
+        info = os.lstat(name)
+        if ident == "merged" or not stat.S_ISREG(info.st_mode) or info.st_mtime >= oldest:
+            return False
+        os.kill(int(ident), 0)
+    except ProcessLookupError:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
+        return True
+    except OSError:  # gone meanwhile, or alive under another user: read as usual
+        return False
+    return False  # alive: its file is made again if deleted, never removed here
+
+
 def attach(metrics: Iterable[Any], found: Found) -> None:
     """Put each bucket's exemplar on its sample (prometheus-client's ``Sample.exemplar``)."""
     if not found:
         return
     from prometheus_client.samples import Exemplar  # noqa: PLC0415 (lazily: gunicorn imports storage first)
+    digests = any(not pairs for _name, pairs in found)
     for metric in metrics:
         if metric.type != "histogram":
             continue
@@ -244,6 +295,9 @@ def attach(metrics: Iterable[Any], found: Found) -> None:
             if not sample.name.endswith("_bucket"):
                 continue
             hit = found.get((sample.name, tuple(sorted(sample.labels.items()))))
+            if hit is None and digests:
+                key = _key(sample.name, sample.labels)
+                hit = found.get((_digest(key).decode("ascii"), ())) if len(key) > _MAX_KEY else None
             if hit is not None:
                 trace_id, span_id, value, timestamp = hit
                 samples[i] = sample._replace(exemplar=Exemplar(
@@ -290,7 +344,7 @@ def _write_whole(name: str, found: Found) -> None:
     taken: set[int] = set()
     for (sample, pairs), (trace_id, span_id, value, timestamp) in sorted(
             found.items(), key=lambda item: -item[1][3]):
-        key = json.dumps([sample, dict(pairs)], sort_keys=True).encode("utf-8")
+        key = _key(sample, dict(pairs)) if pairs else sample.encode("ascii")  # or a long key's digest
         slot = _slot_of(key)
         if slot in taken or len(key) > _MAX_KEY:
             continue

@@ -309,7 +309,7 @@ def read_db(name: str, kind: str) -> tuple[list[Entry], int]:
     Never hangs or allocates on a bad length: every length is checked against the file.
     An empty or just-created file (size or used 0) has no entries.
     """
-    with open(name, "rb") as fh:
+    with open(exemplars.open_regular(name), "rb") as fh:  # a FIFO would hang the scrape
         size = os.fstat(fh.fileno()).st_size
         head = fh.read(8)
         if size == 0 or len(head) < 8 or head[:4] == b"\0\0\0\0":
@@ -480,9 +480,11 @@ class CheckedCollector:
             whole: Iterable[Metric] = MultiProcessCollector.merge(
                 [os.path.join(self.path, b) for b, (_, e) in files.items() if e and b not in bad],
                 accumulate=True)
+            _add_missing_inf(whole)
             exemplars.attach(whole, found)
             return whole
         merged: Iterable[Metric] = accumulate(metrics, True)
+        _add_missing_inf(merged)
         exemplars.attach(merged, found)
         return merged
 
@@ -501,6 +503,25 @@ class CheckedCollector:
             if base.endswith("_merged.db"):
                 set_aside(name, entries)
         return entries
+
+
+def _add_missing_inf(metrics: Iterable[Any]) -> None:
+    """Give a histogram series caught without its ``+Inf`` bucket (a scrape racing the series'
+    creation, which writes ``+Inf`` last, or a worker killed inside it) that bucket: it holds
+    the count. Without it an OpenMetrics parser refuses the whole scrape."""
+    from prometheus_client.samples import Sample  # noqa: PLC0415 (lazily: see the module docstring)
+    for metric in metrics:
+        if metric.type != "histogram":
+            continue
+        bucket, count = metric.name + "_bucket", metric.name + "_count"
+        complete = {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+                    for s in metric.samples if s.name == bucket and s.labels.get("le") == "+Inf"}
+        samples: list[Any] = []
+        for s in metric.samples:  # +Inf just before its count, where prometheus-client puts it
+            if s.name == count and tuple(sorted(s.labels.items())) not in complete:
+                samples.append(Sample(bucket, {**s.labels, "le": "+Inf"}, s.value))
+            samples.append(s)
+        metric.samples = samples
 
 
 def _why(base: str, bad: int | str) -> str:
