@@ -147,6 +147,27 @@ def test_a_fastapi_callable_gets_the_views_arguments():
                            model_version="glucose-7") == 1
 
 
+def test_a_plain_starlette_callable_gets_the_request_the_endpoint_gets():
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    seen = []
+    with capture() as monitored:
+        monitor = Monitor(model_version="v1")
+
+        @monitor.prediction(model_name=lambda request: seen.append(request.url.path)
+                            or request.path_params["name"])
+        async def predict(request):
+            return JSONResponse({"name": request.path_params["name"]})
+
+        app = Starlette(routes=[Route("/v1/models/{name}/predict", predict, methods=["POST"])])
+        monitor.init_app(app)
+        with fastapi_client(app) as client:
+            assert client.post("/v1/models/glucose/predict").status_code == 200
+    assert seen == ["/v1/models/glucose/predict"]
+    assert monitored.value("mlmonitor_predictions_total", model_name="glucose", model_version="v1") == 1
+
+
 # -- Django: async prediction views, the same rule, model_uri= --------------------------------
 
 BODY = json.dumps({"instances": [[1.0, 2.0]]})
