@@ -255,17 +255,20 @@ class _SecureHandler(urllib.request.HTTPSHandler):
 
 
 _opener = urllib.request.build_opener(_Handler(), _SecureHandler())  # proxies as urlopen's
-_timers: list[threading.Timer] = []  # the call's deadline (one call at a time: the sending thread's)
+#: the call's deadlines and whether they passed (one call at a time: the sending thread's)
+_timers: list[tuple[threading.Timer, list[bool]]] = []
 
 
 def _deadline(connection: http.client.HTTPConnection) -> None:
-    timer = threading.Timer(CALL_S, _cut, (connection.sock,))
+    passed: list[bool] = []
+    timer = threading.Timer(CALL_S, _cut, (connection.sock, passed))
     timer.daemon = True
     timer.start()
-    _timers.append(timer)
+    _timers.append((timer, passed))
 
 
-def _cut(sock: Any) -> None:
+def _cut(sock: Any, passed: list[bool]) -> None:
+    passed.append(True)  # before the read it frees returns
     with contextlib.suppress(OSError):
         sock.shutdown(2)  # socket.SHUT_RDWR: the blocked read returns at once
 
@@ -279,9 +282,9 @@ def _call(pending: _Pending, method: str, url: str, body: bytes | None) -> bytes
         with _opener.open(request, timeout=TIMEOUT_S) as response:
             answer: bytes = response.read(MAX_ANSWER_BYTES)
     finally:
-        cut = any(not timer.is_alive() for timer in _timers)
+        cut = any(passed for _, passed in _timers)
         while _timers:
-            _timers.pop().cancel()
+            _timers.pop()[0].cancel()
     if cut:  # what was read may be a cut answer
         raise TimeoutError(f"the call outlasted {CALL_S:.0f} s")
     return answer
