@@ -201,13 +201,29 @@ def test_an_id_replayed_to_both_workers_at_once_is_written_once(app, mlflow_serv
 
 @pytest.mark.slow
 def test_a_sigkilled_worker_the_other_keeps_sending(app, mlflow_server):
+    """The other worker answers and sends; uvicorn's supervisor spawns a new one, which reads the
+    same secret file: ids minted before the kill are accepted by both, and land."""
+    minted = [grade(app) for _ in range(8)]
+    landed(mlflow_server.url, [trace_of(app, p["pid"]) for p in minted], count=0)  # exported before the kill
     victim = min(workers(app.pid))
     os.kill(victim, signal.SIGKILL)
     predictions = [grade(app) for _ in range(6)]
     answers = [truth(app, p["pid"], "A") for p in predictions]
     assert all(status == 202 for status, _, _ in answers), answers
     assert victim not in {a["worker"] for _, a, _ in answers}
-    landed(mlflow_server.url, [trace_of(app, p["pid"]) for p in predictions])
+    def both_serve():
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: truth(app, "not-an-id", "A", hold=0.2)[1], range(2)))
+        return len({a["worker"] for a in answers}) == 2 and victim not in workers(app.pid)
+    wait_for(both_serve, 60, what="a new worker serving beside the other")
+    later = []
+    with ThreadPoolExecutor(2) as pool:
+        for pair in zip(minted[::2], minted[1::2]):
+            later += pool.map(lambda p: truth(app, p["pid"], "A", hold=0.2), pair)
+    assert [status for status, _, _ in later] == [202] * len(minted), later
+    assert {a["worker"] for _, a, _ in later} - {victim} - {a["worker"] for _, a, _ in answers}, \
+        "the new worker took none"
+    landed(mlflow_server.url, [trace_of(app, p["pid"]) for p in predictions + minted])
 
 
 # -- an MLflow that hangs, trickles or refuses ------------------------------------------------------
