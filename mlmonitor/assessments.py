@@ -14,7 +14,10 @@ with the first (a forked worker starts its own: the master's thread does not liv
 trace MLflow does not hold yet (it ingests asynchronously) or a server that does not answer is
 tried again for about 30 s; what is never written, or finds the queue full, is counted in
 ``mlmonitor_telemetry_dropped_total{signal="assessments"}`` and its reason logged once per
-process. A worker that exits loses what it has not sent yet, as it does its spans.
+process. After writing it reads the trace again: an id replayed to two workers at once
+passed both first reads, and the later writer deletes its own. Each call is cut after
+:data:`CALL_S` in all, so a server that trickles bytes cannot hold the thread. A worker that
+exits loses what it has not sent yet, as it does its spans.
 """
 from __future__ import annotations
 
