@@ -14,12 +14,16 @@ with the first (a forked worker starts its own: the master's thread does not liv
 trace MLflow does not hold yet (it ingests asynchronously) or a server that does not answer is
 tried again for about 30 s; what is never written, or finds the queue full, is counted in
 ``mlmonitor_telemetry_dropped_total{signal="assessments"}`` and its reason logged once per
-process. A worker that exits loses what it has not sent yet, as it does its spans.
+process. After writing it reads the trace again: an id replayed to two workers at once
+passed both first reads, and the later writer deletes its own. Each call is cut after
+:data:`CALL_S` in all, so a server that trickles bytes cannot hold the thread. A worker that
+exits loses what it has not sent yet, as it does its spans.
 """
 from __future__ import annotations
 
 import contextlib
 import heapq
+import http.client
 import itertools
 import json
 import logging
@@ -54,8 +58,9 @@ SOURCE = {"source_type": "CODE", "source_id": "mlmonitor"}
 MAX_QUEUED = 1000
 #: the waits before each retry: about 30 s in all
 RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
-#: one HTTP call's limit (the sending thread's, never a request's)
+#: one HTTP read's limit, and one whole call's (the sending thread's, never a request's)
 TIMEOUT_S = 5.0
+CALL_S = 10.0
 #: the most of a trace's answer read (its assessments come before its spans' tags)
 MAX_ANSWER_BYTES = 1 << 22
 #: the metadata key holding the prediction id's nonce (its own part, not the signed id)
@@ -84,6 +89,7 @@ def _expected(label: Any, redact: Redactor) -> dict[str, Any] | None:
     text = preview(redact, label)
     if text is None:
         return None
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate (valid JSON): MLflow refuses it
     value = json.loads(text)
     if isinstance(value, (dict, list)):
         return {"serialized_value": {"serialization_format": "JSON_FORMAT", "value": text}}
@@ -103,6 +109,7 @@ class _Pending:
     dropped: Callable[[str, int], None] | None
     owner: Any
     checked: bool = False  # the trace is there, and holds no assessment of this prediction id
+    written: list[str] = field(default_factory=list)  # the ids MLflow gave what was written
     attempt: int = 0
     order: int = field(default_factory=itertools.count().__next__)
 
@@ -165,6 +172,8 @@ class _Sender:
             pending.attempt += 1
             heapq.heappush(self.waiting, (due, pending.order, pending))
             return
+        if pending.written:
+            _settle(pending)
 
 
 def _step(pending: _Pending) -> tuple[bool, str] | None:
@@ -175,12 +184,8 @@ def _step(pending: _Pending) -> tuple[bool, str] | None:
         url = pending.url + "/assessments"
     else:
         body, url = None, pending.url
-    # an http(s) URL: mlflow.assessment_server() gives no other
-    request = urllib.request.Request(url, body, method="POST" if body else "GET",  # noqa: S310
-                                     headers={**pending.headers, "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
-            answer = response.read(MAX_ANSWER_BYTES)
+        answer = _call(pending, "POST" if body else "GET", url, body)
     except urllib.error.HTTPError as exc:
         try:
             text = exc.read(2048).decode("utf-8", "replace")
@@ -189,11 +194,13 @@ def _step(pending: _Pending) -> tuple[bool, str] | None:
         if exc.code == 404 and "RESOURCE_DOES_NOT_EXIST" in text:
             return True, "the trace is not in MLflow (yet)"
         return exc.code == 429 or exc.code >= 500, f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:  # refused, reset, timed out, no such host
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, reset, timed out, garbled
         cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         return True, f"{type(cause).__name__}: {cause}"
     if pending.checked:
         pending.parts.pop(0)
+        with contextlib.suppress(ValueError, LookupError, TypeError):
+            pending.written.append(str(json.loads(answer)["assessment"]["assessment_id"]))
         return None
     pending.checked = True
     try:
@@ -203,6 +210,87 @@ def _step(pending: _Pending) -> tuple[bool, str] | None:
     if any(isinstance(a, dict) and (a.get("metadata") or {}).get(NONCE_KEY) == pending.nonce for a in held):
         pending.parts.clear()  # a replayed prediction id: its assessments are there already
     return None
+
+
+def _settle(pending: _Pending) -> None:
+    """Read the trace again and delete what this process wrote when the same prediction id's
+    assessment of the same name was written first: an id replayed to two workers at once passes
+    both duplicate checks and both reads before either writes. Both readers agree on the first
+    (its time, then its id), so one of each name stays; a failure leaves the duplicate."""
+    try:
+        held = json.loads(_call(pending, "GET", pending.url, None))["trace"]["trace_info"].get("assessments") or []
+        first: dict[str, tuple[str, str]] = {}
+        for item in held:
+            if (item.get("metadata") or {}).get(NONCE_KEY) == pending.nonce:
+                key = (str(item.get("create_time", "")), str(item.get("assessment_id", "")))
+                first[item["assessment_name"]] = min(first.get(item["assessment_name"], key), key)
+        firsts = {assessment_id for _, assessment_id in first.values()}
+        for item in held:
+            if item.get("assessment_id") in pending.written and item["assessment_id"] not in firsts:
+                _call(pending, "DELETE", f"{pending.url}/assessments/{item['assessment_id']}", None)
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, http.client.HTTPException):
+        pass  # the assessments are written; at worst a replay's stay twice
+
+
+class _Connection(http.client.HTTPConnection):
+    """A connection cut at the call's deadline: a server that trickles bytes never lets a read
+    time out, and would hold the thread (and every later feedback) for good."""
+
+    def connect(self) -> None:
+        super().connect()
+        _deadline(self)
+
+
+class _SecureConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _deadline(self)
+
+
+class _Handler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_Connection, req)
+
+
+class _SecureHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_SecureConnection, req, context=getattr(self, "_context", None))
+
+
+_opener = urllib.request.build_opener(_Handler(), _SecureHandler())  # proxies as urlopen's
+#: the call's deadlines and whether they passed (one call at a time: the sending thread's)
+_timers: list[tuple[threading.Timer, list[bool]]] = []
+
+
+def _deadline(connection: http.client.HTTPConnection) -> None:
+    passed: list[bool] = []
+    timer = threading.Timer(CALL_S, _cut, (connection.sock, passed))
+    timer.daemon = True
+    timer.start()
+    _timers.append((timer, passed))
+
+
+def _cut(sock: Any, passed: list[bool]) -> None:
+    passed.append(True)  # before the read it frees returns
+    with contextlib.suppress(OSError):
+        sock.shutdown(2)  # socket.SHUT_RDWR: the blocked read returns at once
+
+
+def _call(pending: _Pending, method: str, url: str, body: bytes | None) -> bytes:
+    """One HTTP call to MLflow, whole within :data:`CALL_S`; its answer's first bytes."""
+    # an http(s) URL: mlflow.assessment_server() gives no other
+    request = urllib.request.Request(url, body, method=method,  # noqa: S310
+                                     headers={**pending.headers, "Content-Type": "application/json"})
+    try:
+        with _opener.open(request, timeout=TIMEOUT_S) as response:
+            answer: bytes = response.read(MAX_ANSWER_BYTES)
+    finally:
+        cut = any(passed for _, passed in _timers)
+        while _timers:
+            _timers.pop()[0].cancel()
+    if cut:  # what was read may be a cut answer
+        raise TimeoutError(f"the call outlasted {CALL_S:.0f} s")
+    return answer
 
 
 _warned: list[bool] = [False]
@@ -245,6 +333,7 @@ def _after_fork() -> None:
     _Process.sender = None
     _Process.lock = threading.Lock()
     _warned[0] = False
+    _timers.clear()  # a deadline of the parent's call, cancelled there
 
 
 if hasattr(os, "register_at_fork"):
