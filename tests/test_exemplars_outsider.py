@@ -365,9 +365,14 @@ def test_gunicorn_three_workers_killed_repeatedly_under_scrapes_and_junk(tmp_pat
             wait_for(lambda: http_get(server.url + "/healthz")[0] == 200, DEADLINE)
             final = samples(openmetrics(server.url))
             served = [line for line in server.json_lines() if line.get("route", "").startswith("/models/")]
-            assert total(final, "mlmonitor_predictions_total") == len(served)
-            assert total(final, "mlmonitor_predictions_total", model_name=HOSTILE_NAME) == len(
-                [line for line in served if line.get("model_name") == HOSTILE_NAME])
+            # a worker SIGKILLed between a request's count and its log line loses the line (the
+            # sinks run in that order): at most the requests it had in flight, 12 a kill
+            counted = total(final, "mlmonitor_predictions_total")
+            assert len(served) <= counted <= len(served) + 3 * 12, (counted, len(served))
+            hostile = len([line for line in served if line.get("model_name") == HOSTILE_NAME])
+            assert hostile <= total(final, "mlmonitor_predictions_total", model_name=HOSTILE_NAME) \
+                <= hostile + 3 * 12
+            assert counted <= sent + 30
             assert total(final, "mlmonitor_internal_errors_total", component="exemplars") > 0  # the junk
             assert total(final, "mlmonitor_internal_errors_total", component="guard") == 0
             assert len(scrapes) > 8 and len(lost) <= 8 * 3, (len(scrapes), lost)
