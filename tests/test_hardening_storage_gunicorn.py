@@ -68,14 +68,16 @@ def children(pid: int) -> List[int]:
         return [int(p) for p in fh.read().split()]
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
+def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0,
+             state: Callable[[], object] = lambda: "") -> object:
+    """``check()`` once true; a deadline for a loaded machine (``state()`` says where it stood)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what} {state()}")
 
 
 def settled(url: str, predictions: float) -> Dict[tuple, float]:
@@ -259,7 +261,8 @@ def test_deleting_the_directory_never_loses_merged_counts(tmp_path):
                 time.sleep(0.05)
             return False
 
-        wait_for("every prediction counted again", recovered, timeout=30)
+        wait_for("every prediction counted again", recovered, timeout=120,
+                 state=lambda: f"(answered {answered}, last scrapes {counted[-10:]})")
     print(f"\nbefore rm -rf: {total(before, 'mlmonitor_predictions_total')}; scrapes after: {counted}")
     assert total(before, "mlmonitor_predictions_total") == 60
     assert counted[-1] == answered > 60  # every prediction, including those after rm -rf
