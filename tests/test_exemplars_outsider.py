@@ -449,6 +449,18 @@ def test_uvicorn_workers_killed_workers_files_stay_until_they_have_nothing_to_se
         assert total(samples(openmetrics(server.url)), "mlmonitor_predictions_total") == 90
 
 
+def counted(url: str, predictions: int, **labels: str) -> str:
+    """An OpenMetrics scrape once ``predictions`` are counted: an ASGI request is counted just
+    after its last byte is handed to the server, so a scrape right after the answer may miss it."""
+    from helpers.promstack import wait_for
+
+    def scrape() -> str | None:
+        text = openmetrics(url)
+        return text if total(samples(text), "mlmonitor_predictions_total", **labels) >= predictions else None
+
+    return wait_for(scrape, DEADLINE, what=f"{predictions} predictions counted")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("env", [{"MLMONITOR_EXEMPLARS": "false"}, {"OTEL_TRACES_SAMPLER": "always_off"},
                                  {"OTEL_SDK_DISABLED": "true"},
@@ -468,7 +480,7 @@ def test_exemplars_off_or_unsampled_under_gunicorn(tmp_path, env):
         with server:
             for request in requests_for(60):
                 assert predict(server.url, *request) == 200
-            text = openmetrics(server.url)
+            text = counted(server.url, 60)  # a request is counted just after its answer
             files = [p.name for p in (tmp_path / "multiproc").iterdir() if p.name.startswith("exemplars_")]
             found = found_in(text)
             if "OTEL_TRACES_SAMPLER_ARG" in env:
@@ -511,7 +523,7 @@ def test_a_full_disk_under_gunicorn_costs_one_fault_and_no_request(tmp_path):
             assert not list((mount / "multiproc").glob("exemplars_*"))
             filler = fill(mount)
             codes = [predict(server.url, "glucose", "v1") for _ in range(20)]
-            full = samples(openmetrics(server.url))
+            full = samples(counted(server.url, 21, model_name="glucose", model_version="v1"))
             filler.unlink()
             files = [p.name for p in (mount / "multiproc").iterdir() if p.name.startswith("exemplars_")]
     assert codes == [200] * 20
