@@ -72,7 +72,7 @@ $(LOWEST)/.installed: setup.cfg pyproject.toml tests/test_good_guest_bounds.py |
 venv-lowest: $(LOWEST)/.installed
 
 test-lowest: $(LOWEST)/.installed
-	$(LOWEST)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(LOWEST)/bin/python -m pytest -q -n 2 -m "not slow" -p no:cacheprovider
 
 ## MLflow (its server, and apps that import it) in its own venv: mlflow pins gunicorn<27;
 ## the tests in tests/test_mlflow_server.py run them from there and talk HTTP to them

@@ -480,10 +480,12 @@ class CheckedCollector:
             whole: Iterable[Metric] = MultiProcessCollector.merge(
                 [os.path.join(self.path, b) for b, (_, e) in files.items() if e and b not in bad],
                 accumulate=True)
+            _group_series(whole)
             _add_missing_inf(whole)
             exemplars.attach(whole, found)
             return whole
         merged: Iterable[Metric] = accumulate(metrics, True)
+        _group_series(merged)
         _add_missing_inf(merged)
         exemplars.attach(merged, found)
         return merged
@@ -503,6 +505,20 @@ class CheckedCollector:
             if base.endswith("_merged.db"):
                 set_aside(name, entries)
         return entries
+
+
+def _group_series(metrics: Iterable[Any]) -> None:
+    """Each series' samples next to each other, in the order the series first appear: OpenMetrics
+    requires it, and prometheus-client before 0.23 interleaves the series of a histogram. A stable
+    sort: where they are grouped already (later versions), nothing moves."""
+    for metric in metrics:
+        first: dict[tuple[tuple[str, str], ...], int] = {}
+
+        def series(sample: Any, first: dict[tuple[tuple[str, str], ...], int] = first) -> int:
+            key = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in ("le", "quantile")))
+            return first.setdefault(key, len(first))
+
+        metric.samples = sorted(metric.samples, key=series)
 
 
 def _add_missing_inf(metrics: Iterable[Any]) -> None:

@@ -59,3 +59,24 @@ def test_head_answers_headers_only_gzip_or_not():
         response = scraped(headers, method="HEAD")
         assert response.status_code == 200 and response.get_data() == b""
         assert ("Content-Encoding" in response.headers) == bool(headers)
+
+
+def test_a_histograms_series_are_grouped_as_openmetrics_requires():
+    """prometheus-client before 0.23 interleaves a histogram's series in multiprocess mode (the
+    lowest-versions run refused the OpenMetrics scrape: "Invalid metric grouping"); the checked
+    collector groups them, in the order they first appear, and moves nothing already grouped."""
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.samples import Sample
+
+    from mlmonitor.multiprocess import _group_series
+
+    interleaved = Metric("h", "help", "histogram")
+    interleaved.samples = [Sample("h_sum", {"v": "1"}, 1.0), Sample("h_sum", {"v": "2"}, 2.0),
+                           Sample("h_bucket", {"v": "1", "le": "+Inf"}, 1.0), Sample("h_count", {"v": "1"}, 1.0),
+                           Sample("h_bucket", {"v": "2", "le": "+Inf"}, 1.0), Sample("h_count", {"v": "2"}, 1.0)]
+    _group_series([interleaved])
+    assert [(s.name, s.labels["v"]) for s in interleaved.samples] == [
+        ("h_sum", "1"), ("h_bucket", "1"), ("h_count", "1"), ("h_sum", "2"), ("h_bucket", "2"), ("h_count", "2")]
+    grouped = list(interleaved.samples)
+    _group_series([interleaved])
+    assert interleaved.samples == grouped
