@@ -361,8 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_like_ctrl_c(signum: int, _frame: object) -> None:
+    """SIGTERM (a supervisor, `timeout make demo`) or SIGHUP (the terminal closed) stops the demo as
+    Ctrl-C does: the servers run in their own sessions and would outlive it otherwise."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _stop_like_ctrl_c)
     if args.with_prometheus:
         missing = [b for b in ("prometheus", "prometheus-alertmanager") if shutil.which(b) is None]
         if missing:

@@ -88,3 +88,32 @@ def test_demo_once_prints_where_to_look_and_leaves_nothing_running():
     log_line = out.split("Example JSON log line (stdout of the app):\n", 1)[1].splitlines()[0].strip()
     assert json.loads(log_line)["route"] == "/predict"
     assert _gunicorn_children_of(int(tag)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_demo_stopped_by_a_signal_leaves_nothing_running(stop_signal):
+    """`timeout make demo`, a supervisor or a closed terminal stop the demo as Ctrl-C does: before,
+    its gunicorn (in a session of its own) kept serving on the port."""
+    tag = str(os.getpid())
+    port = free_port()
+    env = {**os.environ, "MLMONITOR_DEMO_TEST_TAG": tag, "PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "example_app.demo", "--requests", "20"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:  # until it serves
+            if line.startswith("Serving; press Ctrl-C"):
+                break
+        assert _gunicorn_children_of(int(tag)), "the demo's gunicorn should be serving"
+        proc.send_signal(stop_signal)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        left = _gunicorn_children_of(int(tag))
+        for pid in left:  # what a failed run left serving: this test's own processes
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0
+    assert left == []
