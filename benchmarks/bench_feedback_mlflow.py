@@ -36,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MLFLOW = REPO / ".venv-mlflow" / "bin" / "mlflow"
 DEFAULT_OUT = HERE / "results" / "feedback_mlflow.json"
+sys.path.insert(0, str(REPO))  # the demo's count of traces with ground truth
+from example_app.demo import mlflow_expectations  # noqa: E402
 
 APP = '''
 from flask import Flask, request
@@ -107,23 +109,6 @@ def summary(ms: list[float]) -> dict[str, float]:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
     return {"n": len(ms), "median_ms": statistics.median(ms), "p90_ms": at(0.90), "p99_ms": at(0.99),
             "max_ms": ordered[-1]}
-
-
-def with_expectation(url: str) -> int:
-    """Traces of the Default experiment with mlmonitor's ground truth on them."""
-    count, token = 0, ""
-    while True:
-        body = {"locations": [{"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": "0"}}],
-                "max_results": 500, **({"page_token": token} if token else {})}
-        request = urllib.request.Request(url + "/api/3.0/mlflow/traces/search", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-        count += sum(any(a.get("assessment_name") == "ground_truth" and "expectation" in a
-                         for a in trace.get("assessments", [])) for trace in answer.get("traces", []))
-        token = answer.get("next_page_token", "")
-        if not token:
-            return count
 
 
 def dropped(port: int) -> dict[str, float]:
@@ -202,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(max(0.0, started + (i + 1) * interval - time.monotonic()))
         deadline = time.monotonic() + 120
         while True:  # what happened behind the answers
-            landed, lost = with_expectation(mlflow_url), {name: dropped(port) for name, port in apps.items()}
+            landed, lost = mlflow_expectations(mlflow_url), {name: dropped(port) for name, port in apps.items()}
             done = landed + lost["up"].get("assessments", 0) // 2
             if (done >= count and lost["down"].get("assessments", 0) >= 2 * count) or time.monotonic() > deadline:
                 break
